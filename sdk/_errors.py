@@ -1,0 +1,56 @@
+"""One exception family for the whole package.
+
+Every error raised on purpose by eoembed derives from :class:`EoembedError` and from the built-in
+exception a caller would naturally catch (``ValueError``, ``FileNotFoundError``...). Messages name
+the offending value and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class EoembedError(Exception):
+    """Base class of every error eoembed raises on purpose."""
+
+
+class SpecError(EoembedError, ValueError):
+    """Metadata does not follow the eoembed spec (a schema violation, an unknown ``eoembed:`` field)."""
+
+
+class UnknownFieldError(SpecError):
+    """A field under the ``eoembed`` prefix that this spec version does not define."""
+
+
+class DimensionMismatchError(EoembedError, ValueError):
+    """Vectors whose width differs from the declared embedding dimension."""
+
+
+class NonFiniteEmbeddingError(EoembedError, ValueError):
+    """A vector holds NaN or an infinite value."""
+
+
+class CoordinateRangeError(EoembedError, ValueError):
+    """Coordinates outside the valid range of their CRS (e.g. longitude 400 in OGC:CRS84)."""
+
+
+class ModelContractMismatchError(EoembedError, ValueError):
+    """Two different model contracts were offered for one product."""
+
+
+class QuantizationError(EoembedError, ValueError):
+    """Quantisation parameters that are missing, non-finite or do not fit the data."""
+
+
+class GridError(EoembedError, ValueError):
+    """A grid id or cell id that cannot be parsed, or a point outside the grid."""
+
+
+class ProductExistsError(EoembedError, FileExistsError):
+    """The output directory already holds a product."""
+
+
+class ProductNotFoundError(EoembedError, FileNotFoundError):
+    """The path is not an eoembed product (no collection.json, or a half-written staging folder)."""
+
+
+class MissingDependencyError(EoembedError, ImportError):
+    """An optional package needed for this call is not installed."""
