@@ -1,0 +1,41 @@
+"""Fixtures shared by the whole suite.
+
+Real material lives in ../shared beside the checkout (CI has it too). Under CI=true a missing shared
+folder fails the test: a skip there would hide a broken set-up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EOEMBED_SHARED", REPO.parent / "shared"))
+
+
+def _require(path: Path) -> Path:
+    if path.exists():
+        return path
+    message = f"{path} is missing: real test material is expected in ../shared beside the checkout"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """../shared, the real data and reference specs."""
+    return _require(SHARED)
+
+
+@pytest.fixture(scope="session")
+def shared_data(shared: Path) -> Path:
+    return _require(shared / "data")
+
+
+@pytest.fixture(scope="session")
+def stac_mirror(shared: Path) -> Path:
+    """Offline copies of the public STAC schemas, laid out by URL."""
+    return _require(shared / "reference" / "stac-schemas")
