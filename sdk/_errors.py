@@ -54,3 +54,26 @@ class ProductNotFoundError(EoembedError, FileNotFoundError):
 
 class MissingDependencyError(EoembedError, ImportError):
     """An optional package needed for this call is not installed."""
+
+
+class ImageryError(EoembedError, ValueError):
+    """A raster that cannot be read or used: unreadable, truncated, no CRS, a window or band outside it."""
+
+
+class TilingError(EoembedError, ValueError):
+    """Chip parameters that cannot tile an image (chip size or stride below 1, a batch size below 1)."""
+
+
+class EncoderError(EoembedError, ValueError):
+    """Input an encoder cannot take (wrong array rank or shapes) or a bad encoder registration."""
+
+
+class UnknownEncoderError(EoembedError, KeyError):
+    """An encoder name that is not registered; the message lists the registered names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class QueryError(EoembedError, ValueError):
+    """A SQL query failed; the message holds DuckDB's reason and the query."""

@@ -1,0 +1,163 @@
+"""eoembed.producers.encode: the encoder registry and the ``stats`` encoder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eoembed._errors import EncoderError, UnknownEncoderError
+from eoembed.producers import encode as encode_module
+from eoembed.producers.encode import Encoder, StatsEncoder, get_encoder, list_encoders, register_encoder
+from eoembed.producers.read import open_scene
+from eoembed.producers.tile import iter_chip_batches
+
+NC = "imagery/nc_landsat7_landclass96/landsat_multiband.tif"
+
+
+def reference_stats(pixels, valid):
+    """Straightforward numpy, one chip and band at a time."""
+    n, b = pixels.shape[:2]
+    out = np.zeros((n, 5 * b))
+    for i in range(n):
+        for j in range(b):
+            vals = pixels[i, j][valid[i] & np.isfinite(pixels[i, j])].astype(np.float64)
+            if vals.size:
+                out[i, 5 * j : 5 * j + 5] = [vals.mean(), vals.std(), *np.percentile(vals, [10, 50, 90])]
+    return out
+
+
+def test_stats_matches_numpy_on_a_hand_made_array():
+    rng = np.random.default_rng(7)
+    pixels = rng.normal(100, 30, size=(6, 3, 9, 7)).astype(np.float32)
+    valid = rng.random((6, 9, 7)) > 0.35
+    valid[2] = False  # no valid pixel at all
+    valid[3] = True
+    valid[4] = False
+    valid[4, 5, 2] = True  # a single valid pixel
+    pixels[5, 1, 0, 0] = np.nan  # non-finite: invalid in its band only
+    valid[5, 0, 0] = True
+    enc = get_encoder("stats")
+    got = enc.encode(pixels, valid)
+    assert got.dtype == np.float32 and got.shape == (6, 15)
+    np.testing.assert_allclose(got, reference_stats(pixels, valid), rtol=1e-5, atol=1e-4)
+    assert (got[2] == 0).all()
+    np.testing.assert_allclose(got[4, [0, 2, 3, 4]], pixels[4, 0, 5, 2])
+    assert got[4, 1] == 0.0
+
+
+def test_stats_layout_on_a_tiny_known_chip():
+    pixels = np.array([[[[1, 2], [3, 4]], [[10, 10], [10, 10]]]], dtype=np.float32)
+    got = StatsEncoder().encode(pixels)
+    p10, p50, p90 = np.percentile([1, 2, 3, 4], [10, 50, 90])
+    np.testing.assert_allclose(got[0], [2.5, np.std([1, 2, 3, 4]), p10, p50, p90, 10, 0, 10, 10, 10], rtol=1e-6)
+
+
+def test_stats_without_mask_equals_all_true_mask():
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 255, size=(10, 2, 16, 16)).astype(np.float32)
+    enc = StatsEncoder()
+    np.testing.assert_allclose(enc.encode(pixels), enc.encode(pixels, np.ones((10, 16, 16), bool)))
+    np.testing.assert_allclose(enc.encode(pixels), reference_stats(pixels, np.ones((10, 16, 16), bool)), rtol=1e-5)
+    assert enc.encode(pixels[:0]).shape == (0, 10)
+
+
+def test_dim_rule():
+    enc = get_encoder("stats")
+    assert [enc.dim(n) for n in (1, 3, 5, 12)] == [5, 15, 25, 60]
+    with pytest.raises(EncoderError, match="n_bands=0"):
+        enc.dim(0)
+    listed = {e["name"]: e for e in list_encoders()}
+    assert listed["stats"]["dim"] == "5 * n_bands"
+    assert listed["stats"]["description"] == "per band: mean, std, p10, p50, p90"
+
+
+def test_contract_shape_and_json():
+    contract = StatsEncoder().contract(
+        bands=["B1", "B2", "B3", "B4", "B5"], chip_size=8, stride=8, gsd=28.5, band_sources="landsat_multiband.tif"
+    )
+    assert contract == {
+        "name": "stats",
+        "version": "1",
+        "framework": "numpy",
+        "weights_sha256": None,
+        "architecture": "band statistics",
+        "pooling": "none",
+        "input": {
+            "bands": [{"name": f"B{i}", "source": "landsat_multiband.tif"} for i in range(1, 6)],
+            "chip_size_px": 8,
+            "stride_px": 8,
+            "gsd_m": 28.5,
+            "normalization": {"method": "none"},
+        },
+        "output": {"dim": 25, "description": "per band: mean, std, p10, p50, p90"},
+    }
+    assert json.loads(json.dumps(contract)) == contract
+    per_band = StatsEncoder().contract(bands=["red", "nir"], chip_size=np.int64(32), stride=16, gsd=np.float32(10),
+                                       band_sources=["s2:B04", "s2:B08"])
+    json.dumps(per_band)  # numpy scalars were converted
+    assert [b["source"] for b in per_band["input"]["bands"]] == ["s2:B04", "s2:B08"]
+    with pytest.raises(EncoderError, match="1 band_sources for 2 bands"):
+        StatsEncoder().contract(bands=["red", "nir"], chip_size=8, stride=8, gsd=10, band_sources=["x"])
+    with pytest.raises(EncoderError, match="gsd=0.0"):
+        StatsEncoder().contract(bands=["red"], chip_size=8, stride=8, gsd=0)
+
+
+def test_stats_on_real_nc_chips(shared_data):
+    scene = open_scene(shared_data / NC)
+    enc = get_encoder("stats")
+    batch = next(iter_chip_batches(scene, chip_size=8, batch_size=512))
+    out = enc.encode(batch.pixels, batch.valid)
+    assert out.shape == (512, 25) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    assert (batch.valid_fraction == 0).any()  # nodata chips give zeros, not -99999 statistics
+    assert (out[batch.valid_fraction == 0] == 0).all()
+    full = np.flatnonzero(batch.valid_fraction == 1)[0]
+    np.testing.assert_allclose(out[full, 0::5], batch.pixels[full].mean(axis=(1, 2)), rtol=1e-6)
+    assert (out[:, 0::5] >= 0).all() and (out[:, 0::5] <= 255).all()  # Landsat DN
+
+
+def test_unknown_encoder_lists_known_names():
+    with pytest.raises(UnknownEncoderError) as info:
+        get_encoder("prestoo")
+    assert isinstance(info.value, KeyError)
+    assert str(info.value) == "no encoder named 'prestoo'; registered encoders: stats"
+    with pytest.raises(EncoderError, match="does not take options"):
+        get_encoder("stats", weights="x.pt")
+
+
+def test_register_encoder(monkeypatch):
+    monkeypatch.setattr(encode_module, "_REGISTRY", dict(encode_module._REGISTRY))
+
+    @register_encoder
+    class MeanEncoder(Encoder):
+        name, version, description, dim_rule = "mean", "0", "band means", "n_bands"
+
+        def dim(self, n_bands):
+            return n_bands
+
+        def encode(self, pixels, valid=None):
+            return pixels.mean(axis=(2, 3))
+
+        def contract(self, **kw):
+            return {}
+
+    assert isinstance(get_encoder("mean"), MeanEncoder)
+    assert [e["name"] for e in list_encoders()] == ["mean", "stats"]
+
+    class Clash(MeanEncoder):
+        name = "stats"
+
+    with pytest.raises(EncoderError, match="'stats' is already taken"):
+        register_encoder(Clash)
+    with pytest.raises(EncoderError, match="not an Encoder subclass"):
+        register_encoder(dict)
+
+
+def test_bad_input_shapes():
+    enc = StatsEncoder()
+    with pytest.raises(EncoderError, match=r"shape \(3, 8, 8\)"):
+        enc.encode(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(EncoderError, match="valid mask has shape"):
+        enc.encode(np.zeros((2, 1, 8, 8), np.float32), np.ones((2, 4, 4), bool))
