@@ -1,0 +1,49 @@
+"""Deterministic chip ids.
+
+A chip id names *where and when* a chip is, never what a model made of it, so rows of two models for
+the same chip join on it. It is the first 16 bytes of SHA-256, in lowercase hex, of the UTF-8 key
+
+    eoembed-chip/1|{grid_id}|{grid_cell}|{col_off}|{row_off}|{chip_size}|{time}|{source_id}
+
+where time is ISO 8601 UTC with seconds (``2020-05-18T00:00:00Z``) or ``start/end`` for a range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Sequence
+
+import numpy as np
+
+
+def _iso(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, np.datetime64):
+        value = value.astype("datetime64[us]").astype(datetime).replace(tzinfo=timezone.utc)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
+
+
+def chip_id(*, grid_id: str, grid_cell: str, col_off: int, row_off: int, chip_size: int,
+            time, source_id: str) -> str:
+    """The chip id of one chip; ``time`` is a datetime, a (start, end) pair, or None."""
+    if isinstance(time, tuple):
+        stamp = f"{_iso(time[0])}/{_iso(time[1])}"
+    else:
+        stamp = _iso(time)
+    key = f"eoembed-chip/1|{grid_id}|{grid_cell}|{int(col_off)}|{int(row_off)}|{int(chip_size)}|{stamp}|{source_id}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def chip_ids(*, grid_id: str, grid_cells: Sequence[str], col_offs: Sequence[int], row_offs: Sequence[int],
+             chip_size: int, times: Sequence, source_ids: Sequence[str]) -> list[str]:
+    """Chip ids for many chips (same rules as :func:`chip_id`)."""
+    return [
+        chip_id(grid_id=grid_id, grid_cell=c, col_off=x, row_off=y, chip_size=chip_size, time=t, source_id=s)
+        for c, x, y, t, s in zip(grid_cells, col_offs, row_offs, times, source_ids)
+    ]

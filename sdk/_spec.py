@@ -1,0 +1,68 @@
+"""The spec in code: its version, URLs and the footer schema, all read from spec/schemas.
+
+The version is written once, as the `const` of `spec_version` in footer.schema.json; everything here
+derives from that file so code and spec cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any
+
+from ._errors import SpecError, UnknownFieldError
+
+FOOTER_KEY = b"eoembed"
+STAC_VERSION = "1.1.0"
+EMBEDDINGS_EXTENSION = "https://stac-extensions.github.io/embeddings/v0.0.1/schema.json"
+MLM_EXTENSION = "https://stac-extensions.github.io/mlm/v1.5.2/schema.json"
+PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+FILE_EXTENSION = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+TABLE_EXTENSION = "https://stac-extensions.github.io/table/v1.2.0/schema.json"
+
+
+@lru_cache(maxsize=None)
+def spec_schema(name: str) -> dict[str, Any]:
+    """A schema of ours by file name (``footer`` or ``stac-extension``), from package data."""
+    text = (files("eoembed.spec") / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+SPEC_VERSION: str = spec_schema("footer")["definitions"]["spec_version"]["const"]
+FOOTER_SCHEMA_ID: str = spec_schema("footer")["$id"]
+STAC_EXTENSION: str = spec_schema("stac-extension")["$id"]
+
+
+@lru_cache(maxsize=None)
+def _footer_validator():
+    import jsonschema
+
+    schema = spec_schema("footer")
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def footer_errors(footer: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Every schema violation of a footer as (path, kind, message); empty when valid."""
+    out = []
+    for error in _footer_validator().iter_errors(footer):
+        path = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        out.append((path, error.validator, error.message))
+    return sorted(out)
+
+
+def check_footer(footer: dict[str, Any], *, where: str = "eoembed metadata") -> None:
+    """Raise :class:`SpecError` (or :class:`UnknownFieldError`) for the first violations."""
+    errors = footer_errors(footer)
+    if not errors:
+        return
+    unknown = [e for e in errors if e[1] == "additionalProperties"]
+    if unknown:
+        path, _, message = unknown[0]
+        raise UnknownFieldError(
+            f"{where}: {message} at {path}; eoembed spec {SPEC_VERSION} defines no such field "
+            "(remove it, or keep custom data outside the eoembed prefix)"
+        )
+    lines = "; ".join(f"{path}: {message}" for path, _, message in errors[:5])
+    raise SpecError(f"{where} does not follow eoembed spec {SPEC_VERSION}: {lines}")
