@@ -1,0 +1,197 @@
+"""Open products: metadata, streaming Arrow reads, numpy / torch arrays and SQL.
+
+Readers ignore fields outside the ``eoembed:`` prefix they do not know, and reject products written
+for another major spec version, half-written staging folders and ``eoembed:`` fields the spec does
+not define.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import _quantize
+from ._errors import ProductNotFoundError, SpecError
+from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
+from ._stac import MANIFEST
+from ._write import STAGING_MARK
+
+_FOOTER_SECTIONS = ("model", "embedding", "grid", "provenance")
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name == "collection.json":
+        path = path.parent
+    if not path.exists():
+        raise ProductNotFoundError(f"{path} does not exist; give a product folder or its collection.json")
+    if STAGING_MARK in path.name:
+        raise ProductNotFoundError(
+            f"{path} is a half-written staging folder of an interrupted write, not a product; delete it and write again"
+        )
+    if not (path / "collection.json").exists():
+        raise ProductNotFoundError(f"{path} has no collection.json: it is not an eoembed product")
+    return path
+
+
+def read_footer(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``eoembed`` footer object of one data file (raises SpecError when absent)."""
+    metadata = pq.read_schema(path).metadata or {}
+    if FOOTER_KEY not in metadata:
+        raise SpecError(f"{path} has no '{FOOTER_KEY.decode()}' footer key: it is not an eoembed data file")
+    return json.loads(metadata[FOOTER_KEY])
+
+
+class Product:
+    """An eoembed product on disk. Cheap to create: data files are read only when asked."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = _resolve(path)
+        self.collection: dict[str, Any] = json.loads((self.path / "collection.json").read_text(encoding="utf-8"))
+        version = self.collection.get("eoembed:spec_version")
+        if not isinstance(version, str) or version.split(".")[0] != SPEC_VERSION.split(".")[0]:
+            raise SpecError(
+                f"{self.path} was written for eoembed spec {version!r}; this reader implements {SPEC_VERSION}: "
+                "upgrade eoembed or convert the product"
+            )
+        self.metadata: dict[str, Any] = {"spec_version": version, "license": self.collection.get("license")}
+        for section in _FOOTER_SECTIONS:
+            if f"eoembed:{section}" not in self.collection:
+                raise SpecError(f"{self.path / 'collection.json'} lacks 'eoembed:{section}'")
+            self.metadata[section] = self.collection[f"eoembed:{section}"]
+        unknown = sorted(k for k in self.collection if k.startswith("eoembed:") and k[8:] not in _FOOTER_SECTIONS + ("spec_version",))
+        if unknown:
+            from ._errors import UnknownFieldError
+
+            raise UnknownFieldError(f"{self.path / 'collection.json'} has {unknown}, which spec {SPEC_VERSION} does not define")
+        check_footer(self.metadata, where=str(self.path / "collection.json"))
+        self._con = None
+
+    def __repr__(self) -> str:
+        e = self.embedding
+        return f"<eoembed.Product {self.path} rows={self.num_rows} dim={e['dim']} dtype={e['dtype']} model={self.model['name']}>"
+
+    # -- metadata ---------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.metadata["model"]
+
+    @property
+    def embedding(self) -> dict[str, Any]:
+        return self.metadata["embedding"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedding["dim"])
+
+    @cached_property
+    def quantization(self) -> _quantize.Quantization:
+        return _quantize.Quantization.from_dict(self.embedding["quantization"], dim=self.dim)
+
+    @cached_property
+    def manifest(self) -> pa.Table:
+        return pq.read_table(self.path / MANIFEST)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path / p for p in self.manifest.column("path").to_pylist()]
+
+    @property
+    def num_rows(self) -> int:
+        return int(sum(self.manifest.column("rows").to_pylist()))
+
+    # -- rows -------------------------------------------------------------------------------------
+
+    def iter_batches(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+        for path in self.files:
+            handle = pq.ParquetFile(path)
+            yield from handle.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+
+    def to_arrow(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> pa.RecordBatchReader:
+        """A streaming reader over every data file (stored columns; vectors as stored)."""
+        schema = pq.read_schema(self.files[0])
+        if columns:
+            schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+        return pa.RecordBatchReader.from_batches(schema, self.iter_batches(columns=columns, batch_size=batch_size))
+
+    def _vector_columns(self) -> list[str]:
+        quant = self.quantization
+        return ["embedding"] + ([quant.scale_column or "scale"] if quant.method == "per-row" else [])
+
+    def decode(self, batch: pa.RecordBatch | pa.Table, *, dequantize: bool = True) -> np.ndarray:
+        """The vectors of one batch: float32 (n, D) de-quantised, or the stored codes."""
+        column = batch.column("embedding")
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        width = column.type.list_size
+        codes = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        if not dequantize:
+            return codes
+        quant = self.quantization
+        row_scale = None
+        if quant.method == "per-row":
+            row_scale = np.asarray(batch.column(quant.scale_column or "scale"), dtype=np.float32)
+        return _quantize.dequantize(codes, quant, row_scale=row_scale)
+
+    def to_numpy(self, *, dequantize: bool = True) -> np.ndarray:
+        """All vectors in product order: float32 (n, D) de-quantised, or the stored codes."""
+        quant = self.quantization
+        if dequantize:
+            out = np.empty((self.num_rows, self.dim), dtype=np.float32)
+        else:
+            out = np.empty((self.num_rows, quant.stored_width()), dtype=np.dtype(quant.dtype))
+        row = 0
+        for batch in self.iter_batches(columns=self._vector_columns()):
+            block = self.decode(batch, dequantize=dequantize)
+            out[row : row + len(block)] = block
+            row += len(block)
+        if row != len(out):
+            raise SpecError(f"{self.path}: the manifest lists {len(out)} rows but the data files hold {row}")
+        return out
+
+    def to_torch(self, *, dequantize: bool = True):
+        """All vectors as a torch tensor (shares memory with :meth:`to_numpy`'s array)."""
+        import torch
+
+        return torch.from_numpy(self.to_numpy(dequantize=dequantize))
+
+    # -- SQL --------------------------------------------------------------------------------------
+
+    def connect(self):
+        """A DuckDB connection with the view ``embeddings`` (``embedding`` as de-quantised FLOAT[D])."""
+        if self._con is None:
+            from ._query import connect, create_view
+
+            self._con = connect()
+            create_view(self._con, name="embeddings", files=self.files, quant=self.quantization)
+        return self._con
+
+    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """Run SQL over the view ``embeddings``; values go in ``params`` (bound, never interpolated)."""
+        from ._query import run
+
+        return run(self.connect(), query, params)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> "Product":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_product(path: str | os.PathLike) -> Product:
+    """Open a product folder (or its collection.json)."""
+    return Product(path)

@@ -1,0 +1,304 @@
+"""STAC metadata of a product: the Collection, one Item per data file, the MLM model item, the manifest.
+
+Every fact in the data files' ``eoembed`` footer appears in the Collection under the ``eoembed:``
+prefix (the STAC Embedding extension v0.0.1 fields carry what it can express), so a STAC client sees
+the model contract without opening a Parquet file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._spec import (
+    EMBEDDINGS_EXTENSION,
+    FILE_EXTENSION,
+    MLM_EXTENSION,
+    PROJECTION_EXTENSION,
+    SPEC_VERSION,
+    STAC_EXTENSION,
+    STAC_VERSION,
+    TABLE_EXTENSION,
+)
+
+if TYPE_CHECKING:
+    from ._write import ProductWriter, _FileRecord
+
+PARQUET = "application/vnd.apache.parquet"
+MANIFEST = "manifest.parquet"
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def model_item_name(model: dict[str, Any]) -> str:
+    return f"{slug(model['name'])}-{slug(model['version'])}.json"
+
+
+def _box(b: Sequence[float]) -> dict[str, Any]:
+    x0, y0, x1, y1 = b
+    return {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]}
+
+
+def _union_bbox(boxes: Sequence[Sequence[float]]) -> list[float]:
+    return [min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes)]
+
+
+def emb_quantization(quant: dict[str, Any]) -> dict[str, Any]:
+    """The quantisation in the Embedding extension's form (it has no per-row scale: see eoembed:quantization)."""
+    out = {"method": quant["method"], "original_dtype": quant["original_dtype"], "quantized_dtype": quant["dtype"]}
+    for key in ("scale", "offset"):
+        if key in quant:
+            out[key] = list(quant[key])
+    return out
+
+
+def _table_columns(schema: pa.Schema) -> list[dict[str, str]]:
+    return [{"name": field.name, "type": str(field.type)} for field in schema]
+
+
+def build_item(record: "_FileRecord", *, collection_id: str, schema: pa.Schema, model_href: str) -> dict[str, Any]:
+    stem = Path(record.path).stem
+    embedding = record.footer["embedding"]
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": sorted([EMBEDDINGS_EXTENSION, STAC_EXTENSION, FILE_EXTENSION, TABLE_EXTENSION, PROJECTION_EXTENSION]),
+        "id": f"{collection_id}-{stem}",
+        "collection": collection_id,
+        "geometry": _box(record.bbox),
+        "bbox": list(record.bbox),
+        "properties": {
+            "datetime": None,
+            "start_datetime": _iso(record.start),
+            "end_datetime": _iso(record.end),
+            "emb:quantization": emb_quantization(embedding["quantization"]),
+            "eoembed:spec_version": SPEC_VERSION,
+            "eoembed:quantization": embedding["quantization"],
+            "table:row_count": record.rows,
+            "table:primary_geometry": "geometry",
+            "table:columns": _table_columns(schema),
+            "proj:code": "OGC:CRS84",
+        },
+        "links": [
+            {"rel": "collection", "href": "../collection.json", "type": "application/json"},
+            {"rel": "parent", "href": "../collection.json", "type": "application/json"},
+            {"rel": "root", "href": "../collection.json", "type": "application/json"},
+            {"rel": "emb:model", "href": f"../{model_href}", "type": "application/geo+json"},
+        ],
+        "assets": {
+            "embeddings": {
+                "href": f"../{record.path}",
+                "type": PARQUET,
+                "roles": ["data"],
+                "title": "Chip embeddings (GeoParquet 1.1)",
+                "file:size": record.bytes,
+                # Multihash: 0x12 = sha2-256, 0x20 = 32 bytes.
+                "file:checksum": "1220" + record.sha256,
+            }
+        },
+    }
+
+
+def build_model_item(footer: dict[str, Any], *, collection_id: str, bbox: list[float], start: datetime, end: datetime) -> dict[str, Any]:
+    model = footer["model"]
+    inputs = model["input"]
+    bands = [band["name"] for band in inputs["bands"]]
+    size = inputs["chip_size_px"]
+    framework = {"pytorch": "PyTorch", "torch": "PyTorch"}.get(model["framework"].lower(), model["framework"])
+    mlm_input: dict[str, Any] = {
+        "name": "chip",
+        "bands": bands,
+        "input": {
+            "shape": [-1, len(bands), size, size],
+            "dim_order": ["batch", "bands", "height", "width"],
+            "data_type": "float32",
+        },
+    }
+    norm = inputs["normalization"]
+    if norm["method"] == "standardize" and "mean" in norm and "std" in norm:
+        mlm_input["value_scaling"] = [
+            {"type": "z-score", "mean": m, "stddev": s} for m, s in zip(norm["mean"], norm["std"])
+        ]
+    weights_href = model.get("weights_href")
+    if weights_href:
+        asset = {"href": weights_href, "type": "application/octet-stream", "roles": ["mlm:model", "mlm:weights"],
+                 "mlm:artifact_type": "torch.save" if framework == "PyTorch" else "weights"}
+    else:
+        from . import __version__
+
+        asset = {"href": f"https://pypi.org/project/eoembed/{__version__}/", "type": "text/html",
+                 "roles": ["mlm:model", "code"], "mlm:artifact_type": "python-package",
+                 "title": f"{model['name']} is implemented in eoembed {__version__} (no weights file)"}
+    if model.get("weights_sha256"):
+        asset["file:checksum"] = "1220" + model["weights_sha256"]
+    # STAC 1.1 band objects. MLM requires the bands its input names in the item properties; the
+    # mirrored STAC 1.1 item schema admits them there only when an asset also lists them.
+    bands = [{"name": band["name"], "description": f"from {band['source']}"} for band in inputs["bands"]]
+    asset["bands"] = bands
+    properties: dict[str, Any] = {
+        "datetime": None,
+        "start_datetime": _iso(start),
+        "end_datetime": _iso(end),
+        "description": f"Encoder {model['name']} {model['version']} ({model['architecture']}) as used for this product",
+        "mlm:name": f"{model['name']}-{model['version']}",
+        "mlm:architecture": model["architecture"],
+        "mlm:tasks": ["similarity-search"],
+        "mlm:framework": framework,
+        "mlm:pretrained": model.get("weights_sha256") is not None,
+        "mlm:input": [mlm_input],
+        "mlm:output": [{
+            "name": "embedding",
+            "tasks": ["similarity-search"],
+            "result": {"shape": [-1, model["output"]["dim"]], "dim_order": ["batch", "embedding"], "data_type": "float32"},
+        }],
+        "bands": bands,
+    }
+    if model.get("parameters"):
+        properties["mlm:hyperparameters"] = model["parameters"]
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": sorted([MLM_EXTENSION, FILE_EXTENSION]),
+        "id": Path(model_item_name(model)).stem,
+        "collection": collection_id,
+        "geometry": _box(bbox),
+        "bbox": bbox,
+        "properties": properties,
+        "links": [
+            {"rel": "collection", "href": "../collection.json", "type": "application/json"},
+            {"rel": "root", "href": "../collection.json", "type": "application/json"},
+        ],
+        "assets": {"model": asset},
+    }
+
+
+def build_collection(writer: "ProductWriter", files: Sequence["_FileRecord"], *, item_hrefs: list[str],
+                     model_href: str, source_href: str) -> dict[str, Any]:
+    footer = dict(files[-1].footer)
+    model = footer["model"]
+    inputs = model["input"]
+    bbox = _union_bbox([f.bbox for f in files])
+    start = min(f.start for f in files)
+    end = max(f.end for f in files)
+    provenance = dict(footer["provenance"])
+    # The collection covers the whole run: from the writer's start to the last file.
+    provenance["start"] = min(f.footer["provenance"]["start"] for f in files)
+    provenance["end"] = max(f.footer["provenance"]["end"] for f in files)
+    layout: dict[str, Any] = {
+        "layout_type": "regular_grid" if footer["grid"]["id"] == "scene" else "named_grid",
+        "chip_size": [inputs["chip_size_px"]] * 2,
+        "stride": [inputs["stride_px"]] * 2,
+        "grid_id": footer["grid"]["id"],
+        "grid_definition": {"rel": "about", "href": "./grid.json", "type": "application/json"},
+    }
+    embedding = footer["embedding"]
+    links = [
+        {"rel": "root", "href": "./collection.json", "type": "application/json"},
+        {"rel": "self", "href": "./collection.json", "type": "application/json"},
+        {"rel": "emb:model", "href": f"./{model_href}", "type": "application/geo+json", "title": f"{model['name']} model card (STAC MLM)"},
+        {"rel": "emb:source-data", "href": source_href, "type": "application/json", "title": "Imagery the embeddings were computed from"},
+    ]
+    links += [{"rel": "item", "href": f"./{href}", "type": "application/geo+json"} for href in item_hrefs]
+    return {
+        "type": "Collection",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": sorted([EMBEDDINGS_EXTENSION, STAC_EXTENSION]),
+        "id": writer.collection_id,
+        "title": writer.title or f"{model['name']} embeddings",
+        "description": writer.description or (
+            f"{embedding['dim']}-d chip embeddings by {model['name']} {model['version']}, "
+            f"stored as {embedding['dtype']} ({embedding['quantization']['method']} quantization), eoembed spec {SPEC_VERSION}."
+        ),
+        "license": footer["license"],
+        "extent": {
+            "spatial": {"bbox": [bbox]},
+            "temporal": {"interval": [[_iso(start), _iso(end)]]},
+        },
+        "emb:type": "chip",
+        "emb:dimensions": embedding["dim"],
+        "data_type": embedding["dtype"],
+        "gsd": inputs["gsd_m"],
+        "emb:chip_layout": layout,
+        "emb:temporal_resolution": "single_acquisition",
+        "emb:fit_for_use": ["retrieval", "classification"],
+        "eoembed:spec_version": SPEC_VERSION,
+        "eoembed:model": model,
+        "eoembed:embedding": embedding,
+        "eoembed:grid": footer["grid"],
+        "eoembed:provenance": provenance,
+        "links": links,
+        "assets": {
+            "manifest": {"href": f"./{MANIFEST}", "type": PARQUET, "roles": ["metadata"], "title": "Every data file with rows, bytes, sha256, bbox and time range"},
+            "grid": {"href": "./grid.json", "type": "application/json", "roles": ["metadata"], "title": "Grid definition"},
+        },
+        "item_assets": {"embeddings": {"type": PARQUET, "roles": ["data"], "title": "Chip embeddings (GeoParquet 1.1)"}},
+        "summaries": {
+            "emb:type": ["chip"],
+            "emb:dimensions": [embedding["dim"]],
+            "data_type": [embedding["dtype"]],
+        },
+    }
+
+
+def manifest_schema() -> pa.Schema:
+    from ._write import bbox_type
+
+    utc = pa.timestamp("us", tz="UTC")
+    return pa.schema([
+        ("path", pa.string()), ("rows", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string()),
+        ("bbox", bbox_type()), ("start_datetime", utc), ("end_datetime", utc),
+    ])
+
+
+def write_manifest(folder: Path, files: Sequence["_FileRecord"]) -> None:
+    schema = manifest_schema()
+    table = pa.table({
+        "path": [f.path for f in files],
+        "rows": [f.rows for f in files],
+        "bytes": [f.bytes for f in files],
+        "sha256": [f.sha256 for f in files],
+        "bbox": [dict(zip(("xmin", "ymin", "xmax", "ymax"), f.bbox)) for f in files],
+        "start_datetime": [f.start for f in files],
+        "end_datetime": [f.end for f in files],
+    }, schema=schema)
+    pq.write_table(table, folder / MANIFEST, compression="zstd")
+
+
+def _dump(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def write_metadata(folder: Path, *, writer: "ProductWriter", files: Sequence["_FileRecord"], sources: list[str]) -> None:
+    """Write manifest, items, model item, grid and sources documents, and the collection last."""
+    from ._write import ITEMS_DIR, MODELS_DIR
+
+    write_manifest(folder, files)
+    footer = files[-1].footer
+    model_href = f"{MODELS_DIR}/{model_item_name(footer['model'])}"
+    item_hrefs = []
+    for record in files:
+        schema = pq.read_schema(folder / record.path)
+        item = build_item(record, collection_id=writer.collection_id, schema=schema, model_href=model_href)
+        href = f"{ITEMS_DIR}/{Path(record.path).stem}.json"
+        _dump(folder / href, item)
+        item_hrefs.append(href)
+    bbox = _union_bbox([f.bbox for f in files])
+    _dump(folder / model_href, build_model_item(footer, collection_id=writer.collection_id, bbox=bbox, start=min(f.start for f in files), end=max(f.end for f in files)))
+    _dump(folder / "grid.json", footer["grid"])
+    source_href = writer.source_data_href or "./sources.json"
+    if writer.source_data_href is None:
+        _dump(folder / "sources.json", {"source_ids": sources})
+    _dump(folder / "collection.json", build_collection(writer, files, item_hrefs=item_hrefs, model_href=model_href, source_href=source_href))

@@ -1,0 +1,601 @@
+"""Write embedding products: validated rows in, GeoParquet 1.1 data files + STAC metadata out.
+
+A product is published atomically. Everything is written into a hidden staging folder beside the
+target (``.NAME.eoembed-staging-XXXX``) and renamed into place only when the manifest, the items and
+the collection are complete, so a crashed write never leaves a folder that reads as a product.
+
+Memory stays bounded: rows are buffered only up to ``max_rows_per_file``; each full buffer is sorted
+along a Hilbert curve and written as one data file in row groups of ``row_group_size`` rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import _geometry, _quantize
+from ._chipid import chip_ids as _chip_ids
+from ._errors import (
+    DimensionMismatchError,
+    ModelContractMismatchError,
+    NonFiniteEmbeddingError,
+    ProductExistsError,
+    SpecError,
+    UnknownFieldError,
+)
+from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
+
+DATA_DIR = "data"
+ITEMS_DIR = "items"
+MODELS_DIR = "models"
+STAGING_MARK = ".eoembed-staging-"
+
+REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
+OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
+# Keys a batch may hold: the columns, plus ``bounds`` as a shortcut for box geometries and the time.
+BATCH_KEYS = frozenset(REQUIRED_COLUMNS + OPTIONAL_COLUMNS + ("bounds", "datetime", "start_datetime", "end_datetime"))
+
+_STORED_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "uint8": pa.uint8()}
+_QUANTIZATION_SHORTHANDS: dict[str, dict[str, Any]] = {
+    "none": {"method": "none", "dtype": "float32"},
+    "float32": {"method": "none", "dtype": "float32"},
+    "float16": {"method": "none", "dtype": "float16"},
+    "int8": {"method": "linear", "per": "tensor"},
+    "int8-per-dimension": {"method": "linear", "per": "dimension"},
+    "int8-per-row": {"method": "per-row"},
+    "sqrt": {"method": "sqrt"},
+    "binary": {"method": "binary"},
+}
+QuantizationName = Literal["none", "float32", "float16", "int8", "int8-per-dimension", "int8-per-row", "sqrt", "binary"]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def bbox_type() -> pa.StructType:
+    return pa.struct([(name, pa.float64()) for name in ("xmin", "ymin", "xmax", "ymax")])
+
+
+def crs84_projjson() -> dict[str, Any]:
+    import pyproj
+
+    return pyproj.CRS("OGC:CRS84").to_json_dict()
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def contract_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "model") -> str | None:
+    """The first field where two model contracts differ, as ``path: a != b``; None when equal."""
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            found = contract_difference(va, vb, f"{prefix}.{key}")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}.{key}: {va!r} != {vb!r}"
+    return None
+
+
+@dataclass
+class _FileRecord:
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+    bbox: tuple[float, float, float, float]
+    start: datetime
+    end: datetime
+    geometry_types: list[str]
+    footer: dict[str, Any]
+
+
+class ProductWriter:
+    """Stream batches of chips into a new product; publish it atomically on :meth:`close`.
+
+    Use as a context manager: leaving the block normally commits, an exception aborts and removes
+    the staging folder. See :meth:`write` for the batch layout.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        model: Mapping[str, Any],
+        grid: str | Mapping[str, Any] = "scene",
+        quantization: QuantizationName | _quantize.Quantization = "none",
+        metric: Literal["cosine", "euclidean", "dot", "hamming"] = "cosine",
+        normalize: bool = False,
+        normalized: bool | None = None,
+        nodata_zero_vector: bool = False,
+        license: str = "CC-BY-4.0",
+        collection_id: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        source_data_href: str | None = None,
+        provenance: Mapping[str, Any] | None = None,
+        row_group_size: int = 65536,
+        max_rows_per_file: int | None = None,
+        compression: str = "zstd",
+        content_hash: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path).absolute()
+        if (self.path / "collection.json").exists() and not overwrite:
+            raise ProductExistsError(
+                f"{self.path} already holds a product; pass overwrite=True to replace it "
+                "(the old product is removed only after the new one is complete)"
+            )
+        if self.path.exists() and not (self.path / "collection.json").exists() and any(self.path.iterdir()):
+            raise ProductExistsError(f"{self.path} exists and is not an empty folder or a product; choose a new path")
+        if row_group_size < 1:
+            raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
+        self.model = json.loads(json.dumps(dict(model)))
+        self.grid = self._grid_section(grid)
+        self.metric = metric
+        self.normalize = normalize
+        self.normalized = bool(normalize or normalized)
+        self.nodata_zero_vector = nodata_zero_vector
+        self.license = license
+        self.collection_id = collection_id or self.path.name
+        self.title = title
+        self.description = description
+        self.source_data_href = source_data_href
+        self.row_group_size = row_group_size
+        self.max_rows_per_file = max_rows_per_file
+        self.compression = compression
+        self.content_hash = content_hash
+        self.overwrite = overwrite
+        self.started = _utcnow()
+        self.provenance_extra = dict(provenance or {})
+        self._quantization_request = quantization
+        self.quantization: _quantize.Quantization | None = (
+            quantization if isinstance(quantization, _quantize.Quantization) else None
+        )
+        if isinstance(quantization, str) and quantization not in _QUANTIZATION_SHORTHANDS:
+            raise SpecError(
+                f"unknown quantization {quantization!r}; use one of {sorted(_QUANTIZATION_SHORTHANDS)} "
+                "or an eoembed.Quantization"
+            )
+        self.dim: int | None = self.quantization.dim if self.quantization else None
+        self._check_static_metadata()
+        self.staging = self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
+        (self.staging / DATA_DIR).mkdir(parents=True)
+        self._buffer: list[pa.Table] = []
+        self._buffered_rows = 0
+        self._rows_seen = 0
+        self._files: list[_FileRecord] = []
+        self._sources: dict[str, None] = {}
+        self._closed = False
+
+    # -- metadata ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _grid_section(grid: str | Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(grid, Mapping):
+            section = json.loads(json.dumps(dict(grid)))
+            if "id" not in section or "definition" not in section:
+                raise SpecError(f"grid must be a grid id or {{'id', 'definition'}}, got keys {sorted(section)}")
+            return section
+        if grid == "scene":
+            return {"id": "scene", "definition": {"kind": "scene", "description": "chips aligned to each source scene's pixel grid"}}
+        from ._grid import get_grid
+
+        resolved = get_grid(grid)
+        return {"id": resolved.id, "definition": resolved.definition()}
+
+    def _embedding_section(self) -> dict[str, Any]:
+        assert self.quantization is not None
+        return {
+            "dim": self.quantization.dim,
+            "dtype": self.quantization.dtype,
+            "normalized": self.normalized or self.quantization.method == "binary",
+            "metric": self.metric,
+            "nodata_zero_vector": self.nodata_zero_vector,
+            "quantization": self.quantization.to_dict(),
+        }
+
+    def _provenance(self, end: datetime) -> dict[str, Any]:
+        from . import __version__
+
+        section = {
+            "software": "eoembed",
+            "software_version": __version__,
+            "start": _iso(self.started),
+            "end": _iso(end),
+            "ranks": 1,
+            "host": socket.gethostname(),
+            "python": platform.python_version(),
+        }
+        section.update(self.provenance_extra)
+        return section
+
+    def footer(self, *, end: datetime | None = None) -> dict[str, Any]:
+        """The ``eoembed`` footer object for a data file finished at ``end``."""
+        return {
+            "spec_version": SPEC_VERSION,
+            "model": self.model,
+            "embedding": self._embedding_section(),
+            "grid": self.grid,
+            "provenance": self._provenance(end or _utcnow()),
+            "license": self.license,
+        }
+
+    def _check_static_metadata(self) -> None:
+        # Validate what is known before any row arrives, so a bad contract fails fast.
+        probe_q = self.quantization or _quantize.Quantization(method="none", dtype="float32", dim=int(self.model.get("output", {}).get("dim", 1) or 1))
+        saved, self.quantization = self.quantization, probe_q
+        try:
+            check_footer(self.footer(end=self.started), where="model/grid/provenance given to the writer")
+        finally:
+            self.quantization = saved
+
+    # -- rows -------------------------------------------------------------------------------------
+
+    def write(self, chips: Mapping[str, Any], *, model: Mapping[str, Any] | None = None) -> None:
+        """Add a batch of chips.
+
+        ``chips`` maps column names to arrays of equal length n: ``embedding`` (n, D) float vectors;
+        ``geometry`` (shapely geometries or WKB in OGC:CRS84) or ``bounds`` (n, 4 lon/lat boxes);
+        ``datetime`` or ``start_datetime`` + ``end_datetime``; ``source_id``; ``grid_cell``;
+        optionally ``chip_id`` (else derived from grid, cell, ``pixel_bbox`` offset, time and
+        source), ``native_crs``, ``native_footprint``, ``pixel_bbox``, ``valid_fraction``. Scalars
+        are broadcast. ``model``, when given, must equal the writer's contract.
+        """
+        if self._closed:
+            raise RuntimeError(f"writer for {self.path} is closed")
+        if model is not None:
+            diff = contract_difference(self.model, json.loads(json.dumps(dict(model))))
+            if diff:
+                raise ModelContractMismatchError(
+                    f"batch for {self.path} has a different model contract ({diff}); "
+                    "one product holds the vectors of exactly one model: write another product"
+                )
+        table = self._to_table(chips)
+        if table.num_rows == 0:
+            return
+        self._buffer.append(table)
+        self._buffered_rows += table.num_rows
+        self._rows_seen += table.num_rows
+        if self._buffered_rows >= self._file_rows():
+            self._flush()
+
+    def _file_rows(self) -> int:
+        if self.max_rows_per_file:
+            return self.max_rows_per_file
+        assert self.quantization is not None
+        # About 256 MiB of vectors a file: large enough for fast scans, small enough to buffer.
+        row_bytes = self.quantization.stored_width() * np.dtype(self.quantization.dtype).itemsize
+        rows = (256 << 20) // max(row_bytes, 1)
+        return max(self.row_group_size, rows // self.row_group_size * self.row_group_size)
+
+    def _column(self, chips: Mapping[str, Any], name: str, n: int) -> Any:
+        value = chips[name]
+        if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
+            return [value] * n
+        if len(value) != n:
+            raise DimensionMismatchError(f"column {name!r} has {len(value)} values, but the batch has {n} vectors")
+        return value
+
+    def _vectors(self, chips: Mapping[str, Any]) -> np.ndarray:
+        if "embedding" not in chips:
+            raise SpecError("batch has no 'embedding'; give an (n, D) array of vectors")
+        vectors = np.asarray(chips["embedding"], dtype=np.float32)
+        if vectors.ndim != 2:
+            raise DimensionMismatchError(f"embedding must be 2-D (n, D), got shape {vectors.shape}")
+        first = self._rows_seen
+        declared = self.model.get("output", {}).get("dim")
+        if self.dim is None:
+            self.dim = vectors.shape[1]
+        for expected, what in ((self.dim, "the product's dimension"), (declared, "model.output.dim")):
+            if expected is not None and vectors.shape[1] != expected:
+                raise DimensionMismatchError(
+                    f"vectors from row {first} have dimension {vectors.shape[1]}, but {what} is {expected}"
+                )
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            col = int(np.flatnonzero(~np.isfinite(vectors[row]))[0])
+            raise NonFiniteEmbeddingError(
+                f"vector of row {first + row} holds {vectors[row, col]} at index {col}; "
+                "drop or fill such chips before writing (NaN and infinity are not valid embeddings)"
+            )
+        if self.normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+        elif self.normalized:
+            norms = np.linalg.norm(vectors, axis=1)
+            bad = np.abs(norms - 1) > 1e-3
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DimensionMismatchError(
+                    f"vector of row {first + row} has norm {norms[row]:.6f} but normalized=True was declared; "
+                    "pass normalize=True to have the writer normalise"
+                )
+        return vectors
+
+    def _ensure_quantization(self, vectors: np.ndarray) -> _quantize.Quantization:
+        if self.quantization is None:
+            request = dict(_QUANTIZATION_SHORTHANDS[self._quantization_request])  # type: ignore[index]
+            method = request.pop("method")
+            # Linear parameters are fitted on the first batch and then frozen for the whole product.
+            self.quantization = _quantize.fit(vectors, method=method, **request)
+            check_footer(self.footer(end=self.started), where=f"quantization for {self.path}")
+        elif self.quantization.dim != vectors.shape[1]:
+            raise DimensionMismatchError(
+                f"vectors have dimension {vectors.shape[1]} but the quantization was fitted for {self.quantization.dim}"
+            )
+        return self.quantization
+
+    def _to_table(self, chips: Mapping[str, Any]) -> pa.Table:
+        unknown = sorted(set(chips) - BATCH_KEYS)
+        if unknown:
+            raise UnknownFieldError(
+                f"unknown column(s) {unknown} for {self.path}; eoembed spec {SPEC_VERSION} columns are "
+                f"{sorted(BATCH_KEYS)}"
+            )
+        if "scale" in chips or "content_hash" in chips:
+            raise SpecError("'scale' and 'content_hash' are computed by the writer; do not pass them")
+        vectors = self._vectors(chips)
+        n = len(vectors)
+        quant = self._ensure_quantization(vectors)
+        codes, row_scale = _quantize.quantize(vectors, quant)
+        first = self._rows_seen
+
+        if "geometry" in chips:
+            wkb, bounds, _ = _geometry.to_wkb(self._column(chips, "geometry", n))
+        elif "bounds" in chips:
+            bounds = np.asarray(chips["bounds"], dtype=float).reshape(-1, 4)
+            if len(bounds) != n:
+                raise DimensionMismatchError(f"'bounds' has {len(bounds)} rows, but the batch has {n} vectors")
+            wkb = None
+        else:
+            raise SpecError("batch needs 'geometry' (OGC:CRS84 footprints) or 'bounds' (n, 4 lon/lat boxes)")
+        _geometry.check_lonlat(bounds, first_row=first)
+        if wkb is None:
+            wkb = _geometry.box_wkb(bounds)
+
+        columns: dict[str, pa.Array] = {}
+        times = self._times(chips, n)
+        source_ids = [str(s) for s in self._column(chips, "source_id", n)] if "source_id" in chips else None
+        grid_cells = [str(c) for c in self._column(chips, "grid_cell", n)] if "grid_cell" in chips else None
+        if source_ids is None or grid_cells is None:
+            raise SpecError("batch needs 'source_id' and 'grid_cell' for every chip")
+        pixel_bbox = None
+        if "pixel_bbox" in chips:
+            pixel_bbox = np.asarray(chips["pixel_bbox"], dtype=np.int32).reshape(-1, 4)
+        if "chip_id" in chips:
+            ids = [str(c) for c in self._column(chips, "chip_id", n)]
+        elif pixel_bbox is not None:
+            size = int(self.model["input"]["chip_size_px"])
+            ids = _chip_ids(
+                grid_id=self.grid["id"], grid_cells=grid_cells, col_offs=pixel_bbox[:, 0],
+                row_offs=pixel_bbox[:, 1], chip_size=size, source_ids=source_ids,
+                times=times["datetime"].to_pylist() if "datetime" in times
+                else list(zip(times["start_datetime"].to_pylist(), times["end_datetime"].to_pylist())),
+            )
+        else:
+            raise SpecError("batch needs 'chip_id', or 'pixel_bbox' so the writer can derive chip ids")
+
+        columns["chip_id"] = pa.array(ids, pa.string())
+        columns["geometry"] = pa.array(wkb, pa.binary())
+        columns["bbox"] = pa.StructArray.from_arrays(
+            [pa.array(bounds[:, i], pa.float64()) for i in range(4)], fields=list(bbox_type())
+        )
+        columns.update(times)
+        columns["source_id"] = pa.array(source_ids, pa.string())
+        columns["grid_cell"] = pa.array(grid_cells, pa.string())
+        stored = _STORED_TYPES[quant.dtype]
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(codes).reshape(-1), stored), quant.stored_width()
+        )
+        if row_scale is not None:
+            columns[quant.scale_column or "scale"] = pa.array(np.asarray(row_scale, np.float32), pa.float32())
+        if "native_crs" in chips:
+            columns["native_crs"] = pa.array([str(c) for c in self._column(chips, "native_crs", n)], pa.string())
+        if "native_footprint" in chips:
+            native_wkb, _, _ = _geometry.to_wkb(self._column(chips, "native_footprint", n))
+            columns["native_footprint"] = pa.array(native_wkb, pa.binary())
+        if pixel_bbox is not None:
+            columns["pixel_bbox"] = pa.FixedSizeListArray.from_arrays(pa.array(pixel_bbox.reshape(-1), pa.int32()), 4)
+        if "valid_fraction" in chips:
+            fraction = np.asarray(self._column(chips, "valid_fraction", n), dtype=np.float32)
+            if ((fraction < 0) | (fraction > 1) | ~np.isfinite(fraction)).any():
+                row = int(np.flatnonzero((fraction < 0) | (fraction > 1) | ~np.isfinite(fraction))[0])
+                raise SpecError(f"valid_fraction of row {first + row} is {fraction[row]}; it must lie in [0, 1]")
+            columns["valid_fraction"] = pa.array(fraction, pa.float32())
+        if self.content_hash:
+            raw = np.ascontiguousarray(codes)
+            columns["content_hash"] = pa.array([hashlib.sha256(r.tobytes()).hexdigest() for r in raw], pa.string())
+        for source in source_ids:
+            self._sources.setdefault(source)
+        return pa.table(columns)
+
+    def _times(self, chips: Mapping[str, Any], n: int) -> dict[str, pa.Array]:
+        utc = pa.timestamp("us", tz="UTC")
+
+        def convert(name: str) -> pa.Array:
+            values = self._column(chips, name, n)
+            if isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.datetime64):
+                return pa.array(values.astype("datetime64[us]"), pa.timestamp("us")).cast(utc)
+            out = []
+            for v in values:
+                if isinstance(v, str):
+                    v = datetime.fromisoformat(v.replace("Z", "+00:00"))
+                if isinstance(v, datetime) and v.tzinfo is None:
+                    v = v.replace(tzinfo=timezone.utc)
+                out.append(v)
+            array = pa.array(out, utc)
+            if array.null_count:
+                row = int(np.flatnonzero(np.asarray(array.is_null()))[0])
+                raise SpecError(f"{name} of row {self._rows_seen + row} is missing; every chip needs a time")
+            return array
+
+        if "datetime" in chips:
+            return {"datetime": convert("datetime")}
+        if "start_datetime" in chips and "end_datetime" in chips:
+            start, end = convert("start_datetime"), convert("end_datetime")
+            import pyarrow.compute as pc
+
+            if pc.any(pc.greater(start, end)).as_py():
+                raise SpecError("start_datetime is after end_datetime in some rows; swap them or fix the dates")
+            return {"start_datetime": start, "end_datetime": end}
+        raise SpecError("batch needs 'datetime', or 'start_datetime' and 'end_datetime'")
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _flush(self, *, final: bool = False) -> None:
+        """Write full data files from the buffer; the remainder stays buffered unless ``final``."""
+        if not self._buffer:
+            return
+        try:
+            table = pa.concat_tables(self._buffer)
+        except pa.ArrowInvalid as error:
+            raise SpecError(f"batches for {self.path} do not share one column layout: {error}") from error
+        limit = self._file_rows()
+        full = table.num_rows if final else table.num_rows // limit * limit
+        for start in range(0, full, limit):
+            self._write_file(table.slice(start, min(limit, full - start)))
+        rest = table.slice(full)
+        self._buffer = [rest] if rest.num_rows else []
+        self._buffered_rows = rest.num_rows
+
+    def _write_file(self, table: pa.Table) -> None:
+        bbox = table.column("bbox").combine_chunks()
+        bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
+        order = _geometry.hilbert_order(bounds)
+        table = table.take(pa.array(order))
+        bounds = bounds[order]
+        types = _geometry.geometry_types(table.column("geometry").to_pylist())
+        file_bbox = (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max()))
+        geo = {
+            "version": "1.1.0",
+            "primary_column": "geometry",
+            "columns": {
+                "geometry": {
+                    "encoding": "WKB",
+                    "geometry_types": types,
+                    "crs": crs84_projjson(),
+                    "edges": "planar",
+                    "bbox": list(file_bbox),
+                    "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+                }
+            },
+        }
+        if set(types) <= {"Polygon", "MultiPolygon"}:
+            # Boxes are written counter-clockwise and user polygons are oriented so on input.
+            geo["columns"]["geometry"]["orientation"] = "counterclockwise"
+        end = _utcnow()
+        footer = self.footer(end=end)
+        metadata = dict(table.schema.metadata or {})
+        metadata[b"geo"] = json.dumps(geo).encode()
+        metadata[FOOTER_KEY] = json.dumps(footer).encode()
+        table = table.replace_schema_metadata(metadata)
+
+        name = f"part-{len(self._files):05d}.parquet"
+        target = self.staging / DATA_DIR / name
+        pq.write_table(
+            table, target, row_group_size=self.row_group_size, compression=self.compression,
+            use_dictionary=[c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
+            write_statistics=True, store_schema=True,
+        )
+        times = table.column("datetime") if "datetime" in table.column_names else None
+        import pyarrow.compute as pc
+
+        start = pc.min(times if times is not None else table.column("start_datetime")).as_py()
+        stop = pc.max(times if times is not None else table.column("end_datetime")).as_py()
+        self._files.append(_FileRecord(
+            path=f"{DATA_DIR}/{name}", rows=table.num_rows, bytes=target.stat().st_size,
+            sha256=sha256_file(target), bbox=file_bbox, start=start, end=stop, geometry_types=types, footer=footer,
+        ))
+
+    # -- publication ------------------------------------------------------------------------------
+
+    def close(self) -> "Path":
+        """Write the remaining rows, the manifest and the STAC metadata, then publish atomically."""
+        if self._closed:
+            return self.path
+        try:
+            self._flush(final=True)
+            if not self._files:
+                raise SpecError(f"no rows were written to {self.path}; a product needs at least one chip")
+            from ._stac import write_metadata
+
+            write_metadata(self.staging, writer=self, files=self._files, sources=list(self._sources))
+            self._publish()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        return self.path
+
+    def _publish(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        old = None
+        if self.path.exists():
+            if (self.path / "collection.json").exists() and self.overwrite:
+                old = self.path.parent / f".{self.path.name}.eoembed-old-{uuid.uuid4().hex[:12]}"
+                os.rename(self.path, old)
+            elif not any(self.path.iterdir()):
+                self.path.rmdir()
+        try:
+            os.rename(self.staging, self.path)
+        except OSError as error:
+            if old is not None:
+                os.rename(old, self.path)
+            raise ProductExistsError(
+                f"could not publish {self.path}: {error}; another writer may have published there first"
+            ) from error
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Drop everything written so far; the target path is left as it was."""
+        self._closed = True
+        self._buffer = []
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def __enter__(self) -> "ProductWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_product(path: str | os.PathLike, chips: Mapping[str, Any] | Sequence[Mapping[str, Any]], **options: Any) -> Path:
+    """Write one product from a batch of chips (or a list of batches) and publish it atomically.
+
+    Options are those of :class:`ProductWriter`; ``model`` is required. Returns the product path.
+    """
+    batches = [chips] if isinstance(chips, Mapping) else list(chips)
+    with ProductWriter(path, **options) as writer:
+        for batch in batches:
+            writer.write(batch)
+    return writer.path

@@ -1,0 +1,275 @@
+"""The writer: every product it emits is valid GeoParquet 1.1 + STAC, and bad input is refused by name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import eoembed
+from eoembed._quantize import dequantize, quantize
+from eoembed._schemas import validate_stac
+from tests.factories import QUANTIZATIONS, TOLERANCE, chips, model_contract, write
+
+VALIDATOR = shutil.which("geoparquet-validator") or str(Path(sys.executable).parent / "geoparquet-validator")
+
+
+def stac_documents(product: Path) -> list[Path]:
+    return [product / "collection.json", *sorted((product / "items").glob("*.json")), *sorted((product / "models").glob("*.json"))]
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_round_trip_each_form(tmp_path, quantization):
+    batch = chips(600, 64, seed=1)
+    path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(64), quantization=quantization,
+                                 normalize=True, row_group_size=128)
+    product = eoembed.open(path)
+    assert product.num_rows == 600
+    got = product.to_numpy()
+    # Rows are stored in spatial order: line them up again by chip id.
+    order = np.argsort(product.sql("SELECT chip_id FROM embeddings").column("chip_id").to_numpy(zero_copy_only=False))
+    ids = np.array(sorted(batch["chip_id"]))
+    assert (np.array(product.sql("SELECT chip_id FROM embeddings").column("chip_id").to_pylist())[order] == ids).all()
+    got = got[order]
+    expected = batch["embedding"]
+    if quantization == "binary":
+        assert (np.sign(got) == np.where(expected > 0, 1, -1)).all()
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-6)
+    else:
+        assert np.abs(got - expected).max() <= TOLERANCE[quantization] + 1e-7
+    # The stored codes decode exactly as the declared method says.
+    codes = product.to_numpy(dequantize=False)[order]
+    quant = product.quantization
+    row_scale = None
+    if quant.method == "per-row":
+        scale = product.sql("SELECT scale FROM embeddings").column("scale").to_numpy()
+        row_scale = scale[order]
+    np.testing.assert_array_equal(dequantize(codes, quant, row_scale=row_scale), got)
+    assert eoembed.validate(path).findings == []
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8-per-row", "binary"])
+def test_data_files_pass_geoparquet_validator(tmp_path, quantization):
+    path = write(tmp_path / "p", quantization=quantization)
+    for data in sorted((path / "data").glob("*.parquet")):
+        for conformance in ("core", "covering"):
+            run = subprocess.run([VALIDATOR, "check", str(data), "--class", conformance], capture_output=True, text=True)
+            assert run.returncode == 0, run.stdout + run.stderr
+            assert "conformant" in run.stdout
+
+
+def test_stac_validates_offline_against_every_declared_schema(tmp_path):
+    path = write(tmp_path / "p", quantization="int8-per-row")
+    for document in stac_documents(path):
+        doc = json.loads(document.read_text())
+        assert validate_stac(doc) == [], document
+        declared = set(doc["stac_extensions"])
+        if document.name == "collection.json":
+            assert {eoembed._spec.EMBEDDINGS_EXTENSION, eoembed._spec.STAC_EXTENSION} <= declared
+        elif document.parent.name == "models":
+            assert eoembed._spec.MLM_EXTENSION in declared
+
+
+def test_stac_against_the_shared_mirror_differs_only_in_the_beta_version_const(tmp_path, stac_mirror):
+    """The mirrored 'v1.1.0' core schemas are the 1.1.0-beta.1 text; everything else agrees."""
+    path = write(tmp_path / "p")
+    for document in stac_documents(path):
+        doc = json.loads(document.read_text())
+        issues = validate_stac(doc, extra_roots=[stac_mirror])
+        assert issues == [], document  # vendored copies are found first; the mirror fills gaps only
+    beta = json.loads((stac_mirror / "schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json").read_text())
+    assert "1.1.0-beta.1" in json.dumps(beta)
+
+
+def test_duckdb_spatial_reads_the_geometry(tmp_path):
+    path = write(tmp_path / "p")
+    product = eoembed.open(path)
+    rows = product.sql(
+        "SELECT ST_GeometryType(geometry) AS kind, max(abs(ST_XMin(geometry) - bbox.xmin)) AS dx, "
+        "max(abs(ST_YMax(geometry) - bbox.ymax)) AS dy, count(*) AS n FROM embeddings GROUP BY 1"
+    ).to_pylist()
+    assert rows == [{"kind": "POLYGON", "dx": 0.0, "dy": 0.0, "n": 500}]
+
+
+def test_stac_geoparquet_reads_the_items(tmp_path):
+    import stac_geoparquet.arrow as sga
+
+    path = write(tmp_path / "p", max_rows_per_file=200)
+    items = [json.loads(p.read_text()) for p in sorted((path / "items").glob("*.json"))]
+    table = sga.parse_stac_items_to_arrow(items).read_all()
+    assert table.num_rows == 3
+    sga.to_parquet(table, tmp_path / "items.parquet")
+    back = list(sga.stac_table_to_items(pq.read_table(tmp_path / "items.parquet")))
+    assert sorted(i["assets"]["embeddings"]["href"] for i in back) == [f"../data/part-0000{k}.parquet" for k in range(3)]
+
+
+def test_layout_zstd_row_groups_and_spatial_order(tmp_path):
+    path = write(tmp_path / "p", n=4000, row_group_size=1000)
+    meta = pq.ParquetFile(path / "data" / "part-00000.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000] * 4
+    assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
+    bbox = eoembed.open(path).sql("SELECT bbox.xmin AS x, bbox.ymin AS y FROM embeddings").to_pandas() if False else None
+    table = pq.read_table(path / "data" / "part-00000.parquet", columns=["bbox"]).column("bbox").combine_chunks()
+    xy = np.stack([table.field("xmin").to_numpy(), table.field("ymin").to_numpy()], axis=1)
+    stored_step = np.abs(np.diff(xy, axis=0)).sum(axis=1).mean()
+    shuffled = xy[np.random.default_rng(0).permutation(len(xy))]
+    random_step = np.abs(np.diff(shuffled, axis=0)).sum(axis=1).mean()
+    assert stored_step < random_step / 10
+    # Row-group statistics let readers skip groups: spatial order makes their boxes small.
+    index = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+    spans = [meta.row_group(g).column(index["bbox.xmin"]).statistics for g in range(4)]
+    assert all(s.has_min_max for s in spans)
+
+
+def test_streaming_writer_splits_files_and_manifest_agrees(tmp_path):
+    with eoembed.ProductWriter(tmp_path / "p", model=model_contract(16), max_rows_per_file=250, normalize=True) as writer:
+        for k in range(4):
+            writer.write(chips(200, 16, seed=k, first=200 * k))
+    product = eoembed.open(tmp_path / "p")
+    manifest = product.manifest.to_pylist()
+    assert [m["rows"] for m in manifest] == [250, 250, 250, 50]
+    assert product.num_rows == 800
+    assert len(list((tmp_path / "p" / "items").glob("*.json"))) == 4
+    assert eoembed.validate(tmp_path / "p").ok
+
+
+def test_chip_ids_derived_from_place_time_and_source_join_two_models(tmp_path):
+    batch = chips(100, 16)
+    del batch["chip_id"]
+    a = eoembed.write_product(tmp_path / "a", batch, model=model_contract(16, name="model-a"), normalize=True)
+    other = dict(batch, embedding=np.random.default_rng(9).normal(size=(100, 8)).astype(np.float32))
+    b = eoembed.write_product(tmp_path / "b", other, model=model_contract(8, name="model-b"), quantization="int8")
+    ids_a = set(eoembed.open(a).sql("SELECT chip_id FROM embeddings").column("chip_id").to_pylist())
+    ids_b = set(eoembed.open(b).sql("SELECT chip_id FROM embeddings").column("chip_id").to_pylist())
+    assert ids_a == ids_b and len(ids_a) == 100
+    c = eoembed.write_product(tmp_path / "c", dict(batch, source_id="another-scene"), model=model_contract(16), normalize=True)
+    assert not ids_a & set(eoembed.open(c).sql("SELECT chip_id FROM embeddings").column("chip_id").to_pylist())
+
+
+def test_time_ranges_instead_of_instants(tmp_path):
+    batch = chips(50, 16)
+    del batch["datetime"]
+    batch["start_datetime"] = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    batch["end_datetime"] = datetime(2020, 12, 31, tzinfo=timezone.utc)
+    path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(16), normalize=True)
+    collection = json.loads((path / "collection.json").read_text())
+    assert collection["extent"]["temporal"]["interval"] == [["2020-01-01T00:00:00Z", "2020-12-31T00:00:00Z"]]
+    assert eoembed.validate(path).ok
+
+
+# -- refusals -------------------------------------------------------------------------------------
+
+
+def test_dimension_mismatch_names_both_dimensions(tmp_path):
+    with pytest.raises(eoembed.DimensionMismatchError, match=r"dimension 24.*model.output.dim is 32"):
+        eoembed.write_product(tmp_path / "p", chips(10, 24), model=model_contract(32))
+    assert not (tmp_path / "p").exists()
+
+
+def test_nan_vector_names_the_row(tmp_path):
+    batch = chips(50, 16)
+    batch["embedding"][37, 5] = np.nan
+    with pytest.raises(eoembed.NonFiniteEmbeddingError, match=r"row 37 holds nan at index 5"):
+        eoembed.write_product(tmp_path / "p", batch, model=model_contract(16))
+
+
+def test_infinite_vector_in_a_later_batch_names_the_global_row(tmp_path):
+    with pytest.raises(eoembed.NonFiniteEmbeddingError, match=r"row 112 holds inf"):
+        with eoembed.ProductWriter(tmp_path / "p", model=model_contract(16), normalize=True) as writer:
+            writer.write(chips(100, 16))
+            bad = chips(100, 16, first=100)
+            bad["embedding"][12, 0] = np.inf
+            writer.write(bad)
+    assert not (tmp_path / "p").exists()
+    assert not list(tmp_path.iterdir()), "the staging folder must be removed on abort"
+
+
+def test_coordinates_outside_crs84_name_row_and_value(tmp_path):
+    batch = chips(20, 16)
+    batch["bounds"][7] = [400.0, 35.0, 400.1, 35.1]
+    with pytest.raises(eoembed.CoordinateRangeError, match=r"row 7 has bounds \[400.0, 35.0"):
+        eoembed.write_product(tmp_path / "p", batch, model=model_contract(16))
+
+
+def test_projected_footprints_are_refused(tmp_path):
+    batch = chips(20, 16)
+    batch["bounds"] = batch["bounds"] * 0 + [712000.0, 3950000.0, 712160.0, 3950160.0]
+    with pytest.raises(eoembed.CoordinateRangeError, match="reproject footprints"):
+        eoembed.write_product(tmp_path / "p", batch, model=model_contract(16))
+
+
+def test_two_model_contracts_in_one_product_are_refused(tmp_path):
+    other = model_contract(16)
+    other["input"]["bands"][1]["name"] = "B8"
+    with pytest.raises(eoembed.ModelContractMismatchError, match=r"model.input.bands: .*B2.*B8"):
+        with eoembed.ProductWriter(tmp_path / "p", model=model_contract(16), normalize=True) as writer:
+            writer.write(chips(10, 16), model=model_contract(16))
+            writer.write(chips(10, 16, first=10), model=other)
+    assert not (tmp_path / "p").exists()
+
+
+def test_unknown_field_under_our_prefix_is_refused(tmp_path):
+    model = model_contract(16)
+    model["input"]["colour"] = "blue"
+    with pytest.raises(eoembed.UnknownFieldError, match="colour"):
+        eoembed.ProductWriter(tmp_path / "p", model=model)
+    with pytest.raises(eoembed.UnknownFieldError, match="cloud_cover"):
+        eoembed.write_product(tmp_path / "q", dict(chips(5, 16), cloud_cover=[0.1] * 5), model=model_contract(16))
+
+
+def test_bad_contract_values_are_refused_before_any_row(tmp_path):
+    model = model_contract(16)
+    model["weights_sha256"] = "abc"
+    with pytest.raises(eoembed.SpecError, match="weights_sha256"):
+        eoembed.ProductWriter(tmp_path / "p", model=model)
+    assert not (tmp_path / "p").exists() and not list(tmp_path.iterdir())
+
+
+def test_existing_product_is_kept_unless_overwrite(tmp_path):
+    path = write(tmp_path / "p", n=50)
+    before = (path / "manifest.parquet").read_bytes()
+    with pytest.raises(eoembed.ProductExistsError, match="overwrite=True"):
+        write(tmp_path / "p", n=60)
+    # A failing overwrite leaves the old product untouched.
+    bad = chips(60, 32)
+    bad["embedding"][3] = np.nan
+    with pytest.raises(eoembed.NonFiniteEmbeddingError):
+        eoembed.write_product(path, bad, model=model_contract(32), overwrite=True)
+    assert (path / "manifest.parquet").read_bytes() == before
+    write(tmp_path / "p", n=60, overwrite=True)
+    assert eoembed.open(path).num_rows == 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
+
+
+CRASH = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import eoembed
+from tests.factories import chips, model_contract
+writer = eoembed.ProductWriter({path!r}, model=model_contract(16), max_rows_per_file=100, normalize=True)
+writer.write(chips(250, 16))        # two data files are already flushed to the staging folder
+os._exit(9)                         # a hard crash: no clean-up runs
+"""
+
+
+def test_a_crashed_write_never_reads_as_a_product(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    target = tmp_path / "p"
+    run = subprocess.run([sys.executable, "-c", CRASH.format(repo=str(repo), path=str(target))], capture_output=True, text=True)
+    assert run.returncode == 9, run.stderr
+    assert not target.exists()
+    staging = [p for p in tmp_path.iterdir()]
+    assert len(staging) == 1 and ".eoembed-staging-" in staging[0].name
+    assert len(list((staging[0] / "data").glob("*.parquet"))) == 2
+    with pytest.raises(eoembed.ProductNotFoundError, match="half-written staging folder"):
+        eoembed.open(staging[0])
+    # A new write to the same target is not disturbed by the leftover.
+    write(target, n=30)
+    assert eoembed.validate(target).ok
