@@ -1,0 +1,108 @@
+"""Produce a product from scenes in one process: read, tile, encode, write.
+
+The stages are the modules beside this one (``read`` -> ``tile`` -> ``encode``) and the SDK's
+writer. Distributing scenes over MPI ranks builds on :func:`encode_scene`, which turns one scene
+into writer batches and knows nothing of where they go.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import shapely
+
+from eoembed._errors import ImageryError
+from eoembed._grid import get_grid
+from eoembed._write import ProductWriter
+
+from .encode import Encoder, get_encoder
+from .read import Scene, open_scene
+from .tile import iter_chip_batches
+
+
+def encode_scene(
+    scene: Scene,
+    encoder: Encoder,
+    *,
+    chip_size: int,
+    stride: int | None = None,
+    grid_id: str = "majortom-10km",
+    min_valid_fraction: float = 0.5,
+    batch_size: int = 256,
+    time: datetime | tuple[datetime, datetime] | None = None,
+    source_id: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Writer batches (see :meth:`ProductWriter.write`) for every chip of one scene."""
+    when = time if time is not None else scene.datetime
+    if when is None:
+        raise ImageryError(
+            f"{scene.path} has no acquisition time (no TIFFTAG_DATETIME); pass time= (a datetime or a (start, end) pair)"
+        )
+    grid = get_grid(grid_id)
+    source = source_id or Path(scene.path).stem
+    for batch in iter_chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
+                                   min_valid_fraction=min_valid_fraction):
+        n = len(batch)
+        lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
+        lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2
+        chips: dict[str, Any] = {
+            "embedding": encoder.encode(batch.pixels, batch.valid),
+            "bounds": batch.lonlat_bounds,
+            "source_id": source,
+            "grid_cell": np.asarray(grid.cell_of(lon, lat), dtype=object),
+            "native_crs": scene.crs,
+            "native_footprint": shapely.box(*batch.native_bounds.T),
+            "pixel_bbox": batch.pixel_bbox,
+            "valid_fraction": batch.valid_fraction,
+        }
+        if isinstance(when, tuple):
+            chips["start_datetime"], chips["end_datetime"] = [when[0]] * n, [when[1]] * n
+        else:
+            chips["datetime"] = [when] * n
+        yield chips
+
+
+def produce(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    encoder: str | Encoder = "stats",
+    chip_size: int,
+    stride: int | None = None,
+    grid: str = "majortom-10km",
+    quantization: str = "none",
+    min_valid_fraction: float = 0.5,
+    time: datetime | tuple[datetime, datetime] | None = None,
+    band_sources: Sequence[str] | None = None,
+    overwrite: bool = False,
+    license: str = "CC-BY-4.0",
+    **writer_options: Any,
+) -> Path:
+    """Encode every chip of every scene in ``inputs`` into one product at ``out`` (one process).
+
+    All scenes must share band layout and resolution, since one product holds one model contract.
+    """
+    scenes = [open_scene(p) for p in inputs]
+    if not scenes:
+        raise ImageryError("no input scenes given")
+    model = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)
+    first = scenes[0]
+    stride = stride or chip_size
+    contract = model.contract(bands=first.band_names, chip_size=chip_size, stride=stride, gsd=float(abs(first.res[0])),
+                              band_sources=band_sources or [Path(first.path).name] * first.count)
+    with ProductWriter(out, model=contract, grid=grid, quantization=quantization, overwrite=overwrite,
+                       license=license, **writer_options) as writer:
+        for scene in scenes:
+            if scene.band_names != first.band_names or scene.count != first.count:
+                raise ImageryError(
+                    f"{scene.path} has bands {scene.band_names}, but {first.path} has {first.band_names}; "
+                    "one product holds one band layout"
+                )
+            for chips in encode_scene(scene, model, chip_size=chip_size, stride=stride, grid_id=grid,
+                                      min_valid_fraction=min_valid_fraction, time=time):
+                writer.write(chips)
+    return writer.path
