@@ -7,6 +7,7 @@ into writer batches and knows nothing of where they go.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import datetime
 from pathlib import Path
@@ -78,6 +79,7 @@ def produce(
     min_valid_fraction: float = 0.5,
     time: datetime | tuple[datetime, datetime] | None = None,
     band_sources: Sequence[str] | None = None,
+    nodata: float | None = None,
     overwrite: bool = False,
     license: str = "CC-BY-4.0",
     **writer_options: Any,
@@ -85,8 +87,11 @@ def produce(
     """Encode every chip of every scene in ``inputs`` into one product at ``out`` (one process).
 
     All scenes must share band layout and resolution, since one product holds one model contract.
+    ``nodata`` overrides the scenes' declared nodata value (many scenes leave their fill undeclared).
     """
     scenes = [open_scene(p) for p in inputs]
+    if nodata is not None:
+        scenes = [dataclasses.replace(scene, nodata=float(nodata)) for scene in scenes]
     if not scenes:
         raise ImageryError("no input scenes given")
     model = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)

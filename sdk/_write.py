@@ -324,6 +324,14 @@ class ProductWriter:
                 f"vector of row {first + row} holds {vectors[row, col]} at index {col}; "
                 "drop or fill such chips before writing (NaN and infinity are not valid embeddings)"
             )
+        if not self.nodata_zero_vector:
+            zero = ~vectors.any(axis=1)
+            if zero.any():
+                row = int(np.flatnonzero(zero)[0])
+                raise NonFiniteEmbeddingError(
+                    f"vector of row {first + row} is all zeros; drop chips without data (e.g. set the scene's nodata), "
+                    "or pass nodata_zero_vector=True if zero vectors mark them"
+                )
         if self.normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)

@@ -273,3 +273,13 @@ def test_a_crashed_write_never_reads_as_a_product(tmp_path):
     # A new write to the same target is not disturbed by the leftover.
     write(target, n=30)
     assert eoembed.validate(target).ok
+
+
+def test_zero_vectors_need_a_nodata_declaration(tmp_path):
+    batch = chips(30, 16)
+    batch["embedding"][21] = 0
+    with pytest.raises(eoembed.NonFiniteEmbeddingError, match=r"row 21 is all zeros.*nodata_zero_vector=True"):
+        eoembed.write_product(tmp_path / "p", batch, model=model_contract(16))
+    path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(16), nodata_zero_vector=True)
+    assert eoembed.open(path).embedding["nodata_zero_vector"] is True
+    assert eoembed.validate(path).findings == []

@@ -1,0 +1,88 @@
+"""The reader: streaming Arrow, numpy and torch views, and what it must reject."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import eoembed
+from tests.factories import write
+
+
+def test_open_by_folder_or_collection_json(tmp_path):
+    path = write(tmp_path / "p", n=100)
+    a, b = eoembed.open(path), eoembed.open(path / "collection.json")
+    assert a.path == b.path and a.num_rows == b.num_rows == 100
+    assert a.model["name"] == "test-encoder" and a.dim == 32
+    assert "rows=100" in repr(a)
+
+
+def test_to_arrow_streams_batches(tmp_path):
+    path = write(tmp_path / "p", n=1000, max_rows_per_file=400)
+    reader = eoembed.open(path).to_arrow(batch_size=128)
+    assert isinstance(reader, pa.RecordBatchReader)
+    sizes = [batch.num_rows for batch in reader]
+    assert sum(sizes) == 1000 and max(sizes) <= 128 and len(sizes) >= 8
+    assert "eoembed" in {k.decode() for k in reader.schema.metadata}
+
+
+def test_to_numpy_and_to_torch_agree(tmp_path):
+    import torch
+
+    product = eoembed.open(write(tmp_path / "p", n=300, quantization="int8"))
+    array = product.to_numpy()
+    tensor = product.to_torch()
+    assert array.dtype == np.float32 and array.shape == (300, 32)
+    assert tensor.dtype == torch.float32 and torch.equal(tensor, torch.from_numpy(array))
+    codes = product.to_numpy(dequantize=False)
+    assert codes.dtype == np.int8 and codes.shape == (300, 32)
+
+
+def test_reader_ignores_unknown_fields_outside_its_prefix(tmp_path):
+    path = write(tmp_path / "p", n=10)
+    collection = json.loads((path / "collection.json").read_text())
+    collection["acme:cloud_cover"] = 3
+    (path / "collection.json").write_text(json.dumps(collection))
+    assert eoembed.open(path).num_rows == 10
+
+
+def test_reader_rejects_unknown_fields_under_its_prefix(tmp_path):
+    path = write(tmp_path / "p", n=10)
+    collection = json.loads((path / "collection.json").read_text())
+    collection["eoembed:colour"] = "blue"
+    (path / "collection.json").write_text(json.dumps(collection))
+    with pytest.raises(eoembed.UnknownFieldError, match="eoembed:colour"):
+        eoembed.open(path)
+    collection.pop("eoembed:colour")
+    collection["eoembed:model"]["input"]["colour"] = "blue"
+    (path / "collection.json").write_text(json.dumps(collection))
+    with pytest.raises(eoembed.UnknownFieldError, match="colour"):
+        eoembed.open(path)
+
+
+def test_reader_rejects_another_major_version(tmp_path):
+    path = write(tmp_path / "p", n=10)
+    collection = json.loads((path / "collection.json").read_text())
+    collection["eoembed:spec_version"] = "7.0.0"
+    (path / "collection.json").write_text(json.dumps(collection))
+    with pytest.raises(eoembed.SpecError, match="'7.0.0'.*upgrade eoembed"):
+        eoembed.open(path)
+
+
+def test_missing_paths_say_what_they_are(tmp_path):
+    with pytest.raises(eoembed.ProductNotFoundError, match="does not exist"):
+        eoembed.open(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(eoembed.ProductNotFoundError, match="no collection.json"):
+        eoembed.open(tmp_path / "empty")
+    assert issubclass(eoembed.ProductNotFoundError, FileNotFoundError)
+
+
+def test_read_footer_of_a_data_file(tmp_path):
+    path = write(tmp_path / "p", n=10, quantization="binary")
+    footer = eoembed.read_footer(next((path / "data").glob("*.parquet")))
+    assert footer["spec_version"] == eoembed.SPEC_VERSION
+    assert footer["embedding"]["quantization"] == {"method": "binary", "dtype": "uint8", "original_dtype": "float32"}

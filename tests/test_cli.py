@@ -1,0 +1,70 @@
+"""The `eoembed` command line, run as a user runs it: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.factories import write
+
+EOEMBED = str(Path(sys.executable).parent / "eoembed")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([EOEMBED, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def product(tmp_path_factory) -> Path:
+    return write(tmp_path_factory.mktemp("cli") / "p", n=120, quantization="int8")
+
+
+def test_validate_exit_codes(product, tmp_path):
+    ok = run("validate", str(product))
+    assert ok.returncode == 0 and "valid (0 errors" in ok.stdout
+    report = json.loads(run("validate", str(product), "--json").stdout)
+    assert report["valid"] is True and report["findings"] == []
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(product), str(broken)], check=True)
+    (broken / "manifest.parquet").unlink()
+    bad = run("validate", str(broken), "--json")
+    assert bad.returncode == 1 and json.loads(bad.stdout)["findings"][0]["code"] == "STR001"
+    missing = run("validate", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_query_formats_and_bound_parameters(product, tmp_path):
+    table = run("query", str(product), "SELECT grid_cell, count(*) AS n FROM embeddings GROUP BY 1 ORDER BY 1")
+    assert table.returncode == 0 and "397U_712L" in table.stdout and "(2 rows)" in table.stdout
+    as_csv = run("query", str(product), "SELECT count(*) AS n FROM embeddings WHERE source_id = ?", "--param", "scene-1", "--format", "csv")
+    assert list(csv.DictReader(io.StringIO(as_csv.stdout))) == [{"n": "40"}]
+    as_json = run("query", str(product), "SELECT chip_id FROM embeddings ORDER BY chip_id LIMIT 2", "--format", "json")
+    assert [r["chip_id"] for r in json.loads(as_json.stdout)] == ["chip-0000000", "chip-0000001"]
+    out = tmp_path / "r.parquet"
+    assert run("query", str(product), "SELECT chip_id, embedding FROM embeddings", "--format", "parquet", "--out", str(out)).returncode == 0
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == 120
+    bad = run("query", str(product), "SELECT nope FROM embeddings")
+    assert bad.returncode == 2 and "query: SELECT nope" in bad.stderr
+
+
+def test_info_grids_encoders(product):
+    info = json.loads(run("info", str(product)).stdout)
+    assert info["rows"] == 120 and info["quantization"]["method"] == "linear" and info["bands"] == ["B1", "B2", "B3"]
+    grids = [json.loads(line)["id"] for line in run("grids").stdout.splitlines()]
+    assert grids == ["majortom-10km", "utm-10000m"]
+    encoders = [json.loads(line)["name"] for line in run("encoders").stdout.splitlines()]
+    assert "stats" in encoders
+
+
+def test_version_names_the_spec():
+    from eoembed import SPEC_VERSION
+
+    assert f"spec {SPEC_VERSION}" in run("--version").stdout
