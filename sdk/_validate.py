@@ -25,6 +25,8 @@ from ._spec import FOOTER_KEY, SPEC_VERSION, footer_errors
 
 Severity = Literal["error", "warning"]
 _SECTIONS = ("model", "embedding", "grid", "license", "spec_version")
+_GEOMETRY_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "MultiPoint",
+                   5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
 _NORM_TOLERANCE = {"none": 1e-3, "linear": 2e-2, "per-row": 2e-2, "sqrt": 5e-2, "binary": 1e-5}
 
 
@@ -327,6 +329,7 @@ class _DataFileChecker:
         self.temporal = temporal
         self.rows: int | None = None
         self.footer: dict[str, Any] | None = None
+        self._geo_meta: dict[str, Any] | None = None
 
     def add(self, code: str, message: str, **kw: Any) -> None:
         self.report.add(code, message, file=self.name, **kw)
@@ -345,6 +348,8 @@ class _DataFileChecker:
         quant = self._check_embedding_type(schema)
         self._check_row_group_stats(handle, geo)
         self._stream(handle, geo, quant)
+        if self.footer is None:
+            self._probe_foreign_vectors(handle)
 
     # GeoParquet metadata ----------------------------------------------------------------------
 
@@ -373,6 +378,10 @@ class _DataFileChecker:
             self.add("GEO003", "no 'crs' for the geometry column; eoembed requires the CRS as PROJJSON", column=primary, severity="warning")
         elif meta["crs"] is None:
             self.add("GEO003", "'crs' is null (unknown CRS); eoembed requires OGC:CRS84 as PROJJSON", column=primary)
+        if meta.get("edges", "planar") != "planar":
+            self.add("GEO011", f"edges are {meta.get('edges')!r}; eoembed footprints are planar in OGC:CRS84", column=primary)
+        if "epoch" in meta:
+            self.add("GEO011", f"'epoch' {meta['epoch']} is set; eoembed footprints carry no coordinate epoch", column=primary)
         covering = (meta.get("covering") or {}).get("bbox")
         if not covering:
             self.add("GEO004", "no covering 'bbox' column declared", column=primary)
@@ -384,6 +393,7 @@ class _DataFileChecker:
                 self.add("GEO004", f"covering column {col!r} is {schema.field(col).type}, expected a struct of doubles", column=col)
         geo["_primary"] = primary
         geo["_crs"] = self._crs(meta)
+        self._geo_meta = meta
         return geo
 
     def _crs(self, meta: dict[str, Any]):
@@ -397,7 +407,17 @@ class _DataFileChecker:
         try:
             return pyproj.CRS.from_json_dict(crs) if isinstance(crs, dict) else pyproj.CRS(crs)
         except pyproj.exceptions.CRSError as error:
-            self.add("GEO003", f"'crs' cannot be parsed: {error}", column=meta.get("_primary"))
+            ident = crs.get("id") if isinstance(crs, dict) else None
+            if isinstance(ident, dict) and "authority" in ident and "code" in ident:
+                try:
+                    resolved = pyproj.CRS.from_authority(str(ident["authority"]), str(ident["code"]))
+                except pyproj.exceptions.CRSError:
+                    resolved = None
+                if resolved is not None:
+                    self.add("GEO003", f"'crs' is not complete PROJJSON ({str(error).split(':')[-1].strip()}); "
+                             f"read as {ident['authority']}:{ident['code']} from its id", severity="warning")
+                    return resolved
+            self.add("GEO003", f"'crs' cannot be parsed: {error}")
             return None
 
     # eoembed footer ---------------------------------------------------------------------------
@@ -498,6 +518,8 @@ class _DataFileChecker:
             wanted.append(primary)
         crs = geo["_crs"] if geo else None
         first = 0
+        self._actual_bounds = [math.inf, math.inf, -math.inf, -math.inf]
+        self._actual_types: set[str] = set()
         seen_codes: set[tuple[str, int | None]] = set()
 
         def once(code: str, message: str, **kw: Any) -> None:
@@ -521,8 +543,27 @@ class _DataFileChecker:
                 self._check_vectors(batch, quant, first, g, once)
             self._check_times(batch, first, g, once)
             first += n
+        if geo is not None:
+            self._check_declared_extent(geo)
+
+    def _check_declared_extent(self, geo: dict[str, Any]) -> None:
+        """The declared bbox must contain the geometries; declared types must name every actual type."""
+        meta = geo["columns"][geo["_primary"]]
+        declared = meta.get("bbox")
+        lo_x, lo_y, hi_x, hi_y = self._actual_bounds
+        if declared and math.isfinite(lo_x):
+            x0, y0, x1, y1 = declared[:4] if len(declared) == 4 else (declared[0], declared[1], declared[3], declared[4])
+            tol = 1e-9 * max(1.0, abs(lo_x), abs(hi_x), abs(lo_y), abs(hi_y))
+            if lo_x < x0 - tol or lo_y < y0 - tol or hi_x > x1 + tol or hi_y > y1 + tol:
+                self.add("GEO006", f"declared bbox {declared} does not contain the geometries, whose bounds are "
+                         f"[{lo_x}, {lo_y}, {hi_x}, {hi_y}]", column=geo["_primary"])
+        types = meta.get("geometry_types")
+        if types and self._actual_types and not self._actual_types <= set(types):
+            self.add("GEO009", f"geometry_types declares {types} but the column holds {sorted(self._actual_types)}",
+                     column=geo["_primary"])
 
     def _check_geometries(self, batch: pa.Table, primary: str, crs, first: int, g: int, once, shapely) -> None:
+        self._check_wkb_headers(batch.column(primary).combine_chunks(), first, g, once, primary)
         wkb = batch.column(primary).to_numpy(zero_copy_only=False)
         try:
             geoms = shapely.from_wkb(wkb, on_invalid="raise")
@@ -531,8 +572,18 @@ class _DataFileChecker:
             return
         missing = shapely.is_missing(geoms)
         if missing.any():
-            once("GEO008", "geometry is null", row=first + int(np.flatnonzero(missing)[0]), row_group=g, column=primary)
+            once("GEO012", "geometry is null; every eoembed chip needs a footprint", row=first + int(np.flatnonzero(missing)[0]), row_group=g, column=primary)
         bounds = shapely.bounds(geoms)
+        present = geoms[~missing]
+        if len(present):
+            finite = bounds[~missing]
+            self._actual_bounds = [min(self._actual_bounds[0], float(np.nanmin(finite[:, 0]))), min(self._actual_bounds[1], float(np.nanmin(finite[:, 1]))),
+                                   max(self._actual_bounds[2], float(np.nanmax(finite[:, 2]))), max(self._actual_bounds[3], float(np.nanmax(finite[:, 3])))]
+            names = np.array([_GEOMETRY_NAMES[t] for t in shapely.get_type_id(present)], dtype=object)
+            has_z = shapely.has_z(present)
+            names[has_z] = names[has_z] + " Z"
+            self._actual_types.update(set(names.tolist()))
+            self._check_orientation(present, first, g, once, primary)
         invalid = ~shapely.is_valid(geoms) & ~missing
         if invalid.any():
             row = int(np.flatnonzero(invalid)[0])
@@ -552,6 +603,42 @@ class _DataFileChecker:
                 row = int(np.flatnonzero(bad)[0])
                 once("GEO005", f"bbox {cover[row].tolist()} does not match the geometry's bounds {bounds[row].tolist()}",
                      row=first + row, row_group=g, column="bbox")
+
+    @staticmethod
+    def _check_wkb_headers(column: pa.Array, first: int, g: int, once, name: str) -> None:
+        """ISO WKB only: EWKB flag bits (SRID, Z, M) in the type word are not GeoParquet."""
+        if not pa.types.is_binary(column.type) or len(column) == 0:
+            return
+        offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+        data = np.frombuffer(column.buffers()[2], dtype=np.uint8) if column.buffers()[2] is not None else np.zeros(0, np.uint8)
+        starts = offsets[:-1]
+        ok = (offsets[1:] - starts) >= 5
+        if not ok.any():
+            return
+        starts = starts[ok]
+        little = data[starts] == 1
+        words = np.stack([data[starts + k].astype(np.uint32) for k in range(1, 5)], axis=1)
+        value = np.where(little, words[:, 0] | words[:, 1] << 8 | words[:, 2] << 16 | words[:, 3] << 24,
+                         words[:, 3] | words[:, 2] << 8 | words[:, 1] << 16 | words[:, 0] << 24)
+        ewkb = (value & np.uint32(0xE0000000)) != 0
+        if ewkb.any():
+            row = int(np.flatnonzero(ok)[np.flatnonzero(ewkb)[0]])
+            once("GEO003", f"geometry is EWKB (type word 0x{int(value[np.flatnonzero(ewkb)[0]]):08x} carries SRID/Z/M flags); "
+                 "GeoParquet requires ISO WKB", row=first + row, row_group=g, column=name)
+
+    def _check_orientation(self, geoms, first: int, g: int, once, column: str) -> None:
+        import shapely
+
+        meta = self._geo_meta
+        if not meta or meta.get("orientation") != "counterclockwise":
+            return
+        polygons = shapely.get_parts(geoms[np.isin(shapely.get_type_id(geoms), (3, 6))])
+        if not len(polygons):
+            return
+        clockwise = ~shapely.is_ccw(shapely.get_exterior_ring(polygons))
+        if clockwise.any():
+            once("GEO010", "orientation 'counterclockwise' is declared but an exterior ring is clockwise",
+                 row_group=g, column=column)
 
     def _check_crs_range(self, bounds: np.ndarray, crs, first: int, g: int, once, column: str) -> None:
         if len(bounds) == 0:
@@ -616,6 +703,7 @@ class _DataFileChecker:
                 once("EMB002", "vector holds NaN or infinity", row=first + row, row_group=g, column="embedding")
                 return
         vectors = dequantize(codes, quant, row_scale=row_scale)
+        self._check_round_trip(codes, vectors, quant, row_scale, first, g, once)
         if quant.method == "sqrt":
             vectors = np.nan_to_num(vectors, nan=0.0)  # -128 is the declared nodata code
         norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
@@ -631,6 +719,80 @@ class _DataFileChecker:
                 row = int(np.flatnonzero(off)[0])
                 once("EMB004", f"norm is {norms[row]:.5f}, but normalized=true is declared (tolerance {tol})",
                      row=first + row, row_group=g, column="embedding")
+
+    def _check_round_trip(self, codes: np.ndarray, vectors: np.ndarray, quant, row_scale, first: int, g: int, once) -> None:
+        """Re-quantising de-quantised codes must give the same codes; otherwise the codes cannot
+        have come from the declared method (e.g. -128 under symmetric int8, scales that do not fit)."""
+        from ._quantize import quantize
+
+        if quant.method in ("none", "binary"):
+            return
+        sample = slice(0, min(len(codes), 256))
+        values = vectors[sample]
+        if quant.method == "sqrt":
+            keep = ~np.isnan(values).any(axis=1)
+            values, expected = values[keep], codes[sample][keep]
+        else:
+            expected = codes[sample]
+        if quant.method == "per-row":
+            # The per-row quantiser derives each row's scale again; compare codes under the stored scale.
+            again = np.clip(np.rint(values / row_scale[sample][:, None]), -127, 127).astype(np.int8)
+        else:
+            again, _ = quantize(values, quant)
+        bad = (again != expected).any(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            col = int(np.flatnonzero(again[row] != expected[row])[0])
+            once("EMB007", f"stored code {expected[row, col]} at index {col} does not survive de-quantisation and "
+                 f"re-quantisation under method {quant.method!r} (gives {again[row, col]})",
+                 row=first + row, row_group=g, column="embedding")
+
+    def _probe_foreign_vectors(self, handle: pq.ParquetFile) -> None:
+        """Describe the vector columns of a file that is not an eoembed data file: what would keep
+        them from being eoembed embeddings (warnings; NaN is an error anywhere)."""
+        schema = handle.schema_arrow
+        for field in schema:
+            kind = field.type
+            if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+                continue
+            if not pa.types.is_floating(kind.value_type):
+                continue
+            dims: set[int] = set()
+            norms: list[np.ndarray] = []
+            nan_row = None
+            first = 0
+            nulls = 0
+            for batch in handle.iter_batches(columns=[field.name], batch_size=65536):
+                column = batch.column(0)
+                nulls += column.null_count
+                if column.null_count:
+                    column = column.filter(column.is_valid())
+                lengths = column.value_lengths().to_numpy(zero_copy_only=False) if not pa.types.is_fixed_size_list(kind) else np.full(len(column), kind.list_size)
+                dims.update(np.unique(lengths).tolist())
+                if len(set(lengths.tolist())) == 1 and len(column):
+                    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(column), -1)
+                    finite = np.isfinite(values).all(axis=1)
+                    if not finite.all() and nan_row is None:
+                        nan_row = first + int(np.flatnonzero(~finite)[0])
+                    norms.append(np.linalg.norm(values[finite], axis=1))
+                first += len(column)
+            if nulls:
+                self.add("EMB002", f"column {field.name!r} has {nulls} null vectors", column=field.name)
+            if not first:
+                self.add("EMB008", f"column {field.name!r} ({kind}) holds no vectors", severity="warning", column=field.name)
+                continue
+            if not pa.types.is_fixed_size_list(kind):
+                self.add("EMB001", f"column {field.name!r} is {kind} with lengths {sorted(dims)}; eoembed stores vectors as "
+                         "FixedSizeList<float32|float16|int8|uint8>[D] in a column named 'embedding'",
+                         severity="warning", column=field.name)
+            if nan_row is not None:
+                self.add("EMB002", f"column {field.name!r} holds NaN or infinity", row=nan_row, column=field.name)
+            if norms:
+                all_norms = np.concatenate(norms)
+                if len(all_norms) and np.abs(all_norms - 1).max() > 1e-3:
+                    self.add("EMB004", f"column {field.name!r}: vectors are not unit length (L2 norm {all_norms.min():.4g} to "
+                             f"{all_norms.max():.4g}, median {np.median(all_norms):.4g}); declare normalized=false or normalise "
+                             "them before comparing by cosine", severity="warning", column=field.name)
 
     def _check_times(self, batch: pa.Table, first: int, g: int, once) -> None:
         if not self.temporal:
