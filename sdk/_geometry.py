@@ -45,11 +45,38 @@ def to_wkb(geometries: Sequence[Any]) -> tuple[list[bytes], np.ndarray, list[str
     return list(wkb), shapely.bounds(geoms), _type_names(geoms)
 
 
-def geometry_types(wkb: Sequence[bytes]) -> list[str]:
-    """Sorted GeoParquet geometry type names present in WKB values."""
-    import shapely
+def wkb_type_words(column) -> np.ndarray:
+    """The uint32 type word of every WKB value of a pyarrow binary array, read from the headers
+    without parsing the geometries (byte order honoured; values shorter than 5 bytes give 0)."""
+    import pyarrow as pa
 
-    return _type_names(shapely.from_wkb(list(wkb)))
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(column) == 0:
+        return np.zeros(0, dtype=np.uint32)
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
+    data = column.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    starts = offsets[:-1]
+    ok = (offsets[1:] - starts) >= 5
+    words = np.zeros(len(column), dtype=np.uint32)
+    s = starts[ok]
+    b = [data[s + k].astype(np.uint32) for k in range(1, 5)]
+    little = data[s] == 1
+    words[ok] = np.where(little, b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24, b[3] | b[2] << 8 | b[1] << 16 | b[0] << 24)
+    return words
+
+
+def geometry_types(column) -> list[str]:
+    """Sorted GeoParquet geometry type names of ISO WKB values (a pyarrow binary array)."""
+    words = np.unique(wkb_type_words(column))
+    names = set()
+    for word in words.tolist():
+        base, dims = word % 1000, word // 1000  # ISO WKB: 1000 Z, 2000 M, 3000 ZM
+        name = _TYPE_NAMES.get(base if base != 2 else 1)
+        if name is None:
+            continue
+        names.add(name + {0: "", 1: " Z", 2: " M", 3: " ZM"}.get(dims, ""))
+    return sorted(names)
 
 
 def _type_names(geoms) -> list[str]:

@@ -26,6 +26,12 @@ from ._write import STAGING_MARK
 _FOOTER_SECTIONS = ("model", "embedding", "grid", "provenance")
 
 
+def _compatibility(version: str) -> tuple[str, ...]:
+    """Versions that must match for a reader to accept a product: major, and minor while major is 0."""
+    parts = version.split(".")
+    return tuple(parts[:2]) if parts[0] == "0" else tuple(parts[:1])
+
+
 def _resolve(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_file() and path.name == "collection.json":
@@ -56,7 +62,7 @@ class Product:
         self.path = _resolve(path)
         self.collection: dict[str, Any] = json.loads((self.path / "collection.json").read_text(encoding="utf-8"))
         version = self.collection.get("eoembed:spec_version")
-        if not isinstance(version, str) or version.split(".")[0] != SPEC_VERSION.split(".")[0]:
+        if not isinstance(version, str) or _compatibility(version) != _compatibility(SPEC_VERSION):
             raise SpecError(
                 f"{self.path} was written for eoembed spec {version!r}; this reader implements {SPEC_VERSION}: "
                 "upgrade eoembed or convert the product"
@@ -73,6 +79,25 @@ class Product:
             raise UnknownFieldError(f"{self.path / 'collection.json'} has {unknown}, which spec {SPEC_VERSION} does not define")
         check_footer(self.metadata, where=str(self.path / "collection.json"))
         self._con = None
+        self._check_data_footers()
+
+    def _check_data_footers(self) -> None:
+        """Each data file's footer must carry the collection's contract (provenance may differ)."""
+        from ._errors import ModelContractMismatchError
+        from ._write import contract_difference
+
+        for path in self.files:
+            if not path.exists():
+                raise ProductNotFoundError(f"{path} is listed in the manifest but missing; the product is incomplete")
+            footer = read_footer(path)
+            for section in ("spec_version", "license", "model", "embedding", "grid"):
+                if footer.get(section) != self.metadata.get(section):
+                    if section == "model":
+                        diff = contract_difference(self.metadata["model"], footer.get("model") or {})
+                        raise ModelContractMismatchError(
+                            f"{path} was made by another model than collection.json says ({diff}); run `eoembed validate`"
+                        )
+                    raise SpecError(f"{path}: footer '{section}' disagrees with collection.json; run `eoembed validate`")
 
     def __repr__(self) -> str:
         e = self.embedding
@@ -112,7 +137,8 @@ class Product:
 
     def iter_batches(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
         for path in self.files:
-            handle = pq.ParquetFile(path)
+            # No pre-buffering: it would load most of a file at once, and reads must stream.
+            handle = pq.ParquetFile(path, pre_buffer=False)
             yield from handle.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
 
     def to_arrow(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> pa.RecordBatchReader:

@@ -38,18 +38,47 @@ STAC_EXTENSION: str = spec_schema("stac-extension")["$id"]
 def _footer_validator():
     import jsonschema
 
+    from ._schemas import _FORMAT_CHECKER  # RFC 3339 date-time without an extra dependency
+
     schema = spec_schema("footer")
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return cls(schema, format_checker=_FORMAT_CHECKER)
 
 
 def footer_errors(footer: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Every schema violation of a footer as (path, kind, message); empty when valid."""
+    """Every violation of a footer as (path, kind, message): the schema, then the rules across
+    fields that JSON Schema cannot express. Empty when valid."""
     out = []
     for error in _footer_validator().iter_errors(footer):
         path = "/".join(str(p) for p in error.absolute_path) or "(root)"
         out.append((path, error.validator, error.message))
+    if not out:
+        out = _cross_field_errors(footer)
     return sorted(out)
+
+
+def _cross_field_errors(footer: dict[str, Any]) -> list[tuple[str, str, str]]:
+    out = []
+    model, embedding = footer["model"], footer["embedding"]
+    quant = embedding["quantization"]
+    dim = embedding["dim"]
+    if model["output"]["dim"] != dim:
+        out.append(("embedding/dim", "consistency", f"embedding.dim {dim} differs from model.output.dim {model['output']['dim']}"))
+    if quant["dtype"] != embedding["dtype"]:
+        out.append(("embedding/dtype", "consistency", f"embedding.dtype {embedding['dtype']!r} differs from quantization.dtype {quant['dtype']!r}"))
+    if quant["method"] == "binary" and dim % 8:
+        out.append(("embedding/dim", "consistency", f"binary codes need a dimension divisible by 8, got {dim}"))
+    for key in ("scale", "offset"):
+        if key in quant and len(quant[key]) not in (1, dim):
+            out.append((f"embedding/quantization/{key}", "consistency", f"{key} has {len(quant[key])} values; give 1 or {dim}"))
+        if key in quant and quant["method"] != "linear":
+            out.append((f"embedding/quantization/{key}", "consistency", f"{key} is only defined for method 'linear', not {quant['method']!r}"))
+    bands = len(model["input"]["bands"])
+    for key in ("mean", "std", "min", "max"):
+        values = model["input"]["normalization"].get(key)
+        if values is not None and len(values) != bands:
+            out.append((f"model/input/normalization/{key}", "consistency", f"{key} has {len(values)} values for {bands} bands"))
+    return out
 
 
 def check_footer(footer: dict[str, Any], *, where: str = "eoembed metadata") -> None:

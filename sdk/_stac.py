@@ -35,7 +35,9 @@ MANIFEST = "manifest.parquet"
 
 
 def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 in UTC; fractional seconds are kept so extents contain every row's time."""
+    value = value.astimezone(timezone.utc)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if value.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def slug(text: str) -> str:

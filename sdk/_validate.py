@@ -114,6 +114,12 @@ def validate(path: str | Path, *, max_errors: int | None = None, check_checksums
         path = path.parent
     if not path.is_dir():
         raise ProductNotFoundError(f"{path} is neither a product folder, a collection.json nor a Parquet file")
+    from ._write import STAGING_MARK
+
+    if STAGING_MARK in path.name:
+        report.add("STR001", "this is the staging folder of an unfinished write, not a published product; "
+                   "delete it and write the product again", file=path.name)
+        return report
     _ProductChecker(report, path, check_checksums=check_checksums).run()
     return report
 
@@ -293,6 +299,12 @@ def _temporal_extent(collection: dict[str, Any]) -> tuple[np.datetime64 | None, 
     return parse(start), parse(end)
 
 
+def _is_crs84(crs) -> bool:
+    import pyproj
+
+    return crs == pyproj.CRS("OGC:CRS84") or crs.equals(pyproj.CRS("OGC:CRS84"), ignore_axis_order=False)
+
+
 def _check_unique_chip_ids(report: Report, files: list[Path], root: Path) -> None:
     from ._query import connect
 
@@ -345,6 +357,9 @@ class _DataFileChecker:
         metadata = schema.metadata or {}
         geo = self._check_geo(metadata, schema)
         self.footer = self._check_footer(metadata)
+        if self.footer is not None and geo is not None and geo["_crs"] is not None and not _is_crs84(geo["_crs"]):
+            self.add("GEO003", f"geometry CRS is {geo['_crs'].name}; eoembed footprints are in OGC:CRS84 (lon/lat degrees)",
+                     column=geo["_primary"])
         quant = self._check_embedding_type(schema)
         self._check_row_group_stats(handle, geo)
         self._stream(handle, geo, quant)
@@ -607,23 +622,15 @@ class _DataFileChecker:
     @staticmethod
     def _check_wkb_headers(column: pa.Array, first: int, g: int, once, name: str) -> None:
         """ISO WKB only: EWKB flag bits (SRID, Z, M) in the type word are not GeoParquet."""
+        from ._geometry import wkb_type_words
+
         if not pa.types.is_binary(column.type) or len(column) == 0:
             return
-        offsets = np.frombuffer(column.buffers()[1], dtype=np.int32)[column.offset : column.offset + len(column) + 1]
-        data = np.frombuffer(column.buffers()[2], dtype=np.uint8) if column.buffers()[2] is not None else np.zeros(0, np.uint8)
-        starts = offsets[:-1]
-        ok = (offsets[1:] - starts) >= 5
-        if not ok.any():
-            return
-        starts = starts[ok]
-        little = data[starts] == 1
-        words = np.stack([data[starts + k].astype(np.uint32) for k in range(1, 5)], axis=1)
-        value = np.where(little, words[:, 0] | words[:, 1] << 8 | words[:, 2] << 16 | words[:, 3] << 24,
-                         words[:, 3] | words[:, 2] << 8 | words[:, 1] << 16 | words[:, 0] << 24)
-        ewkb = (value & np.uint32(0xE0000000)) != 0
+        words = wkb_type_words(column)
+        ewkb = (words & np.uint32(0xE0000000)) != 0
         if ewkb.any():
-            row = int(np.flatnonzero(ok)[np.flatnonzero(ewkb)[0]])
-            once("GEO003", f"geometry is EWKB (type word 0x{int(value[np.flatnonzero(ewkb)[0]]):08x} carries SRID/Z/M flags); "
+            row = int(np.flatnonzero(ewkb)[0])
+            once("GEO003", f"geometry is EWKB (type word 0x{int(words[row]):08x} carries SRID/Z/M flags); "
                  "GeoParquet requires ISO WKB", row=first + row, row_group=g, column=name)
 
     def _check_orientation(self, geoms, first: int, g: int, once, column: str) -> None:

@@ -437,8 +437,13 @@ class ProductWriter:
                 raise SpecError(f"valid_fraction of row {first + row} is {fraction[row]}; it must lie in [0, 1]")
             columns["valid_fraction"] = pa.array(fraction, pa.float32())
         if self.content_hash:
-            raw = np.ascontiguousarray(codes)
-            columns["content_hash"] = pa.array([hashlib.sha256(r.tobytes()).hexdigest() for r in raw], pa.string())
+            # SHA-256 of the stored codes (little-endian) followed by the row's scale when there is one.
+            raw = np.ascontiguousarray(codes).astype(codes.dtype.newbyteorder("<"), copy=False)
+            scales = np.asarray(row_scale, dtype="<f4") if row_scale is not None else None
+            columns["content_hash"] = pa.array([
+                hashlib.sha256(r.tobytes() + (scales[i].tobytes() if scales is not None else b"")).hexdigest()
+                for i, r in enumerate(raw)
+            ], pa.string())
         for source in source_ids:
             self._sources.setdefault(source)
         return pa.table(columns)
@@ -487,7 +492,7 @@ class ProductWriter:
         limit = self._file_rows()
         full = table.num_rows if final else table.num_rows // limit * limit
         for start in range(0, full, limit):
-            self._write_file(table.slice(start, min(limit, full - start)))
+            self._write_file(table.slice(start, min(limit, full - start)).combine_chunks())
         rest = table.slice(full)
         self._buffer = [rest] if rest.num_rows else []
         self._buffered_rows = rest.num_rows
@@ -496,9 +501,8 @@ class ProductWriter:
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
-        table = table.take(pa.array(order))
         bounds = bounds[order]
-        types = _geometry.geometry_types(table.column("geometry").to_pylist())
+        types = _geometry.geometry_types(table.column("geometry"))
         file_bbox = (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max()))
         geo = {
             "version": "1.1.0",
@@ -522,18 +526,21 @@ class ProductWriter:
         metadata = dict(table.schema.metadata or {})
         metadata[b"geo"] = json.dumps(geo).encode()
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
-        table = table.replace_schema_metadata(metadata)
+        schema = table.schema.with_metadata(metadata)
 
         name = f"part-{len(self._files):05d}.parquet"
         target = self.staging / DATA_DIR / name
-        pq.write_table(
-            table, target, row_group_size=self.row_group_size, compression=self.compression,
+        # Rows go out in Hilbert order one row group at a time, so the sorted copy never exceeds a group.
+        with pq.ParquetWriter(
+            target, schema, compression=self.compression, write_statistics=True, store_schema=True,
             use_dictionary=[c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-            write_statistics=True, store_schema=True,
-        )
-        times = table.column("datetime") if "datetime" in table.column_names else None
+        ) as out:
+            for start in range(0, table.num_rows, self.row_group_size):
+                group = table.take(pa.array(order[start : start + self.row_group_size]))
+                out.write_table(group.replace_schema_metadata(metadata), row_group_size=self.row_group_size)
         import pyarrow.compute as pc
 
+        times = table.column("datetime") if "datetime" in table.column_names else None
         start = pc.min(times if times is not None else table.column("start_datetime")).as_py()
         stop = pc.max(times if times is not None else table.column("end_datetime")).as_py()
         self._files.append(_FileRecord(
