@@ -25,6 +25,7 @@ from ._spec import FOOTER_KEY, SPEC_VERSION, footer_errors
 
 Severity = Literal["error", "warning"]
 _SECTIONS = ("model", "embedding", "grid", "license", "spec_version")
+_SLICE_ROWS = 16384
 _GEOMETRY_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "MultiPoint",
                    5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
 _NORM_TOLERANCE = {"none": 1e-3, "linear": 2e-2, "per-row": 2e-2, "sqrt": 5e-2, "binary": 1e-5}
@@ -308,8 +309,13 @@ def _is_crs84(crs) -> bool:
 def _check_unique_chip_ids(report: Report, files: list[Path], root: Path) -> None:
     from ._query import connect
 
+    import tempfile
+
     con = connect(extensions=())
+    spill = tempfile.TemporaryDirectory(prefix="eoembed-validate-")
     try:
+        # Bounded memory whatever the row count: DuckDB spills the hash table to disk past the limit.
+        con.execute(f"SET memory_limit = '256MB'; SET temp_directory = '{spill.name}'; SET preserve_insertion_order = false")
         paths = [str(p) for p in files]
         rows = con.execute(
             "SELECT chip_id, count(*) AS n, min(filename) AS f FROM read_parquet($files, filename = true) "
@@ -322,6 +328,7 @@ def _check_unique_chip_ids(report: Report, files: list[Path], root: Path) -> Non
         return
     finally:
         con.close()
+        spill.cleanup()
     for chip, count, filename in rows:
         rel = Path(filename).relative_to(root).as_posix() if Path(filename).is_relative_to(root) else filename
         report.add("IDT001", f"chip_id {chip!r} occurs {count} times; chip ids must be unique in a product", file=rel, column="chip_id")
@@ -348,7 +355,7 @@ class _DataFileChecker:
 
     def run(self) -> None:
         try:
-            handle = pq.ParquetFile(self.path)
+            handle = pq.ParquetFile(self.path, pre_buffer=False)  # stream: no whole-file read-ahead
         except (pa.ArrowException, OSError) as error:
             self.add("STR010", f"not a readable Parquet file: {error}")
             return
@@ -552,11 +559,14 @@ class _DataFileChecker:
                 first += handle.metadata.row_group(g).num_rows
                 continue
             n = batch.num_rows
-            if primary and primary in batch.column_names:
-                self._check_geometries(batch, primary, crs, first, g, once, shapely)
-            if quant is not None and "embedding" in batch.column_names:
-                self._check_vectors(batch, quant, first, g, once)
-            self._check_times(batch, first, g, once)
+            # Check in slices: geometry objects and float64 norms of a whole row group are large.
+            for offset in range(0, n, _SLICE_ROWS):
+                part = batch.slice(offset, _SLICE_ROWS)
+                if primary and primary in part.column_names:
+                    self._check_geometries(part, primary, crs, first + offset, g, once, shapely)
+                if quant is not None and "embedding" in part.column_names:
+                    self._check_vectors(part, quant, first + offset, g, once)
+                self._check_times(part, first + offset, g, once)
             first += n
         if geo is not None:
             self._check_declared_extent(geo)
