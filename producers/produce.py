@@ -36,6 +36,7 @@ def encode_scene(
     batch_size: int = 256,
     time: datetime | tuple[datetime, datetime] | None = None,
     source_id: str | None = None,
+    windows: Sequence[Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Writer batches (see :meth:`ProductWriter.write`) for every chip of one scene."""
     when = time if time is not None else scene.datetime
@@ -46,7 +47,7 @@ def encode_scene(
     grid = get_grid(grid_id)
     source = source_id or Path(scene.path).stem
     for batch in iter_chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
-                                   min_valid_fraction=min_valid_fraction):
+                                   min_valid_fraction=min_valid_fraction, windows=windows):
         n = len(batch)
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2

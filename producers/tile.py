@@ -189,17 +189,20 @@ def iter_chip_batches(
     batch_size: int = 256,
     min_valid_fraction: float = 0.0,
     bands: Sequence[int] | None = None,
+    windows: Sequence[ChipWindow] | None = None,
 ) -> Iterator[ChipBatch]:
     """Chips of ``scene`` in batches of up to ``batch_size``, in :func:`chip_windows` order.
 
     Reads one strip per chip row (all chips of a row in one read) through one open dataset.
     Chips whose valid fraction is below ``min_valid_fraction`` are dropped. ``bands`` are 1-based
-    band indexes (None: all).
+    band indexes (None: all). ``windows`` restricts the chips to a subset of :func:`chip_windows`
+    (one work unit of a distributed job), kept in the given order.
     """
     batch_size = _positive_int("batch_size", batch_size)
     if not 0.0 <= float(min_valid_fraction) <= 1.0:
         raise TilingError(f"min_valid_fraction={min_valid_fraction!r} is outside [0, 1]; pass a fraction of pixels")
-    windows = chip_windows(scene.width, scene.height, chip_size=chip_size, stride=stride)
+    if windows is None:
+        windows = chip_windows(scene.width, scene.height, chip_size=chip_size, stride=stride)
     if not windows:
         return
     indexes = _band_indexes(scene, bands)

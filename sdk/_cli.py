@@ -120,6 +120,74 @@ def _encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def expand_inputs(items: Sequence[str]) -> list[str]:
+    """Files, folders (their GeoTIFFs), globs and list files (``.txt``/``.lst``, one path a line)."""
+    import glob
+
+    out: list[str] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
+        elif path.suffix in (".txt", ".lst") and path.is_file():
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            out += [str((path.parent / line) if not Path(line).is_absolute() else line) for line in lines if line and not line.startswith("#")]
+        elif any(ch in item for ch in "*?["):
+            out += sorted(glob.glob(item, recursive=True))
+        else:
+            out.append(item)
+    return out
+
+
+def _parse_time(text: str | None):
+    from datetime import datetime, timezone
+
+    if not text:
+        return None
+
+    def one(value: str) -> datetime:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+    if "/" in text:
+        start, end = text.split("/", 1)
+        return one(start), one(end)
+    return one(text)
+
+
+def _produce(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from eoembed.producers.distribute import JobConfig, main_job
+
+    settings: dict = {}
+    if args.config:
+        settings = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+        base = Path(args.config).parent
+        settings["inputs"] = [str(base / p) if not Path(p).is_absolute() else p for p in settings.get("inputs", [])]
+    flags = {
+        "encoder": args.encoder, "chip_size": args.chip_size, "stride": args.stride, "grid": args.grid,
+        "quantization": args.quantization, "min_valid_fraction": args.min_valid, "nodata": args.nodata,
+        "unit_chips": args.unit_chips, "license": args.license, "collection_id": args.collection_id,
+    }
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
+    settings["out"] = args.out or settings.get("out")
+    if not settings["inputs"] or not settings["out"]:
+        raise SystemExit("eoembed produce: give INPUT paths and --out (or both in --config)")
+    time_text = args.datetime or settings.pop("datetime", None)
+    settings["time"] = _parse_time(time_text)
+    settings["resume"] = args.resume
+    settings["overwrite"] = args.overwrite
+    settings["progress"] = not args.no_progress
+    if "encoder_options" not in settings and args.encoder_option:
+        settings["encoder_options"] = {}
+    for option in args.encoder_option:
+        key, _, value = option.partition("=")
+        settings.setdefault("encoder_options", {})[key] = json.loads(value) if value[:1] in "0123456789-[{tf" else value
+    return main_job(JobConfig(**settings))
+
+
 def _demo(args: argparse.Namespace) -> int:
     from eoembed.producers.demo import run_demo
 
@@ -139,6 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip-size", type=int, default=8, help="chip size in pixels (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("produce", help="encode imagery into a product (run under mpirun/srun for many ranks)")
+    p.add_argument("inputs", nargs="*", help="GeoTIFFs, folders, globs or a .txt list of paths")
+    p.add_argument("--out", help="product folder to write")
+    p.add_argument("--encoder", help="encoder name (see `eoembed encoders`); default stats")
+    p.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE", help="encoder option; repeat")
+    p.add_argument("--chip-size", type=int, help="chip size in pixels")
+    p.add_argument("--stride", type=int, help="stride in pixels (default: the chip size)")
+    p.add_argument("--grid", help="grid for grid_cell: majortom-10km (default) or utm-10000m")
+    p.add_argument("--quantization", "--dtype", dest="quantization",
+                   choices=["none", "float32", "float16", "int8", "int8-per-dimension", "int8-per-row", "sqrt", "binary"])
+    p.add_argument("--datetime", help="acquisition time (ISO 8601) or START/END, for scenes without TIFFTAG_DATETIME")
+    p.add_argument("--nodata", type=float, help="nodata value overriding the scenes' own")
+    p.add_argument("--min-valid", type=float, help="drop chips with a smaller valid-pixel fraction (default 0.5)")
+    p.add_argument("--unit-chips", type=int, help="chips per work unit (default 1024)")
+    p.add_argument("--license", help="SPDX licence of the embeddings")
+    p.add_argument("--collection-id")
+    p.add_argument("--config", help="TOML file with the same keys (flags override it)")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run, skipping committed units")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_produce)
 
     p = sub.add_parser("validate", help="check a product, collection.json or data file against the spec")
     p.add_argument("path")

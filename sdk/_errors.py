@@ -77,3 +77,13 @@ class UnknownEncoderError(EoembedError, KeyError):
 
 class QueryError(EoembedError, ValueError):
     """A SQL query failed; the message holds DuckDB's reason and the query."""
+
+
+class BandMappingError(EoembedError, KeyError):
+    """An encoder band with no source: a band name not offered, a missing file, a band index outside its file.
+
+    The message names the band and the file(s) searched.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

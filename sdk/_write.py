@@ -114,6 +114,26 @@ class _FileRecord:
     footer: dict[str, Any]
 
 
+def file_record(path: Path, *, root: Path) -> _FileRecord:
+    """The manifest facts of a written data file, read back from the file itself."""
+    import pyarrow.compute as pc
+
+    handle = pq.ParquetFile(path)
+    metadata = handle.schema_arrow.metadata
+    geo = json.loads(metadata[b"geo"])["columns"]["geometry"]
+    footer = json.loads(metadata[FOOTER_KEY])
+    names = handle.schema_arrow.names
+    time_columns = ["datetime"] if "datetime" in names else ["start_datetime", "end_datetime"]
+    times = handle.read(columns=time_columns)
+    start = pc.min(times.column(0)).as_py()
+    stop = pc.max(times.column(len(time_columns) - 1)).as_py()
+    return _FileRecord(
+        path=path.relative_to(root).as_posix(), rows=handle.metadata.num_rows, bytes=path.stat().st_size,
+        sha256=sha256_file(path), bbox=tuple(geo["bbox"]), start=start, end=stop,
+        geometry_types=geo["geometry_types"], footer=footer,
+    )
+
+
 class ProductWriter:
     """Stream batches of chips into a new product; publish it atomically on :meth:`close`.
 
@@ -143,6 +163,7 @@ class ProductWriter:
         compression: str = "zstd",
         content_hash: bool = False,
         overwrite: bool = False,
+        staging: str | os.PathLike | None = None,
     ) -> None:
         self.path = Path(path).absolute()
         if (self.path / "collection.json").exists() and not overwrite:
@@ -183,8 +204,10 @@ class ProductWriter:
             )
         self.dim: int | None = self.quantization.dim if self.quantization else None
         self._check_static_metadata()
-        self.staging = self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
-        (self.staging / DATA_DIR).mkdir(parents=True)
+        # A given staging folder is shared by cooperating writers (ranks) and survives restarts.
+        self._owns_staging = staging is None
+        self.staging = Path(staging) if staging is not None else self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
+        (self.staging / DATA_DIR).mkdir(parents=True, exist_ok=staging is not None)
         self._buffer: list[pa.Table] = []
         self._buffered_rows = 0
         self._rows_seen = 0
@@ -497,7 +520,20 @@ class ProductWriter:
         self._buffer = [rest] if rest.num_rows else []
         self._buffered_rows = rest.num_rows
 
-    def _write_file(self, table: pa.Table) -> None:
+    def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]]) -> "_FileRecord | None":
+        """Write the chips of one work unit as one data file ``data/NAME.parquet`` right away.
+
+        The file appears atomically (written under a temporary name, then renamed), so a unit either
+        exists complete or not at all; a restarted job skips units whose file exists.
+        """
+        tables = [t for t in (self._to_table(b) for b in batches) if t.num_rows]
+        for t in tables:
+            self._rows_seen += t.num_rows
+        if not tables:
+            return None
+        return self._write_file(pa.concat_tables(tables).combine_chunks(), name=f"{name}.parquet")
+
+    def _write_file(self, table: pa.Table, *, name: str | None = None) -> "_FileRecord":
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
@@ -528,27 +564,33 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
-        name = f"part-{len(self._files):05d}.parquet"
+        name = name or f"part-{len(self._files):05d}.parquet"
         target = self.staging / DATA_DIR / name
+        partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         # Rows go out in Hilbert order one row group at a time, so the sorted copy never exceeds a group.
         with pq.ParquetWriter(
-            target, schema, compression=self.compression, write_statistics=True, store_schema=True,
+            partial, schema, compression=self.compression, write_statistics=True, store_schema=True,
             use_dictionary=[c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
         ) as out:
             for start in range(0, table.num_rows, self.row_group_size):
                 group = table.take(pa.array(order[start : start + self.row_group_size]))
                 out.write_table(group.replace_schema_metadata(metadata), row_group_size=self.row_group_size)
-        import pyarrow.compute as pc
-
-        times = table.column("datetime") if "datetime" in table.column_names else None
-        start = pc.min(times if times is not None else table.column("start_datetime")).as_py()
-        stop = pc.max(times if times is not None else table.column("end_datetime")).as_py()
-        self._files.append(_FileRecord(
-            path=f"{DATA_DIR}/{name}", rows=table.num_rows, bytes=target.stat().st_size,
-            sha256=sha256_file(target), bbox=file_bbox, start=start, end=stop, geometry_types=types, footer=footer,
-        ))
+        os.replace(partial, target)
+        record = file_record(target, root=self.staging)
+        self._files.append(record)
+        return record
 
     # -- publication ------------------------------------------------------------------------------
+
+    def commit(self, files: Sequence["_FileRecord"]) -> "Path":
+        """Publish the staging folder with exactly these data files (e.g. every rank's units)."""
+        self._buffer = []
+        self._files = sorted(files, key=lambda f: f.path)
+        for record in self._files:
+            diff = contract_difference(self.model, record.footer["model"])
+            if diff:
+                raise ModelContractMismatchError(f"{record.path} was made by another model ({diff}); one product holds one model")
+        return self.close()
 
     def close(self) -> "Path":
         """Write the remaining rows, the manifest and the STAC metadata, then publish atomically."""
@@ -589,10 +631,12 @@ class ProductWriter:
             shutil.rmtree(old, ignore_errors=True)
 
     def abort(self) -> None:
-        """Drop everything written so far; the target path is left as it was."""
+        """Drop everything written so far; the target path is left as it was. A staging folder that
+        was handed in (shared by ranks, resumable) is kept: it holds other writers' finished units."""
         self._closed = True
         self._buffer = []
-        shutil.rmtree(self.staging, ignore_errors=True)
+        if self._owns_staging:
+            shutil.rmtree(self.staging, ignore_errors=True)
 
     def __enter__(self) -> "ProductWriter":
         return self

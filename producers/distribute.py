@@ -1,0 +1,416 @@
+"""Produce a product on many MPI ranks (``mpirun -n N eoembed produce ...``, ``srun``, or one process).
+
+The job is cut into work units: a scene x a block of consecutive chips. Units are planned the same
+way whatever the number of ranks, assigned round-robin, and each becomes exactly one data file named
+after the unit, so ``-n 1``, ``-n 2`` and ``-n 4`` give the same product (same chip ids, vectors and
+row order). A unit's file appears atomically; a restarted job (``resume=True``) skips units whose file
+exists. Rank 0 plans, fits what needs fitting on a fixed sample, and finally commits the manifest,
+items, model item and collection and publishes the product with one rename.
+
+All ranks write into one staging folder beside the output, ``.NAME.eoembed-staging-job``, guarded by a
+lock file so that a second producer writing to the same output refuses to start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from eoembed._errors import EoembedError, ImageryError, ProductExistsError
+from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
+
+from .encode import Encoder, get_encoder
+from .produce import encode_scene
+from .read import Scene, open_scene
+from .tile import chip_windows
+
+LOCK = "LOCK.json"
+ERRORS = "errors.json"
+EXIT_PARTIAL = 3
+# Testing recovery: a rank SIGKILLs itself after committing this many units ("RANK:N").
+FAULT_ENV = "EOEMBED_FAULT_KILL_AFTER_UNITS"
+
+
+@dataclass(frozen=True)
+class Unit:
+    id: str
+    scene: int
+    first: int  # index of the first chip window of the unit in chip_windows order
+    stop: int
+
+
+@dataclass
+class JobConfig:
+    inputs: list[str]
+    out: str
+    encoder: str = "stats"
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    chip_size: int = 32
+    stride: int | None = None
+    grid: str = "majortom-10km"
+    quantization: str = "none"
+    min_valid_fraction: float = 0.5
+    time: Any = None  # datetime, (start, end), or None to use each scene's TIFFTAG_DATETIME
+    nodata: float | None = None
+    unit_chips: int = 1024
+    batch_size: int = 256
+    fit_chips: int = 4096
+    resume: bool = False
+    overwrite: bool = False
+    license: str = "CC-BY-4.0"
+    collection_id: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Summary:
+    chips: int = 0
+    units: int = 0
+    units_skipped: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    ranks: int = 1
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def compression(self) -> float:
+        return self.bytes_in / self.bytes_out if self.bytes_out else float("nan")
+
+
+def staging_folder(out: Path) -> Path:
+    return out.parent / f".{out.name}{STAGING_MARK}job"
+
+
+def plan_units(scenes: Sequence[Scene], *, chip_size: int, stride: int, unit_chips: int) -> list[Unit]:
+    """Units in a fixed order: scene by scene, blocks of ``unit_chips`` chip windows."""
+    units = []
+    for s, scene in enumerate(scenes):
+        count = len(chip_windows(scene.width, scene.height, chip_size=chip_size, stride=stride))
+        for b, first in enumerate(range(0, count, unit_chips)):
+            units.append(Unit(id=f"u{s:05d}-{b:05d}", scene=s, first=first, stop=min(first + unit_chips, count)))
+    return units
+
+
+def _world():
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    return comm, local.Get_size()
+
+
+def _set_threads(local_ranks: int) -> None:
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _take_lock(staging: Path, *, resume: bool, ranks: int) -> None:
+    """Create the job's lock; refuse when another live producer holds it."""
+    lock = staging / LOCK
+    if lock.exists():
+        holder = json.loads(lock.read_text() or "{}")
+        alive = holder.get("host") == socket.gethostname() and _pid_alive(int(holder.get("pid", -1)))
+        if alive or not resume:
+            raise ProductExistsError(
+                f"{staging} is in use by another producer (pid {holder.get('pid')} on {holder.get('host')}, "
+                f"started {holder.get('start')}); wait for it, or if it died, re-run with --resume"
+            )
+        lock.unlink()
+    staging.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as handle:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "ranks": ranks,
+                   "start": datetime.now(timezone.utc).isoformat()}, handle)
+
+
+def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dict[str, str]]]:
+    """Rank 0: check the output, take the lock, open the inputs (bad ones go to the errors list)."""
+    out = Path(config.out).absolute()
+    if (out / "collection.json").exists() and not config.overwrite:
+        raise ProductExistsError(f"{out} already holds a product; pass --overwrite to replace it")
+    staging = staging_folder(out)
+    if staging.exists() and not config.resume and not (staging / LOCK).exists():
+        raise ProductExistsError(f"{staging} holds an unfinished run; re-run with --resume to finish it, or delete it")
+    _take_lock(staging, resume=config.resume, ranks=ranks)
+    scenes, errors = [], []
+    for path in config.inputs:
+        try:
+            scene = open_scene(path)
+            if config.nodata is not None:
+                import dataclasses
+
+                scene = dataclasses.replace(scene, nodata=float(config.nodata))
+            scenes.append(scene)
+        except EoembedError as error:
+            errors.append({"input": str(path), "reason": str(error)})
+    if scenes:
+        first = scenes[0]
+        kept = [first]
+        for scene in scenes[1:]:
+            if scene.band_names != first.band_names:
+                errors.append({"input": scene.path, "reason": f"bands {scene.band_names} differ from {first.band_names} "
+                               f"of {first.path}; one product holds one band layout"})
+            else:
+                kept.append(scene)
+        scenes = kept
+    return staging, scenes, errors
+
+
+def _fit_encoder(encoder: Encoder, scenes: Sequence[Scene], config: JobConfig, stride: int) -> None:
+    """Fit encoders that need it on the first ``fit_chips`` chips (the same sample for any rank count)."""
+    from .tile import iter_chip_batches
+
+    pixels, valid, seen = [], [], 0
+    for scene in scenes:
+        for batch in iter_chip_batches(scene, chip_size=config.chip_size, stride=stride, batch_size=config.batch_size,
+                                       min_valid_fraction=config.min_valid_fraction):
+            pixels.append(batch.pixels)
+            valid.append(batch.valid)
+            seen += len(batch)
+            if seen >= config.fit_chips:
+                break
+        if seen >= config.fit_chips:
+            break
+    if not pixels:
+        raise ImageryError("no chip passes the valid-fraction threshold: nothing to fit the encoder on")
+    encoder.fit(np.concatenate(pixels)[: config.fit_chips], np.concatenate(valid)[: config.fit_chips])
+
+
+def _fault_after() -> tuple[int, int] | None:
+    value = os.environ.get(FAULT_ENV)
+    if not value:
+        return None
+    rank, count = value.split(":")
+    return int(rank), int(count)
+
+
+def run_job(config: JobConfig) -> Summary:
+    """Run the job on every rank of MPI.COMM_WORLD (one rank without mpirun). Returns rank 0's summary."""
+    comm, local_ranks = _world()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    _set_threads(local_ranks)
+    started = time.perf_counter()
+    stride = config.stride or config.chip_size
+
+    # Rank 0 plans; everyone learns the plan (or the reason there is none) in one broadcast.
+    plan: dict[str, Any] | Exception
+    if rank == 0:
+        try:
+            staging, scenes, errors = _prepare(config, size)
+            if not scenes:
+                raise ImageryError(f"none of the {len(config.inputs)} inputs can be read: " + "; ".join(e["reason"] for e in errors))
+            encoder = get_encoder(config.encoder, **config.encoder_options)
+            if hasattr(encoder, "fit") and hasattr(encoder, "state"):
+                _fit_encoder(encoder, scenes, config, stride)
+            plan = {"staging": staging, "scenes": scenes, "errors": errors,
+                    "encoder_state": encoder.state() if hasattr(encoder, "state") else None}
+        except Exception as error:  # every rank must learn it, or the others would wait forever
+            plan = error
+    else:
+        plan = None
+    plan = comm.bcast(plan, root=0)
+    if isinstance(plan, Exception):
+        raise plan
+    staging, scenes, errors = plan["staging"], plan["scenes"], plan["errors"]
+    encoder = get_encoder(config.encoder, **config.encoder_options)
+    if plan["encoder_state"] is not None:
+        encoder = type(encoder).from_state(plan["encoder_state"])
+
+    first = scenes[0]
+    contract = encoder.contract(bands=first.band_names, chip_size=config.chip_size, stride=stride,
+                                gsd=float(abs(first.res[0])), band_sources=[Path(first.path).name] * first.count)
+    units = plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips)
+    mine = units[rank::size]
+    quantization = _shared_quantization(comm, rank, config, encoder, scenes, stride)
+    provenance = {"ranks": size, "config": _config_json(config),
+                  "device": "cpu", "host": socket.gethostname()}
+    writer = ProductWriter(config.out, model=contract, grid=config.grid, quantization=quantization,
+                           license=config.license, collection_id=config.collection_id, staging=staging,
+                           overwrite=config.overwrite, provenance=provenance)
+
+    fault = _fault_after()
+    done = skipped = chips = 0
+    progress = _Progress(comm, rank, len(units), show=config.progress)
+    for unit in mine:
+        target = staging / DATA_DIR / f"{unit.id}.parquet"
+        if target.exists():
+            skipped += 1
+            progress.unit_done(unit, 0)
+            continue
+        t0 = time.perf_counter()
+        scene = scenes[unit.scene]
+        windows = chip_windows(scene.width, scene.height, chip_size=config.chip_size, stride=stride)[unit.first : unit.stop]
+        batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
+                                    min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
+                                    time=config.time, windows=windows))
+        record = writer.write_unit(unit.id, batches)
+        rows = record.rows if record else 0
+        chips += rows
+        done += 1
+        print(f"[rank {rank}] {unit.id}: {rows} chips from {Path(scene.path).name} in {time.perf_counter() - t0:.2f} s",
+              file=sys.stderr, flush=True)
+        progress.unit_done(unit, rows)
+        if fault and fault[0] == rank and done >= fault[1]:
+            os.kill(os.getpid(), signal.SIGKILL)
+    progress.finish()
+    totals = comm.gather((done, skipped, chips), root=0)
+
+    summary = Summary(ranks=size, errors=errors)
+    if rank == 0:
+        summary = _commit(writer, staging, config, summary)
+        summary.units = sum(t[0] for t in totals)
+        summary.units_skipped = sum(t[1] for t in totals)
+        summary.seconds = time.perf_counter() - started
+    comm.Barrier()
+    return summary
+
+
+def _shared_quantization(comm, rank: int, config: JobConfig, encoder: Encoder, scenes, stride: int):
+    """Linear int8 parameters are fitted once, on rank 0, from a fixed sample, and shared."""
+    from eoembed._quantize import fit
+    from eoembed._write import _QUANTIZATION_SHORTHANDS
+
+    request = dict(_QUANTIZATION_SHORTHANDS[config.quantization])
+    if request["method"] != "linear":
+        return config.quantization
+    fitted = None
+    if rank == 0:
+        from .tile import iter_chip_batches
+
+        sample = []
+        for batch in iter_chip_batches(scenes[0], chip_size=config.chip_size, stride=stride,
+                                       min_valid_fraction=config.min_valid_fraction):
+            sample.append(encoder.encode(batch.pixels, batch.valid))
+            if sum(len(s) for s in sample) >= config.fit_chips:
+                break
+        method = request.pop("method")
+        fitted = fit(np.concatenate(sample), method=method, **request)
+    return comm.bcast(fitted, root=0)
+
+
+def _config_json(config: JobConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+_TAG = 17
+
+
+class _Progress:
+    """Unit reports: other ranks send one message per unit; rank 0 counts them with its own and
+    shows one bar for the whole job."""
+
+    def __init__(self, comm, rank: int, total: int, *, show: bool) -> None:
+        self.comm, self.rank, self.total = comm, rank, total
+        self.seen = 0
+        self.bar = None
+        if rank == 0 and show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="unit", desc="eoembed produce", file=sys.stderr, dynamic_ncols=True)
+
+    def _count(self, n: int = 1) -> None:
+        self.seen += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def unit_done(self, unit: Unit, rows: int) -> None:
+        if self.rank != 0:
+            self.comm.send((unit.id, rows), dest=0, tag=_TAG)
+            return
+        self._count()
+        self.poll()
+
+    def poll(self) -> None:
+        from mpi4py import MPI
+
+        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG):
+            self.comm.recv(source=MPI.ANY_SOURCE, tag=_TAG)
+            self._count()
+
+    def finish(self) -> None:
+        """Rank 0 waits for every unit's report, then closes the bar."""
+        from mpi4py import MPI
+
+        if self.rank != 0:
+            return
+        while self.seen < self.total:
+            self.comm.recv(source=MPI.ANY_SOURCE, tag=_TAG)
+            self._count()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _commit(writer: ProductWriter, staging: Path, config: JobConfig, summary: Summary) -> Summary:
+    files = sorted((staging / DATA_DIR).glob("u*.parquet"))
+    for leftover in (staging / DATA_DIR).glob(".*.tmp"):
+        leftover.unlink()  # a unit killed mid-write; its unit was redone
+    records = [file_record(path, root=staging) for path in files]
+    if summary.errors:
+        (staging / ERRORS).write_text(json.dumps(summary.errors, indent=2) + "\n")
+    (staging / LOCK).unlink()
+    writer.commit(records)
+    summary.chips = sum(r.rows for r in records)
+    bands = len(writer.model["input"]["bands"])
+    summary.bytes_in = summary.chips * bands * config.chip_size**2 * 4  # float32 pixels fed to the encoder
+    quant = writer.quantization
+    width = quant.stored_width() * np.dtype(quant.dtype).itemsize if quant else 0
+    summary.bytes_out = summary.chips * width
+    return summary
+
+
+def main_job(config: JobConfig) -> int:
+    """Run a job with MPI error handling: one failing rank aborts the whole job instead of hanging it."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    try:
+        summary = run_job(config)
+    except EoembedError as error:
+        if comm.Get_rank() == 0:
+            print(f"eoembed produce: {error}", file=sys.stderr)
+        if comm.Get_size() > 1:
+            comm.Abort(2)
+        return 2
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        if comm.Get_size() > 1:
+            comm.Abort(1)
+        raise
+    if comm.Get_rank() != 0:
+        return 0
+    print(
+        f"produced {config.out}: {summary.chips} chips in {summary.units} units ({summary.units_skipped} already done) "
+        f"on {summary.ranks} rank(s), {summary.seconds:.1f} s, {summary.chips / max(summary.seconds, 1e-9):.0f} chips/s; "
+        f"{summary.bytes_in / 1e6:.1f} MB of pixels in, {summary.bytes_out / 1e6:.2f} MB of embeddings out "
+        f"(compression {summary.compression:.0f}x)",
+        file=sys.stderr,
+    )
+    for error in summary.errors:
+        print(f"  skipped {error['input']}: {error['reason']}", file=sys.stderr)
+    return EXIT_PARTIAL if summary.errors else 0
