@@ -1,0 +1,122 @@
+"""The distributed producer under real MPI ranks (`mpirun -n 1` and `-n 2`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import eoembed
+from eoembed.producers.distribute import FAULT_ENV, LOCK, plan_units, staging_folder
+from eoembed.producers.read import open_scene
+
+BIN = Path(sys.executable).parent
+YEAR = "2000-01-01T00:00:00Z/2000-12-31T23:59:59Z"
+pytestmark = pytest.mark.mpi
+
+
+def produce(ranks: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [str(BIN / "mpirun"), "-n", str(ranks), str(BIN / "eoembed"), "produce", "--no-progress", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def data_tables(product: Path) -> dict[str, object]:
+    """Every data file's rows, without the footer (whose provenance names the run)."""
+    return {p.name: pq.read_table(p).replace_schema_metadata(None) for p in sorted((product / "data").glob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def nc_scene(shared_data) -> str:
+    return str(shared_data / "imagery/nc_landsat7_landclass96/landsat_multiband.tif")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, nc_scene) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "p"
+    run = produce(1, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
+                  "--quantization", "int8")
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_one_and_two_ranks_give_the_same_product(tmp_path, reference, nc_scene):
+    out = tmp_path / "p"
+    run = produce(2, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
+                  "--quantization", "int8")
+    assert run.returncode == 0, run.stderr
+    assert "[rank 1]" in run.stderr and "on 2 rank(s)" in run.stderr and "compression" in run.stderr
+    one, two = data_tables(reference), data_tables(out)
+    assert list(one) == list(two) == [f"u00000-{b:05d}.parquet" for b in range(9)]
+    for name in one:
+        assert one[name].equals(two[name]), name
+    assert eoembed.validate(out).findings == []
+    assert eoembed.open(out).collection["eoembed:provenance"]["ranks"] == 2
+    assert eoembed.open(out).embedding["quantization"] == eoembed.open(reference).embedding["quantization"]
+
+
+def test_a_killed_rank_aborts_the_job_and_resume_finishes_it(tmp_path, reference, nc_scene):
+    out = tmp_path / "p"
+    args = [nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100", "--quantization", "int8"]
+    killed = produce(2, *args, env={FAULT_ENV: "1:2"})
+    assert killed.returncode != 0
+    staging = staging_folder(out.absolute())
+    assert not out.exists(), "an interrupted job must not leave a product"
+    done = sorted(p.name for p in (staging / "data").glob("u*.parquet"))
+    assert 2 <= len(done) < 9 and (staging / LOCK).exists()
+    # Without --resume the unfinished run is not silently reused.
+    refused = produce(1, *args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = produce(2, *args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({len(done)} already done)" in resumed.stderr
+    first, second = data_tables(reference), data_tables(out)
+    assert list(first) == list(second)
+    for name in first:
+        assert first[name].equals(second[name]), name
+    assert eoembed.validate(out).ok and not staging.exists()
+
+
+def test_a_second_producer_is_refused(tmp_path, nc_scene):
+    out = tmp_path / "p"
+    staging = staging_folder(out.absolute())
+    staging.mkdir(parents=True)
+    (staging / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "start": "now"}))
+    run = produce(1, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--resume")
+    assert run.returncode == 2 and "in use by another producer" in run.stderr and f"pid {os.getpid()}" in run.stderr
+    assert not out.exists()
+
+
+def test_bad_inputs_are_reported_and_the_rest_is_produced(tmp_path, nc_scene):
+    broken = tmp_path / "broken.tif"
+    data = Path(nc_scene).read_bytes()
+    broken.write_bytes(data[: len(data) // 3])
+    missing = tmp_path / "missing.tif"
+    out = tmp_path / "p"
+    run = produce(2, nc_scene, str(broken), str(missing), "--out", str(out), "--chip-size", "16", "--datetime", YEAR)
+    assert run.returncode == 3, run.stderr
+    errors = json.loads((out / "errors.json").read_text())
+    assert [Path(e["input"]).name for e in errors] == ["broken.tif", "missing.tif"]
+    assert all(e["reason"] for e in errors)
+    assert "skipped" in run.stderr and eoembed.validate(out).ok
+
+
+def test_an_existing_product_is_not_replaced(tmp_path, reference, nc_scene):
+    run = produce(1, nc_scene, "--out", str(reference), "--chip-size", "16", "--datetime", YEAR)
+    assert run.returncode == 2 and "--overwrite" in run.stderr
+
+
+def test_units_cover_every_chip_once(nc_scene):
+    from eoembed.producers.tile import chip_windows
+
+    scene = open_scene(nc_scene)
+    count = len(chip_windows(scene.width, scene.height, chip_size=16, stride=16))
+    for size in (1, 7, 100, 10_000):
+        units = plan_units([scene, scene], chip_size=16, stride=16, unit_chips=size)
+        covered = [(u.scene, i) for u in units for i in range(u.first, u.stop)]
+        assert covered == [(s, i) for s in (0, 1) for i in range(count)]
+        assert len({u.id for u in units}) == len(units)
