@@ -71,6 +71,7 @@ class JobConfig:
     license: str = "CC-BY-4.0"
     collection_id: str | None = None
     progress: bool = True
+    s1_root: str | None = None  # BigEarthNet: add each S2 patch's co-located S1 VV/VH bands from here
 
 
 @dataclass
@@ -160,7 +161,7 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
     scenes, errors = [], []
     for path in config.inputs:
         try:
-            scene = open_scene(path)
+            scene = open_input(path, s1_root=config.s1_root)
             if config.nodata is not None:
                 import dataclasses
 
@@ -181,13 +182,32 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
     return staging, scenes, errors
 
 
+def open_input(path: str, *, s1_root: str | None = None):
+    """A GeoTIFF as a Scene, or a folder holding one band per file (a BigEarthNet S2 patch) as a Stack."""
+    folder = Path(path)
+    if folder.is_dir():
+        from .stack import bigearthnet_s2_stack, find_s1_for_s2
+
+        if not list(folder.glob("*_B02.tif")):
+            raise ImageryError(f"{folder} is a folder without *_B02.tif band files; give GeoTIFFs or BigEarthNet S2 patch folders")
+        s1 = None
+        if s1_root:
+            s1 = find_s1_for_s2(folder, s1_root)
+            if s1 is None:
+                raise ImageryError(f"no Sentinel-1 patch in {s1_root} names {folder.name} as its S2 patch")
+        return bigearthnet_s2_stack(folder, with_s1=s1)
+    return open_scene(path)
+
+
 def _fit_encoder(encoder: Encoder, scenes: Sequence[Scene], config: JobConfig, stride: int) -> None:
     """Fit encoders that need it on the first ``fit_chips`` chips (the same sample for any rank count)."""
+    from .stack import Stack, iter_stack_chip_batches
     from .tile import iter_chip_batches
 
     pixels, valid, seen = [], [], 0
     for scene in scenes:
-        for batch in iter_chip_batches(scene, chip_size=config.chip_size, stride=stride, batch_size=config.batch_size,
+        iterate = iter_stack_chip_batches if isinstance(scene, Stack) else iter_chip_batches
+        for batch in iterate(scene, chip_size=config.chip_size, stride=stride, batch_size=config.batch_size,
                                        min_valid_fraction=config.min_valid_fraction):
             pixels.append(batch.pixels)
             valid.append(batch.valid)
@@ -242,8 +262,9 @@ def run_job(config: JobConfig) -> Summary:
         encoder = type(encoder).from_state(plan["encoder_state"])
 
     first = scenes[0]
+    sources = list(first.band_sources) if hasattr(first, "band_sources") else [Path(first.path).name] * first.count
     contract = encoder.contract(bands=first.band_names, chip_size=config.chip_size, stride=stride,
-                                gsd=float(abs(first.res[0])), band_sources=[Path(first.path).name] * first.count)
+                                gsd=float(abs(first.res[0])), band_sources=sources)
     units = plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips)
     mine = units[rank::size]
     quantization = _shared_quantization(comm, rank, config, encoder, scenes, stride)
@@ -300,11 +321,13 @@ def _shared_quantization(comm, rank: int, config: JobConfig, encoder: Encoder, s
         return config.quantization
     fitted = None
     if rank == 0:
+        from .stack import Stack, iter_stack_chip_batches
         from .tile import iter_chip_batches
 
+        iterate = iter_stack_chip_batches if isinstance(scenes[0], Stack) else iter_chip_batches
         sample = []
-        for batch in iter_chip_batches(scenes[0], chip_size=config.chip_size, stride=stride,
-                                       min_valid_fraction=config.min_valid_fraction):
+        for batch in iterate(scenes[0], chip_size=config.chip_size, stride=stride,
+                             min_valid_fraction=config.min_valid_fraction):
             sample.append(encoder.encode(batch.pixels, batch.valid))
             if sum(len(s) for s in sample) >= config.fit_chips:
                 break

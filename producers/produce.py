@@ -46,8 +46,12 @@ def encode_scene(
         )
     grid = get_grid(grid_id)
     source = source_id or Path(scene.path).stem
-    for batch in iter_chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
-                                   min_valid_fraction=min_valid_fraction, windows=windows):
+    from .stack import Stack, iter_stack_chip_batches
+
+    # A Stack (bands from several files or sensors on one grid) is tiled like a single scene.
+    iterate = iter_stack_chip_batches if isinstance(scene, Stack) else iter_chip_batches
+    for batch in iterate(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
+                         min_valid_fraction=min_valid_fraction, windows=windows):
         n = len(batch)
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2

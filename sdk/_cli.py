@@ -127,7 +127,11 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
     out: list[str] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and list(path.glob("*_B02.tif")):
+            out.append(str(path))  # one patch stored one band per file
+        elif path.is_dir() and any(list(d.glob("*_B02.tif")) for d in path.iterdir() if d.is_dir()):
+            out += sorted(str(d) for d in path.iterdir() if d.is_dir() and list(d.glob("*_B02.tif")))
+        elif path.is_dir():
             out += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in (".tif", ".tiff"))
         elif path.suffix in (".txt", ".lst") and path.is_file():
             lines = [line.strip() for line in path.read_text().splitlines()]
@@ -169,6 +173,7 @@ def _produce(args: argparse.Namespace) -> int:
         "encoder": args.encoder, "chip_size": args.chip_size, "stride": args.stride, "grid": args.grid,
         "quantization": args.quantization, "min_valid_fraction": args.min_valid, "nodata": args.nodata,
         "unit_chips": args.unit_chips, "license": args.license, "collection_id": args.collection_id,
+        "s1_root": args.s1_root,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
@@ -224,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit-chips", type=int, help="chips per work unit (default 1024)")
     p.add_argument("--license", help="SPDX licence of the embeddings")
     p.add_argument("--collection-id")
+    p.add_argument("--s1-root", help="BigEarthNet: folder of S1 patches whose VV/VH join each S2 patch")
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run, skipping committed units")
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")

