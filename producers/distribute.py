@@ -277,6 +277,8 @@ def run_job(config: JobConfig) -> Summary:
     fault = _fault_after()
     done = skipped = chips = 0
     progress = _Progress(comm, rank, len(units), show=config.progress)
+    scene_windows: dict[int, list] = {}
+    written = []  # records of the units this rank wrote: rank 0 need not read those files again
     for unit in mine:
         target = staging / DATA_DIR / f"{unit.id}.parquet"
         if target.exists():
@@ -285,11 +287,15 @@ def run_job(config: JobConfig) -> Summary:
             continue
         t0 = time.perf_counter()
         scene = scenes[unit.scene]
-        windows = chip_windows(scene.width, scene.height, chip_size=config.chip_size, stride=stride)[unit.first : unit.stop]
+        if unit.scene not in scene_windows:  # computed once per scene, not once per unit
+            scene_windows[unit.scene] = chip_windows(scene.width, scene.height, chip_size=config.chip_size, stride=stride)
+        windows = scene_windows[unit.scene][unit.first : unit.stop]
         batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
                                     min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
                                     time=config.time, windows=windows))
         record = writer.write_unit(unit.id, batches)
+        if record is not None:
+            written.append(record)
         rows = record.rows if record else 0
         chips += rows
         done += 1
@@ -299,11 +305,12 @@ def run_job(config: JobConfig) -> Summary:
         if fault and fault[0] == rank and done >= fault[1]:
             os.kill(os.getpid(), signal.SIGKILL)
     progress.finish()
-    totals = comm.gather((done, skipped, chips), root=0)
+    totals = comm.gather((done, skipped, chips, written), root=0)
 
     summary = Summary(ranks=size, errors=errors)
     if rank == 0:
-        summary = _commit(writer, staging, config, summary)
+        known = {r.path: r for t in totals for r in t[3]}
+        summary = _commit(writer, staging, config, summary, known)
         summary.units = sum(t[0] for t in totals)
         summary.units_skipped = sum(t[1] for t in totals)
         summary.seconds = time.perf_counter() - started
@@ -388,11 +395,12 @@ class _Progress:
             self.bar.close()
 
 
-def _commit(writer: ProductWriter, staging: Path, config: JobConfig, summary: Summary) -> Summary:
+def _commit(writer: ProductWriter, staging: Path, config: JobConfig, summary: Summary, known: dict) -> Summary:
     files = sorted((staging / DATA_DIR).glob("u*.parquet"))
     for leftover in (staging / DATA_DIR).glob(".*.tmp"):
         leftover.unlink()  # a unit killed mid-write; its unit was redone
-    records = [file_record(path, root=staging) for path in files]
+    # Units written in this run come with their records; those of an earlier, interrupted run are read back.
+    records = [known.get(path.relative_to(staging).as_posix()) or file_record(path, root=staging) for path in files]
     if summary.errors:
         (staging / ERRORS).write_text(json.dumps(summary.errors, indent=2) + "\n")
     (staging / LOCK).unlink()
