@@ -65,7 +65,7 @@ class JobConfig:
     nodata: float | None = None
     unit_chips: int = 1024
     batch_size: int = 256
-    fit_chips: int = 4096
+    fit_chips: int = 1024
     resume: bool = False
     overwrite: bool = False
     license: str = "CC-BY-4.0"

@@ -252,3 +252,6 @@ class StatsEncoder(Encoder):
             },
             "output": {"dim": self.dim(len(inputs)), "description": self.description},
         }
+
+
+from . import rcf  # noqa: E402,F401  registers the rcf encoder

@@ -159,9 +159,25 @@ def _parse_time(text: str | None):
     return one(text)
 
 
+def _ranks_on_this_node() -> int:
+    """Ranks sharing this node, from the launcher's environment (MPICH hydra, Open MPI, SLURM)."""
+    import os
+
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(name, "").split("(")[0]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
 def _produce(args: argparse.Namespace) -> int:
+    import os
     import tomllib
 
+    # Thread pools are sized when torch is first imported: give each rank its share of the cores now.
+    threads = max(1, (os.cpu_count() or 1) // _ranks_on_this_node())
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
     from eoembed.producers.distribute import JobConfig, main_job
 
     settings: dict = {}
