@@ -99,7 +99,12 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
 
 
 def get_encoder(name: str, **options) -> Encoder:
-    """A new encoder registered under ``name``, built with ``options``."""
+    """A new encoder registered under ``name``, built with ``options``; ``torchscript:PATH`` and
+    ``module:package.module:callable`` load users' own models (see :mod:`.usermodel`)."""
+    if name.split(":", 1)[0] in ("torchscript", "module") and ":" in name:
+        from .usermodel import UserModelEncoder
+
+        return UserModelEncoder(name, **options)
     cls = _REGISTRY.get(name)
     if cls is None:
         known = ", ".join(sorted(_REGISTRY)) or "(none)"
