@@ -113,9 +113,11 @@ def _world():
 
 
 def _set_threads(local_ranks: int) -> None:
+    """Each rank's share of the node's cores, unless OMP_NUM_THREADS says otherwise."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, local_ranks))
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else max(1, (os.cpu_count() or 1) // max(1, local_ranks))
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
