@@ -160,17 +160,22 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
     if staging.exists() and not config.resume and not (staging / LOCK).exists():
         raise ProductExistsError(f"{staging} holds an unfinished run; re-run with --resume to finish it, or delete it")
     _take_lock(staging, resume=config.resume, ranks=ranks)
+    import dataclasses
+
     scenes, errors = [], []
     for path in config.inputs:
         try:
-            scene = open_input(path, s1_root=config.s1_root)
-            if config.nodata is not None:
-                import dataclasses
-
-                scene = dataclasses.replace(scene, nodata=float(config.nodata))
-            scenes.append(scene)
+            opened = open_item_collection(path) if str(path).endswith(".json") else [open_input(path, s1_root=config.s1_root)]
         except EoembedError as error:
             errors.append({"input": str(path), "reason": str(error)})
+            continue
+        for scene in opened:
+            if isinstance(scene, dict):  # an item of a collection that could not be opened
+                errors.append(scene)
+                continue
+            if config.nodata is not None:
+                scene = dataclasses.replace(scene, nodata=float(config.nodata))
+            scenes.append(scene)
     if scenes:
         first = scenes[0]
         kept = [first]
@@ -199,6 +204,43 @@ def open_input(path: str, *, s1_root: str | None = None):
                 raise ImageryError(f"no Sentinel-1 patch in {s1_root} names {folder.name} as its S2 patch")
         return bigearthnet_s2_stack(folder, with_s1=s1)
     return open_scene(path)
+
+
+_RASTER_TYPES = ("image/tiff", "image/tiff; application=geotiff", "image/tiff; application=geotiff; profile=cloud-optimized")
+
+
+def open_item_collection(path: str) -> list:
+    """The scenes of a local STAC ItemCollection: an item with one GeoTIFF data asset is a scene, an
+    item with several single-band GeoTIFF assets a stack of them (asset keys are the band names).
+    Items that cannot be opened come back as ``{"input", "reason"}`` dicts."""
+    import dataclasses
+
+    from .stack import BandSource, build_stack
+
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    if document.get("type") != "FeatureCollection":
+        raise ImageryError(f"{path} is not a STAC ItemCollection (type {document.get('type')!r})")
+    base = Path(path).parent
+    out: list = []
+    for item in document.get("features", []):
+        name = f"{path}#{item.get('id')}"
+        try:
+            when = item.get("properties", {}).get("datetime")
+            when = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else None
+            assets = [(key, asset) for key, asset in sorted(item.get("assets", {}).items())
+                      if asset.get("type", "image/tiff").split(";")[0] == "image/tiff" and "data" in asset.get("roles", ["data"])]
+            if not assets:
+                raise ImageryError(f"item {item.get('id')!r} has no GeoTIFF data asset")
+            hrefs = [(key, str(base / a["href"]) if "://" not in a["href"] and not Path(a["href"]).is_absolute() else a["href"]) for key, a in assets]
+            if len(hrefs) == 1:
+                scene = dataclasses.replace(open_scene(hrefs[0][1]), **({"datetime": when} if when else {}))
+            else:
+                scene = build_stack([BandSource(name=key, path=href, source=str(item.get("collection", ""))) for key, href in hrefs],
+                                    datetime=when, path=name)
+            out.append(scene)
+        except (EoembedError, OSError, ValueError) as error:
+            out.append({"input": name, "reason": str(error)})
+    return out
 
 
 def _fit_encoder(encoder: Encoder, scenes: Sequence[Scene], config: JobConfig, stride: int) -> None:

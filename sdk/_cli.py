@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("produce", help="encode imagery into a product (run under mpirun/srun for many ranks)")
-    p.add_argument("inputs", nargs="*", help="GeoTIFFs, folders, globs or a .txt list of paths")
+    p.add_argument("inputs", nargs="*", help="GeoTIFFs, folders, globs, a .txt list of paths, or a STAC ItemCollection .json")
     p.add_argument("--out", help="product folder to write")
     p.add_argument("--encoder", help="encoder name (see `eoembed encoders`); default stats")
     p.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE", help="encoder option; repeat")

@@ -153,3 +153,28 @@ def test_real_datasets_are_identical_on_one_and_two_ranks(tmp_path, shared_data,
         assert [b["name"] for b in bands][-2:] == ["VV", "VH"] and len(bands) == 14
     elif dataset == "bigearthnet-s2":
         assert len(bands) == 12
+
+
+def test_a_stac_item_collection_is_an_input(tmp_path, shared_data):
+    """Items with one multi-band asset become scenes; items with one asset per band become stacks."""
+    s2 = sorted((shared_data / "imagery/bigearthnet/examples/BigEarthNet-S2-Example").iterdir())[0]
+    bands = ["B02", "B03", "B04", "B08"]
+    items = [{
+        "type": "Feature", "stac_version": "1.1.0", "id": s2.name, "collection": "bigearthnet-s2",
+        "geometry": None, "properties": {"datetime": "2017-06-13T10:10:31Z"}, "links": [],
+        "assets": {b: {"href": str(s2 / f"{s2.name}_{b}.tif"), "type": "image/tiff; application=geotiff", "roles": ["data"]} for b in bands},
+    }, {
+        "type": "Feature", "stac_version": "1.1.0", "id": "missing", "geometry": None,
+        "properties": {"datetime": "2017-06-13T10:10:31Z"}, "links": [],
+        "assets": {b: {"href": f"nowhere/{b}.tif", "type": "image/tiff", "roles": ["data"]} for b in bands},
+    }]
+    collection = tmp_path / "items.json"
+    collection.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    out = tmp_path / "p"
+    run = produce(2, str(collection), "--out", str(out), "--chip-size", "40")
+    assert run.returncode == 3, run.stderr
+    assert [Path(e["input"]).name for e in json.loads((out / "errors.json").read_text())] == ["items.json#missing"]
+    product = eoembed.open(out)
+    assert [b["name"] for b in product.model["input"]["bands"]] == bands and product.num_rows == 9
+    assert product.sql("SELECT DISTINCT datetime FROM embeddings").column(0).to_pylist()[0].isoformat() == "2017-06-13T10:10:31+00:00"
+    assert eoembed.validate(out).ok
