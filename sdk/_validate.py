@@ -191,6 +191,10 @@ class _ProductChecker:
                 if model_item is not None:
                     self._check_stac(model_item, rel)
 
+        # Uniqueness first: DuckDB's memory is released before the streaming checks take theirs.
+        existing = [self.root / rel for rel in listed if (self.root / rel).exists()]
+        if existing:
+            _check_unique_chip_ids(self.report, existing, self.root)
         footers = []
         for rel, row in sorted(listed.items()):
             path = self.root / rel
@@ -220,9 +224,6 @@ class _ProductChecker:
             if checker.footer is not None:
                 footers.append((rel, checker.footer))
         self._check_one_model(footers)
-        existing = [self.root / rel for rel in listed if (self.root / rel).exists()]
-        if existing:
-            _check_unique_chip_ids(self.report, existing, self.root)
 
     def _manifest(self) -> pa.Table | None:
         path = self.root / "manifest.parquet"
@@ -315,7 +316,8 @@ def _check_unique_chip_ids(report: Report, files: list[Path], root: Path) -> Non
     spill = tempfile.TemporaryDirectory(prefix="eoembed-validate-")
     try:
         # Bounded memory whatever the row count: DuckDB spills the hash table to disk past the limit.
-        con.execute(f"SET memory_limit = '256MB'; SET temp_directory = '{spill.name}'; SET preserve_insertion_order = false")
+        con.execute(f"SET memory_limit = '128MB'; SET threads = 1; SET temp_directory = '{spill.name}'; "
+                    "SET preserve_insertion_order = false")
         paths = [str(p) for p in files]
         rows = con.execute(
             "SELECT chip_id, count(*) AS n, min(filename) AS f FROM read_parquet($files, filename = true) "
