@@ -51,7 +51,7 @@ from rasterio.windows import Window
 from eoembed._errors import BandMappingError, ImageryError, MissingDependencyError, TilingError
 
 from .read import Scene, open_scene
-from .tile import ChipBatch, ChipWindow, _make_batch, _positive_int, chip_windows
+from .tile import ChipBatch, ChipWindow, _positive_int, chip_windows, strip_batches
 
 __all__ = [
     "BandSource",
@@ -434,42 +434,14 @@ def _iter_batches(
     min_valid_fraction: float,
     windows: Sequence[ChipWindow] | None = None,
 ) -> Iterator[ChipBatch]:
-    """The loop of :func:`~eoembed.producers.tile.iter_chip_batches` over any reader of strips of ``grid``."""
-    batch_size = _positive_int("batch_size", batch_size)
-    if not 0.0 <= float(min_valid_fraction) <= 1.0:
-        raise TilingError(f"min_valid_fraction={min_valid_fraction!r} is outside [0, 1]; pass a fraction of pixels")
-    if windows is None:
-        windows = chip_windows(grid.width, grid.height, chip_size=chip_size, stride=stride)
-    if not windows:
-        return
-    rows: dict[int, list[ChipWindow]] = {}
-    for w in windows:
-        rows.setdefault(w.row_off, []).append(w)
-    size = windows[0].size
-    pend_pixels: list[np.ndarray] = []
-    pend_valid: list[np.ndarray] = []
-    pend_windows: list[ChipWindow] = []
-    pend_fraction: list[np.float32] = []
-    for row_off, row_windows in rows.items():
-        c0 = row_windows[0].col_off
-        c1 = row_windows[-1].col_off + size
-        _check_window(grid, c0, row_off, c1 - c0, size)
-        strip, strip_valid = read(col_off=c0, row_off=row_off, width=c1 - c0, height=size)
-        for w in row_windows:
-            x = w.col_off - c0
-            chip_valid = strip_valid[:, x : x + size]
-            fraction = np.float32(np.count_nonzero(chip_valid) / chip_valid.size)
-            if fraction < min_valid_fraction:
-                continue
-            pend_pixels.append(strip[:, :, x : x + size])
-            pend_valid.append(chip_valid)
-            pend_windows.append(w)
-            pend_fraction.append(fraction)
-            if len(pend_windows) == batch_size:
-                yield _make_batch(grid, pend_pixels, pend_valid, pend_windows, pend_fraction)
-                pend_pixels, pend_valid, pend_windows, pend_fraction = [], [], [], []
-    if pend_windows:
-        yield _make_batch(grid, pend_pixels, pend_valid, pend_windows, pend_fraction)
+    """:func:`~eoembed.producers.tile.strip_batches` with the window checked against ``grid`` first."""
+
+    def checked(*, col_off: int, row_off: int, width: int, height: int):
+        _check_window(grid, col_off, row_off, width, height)
+        return read(col_off=col_off, row_off=row_off, width=width, height=height)
+
+    yield from strip_batches(grid, checked, chip_size=chip_size, stride=stride, batch_size=batch_size,
+                             min_valid_fraction=min_valid_fraction, windows=windows)
 
 
 def iter_stack_chip_batches(

@@ -198,14 +198,38 @@ def iter_chip_batches(
     band indexes (None: all). ``windows`` restricts the chips to a subset of :func:`chip_windows`
     (one work unit of a distributed job), kept in the given order.
     """
+    indexes = _band_indexes(scene, bands)
+    try:
+        ds = rasterio.open(scene.path)
+    except RasterioError as exc:
+        raise ImageryError(f"{scene.path}: rasterio cannot open it ({exc}); check that the file is still there") from exc
+    with ds:
+        def read(*, col_off: int, row_off: int, width: int, height: int):
+            return _read_open(ds, scene, col_off=col_off, row_off=row_off, width=width, height=height, indexes=indexes)
+
+        yield from strip_batches(scene, read, chip_size=chip_size, stride=stride, batch_size=batch_size,
+                                 min_valid_fraction=min_valid_fraction, windows=windows)
+
+
+def strip_batches(
+    grid,
+    read,
+    *,
+    chip_size: int,
+    stride: int | None,
+    batch_size: int,
+    min_valid_fraction: float,
+    windows: Sequence[ChipWindow] | None = None,
+) -> Iterator[ChipBatch]:
+    """Chip batches of ``grid`` (anything with width, height, crs and transform), reading one strip
+    per chip row through ``read(col_off=, row_off=, width=, height=) -> (pixels, valid)``."""
     batch_size = _positive_int("batch_size", batch_size)
     if not 0.0 <= float(min_valid_fraction) <= 1.0:
         raise TilingError(f"min_valid_fraction={min_valid_fraction!r} is outside [0, 1]; pass a fraction of pixels")
     if windows is None:
-        windows = chip_windows(scene.width, scene.height, chip_size=chip_size, stride=stride)
+        windows = chip_windows(grid.width, grid.height, chip_size=chip_size, stride=stride)
     if not windows:
         return
-    indexes = _band_indexes(scene, bands)
     rows: dict[int, list[ChipWindow]] = {}
     for w in windows:
         rows.setdefault(w.row_off, []).append(w)
@@ -214,29 +238,22 @@ def iter_chip_batches(
     pend_valid: list[np.ndarray] = []
     pend_windows: list[ChipWindow] = []
     pend_fraction: list[np.float32] = []
-    try:
-        ds = rasterio.open(scene.path)
-    except RasterioError as exc:
-        raise ImageryError(f"{scene.path}: rasterio cannot open it ({exc}); check that the file is still there") from exc
-    with ds:
-        for row_off, row_windows in rows.items():
-            c0 = row_windows[0].col_off
-            c1 = row_windows[-1].col_off + size
-            strip, strip_valid = _read_open(
-                ds, scene, col_off=c0, row_off=row_off, width=c1 - c0, height=size, indexes=indexes
-            )
-            for w in row_windows:
-                x = w.col_off - c0
-                chip_valid = strip_valid[:, x : x + size]
-                fraction = np.float32(np.count_nonzero(chip_valid) / chip_valid.size)
-                if fraction < min_valid_fraction:
-                    continue
-                pend_pixels.append(strip[:, :, x : x + size])
-                pend_valid.append(chip_valid)
-                pend_windows.append(w)
-                pend_fraction.append(fraction)
-                if len(pend_windows) == batch_size:
-                    yield _make_batch(scene, pend_pixels, pend_valid, pend_windows, pend_fraction)
-                    pend_pixels, pend_valid, pend_windows, pend_fraction = [], [], [], []
-        if pend_windows:
-            yield _make_batch(scene, pend_pixels, pend_valid, pend_windows, pend_fraction)
+    for row_off, row_windows in rows.items():
+        c0 = row_windows[0].col_off
+        c1 = row_windows[-1].col_off + size
+        strip, strip_valid = read(col_off=c0, row_off=row_off, width=c1 - c0, height=size)
+        for w in row_windows:
+            x = w.col_off - c0
+            chip_valid = strip_valid[:, x : x + size]
+            fraction = np.float32(np.count_nonzero(chip_valid) / chip_valid.size)
+            if fraction < min_valid_fraction:
+                continue
+            pend_pixels.append(strip[:, :, x : x + size])
+            pend_valid.append(chip_valid)
+            pend_windows.append(w)
+            pend_fraction.append(fraction)
+            if len(pend_windows) == batch_size:
+                yield _make_batch(grid, pend_pixels, pend_valid, pend_windows, pend_fraction)
+                pend_pixels, pend_valid, pend_windows, pend_fraction = [], [], [], []
+    if pend_windows:
+        yield _make_batch(grid, pend_pixels, pend_valid, pend_windows, pend_fraction)

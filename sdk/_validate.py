@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -770,8 +770,8 @@ class _DataFileChecker:
         """Describe the vector columns of a file that is not an eoembed data file: what would keep
         them from being eoembed embeddings (warnings; NaN is an error anywhere)."""
         schema = handle.schema_arrow
-        for field in schema:
-            kind = field.type
+        for vector_field in schema:
+            kind = vector_field.type
             if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
                 continue
             if not pa.types.is_floating(kind.value_type):
@@ -781,7 +781,7 @@ class _DataFileChecker:
             nan_row = None
             first = 0
             nulls = 0
-            for batch in handle.iter_batches(columns=[field.name], batch_size=65536):
+            for batch in handle.iter_batches(columns=[vector_field.name], batch_size=65536):
                 column = batch.column(0)
                 nulls += column.null_count
                 if column.null_count:
@@ -796,22 +796,22 @@ class _DataFileChecker:
                     norms.append(np.linalg.norm(values[finite], axis=1))
                 first += len(column)
             if nulls:
-                self.add("EMB002", f"column {field.name!r} has {nulls} null vectors", column=field.name)
+                self.add("EMB002", f"column {vector_field.name!r} has {nulls} null vectors", column=vector_field.name)
             if not first:
-                self.add("EMB008", f"column {field.name!r} ({kind}) holds no vectors", severity="warning", column=field.name)
+                self.add("EMB008", f"column {vector_field.name!r} ({kind}) holds no vectors", severity="warning", column=vector_field.name)
                 continue
             if not pa.types.is_fixed_size_list(kind):
-                self.add("EMB001", f"column {field.name!r} is {kind} with lengths {sorted(dims)}; eoembed stores vectors as "
+                self.add("EMB001", f"column {vector_field.name!r} is {kind} with lengths {sorted(dims)}; eoembed stores vectors as "
                          "FixedSizeList<float32|float16|int8|uint8>[D] in a column named 'embedding'",
-                         severity="warning", column=field.name)
+                         severity="warning", column=vector_field.name)
             if nan_row is not None:
-                self.add("EMB002", f"column {field.name!r} holds NaN or infinity", row=nan_row, column=field.name)
+                self.add("EMB002", f"column {vector_field.name!r} holds NaN or infinity", row=nan_row, column=vector_field.name)
             if norms:
                 all_norms = np.concatenate(norms)
                 if len(all_norms) and np.abs(all_norms - 1).max() > 1e-3:
-                    self.add("EMB004", f"column {field.name!r}: vectors are not unit length (L2 norm {all_norms.min():.4g} to "
+                    self.add("EMB004", f"column {vector_field.name!r}: vectors are not unit length (L2 norm {all_norms.min():.4g} to "
                              f"{all_norms.max():.4g}, median {np.median(all_norms):.4g}); declare normalized=false or normalise "
-                             "them before comparing by cosine", severity="warning", column=field.name)
+                             "them before comparing by cosine", severity="warning", column=vector_field.name)
 
     def _check_times(self, batch: pa.Table, first: int, g: int, once) -> None:
         if not self.temporal:
