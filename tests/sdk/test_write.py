@@ -115,7 +115,6 @@ def test_layout_zstd_row_groups_and_spatial_order(tmp_path):
     meta = pq.ParquetFile(path / "data" / "part-00000.parquet").metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000] * 4
     assert {meta.row_group(0).column(i).compression for i in range(meta.num_columns)} == {"ZSTD"}
-    bbox = eoembed.open(path).sql("SELECT bbox.xmin AS x, bbox.ymin AS y FROM embeddings").to_pandas() if False else None
     table = pq.read_table(path / "data" / "part-00000.parquet", columns=["bbox"]).column("bbox").combine_chunks()
     xy = np.stack([table.field("xmin").to_numpy(), table.field("ymin").to_numpy()], axis=1)
     stored_step = np.abs(np.diff(xy, axis=0)).sum(axis=1).mean()
