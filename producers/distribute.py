@@ -30,7 +30,7 @@ import numpy as np
 from eoembed._errors import EoembedError, ImageryError, ProductExistsError
 from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 
-from .encode import Encoder, get_encoder
+from .encode import Encoder, get_encoder, select_device
 from .produce import encode_scene
 from .read import Scene, open_scene
 from .tile import chip_windows
@@ -109,7 +109,7 @@ def _world():
 
     comm = MPI.COMM_WORLD
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
-    return comm, local.Get_size()
+    return comm, local.Get_size(), local.Get_rank()
 
 
 def _set_threads(local_ranks: int) -> None:
@@ -243,6 +243,14 @@ def open_item_collection(path: str) -> list:
     return out
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
+
+
 def _fit_encoder(encoder: Encoder, scenes: Sequence[Scene], config: JobConfig, stride: int) -> None:
     """Fit encoders that need it on the first ``fit_chips`` chips (the same sample for any rank count)."""
     from .stack import Stack, iter_stack_chip_batches
@@ -275,7 +283,7 @@ def _fault_after() -> tuple[int, int] | None:
 
 def run_job(config: JobConfig) -> Summary:
     """Run the job on every rank of MPI.COMM_WORLD (one rank without mpirun). Returns rank 0's summary."""
-    comm, local_ranks = _world()
+    comm, local_ranks, local_rank = _world()
     rank, size = comm.Get_rank(), comm.Get_size()
     _set_threads(local_ranks)
     started = time.perf_counter()
@@ -304,6 +312,8 @@ def run_job(config: JobConfig) -> Summary:
     encoder = get_encoder(config.encoder, **config.encoder_options)
     if plan["encoder_state"] is not None:
         encoder = type(encoder).from_state(plan["encoder_state"])
+    device = select_device(local_rank)
+    encoder.to(device)
 
     first = scenes[0]
     sources = list(first.band_sources) if hasattr(first, "band_sources") else [Path(first.path).name] * first.count
@@ -312,8 +322,8 @@ def run_job(config: JobConfig) -> Summary:
     units = plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips)
     mine = units[rank::size]
     quantization = _shared_quantization(comm, rank, config, encoder, scenes, stride)
-    provenance = {"ranks": size, "config": _config_json(config),
-                  "device": "cpu", "host": socket.gethostname()}
+    provenance = {"ranks": size, "config": _config_json(config), "device": _device_name(device),
+                  "host": socket.gethostname()}
     writer = ProductWriter(config.out, model=contract, grid=config.grid, quantization=quantization,
                            license=config.license, collection_id=config.collection_id, staging=staging,
                            overwrite=config.overwrite, provenance=provenance)

@@ -26,6 +26,12 @@ class Encoder(abc.ABC):
     version: str = ""
     description: str = ""
     dim_rule: str = ""  # human-readable, e.g. "5 * n_bands"
+    device: str = "cpu"
+
+    def to(self, device: str) -> "Encoder":
+        """Run on ``device`` ("cpu", "cuda:0", ...). Encoders without torch work stay on the CPU."""
+        self.device = str(device)
+        return self
 
     @abc.abstractmethod
     def dim(self, n_bands: int) -> int:
@@ -96,6 +102,24 @@ def register_encoder(cls: type[Encoder]) -> type[Encoder]:
         )
     _REGISTRY[cls.name] = cls
     return cls
+
+
+def select_device(local_rank: int = 0) -> str:
+    """The device for the rank with this node-local index: ``EOEMBED_DEVICE`` if set, else one GPU per
+    local rank (round-robin) when CUDA is available, else the CPU. cuDNN is made deterministic so a
+    product does not depend on how many ranks made it."""
+    import os
+
+    import torch
+
+    forced = os.environ.get("EOEMBED_DEVICE")
+    if forced:
+        return forced
+    if torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return "cpu"
 
 
 def get_encoder(name: str, **options) -> Encoder:

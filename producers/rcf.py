@@ -35,6 +35,7 @@ __all__ = ["RcfEncoder", "CHUNK", "BIAS", "ZCA_EPS"]
 
 #: chips per convolution call; a fixed shape keeps every chip's arithmetic identical
 CHUNK = 4
+DEVICE_CHUNK = 1024  # chips per convolution on an accelerator
 #: the ReLU threshold of MOSAIKS: features are ReLU(conv - BIAS) and ReLU(-conv - BIAS)
 BIAS = 1.0
 #: added to the patch covariance eigenvalues before ZCA whitening (standardised units)
@@ -385,9 +386,11 @@ class RcfEncoder(Encoder):
         partial[: n // CHUNK] = ~full[: n // CHUNK * CHUNK].reshape(-1, CHUNK).all(axis=1)
         pool_t = torch.zeros((padded, 1) + pool.shape[1:], dtype=torch.float32)
         pool_t[:n, 0] = torch.from_numpy(pool)
-        sums = torch.empty((padded, self.features), dtype=torch.float32)
         xt = torch.from_numpy(xs)
         weight, bias = tensors["weight"], tensors["bias"]
+        if self.device != "cpu":
+            return self._features_on_device(xt, pool_t, weight, bias, counts, n)
+        sums = torch.empty((padded, self.features), dtype=torch.float32)
         with torch.no_grad():
             for i in range(0, padded, CHUNK):
                 y = F.conv2d(xt[i : i + CHUNK], weight, bias)
@@ -399,6 +402,21 @@ class RcfEncoder(Encoder):
         out = feats.numpy()
         out[counts == 0] = 0.0
         return out, counts
+
+    def _features_on_device(self, xt, pool_t, weight, bias, counts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same features on an accelerator, in large batches (tiny ones suit only the CPU)."""
+        device = torch.device(self.device)
+        weight, bias = weight.to(device), bias.to(device)
+        out = []
+        with torch.no_grad():
+            for i in range(0, xt.shape[0], DEVICE_CHUNK):
+                y = F.conv2d(xt[i : i + DEVICE_CHUNK].to(device, non_blocking=True), weight, bias)
+                y.relu_().mul_(pool_t[i : i + DEVICE_CHUNK].to(device, non_blocking=True))
+                out.append(torch.sum(y, dim=(2, 3)).cpu())
+        feats = torch.cat(out)[:n] / torch.from_numpy(np.maximum(counts, 1).astype(np.float32)).unsqueeze(1)
+        result = feats.numpy()
+        result[counts == 0] = 0.0
+        return result, counts
 
     def _project(self, feats: np.ndarray) -> np.ndarray:
         tensors = self._torch

@@ -88,6 +88,11 @@ class UserModelEncoder(Encoder):
         if not (kind == "torchscript" and Path(where).suffix == ".pt2"):
             self.model.eval()
 
+    def to(self, device: str) -> "UserModelEncoder":
+        self.device = str(device)
+        self.model.to(self.device)
+        return self
+
     def dim(self, n_bands: int) -> int:
         return int(self.declared["dim"])
 
@@ -109,7 +114,7 @@ class UserModelEncoder(Encoder):
         outputs = []
         with torch.no_grad():
             for start in range(0, len(x), self.batch_size):
-                out = self.model(torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size])))
+                out = self.model(torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size])).to(self.device))
                 if out.ndim == 4:
                     out = out.mean(dim=(2, 3))  # feature map: mean-pool to one vector a chip
                 outputs.append(out.float().cpu().numpy())
