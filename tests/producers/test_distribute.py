@@ -178,3 +178,17 @@ def test_a_stac_item_collection_is_an_input(tmp_path, shared_data):
     assert [b["name"] for b in product.model["input"]["bands"]] == bands and product.num_rows == 9
     assert product.sql("SELECT DISTINCT datetime FROM embeddings").column(0).to_pylist()[0].isoformat() == "2017-06-13T10:10:31+00:00"
     assert eoembed.validate(out).ok
+
+
+def test_presto_with_a_band_map_on_two_ranks(tmp_path, nc_scene, shared_data):
+    import hashlib
+
+    weights = shared_data / "weights/presto/default_model.pt"
+    out = tmp_path / "p"
+    band_map = json.dumps({"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11"})
+    run = produce(2, nc_scene, "--out", str(out), "--encoder", "presto", "--encoder-option", f"band_map={band_map}",
+                  "--encoder-option", f"weights={weights}", "--chip-size", "16", "--datetime", YEAR)
+    assert run.returncode == 0, run.stderr
+    product = eoembed.open(out)
+    assert product.dim == 128 and product.model["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert eoembed.validate(out).findings == []

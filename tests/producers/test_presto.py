@@ -1,0 +1,245 @@
+"""eoembed.producers.presto: the pretrained Presto encoder, on the real published weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from eoembed._errors import EncoderError
+from eoembed.producers import presto as presto_module
+from eoembed.producers.encode import get_encoder, list_encoders
+from eoembed.producers.presto import (
+    CHANNEL_GROUPS,
+    DW_MISSING,
+    LANDSAT7_BAND_MAP,
+    PRESTO_CHANNELS,
+    PrestoEncoder,
+    PrestoNet,
+    load_presto,
+    month_table,
+    normalize,
+    sinusoid_table,
+)
+
+WEIGHTS = "weights/presto/default_model.pt"
+CHIPS = "fewshot/nc_landclass96/chips.npz"
+#: every tensor of the encoder half of default_model.pt (the MANIFEST's "about 404k parameters")
+ENCODER_NUMEL = 404_160
+#: Landsat DN (0-255) to the Sentinel-2 reflectance x 10 000 scale Presto was trained on (crude)
+DN_SCALE = 10_000 / 255
+NC_LATLON = (35.78, -78.64)  # Raleigh, North Carolina: the nc_spm_08 sample region
+
+
+@pytest.fixture(scope="module")
+def weights(shared_data):
+    path = shared_data / WEIGHTS
+    if not path.is_file():  # under CI a missing file fails, as the shared_data fixture does for the folder
+        message = f"{path} is missing: the Presto weights are expected in ../shared/data"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="module")
+def net(weights):
+    model, dropped = load_presto(weights)
+    return model, dropped
+
+
+def _chips(n=5, bands=6, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.uniform(0, 255, size=(n, bands, size, size)).astype(np.float32)
+    valid = rng.random((n, size, size)) > 0.3
+    valid[1] = False  # a chip with no valid pixel
+    valid[2] = True
+    return pixels, valid
+
+
+# loading ------------------------------------------------------------------------------------------
+
+
+def test_strict_load_of_the_real_weights(weights, net, tmp_path):
+    model, dropped = net
+    raw = torch.load(weights, map_location="cpu", weights_only=True)
+    state = model.state_dict()
+    assert sorted("encoder." + k for k in state) == sorted(k for k in raw if k.startswith("encoder."))
+    assert sum(v.numel() for v in state.values()) == ENCODER_NUMEL
+    # only the pretraining decoder is left out (it reconstructs masked inputs; no part of the vectors)
+    assert dropped and all(k.startswith("decoder.") for k in dropped)
+    assert len(dropped) + len(state) == len(raw)
+    for k, v in state.items():
+        assert torch.equal(v, raw["encoder." + k]), k
+    # the fixed encodings we compute are exactly the stored ones
+    assert torch.equal(sinusoid_table(24, 64), raw["encoder.pos_embed"][0])
+    assert torch.equal(month_table(32), raw["encoder.month_embed.weight"])
+    # strict: a checkpoint that lacks an encoder tensor is refused
+    broken = dict(raw)
+    del broken["encoder.blocks.1.mlp.fc2.bias"]
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(EncoderError, match="does not match the Presto encoder"):
+        load_presto(tmp_path / "broken.pt")
+    with pytest.raises(EncoderError, match="not found"):
+        load_presto(tmp_path / "absent.pt")
+
+
+def test_registered_and_contract(weights):
+    assert "presto" in {e["name"] for e in list_encoders()}
+    enc = get_encoder("presto", weights=str(weights), band_map=LANDSAT7_BAND_MAP, latlon=NC_LATLON)
+    assert isinstance(enc, PrestoEncoder) and enc.dim(6) == 128
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert sha.startswith("559c9d76")
+    bands = list(LANDSAT7_BAND_MAP)
+    contract = enc.contract(bands=bands, chip_size=8, stride=8, gsd=28.5, band_sources="chips.npz")
+    assert contract == {
+        "name": "presto",
+        "version": "1",
+        "framework": "pytorch",
+        "weights_sha256": sha,
+        "weights_href": "default_model.pt",
+        "architecture": "Presto (pretrained, nasaharvest)",
+        "pooling": "mean over valid pixels",
+        "parameters": {"band_map": LANDSAT7_BAND_MAP, "month": 6, "latlon": list(NC_LATLON), "input_scale": 1.0},
+        "input": {
+            "bands": [{"name": b, "source": "chips.npz"} for b in bands],
+            "chip_size_px": 8,
+            "stride_px": 8,
+            "gsd_m": 28.5,
+            "normalization": {"method": "custom", "description": "Presto fixed shift/divisor per channel group"},
+        },
+        "output": {"dim": 128, "description": enc.description},
+    }
+    assert json.loads(json.dumps(contract)) == contract
+    with pytest.raises(EncoderError, match="band_map order"):
+        enc.contract(bands=bands[::-1], chip_size=8, stride=8, gsd=28.5)
+
+
+def test_options_are_checked(weights):
+    w = str(weights)
+    with pytest.raises(EncoderError, match="month=0"):
+        PrestoEncoder(weights=w, month=0)
+    with pytest.raises(EncoderError, match="not a Presto channel"):
+        PrestoEncoder(weights=w, band_map={"red": "B04"})
+    with pytest.raises(EncoderError, match="both"):
+        PrestoEncoder(weights=w, band_map={"a": "B4", "b": "B4"})
+    with pytest.raises(EncoderError, match="completes no Presto channel group"):
+        PrestoEncoder(weights=w, band_map={"swir1": "B11"})  # SWIR needs B11 and B12
+    with pytest.raises(EncoderError, match="latlon"):
+        PrestoEncoder(weights=w, latlon=(95, 0))
+    with pytest.raises(EncoderError, match="does not take options"):
+        get_encoder("presto", weights=w, bands=3)
+    enc = PrestoEncoder(weights=w, band_map={"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11", "B7": None})
+    # B11 alone cannot fill the SWIR group, so B5 is masked with B7; NDVI comes from B8 and B4
+    assert enc.unused_bands == ["B5", "B7"]
+    assert enc.groups_used == ["S2_RGB", "S2_NIR_10m", "NDVI"]
+    with pytest.raises(EncoderError, match="chips have 5 bands"):
+        enc.encode(np.zeros((1, 5, 4, 4), np.float32))
+
+
+# behaviour ----------------------------------------------------------------------------------------
+
+
+def test_shape_finite_and_deterministic(weights):
+    enc = PrestoEncoder(weights=str(weights), band_map=LANDSAT7_BAND_MAP, latlon=NC_LATLON, input_scale=DN_SCALE)
+    pixels, valid = _chips()
+    a = enc.encode(pixels, valid)
+    b = enc.encode(pixels.copy(), valid.copy())
+    assert a.shape == (5, 128) and a.dtype == np.float32 and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)  # bitwise
+    assert (a[1] == 0).all() and (np.abs(a[[0, 2, 3, 4]]).sum(axis=1) > 0).all()
+    assert enc.encode(pixels[:0], valid[:0]).shape == (0, 128)
+    # a chip's vector is the mean of its valid pixels' vectors
+    i, j = np.argwhere(valid[0])[0]
+    one = enc.encode(pixels[:1, :, i : i + 1, j : j + 1])
+    only = valid[:1].copy()
+    only[:] = False
+    only[0, i, j] = True
+    np.testing.assert_allclose(enc.encode(pixels[:1], only), one, rtol=1e-5, atol=1e-6)
+    pix = np.moveaxis(pixels[0], 0, -1)[valid[0]][:, :, None, None]  # every valid pixel as a 1x1 chip
+    np.testing.assert_allclose(a[0], enc.encode(pix).mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
+def test_masked_channels_do_not_change_the_output(net):
+    model, _ = net
+    rng = np.random.default_rng(1)
+    b, t = 6, 3
+    x = torch.from_numpy(normalize(rng.uniform(0, 3000, size=(b, t, 17)).astype(np.float32)))
+    mask = torch.zeros(b, t, 17, dtype=torch.bool)
+    mask[:, :, [0, 1, 12, 13]] = True  # no S1, no ERA5
+    mask[0, :, 5] = True  # one channel of the red-edge group masks the whole group
+    mask[2, 1, 8] = True  # one timestep of NIR
+    dw = torch.full((b, t), DW_MISSING)
+    dw[3] = torch.tensor([0, 4, DW_MISSING])
+    latlons = torch.tensor([[35.78, -78.64]]).expand(b, 2)
+    with torch.inference_mode():
+        ref = model(x, mask, dw, latlons, month=4)
+        noisy = x.clone()
+        noisy[mask] = torch.from_numpy(rng.normal(0, 100, size=int(mask.sum())).astype(np.float32))
+        assert torch.equal(model(noisy, mask, dw, latlons, month=4), ref)
+        changed = x.clone()
+        changed[0, 0, 2] += 0.5  # an unmasked channel: the output moves
+        assert not torch.equal(model(changed, mask, dw, latlons, month=4)[0], ref[0])
+        # rows with different masks (attention-masked batch) == each row on its own (tokens dropped)
+        for i in range(b):
+            alone = model(x[i : i + 1], mask[i : i + 1], dw[i : i + 1], latlons[i : i + 1], month=4)
+            torch.testing.assert_close(alone, ref[i : i + 1], rtol=1e-4, atol=1e-5)
+
+
+def test_unused_bands_and_invalid_pixels_do_not_matter(weights):
+    band_map = {"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11", "B7": None}
+    enc = PrestoEncoder(weights=str(weights), band_map=band_map)
+    pixels, valid = _chips(seed=2)
+    ref = enc.encode(pixels, valid)
+    other = pixels.copy()
+    other[:, 4:] = np.random.default_rng(3).uniform(0, 255, size=other[:, 4:].shape)  # B5 (SWIR incomplete), B7
+    other[~np.broadcast_to(valid[:, None], other.shape)] = np.nan  # invalid pixels
+    np.testing.assert_array_equal(enc.encode(other, valid), ref)
+    with_swir = PrestoEncoder(weights=str(weights), band_map=LANDSAT7_BAND_MAP)
+    assert "S2_SWIR" in with_swir.groups_used and not with_swir.unused_bands
+    assert not np.allclose(with_swir.encode(pixels, valid), ref)
+
+
+# few-shot evidence ---------------------------------------------------------------------------------
+
+
+def _nearest_centroid(features, labels, classes, shots, episodes=100, queries=15, seed=0):
+    rng = np.random.default_rng(seed)
+    correct = []
+    for _ in range(episodes):
+        centroids, query, truth = [], [], []
+        for k, c in enumerate(classes):
+            idx = rng.permutation(np.flatnonzero(labels == c))[: shots + queries]
+            centroids.append(features[idx[:shots]].mean(axis=0))
+            query.append(features[idx[shots:]])
+            truth += [k] * (len(idx) - shots)
+        q = np.concatenate(query)
+        d = ((q[:, None, :] - np.stack(centroids)[None]) ** 2).sum(axis=-1)
+        correct.append((d.argmin(axis=1) == np.array(truth)).mean())
+    return float(np.mean(correct))
+
+
+def test_fewshot_nearest_centroid_beats_chance(weights, shared_data):
+    data = np.load(shared_data / CHIPS)
+    x, y = data["X"].astype(np.float32), data["y"]
+    assert [str(b) for b in data["bands"]] == list(LANDSAT7_BAND_MAP)
+    classes = [c for c in np.unique(y) if (y == c).sum() >= 20]
+    assert len(classes) == 5  # developed, herbaceous, shrubland, forest, water (agriculture has 7)
+    keep = np.isin(y, classes)
+    x, y = x[keep], y[keep]
+    enc = PrestoEncoder(weights=str(weights), band_map=LANDSAT7_BAND_MAP, latlon=NC_LATLON, input_scale=DN_SCALE)
+    features = enc.encode(x)
+    acc = {k: _nearest_centroid(features, y, classes, k) for k in (1, 5, 10)}
+    print(f"presto nearest-centroid 5-way 1/5/10-shot: {acc[1]:.3f}/{acc[5]:.3f}/{acc[10]:.3f} (MANIFEST .44/.51/.54)")
+    assert acc[5] > 0.2 + 0.15  # chance is 1/5
+    assert acc[1] > 0.3 and acc[10] >= acc[1]
+
+
+def test_groups_cover_every_channel_once():
+    idx = sorted(i for _, group in CHANNEL_GROUPS for i in group)
+    assert idx == list(range(len(PRESTO_CHANNELS)))
+    assert isinstance(presto_module.PrestoNet(), PrestoNet)
