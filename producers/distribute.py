@@ -72,6 +72,7 @@ class JobConfig:
     collection_id: str | None = None
     progress: bool = True
     s1_root: str | None = None  # BigEarthNet: add each S2 patch's co-located S1 VV/VH bands from here
+    bands: list[str] | None = None  # encoder inputs: source band names or 1-based indexes, "new=old" renames
 
 
 @dataclass
@@ -173,6 +174,12 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
             if isinstance(scene, dict):  # an item of a collection that could not be opened
                 errors.append(scene)
                 continue
+            if config.bands:
+                try:
+                    scene = select_bands(scene, config.bands)
+                except EoembedError as error:
+                    errors.append({"input": str(scene.path), "reason": str(error)})
+                    continue
             if config.nodata is not None:
                 scene = dataclasses.replace(scene, nodata=float(config.nodata))
             scenes.append(scene)
@@ -241,6 +248,38 @@ def open_item_collection(path: str) -> list:
         except (EoembedError, OSError, ValueError) as error:
             out.append({"input": name, "reason": str(error)})
     return out
+
+
+def select_bands(scene, wanted: Sequence[str]):
+    """The encoder's inputs picked (and renamed) from a scene's or stack's bands.
+
+    ``wanted`` holds source band names or 1-based indexes, optionally as ``new=old`` to rename. A band
+    that is not there is a :class:`BandMappingError` naming the band and the file."""
+    from eoembed._errors import BandMappingError
+
+    from .stack import BandSource, Stack, build_stack
+
+    if isinstance(scene, Stack):
+        available = {b.name: b for b in scene.bands}
+    else:
+        available = {name: BandSource(name=name, path=scene.path, band=i + 1) for i, name in enumerate(scene.band_names)}
+    by_index = {str(i + 1): b for i, b in enumerate(available.values())}
+    chosen = []
+    for entry in wanted:
+        new, _, old = entry.partition("=") if "=" in entry else (entry, "", entry)
+        source = available.get(old) or by_index.get(old)
+        if source is None:
+            raise BandMappingError(
+                f"band {old!r} is not in {scene.path} (it has {', '.join(available)}, or indexes 1..{len(available)})"
+            )
+        chosen.append(BandSource(name=new, path=source.path, band=source.band, source=source.source or Path(source.path).name))
+    if isinstance(scene, Stack):
+        return build_stack(chosen, datetime=scene.datetime, path=scene.path, resampling=scene.resampling)
+    # One file: read the chosen bands directly (nodata and every other scene setting stay as they are).
+    import dataclasses
+
+    return dataclasses.replace(scene, band_indexes=tuple(b.band for b in chosen), band_names=tuple(b.name for b in chosen),
+                               count=len(chosen))
 
 
 def _device_name(device: str) -> str:
@@ -330,7 +369,7 @@ def run_job(config: JobConfig) -> Summary:
 
     fault = _fault_after()
     done = skipped = chips = 0
-    progress = _Progress(comm, rank, len(units), show=config.progress)
+    progress = _Progress(comm, rank, units, show=config.progress)
     scene_windows: dict[int, list] = {}
     written = []  # records of the units this rank wrote: rank 0 need not read those files again
     for unit in mine:
@@ -408,33 +447,36 @@ class _Progress:
     """Unit reports: other ranks send one message per unit; rank 0 counts them with its own and
     shows one bar for the whole job."""
 
-    def __init__(self, comm, rank: int, total: int, *, show: bool) -> None:
-        self.comm, self.rank, self.total = comm, rank, total
+    def __init__(self, comm, rank: int, units: Sequence[Unit], *, show: bool) -> None:
+        self.comm, self.rank, self.total = comm, rank, len(units)
         self.seen = 0
         self.bar = None
         if rank == 0 and show:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="unit", desc="eoembed produce", file=sys.stderr, dynamic_ncols=True)
+            # Chips done / total, chips/s and ETA; chips below the valid-fraction threshold count as done.
+            self.bar = tqdm(total=sum(u.stop - u.first for u in units), unit="chip", unit_scale=True,
+                            desc="eoembed produce", file=sys.stderr, dynamic_ncols=True)
 
-    def _count(self, n: int = 1) -> None:
-        self.seen += n
+    def _count(self, chips: int) -> None:
+        self.seen += 1
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(chips)
 
     def unit_done(self, unit: Unit, rows: int) -> None:
+        chips = unit.stop - unit.first
         if self.rank != 0:
-            self.comm.send((unit.id, rows), dest=0, tag=_TAG)
+            self.comm.send((unit.id, chips), dest=0, tag=_TAG)
             return
-        self._count()
+        self._count(chips)
         self.poll()
 
     def poll(self) -> None:
         from mpi4py import MPI
 
         while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG):
-            self.comm.recv(source=MPI.ANY_SOURCE, tag=_TAG)
-            self._count()
+            _, chips = self.comm.recv(source=MPI.ANY_SOURCE, tag=_TAG)
+            self._count(chips)
 
     def finish(self) -> None:
         """Rank 0 waits for every unit's report, then closes the bar."""
@@ -443,8 +485,8 @@ class _Progress:
         if self.rank != 0:
             return
         while self.seen < self.total:
-            self.comm.recv(source=MPI.ANY_SOURCE, tag=_TAG)
-            self._count()
+            _, chips = self.comm.recv(source=MPI.ANY_SOURCE, tag=_TAG)
+            self._count(chips)
         if self.bar is not None:
             self.bar.close()
 

