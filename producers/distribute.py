@@ -31,7 +31,7 @@ from eoembed._errors import EoembedError, ImageryError, ProductExistsError
 from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 
 from .encode import Encoder, get_encoder, select_device
-from .produce import encode_scene
+from .produce import chip_batches, encode_scene
 from .read import Scene, open_scene
 from .tile import chip_windows
 
@@ -197,8 +197,13 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
 
 
 def open_input(path: str, *, s1_root: str | None = None):
-    """A GeoTIFF as a Scene, or a folder holding one band per file (a BigEarthNet S2 patch) as a Stack."""
+    """A GeoTIFF as a Scene, a folder holding one band per file (a BigEarthNet S2 patch) as a Stack,
+    or a (time, channel, y, x) cube (``.npy``/``.npz`` with a JSON sidecar, ``.zarr``) as a CubeScene."""
     folder = Path(path)
+    if folder.suffix in (".npy", ".npz", ".zarr"):
+        from .stack import CubeScene, open_cube
+
+        return CubeScene(open_cube(folder))
     if folder.is_dir():
         from .stack import bigearthnet_s2_stack, find_s1_for_s2
 
@@ -292,13 +297,9 @@ def _device_name(device: str) -> str:
 
 def _fit_encoder(encoder: Encoder, scenes: Sequence[Scene], config: JobConfig, stride: int) -> None:
     """Fit encoders that need it on the first ``fit_chips`` chips (the same sample for any rank count)."""
-    from .stack import Stack, iter_stack_chip_batches
-    from .tile import iter_chip_batches
-
     pixels, valid, seen = [], [], 0
     for scene in scenes:
-        iterate = iter_stack_chip_batches if isinstance(scene, Stack) else iter_chip_batches
-        for batch in iterate(scene, chip_size=config.chip_size, stride=stride, batch_size=config.batch_size,
+        for batch in chip_batches(scene, chip_size=config.chip_size, stride=stride, batch_size=config.batch_size,
                                        min_valid_fraction=config.min_valid_fraction):
             pixels.append(batch.pixels)
             valid.append(batch.valid)
@@ -421,13 +422,9 @@ def _shared_quantization(comm, rank: int, config: JobConfig, encoder: Encoder, s
         return config.quantization
     fitted = None
     if rank == 0:
-        from .stack import Stack, iter_stack_chip_batches
-        from .tile import iter_chip_batches
-
-        iterate = iter_stack_chip_batches if isinstance(scenes[0], Stack) else iter_chip_batches
         sample = []
-        for batch in iterate(scenes[0], chip_size=config.chip_size, stride=stride,
-                             min_valid_fraction=config.min_valid_fraction):
+        for batch in chip_batches(scenes[0], chip_size=config.chip_size, stride=stride,
+                                  min_valid_fraction=config.min_valid_fraction):
             sample.append(encoder.encode(batch.pixels, batch.valid))
             if sum(len(s) for s in sample) >= config.fit_chips:
                 break

@@ -25,6 +25,18 @@ from .read import Scene, open_scene
 from .tile import iter_chip_batches
 
 
+def chip_batches(scene, **options: Any):
+    """Chip batches of a Scene (one file), a Stack (bands from several files or sensors on one grid)
+    or a CubeScene (time x channel), all cut the same way."""
+    from .stack import CubeScene, Stack, iter_cube_scene_batches, iter_stack_chip_batches
+
+    if isinstance(scene, Stack):
+        return iter_stack_chip_batches(scene, **options)
+    if isinstance(scene, CubeScene):
+        return iter_cube_scene_batches(scene, **options)
+    return iter_chip_batches(scene, **options)
+
+
 def encode_scene(
     scene: Scene,
     encoder: Encoder,
@@ -46,12 +58,8 @@ def encode_scene(
         )
     grid = get_grid(grid_id)
     source = source_id or Path(scene.path).stem
-    from .stack import Stack, iter_stack_chip_batches
-
-    # A Stack (bands from several files or sensors on one grid) is tiled like a single scene.
-    iterate = iter_stack_chip_batches if isinstance(scene, Stack) else iter_chip_batches
-    for batch in iterate(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
-                         min_valid_fraction=min_valid_fraction, windows=windows):
+    for batch in chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
+                              min_valid_fraction=min_valid_fraction, windows=windows):
         n = len(batch)
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2

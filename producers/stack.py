@@ -734,3 +734,58 @@ def iter_cube_chip_batches(
 
     yield from _iter_batches(cube, read, chip_size=chip_size, stride=stride, batch_size=batch_size,
                              min_valid_fraction=min_valid_fraction)
+
+
+@dataclass(frozen=True)
+class CubeScene:
+    """A cube read as one scene whose encoder inputs are every (time, channel) pair, named
+    ``BAND@YYYY-MM-DD`` in time-major order (the Embed2Scale layout: seasons x channels per chip).
+    Its chips carry the cube's time range."""
+
+    cube: Cube
+
+    path = property(lambda self: self.cube.path)
+    crs = property(lambda self: self.cube.crs)
+    transform = property(lambda self: self.cube.transform)
+    width = property(lambda self: self.cube.width)
+    height = property(lambda self: self.cube.height)
+    res = property(lambda self: self.cube.res)
+    nodata = property(lambda self: self.cube.nodata)
+    dtype = property(lambda self: self.cube.dtype)
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(f"{band}@{t:%Y-%m-%d}" for t in self.cube.times for band in self.cube.band_names)
+
+    @property
+    def count(self) -> int:
+        return len(self.band_names)
+
+    @property
+    def band_sources(self) -> tuple[str, ...]:
+        return (Path(self.cube.path).name,) * self.count
+
+    @property
+    def datetime(self):
+        times = self.cube.times
+        return (times[0], times[-1]) if len(times) > 1 else times[0]
+
+
+def iter_cube_scene_batches(
+    scene: CubeScene,
+    *,
+    chip_size: int,
+    stride: int | None = None,
+    batch_size: int = 256,
+    min_valid_fraction: float = 0.0,
+    windows: Sequence[ChipWindow] | None = None,
+) -> Iterator[ChipBatch]:
+    """Chips of every time step at once, time-major; a pixel is valid when it is valid at every step."""
+    arr = _cube_array(Path(scene.cube.path))
+
+    def read(*, col_off, row_off, width, height):
+        pixels, valid = _cube_read(arr, scene.cube, slice(None), col_off, row_off, width, height)
+        return pixels.reshape(-1, height, width), valid.all(axis=0)
+
+    yield from _iter_batches(scene, read, chip_size=chip_size, stride=stride, batch_size=batch_size,
+                             min_valid_fraction=min_valid_fraction, windows=windows)

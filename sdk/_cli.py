@@ -127,7 +127,9 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
     out: list[str] = []
     for item in items:
         path = Path(item)
-        if path.is_dir() and list(path.glob("*_B02.tif")):
+        if path.suffix == ".zarr":
+            out.append(str(path))  # a cube store is a folder, but one input
+        elif path.is_dir() and list(path.glob("*_B02.tif")):
             out.append(str(path))  # one patch stored one band per file
         elif path.is_dir() and any(list(d.glob("*_B02.tif")) for d in path.iterdir() if d.is_dir()):
             out += sorted(str(d) for d in path.iterdir() if d.is_dir() and list(d.glob("*_B02.tif")))

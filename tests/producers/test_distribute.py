@@ -210,3 +210,36 @@ def test_band_selection_and_a_missing_band(tmp_path, shared_data):
     assert [(r["chip_id"], r["red"], r["green"]) for r in picked] == [(r["chip_id"], r["b3"], r["b2"]) for r in every]
     missing = produce(1, str(scene), "--out", str(tmp_path / "x"), "--bands", "nir=B4", *common)
     assert missing.returncode == 2 and "band 'B4' is not in" in missing.stderr and scene.name in missing.stderr
+
+
+def test_a_time_by_channel_cube_on_one_and_two_ranks(tmp_path, nc_scene):
+    """Two seasons x five bands from the real NC scene as an .npz cube with its JSON sidecar."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(nc_scene) as ds:
+        bands = ds.read().astype(np.float32)
+        sidecar = {"crs": ds.crs.to_string(), "transform": list(ds.transform)[:6], "nodata": -99999.0,
+                   "band_names": ["B1", "B2", "B3", "B4", "B5"], "times": ["2000-04-01T00:00:00Z", "2000-10-01T00:00:00Z"]}
+    cube = np.stack([bands, np.where(bands == -99999.0, bands, bands * 1.1)])
+    np.savez(tmp_path / "cube.npz", data=cube)
+    (tmp_path / "cube.json").write_text(json.dumps(sidecar))
+    tables = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"n{ranks}"
+        run = produce(ranks, str(tmp_path / "cube.npz"), "--out", str(out), "--chip-size", "16", "--unit-chips", "200")
+        assert run.returncode == 0, run.stderr
+        assert eoembed.validate(out).findings == []
+        tables[ranks] = data_tables(out)
+    assert list(tables[1]) == list(tables[2])
+    for name in tables[1]:
+        assert tables[1][name].equals(tables[2][name])
+    product = eoembed.open(tmp_path / "n2")
+    assert [b["name"] for b in product.model["input"]["bands"]][:6] == ["B1@2000-04-01", "B2@2000-04-01", "B3@2000-04-01",
+                                                                        "B4@2000-04-01", "B5@2000-04-01", "B1@2000-10-01"]
+    assert product.dim == 50
+    times = product.sql("SELECT DISTINCT start_datetime, end_datetime FROM embeddings").to_pylist()
+    assert [(t["start_datetime"].month, t["end_datetime"].month) for t in times] == [(4, 10)]
+    # Season 2 is season 1 x 1.1: the stats (means) of the second season's bands are 1.1 times the first's.
+    row = product.sql("SELECT embedding FROM embeddings LIMIT 1").column(0)[0].as_py()
+    np.testing.assert_allclose(np.array(row[25::5]), 1.1 * np.array(row[0:25:5]), rtol=1e-4)
