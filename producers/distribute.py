@@ -73,6 +73,7 @@ class JobConfig:
     progress: bool = True
     s1_root: str | None = None  # BigEarthNet: add each S2 patch's co-located S1 VV/VH bands from here
     bands: list[str] | None = None  # encoder inputs: source band names or 1-based indexes, "new=old" renames
+    prefetch: int | None = None  # batches read ahead while encoding; None: 2 on a GPU, 0 on the CPU
 
 
 @dataclass
@@ -354,6 +355,7 @@ def run_job(config: JobConfig) -> Summary:
         encoder = type(encoder).from_state(plan["encoder_state"])
     device = select_device(local_rank)
     encoder.to(device)
+    depth = config.prefetch if config.prefetch is not None else (2 if getattr(encoder, "device", "cpu") != "cpu" else 0)
 
     first = scenes[0]
     sources = list(first.band_sources) if hasattr(first, "band_sources") else [Path(first.path).name] * first.count
@@ -386,7 +388,7 @@ def run_job(config: JobConfig) -> Summary:
         windows = scene_windows[unit.scene][unit.first : unit.stop]
         batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
                                     min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
-                                    time=config.time, windows=windows))
+                                    time=config.time, windows=windows, prefetch_depth=depth))
         record = writer.write_unit(unit.id, batches)
         if record is not None:
             written.append(record)

@@ -25,6 +25,50 @@ from .read import Scene, open_scene
 from .tile import iter_chip_batches
 
 
+def prefetch(items: Iterator[Any], *, depth: int = 2) -> Iterator[Any]:
+    """Yield ``items`` in order while a background thread already produces the next ``depth``:
+    raster reads (which release the GIL) overlap with encoding. Errors reach the caller."""
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                buffer.put(item)
+            buffer.put(done)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            buffer.put(error)
+        finally:
+            # Close the source here: raster handles belong to this thread's GDAL environment.
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="eoembed-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
 def chip_batches(scene, **options: Any):
     """Chip batches of a Scene (one file), a Stack (bands from several files or sensors on one grid)
     or a CubeScene (time x channel), all cut the same way."""
@@ -49,6 +93,7 @@ def encode_scene(
     time: datetime | tuple[datetime, datetime] | None = None,
     source_id: str | None = None,
     windows: Sequence[Any] | None = None,
+    prefetch_depth: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Writer batches (see :meth:`ProductWriter.write`) for every chip of one scene."""
     when = time if time is not None else scene.datetime
@@ -58,8 +103,11 @@ def encode_scene(
         )
     grid = get_grid(grid_id)
     source = source_id or Path(scene.path).stem
-    for batch in chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
-                              min_valid_fraction=min_valid_fraction, windows=windows):
+    batches = chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
+                           min_valid_fraction=min_valid_fraction, windows=windows)
+    # Overlapping reads with encoding pays when the encoder runs on an accelerator; on a few busy
+    # CPU cores the hand-off costs more than it saves (benchmarks/produce_scaling.py).
+    for batch in (prefetch(batches, depth=prefetch_depth) if prefetch_depth > 0 else batches):
         n = len(batch)
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2

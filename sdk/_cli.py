@@ -193,6 +193,7 @@ def _produce(args: argparse.Namespace) -> int:
         "unit_chips": args.unit_chips, "license": args.license, "collection_id": args.collection_id,
         "s1_root": args.s1_root,
         "bands": args.bands.split(",") if args.bands else None,
+        "prefetch": args.prefetch,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--s1-root", help="BigEarthNet: folder of S1 patches whose VV/VH join each S2 patch")
     p.add_argument("--bands", help="encoder inputs in order: source band names or 1-based indexes, NEW=OLD renames "
                    "(e.g. red=3,green=2,blue=1)")
+    p.add_argument("--prefetch", type=int, help="chip batches read ahead while encoding (default: 2 on a GPU, 0 on the CPU)")
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run, skipping committed units")
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")

@@ -243,3 +243,14 @@ def test_a_time_by_channel_cube_on_one_and_two_ranks(tmp_path, nc_scene):
     # Season 2 is season 1 x 1.1: the stats (means) of the second season's bands are 1.1 times the first's.
     row = product.sql("SELECT embedding FROM embeddings LIMIT 1").column(0)[0].as_py()
     np.testing.assert_allclose(np.array(row[25::5]), 1.1 * np.array(row[0:25:5]), rtol=1e-4)
+
+
+def test_prefetching_reads_gives_the_same_product(tmp_path, reference, nc_scene):
+    out = tmp_path / "p"
+    run = produce(2, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
+                  "--quantization", "int8", "--prefetch", "2")
+    assert run.returncode == 0, run.stderr
+    one, two = data_tables(reference), data_tables(out)
+    assert list(one) == list(two)
+    for name in one:
+        assert one[name].equals(two[name]), name

@@ -78,3 +78,22 @@ def test_demo_runs_on_the_example_wheel(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "validate valid: 0 errors" in run.stdout and "(5 rows)" in run.stdout
     assert eoembed.open(out).num_rows > 2000
+
+
+def test_prefetch_keeps_order_and_raises_errors():
+    from eoembed.producers.produce import prefetch
+
+    assert list(prefetch(iter(range(100)), depth=3)) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("broken strip at row 7")
+
+    seen = []
+    with pytest.raises(ValueError, match="broken strip at row 7"):
+        for item in prefetch(failing()):
+            seen.append(item)
+    assert seen == [1]
+    early = prefetch(iter(range(1000)), depth=2)
+    assert next(early) == 0
+    early.close()  # a consumer that stops early does not leave the worker blocked
