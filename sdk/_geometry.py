@@ -72,7 +72,7 @@ def geometry_types(column) -> list[str]:
     names = set()
     for word in words.tolist():
         base, dims = word % 1000, word // 1000  # ISO WKB: 1000 Z, 2000 M, 3000 ZM
-        name = _TYPE_NAMES.get(base if base != 2 else 1)
+        name = _WKB_TYPE_NAMES.get(base)
         if name is None:
             continue
         names.add(name + {0: "", 1: " Z", 2: " M", 3: " ZM"}.get(dims, ""))
@@ -85,8 +85,12 @@ def _type_names(geoms) -> list[str]:
     return sorted({_TYPE_NAMES[t] for t in np.unique(shapely.get_type_id(geoms)).tolist()})
 
 
+# Shapely's type ids (LinearRing, 2, counts as a LineString) ...
 _TYPE_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "MultiPoint",
                5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
+# ... and ISO WKB type codes, which start at 1.
+_WKB_TYPE_NAMES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
+                   6: "MultiPolygon", 7: "GeometryCollection"}
 
 
 def check_lonlat(bounds: np.ndarray, *, first_row: int = 0, what: str = "geometry") -> None:

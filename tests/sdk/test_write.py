@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -281,4 +282,19 @@ def test_zero_vectors_need_a_nodata_declaration(tmp_path):
         eoembed.write_product(tmp_path / "p", batch, model=model_contract(16))
     path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(16), nodata_zero_vector=True)
     assert eoembed.open(path).embedding["nodata_zero_vector"] is True
+    assert eoembed.validate(path).findings == []
+
+
+def test_point_footprints_declare_their_geometry_type(tmp_path):
+    import shapely
+
+    from eoembed._geometry import geometry_types
+
+    wkb = pa.array(shapely.to_wkb([shapely.Point(1, 2), shapely.LineString([(0, 0), (1, 1)]), shapely.Point(1, 2, 3)], flavor="iso"), pa.binary())
+    assert geometry_types(wkb) == ["LineString", "Point", "Point Z"]
+    batch = chips(20, 16)
+    batch["geometry"] = [shapely.Point(x, y) for x, y in batch.pop("bounds")[:, :2]]
+    path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(16), normalize=True)
+    geo = json.loads(pq.read_schema(path / "data" / "part-00000.parquet").metadata[b"geo"])
+    assert geo["columns"]["geometry"]["geometry_types"] == ["Point"]
     assert eoembed.validate(path).findings == []
