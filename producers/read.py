@@ -148,6 +148,17 @@ def _band_indexes(scene: Scene, bands: Sequence[int] | None) -> list[int]:
     return indexes
 
 
+def check_window(grid, col_off: int, row_off: int, width: int, height: int) -> None:
+    """Refuse an empty window or one reaching outside ``grid`` (a scene, stack or cube)."""
+    if width < 1 or height < 1:
+        raise ImageryError(f"{grid.path}: window size {width}x{height} is empty; width and height must be >= 1")
+    if col_off < 0 or row_off < 0 or col_off + width > grid.width or row_off + height > grid.height:
+        raise ImageryError(
+            f"{grid.path}: window cols {col_off}..{col_off + width}, rows {row_off}..{row_off + height} "
+            f"is outside the {grid.width}x{grid.height} image; keep windows inside the image"
+        )
+
+
 def read_window(
     scene: Scene,
     *,
@@ -163,13 +174,7 @@ def read_window(
     float32 ``(bands, height, width)`` and a bool ``(height, width)`` mask, False where any band
     equals the nodata value or is not finite. The window must lie inside the image.
     """
-    if width < 1 or height < 1:
-        raise ImageryError(f"{scene.path}: window size {width}x{height} is empty; width and height must be >= 1")
-    if col_off < 0 or row_off < 0 or col_off + width > scene.width or row_off + height > scene.height:
-        raise ImageryError(
-            f"{scene.path}: window cols {col_off}..{col_off + width}, rows {row_off}..{row_off + height} "
-            f"is outside the {scene.width}x{scene.height} image; keep windows inside the image"
-        )
+    check_window(scene, col_off, row_off, width, height)
     indexes = _band_indexes(scene, bands)
     try:
         with rasterio.open(scene.path) as ds:

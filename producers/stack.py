@@ -50,7 +50,7 @@ from rasterio.windows import Window
 
 from eoembed._errors import BandMappingError, ImageryError, MissingDependencyError, TilingError
 
-from .read import Scene, open_scene
+from .read import Scene, check_window, open_scene
 from .tile import ChipBatch, ChipWindow, _positive_int, chip_windows, strip_batches
 
 __all__ = [
@@ -403,23 +403,13 @@ class _StackReader:
         return out, valid
 
 
-def _check_window(stack, col_off: int, row_off: int, width: int, height: int) -> None:
-    if width < 1 or height < 1:
-        raise ImageryError(f"{stack.path}: window size {width}x{height} is empty; width and height must be >= 1")
-    if col_off < 0 or row_off < 0 or col_off + width > stack.width or row_off + height > stack.height:
-        raise ImageryError(
-            f"{stack.path}: window cols {col_off}..{col_off + width}, rows {row_off}..{row_off + height} "
-            f"is outside the {stack.width}x{stack.height} stack; keep windows inside the grid"
-        )
-
-
 def read_stack_window(stack: Stack, *, col_off: int, row_off: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Read a window of the reference grid from every band.
 
     Returns ``(pixels, valid)``: float32 ``(bands, height, width)`` resampled onto the reference grid
     (NaN where a band has no data) and a bool ``(height, width)`` mask, False where any band is NaN.
     """
-    _check_window(stack, col_off, row_off, width, height)
+    check_window(stack, col_off, row_off, width, height)
     with _StackReader(stack) as reader:
         return reader.read(col_off=col_off, row_off=row_off, width=width, height=height)
 
@@ -437,7 +427,7 @@ def _iter_batches(
     """:func:`~eoembed.producers.tile.strip_batches` with the window checked against ``grid`` first."""
 
     def checked(*, col_off: int, row_off: int, width: int, height: int):
-        _check_window(grid, col_off, row_off, width, height)
+        check_window(grid, col_off, row_off, width, height)
         return read(col_off=col_off, row_off=row_off, width=width, height=height)
 
     yield from strip_batches(grid, checked, chip_size=chip_size, stride=stride, batch_size=batch_size,
@@ -705,7 +695,7 @@ def read_cube_window(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A window of the cube: float32 ``(time, channel, h, w)`` and bool ``(time, h, w)`` validity
     (``time`` given: ``(channel, h, w)`` and ``(h, w)`` for that step). Values are as stored."""
-    _check_window(cube, col_off, row_off, width, height)
+    check_window(cube, col_off, row_off, width, height)
     t: int | slice = slice(None) if time is None else _time_index(cube, time)
     return _cube_read(_cube_array(Path(cube.path)), cube, t, col_off, row_off, width, height)
 

@@ -21,13 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import ProductNotFoundError, QuantizationError
+from ._geometry import _TYPE_NAMES
 from ._spec import FOOTER_KEY, SPEC_VERSION, footer_errors
 
 Severity = Literal["error", "warning"]
 _SECTIONS = ("model", "embedding", "grid", "license", "spec_version")
 _SLICE_ROWS = 16384
-_GEOMETRY_NAMES = {0: "Point", 1: "LineString", 2: "LineString", 3: "Polygon", 4: "MultiPoint",
-                   5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
 _NORM_TOLERANCE = {"none": 1e-3, "linear": 2e-2, "per-row": 2e-2, "sqrt": 5e-2, "binary": 1e-5}
 
 
@@ -606,7 +605,7 @@ class _DataFileChecker:
             finite = bounds[~missing]
             self._actual_bounds = [min(self._actual_bounds[0], float(np.nanmin(finite[:, 0]))), min(self._actual_bounds[1], float(np.nanmin(finite[:, 1]))),
                                    max(self._actual_bounds[2], float(np.nanmax(finite[:, 2]))), max(self._actual_bounds[3], float(np.nanmax(finite[:, 3])))]
-            names = np.array([_GEOMETRY_NAMES[t] for t in shapely.get_type_id(present)], dtype=object)
+            names = np.array([_TYPE_NAMES[t] for t in shapely.get_type_id(present)], dtype=object)
             has_z = shapely.has_z(present)
             names[has_z] = names[has_z] + " Z"
             self._actual_types.update(set(names.tolist()))
