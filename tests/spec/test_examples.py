@@ -27,6 +27,8 @@ EXPECTED = {
     "bands-empty.json": ("model/input/bands", "non-empty"),
     "chip-size-0.json": ("model/input/chip_size_px", "minimum"),
     "embedding-dim-0.json": ("embedding/dim", "minimum"),
+    "grid-alignment-diagonal.json": ("grid/alignment", "'diagonal'"),
+    "grid-cell-alignment-without-pixel-size.json": ("grid", "'pixel_size_m' is a required property"),
     "grid-kind-h3.json": ("grid/definition/kind", "'h3'"),
     "license-missing.json": ("(root)", "'license'"),
     "metric-manhattan.json": ("embedding/metric", "'manhattan'"),
