@@ -32,6 +32,7 @@ from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 
 from .align import align_scenes, grid_section
 from .encode import Encoder, get_encoder, select_device
+from .energy import EnergyMeter
 from .produce import chip_batches, encode_scene
 from .read import Scene, open_scene
 from .tile import chip_windows
@@ -385,6 +386,7 @@ def run_job(config: JobConfig) -> Summary:
                            overwrite=config.overwrite, provenance=provenance)
 
     fault = _fault_after()
+    meter = EnergyMeter(device, ranks_on_node=local_ranks)
     done = skipped = chips = 0
     progress = _Progress(comm, rank, units, show=config.progress)
     windows_of: dict[int, list] = {}
@@ -402,8 +404,8 @@ def run_job(config: JobConfig) -> Summary:
         windows = windows_of[unit.scene][unit.first : unit.stop]
         batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
                                     min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
-                                    time=config.time, windows=windows, prefetch_depth=depth))
-        record = writer.write_unit(unit.id, batches)
+                                    time=config.time, windows=windows, prefetch_depth=depth, meter=meter))
+        record = writer.write_unit(unit.id, batches, energy=meter.take())
         if record is not None:
             written.append(record)
         rows = record.rows if record else 0

@@ -94,8 +94,10 @@ def encode_scene(
     source_id: str | None = None,
     windows: Sequence[Any] | None = None,
     prefetch_depth: int = 0,
+    meter: Any = None,
 ) -> Iterator[dict[str, Any]]:
-    """Writer batches (see :meth:`ProductWriter.write`) for every chip of one scene."""
+    """Writer batches (see :meth:`ProductWriter.write`) for every chip of one scene. ``meter`` (an
+    :class:`~.energy.EnergyMeter`) counts the seconds and energy spent in the encoder."""
     when = time if time is not None else scene.datetime
     if when is None:
         raise ImageryError(
@@ -112,7 +114,7 @@ def encode_scene(
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2
         chips: dict[str, Any] = {
-            "embedding": encoder.encode(batch.pixels, batch.valid),
+            "embedding": meter.measure(encoder.encode, batch.pixels, batch.valid) if meter else encoder.encode(batch.pixels, batch.valid),
             "bounds": batch.lonlat_bounds,
             "source_id": source,
             "grid_cell": np.asarray(grid.cell_of(lon, lat), dtype=object),

@@ -92,6 +92,7 @@ def build_item(record: "_FileRecord", *, collection_id: str, schema: pa.Schema, 
             "table:primary_geometry": "geometry",
             "table:columns": _table_columns(schema),
             "proj:code": "OGC:CRS84",
+            **({"emb:energy": record.footer["provenance"]["energy"]} if "energy" in record.footer["provenance"] else {}),
         },
         "links": [
             {"rel": "collection", "href": "../collection.json", "type": "application/json"},
@@ -186,6 +187,25 @@ def build_model_item(footer: dict[str, Any], *, collection_id: str, bbox: list[f
     }
 
 
+def summed_energy(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The energy of a product from its files': seconds and kWh add up, kWh only when every file
+    was metered; None when no file recorded any."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return None
+    seconds = round(sum(p["inference_duration_s"] for p in parts), 6)
+    out: dict[str, Any] = {"device_type": parts[0]["device_type"],
+                           "name": "; ".join(sorted({p.get("name", "") for p in parts} - {""})),
+                           "inference_duration_s": seconds}
+    if not out["name"]:
+        del out["name"]
+    if all("energy_kwh" in p for p in parts):
+        out["energy_kwh"] = sum(p["energy_kwh"] for p in parts)
+        out["avg_power_w"] = round(out["energy_kwh"] * 3.6e6 / seconds, 3) if seconds > 0 else 0.0
+        out["max_power_w"] = max(p.get("max_power_w", 0.0) for p in parts)
+    return out
+
+
 def build_collection(writer: "ProductWriter", files: Sequence["_FileRecord"], *, item_hrefs: list[str],
                      model_href: str, source_href: str) -> dict[str, Any]:
     footer = dict(files[-1].footer)
@@ -198,6 +218,10 @@ def build_collection(writer: "ProductWriter", files: Sequence["_FileRecord"], *,
     # The collection covers the whole run: from the writer's start to the last file.
     provenance["start"] = min(f.footer["provenance"]["start"] for f in files)
     provenance["end"] = max(f.footer["provenance"]["end"] for f in files)
+    energy = summed_energy([f.footer["provenance"].get("energy") for f in files])
+    provenance.pop("energy", None)
+    if energy:
+        provenance["energy"] = energy
     layout: dict[str, Any] = {
         "layout_type": "regular_grid" if footer["grid"]["id"] == "scene" else "named_grid",
         "chip_size": [inputs["chip_size_px"]] * 2,

@@ -520,20 +520,23 @@ class ProductWriter:
         self._buffer = [rest] if rest.num_rows else []
         self._buffered_rows = rest.num_rows
 
-    def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]]) -> "_FileRecord | None":
+    def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]], *,
+                   energy: Mapping[str, Any] | None = None) -> "_FileRecord | None":
         """Write the chips of one work unit as one data file ``data/NAME.parquet`` right away.
 
         The file appears atomically (written under a temporary name, then renamed), so a unit either
-        exists complete or not at all; a restarted job skips units whose file exists.
+        exists complete or not at all; a restarted job skips units whose file exists. ``energy``
+        (what encoding the unit cost) goes into the file's footer provenance.
         """
         tables = [t for t in (self._to_table(b) for b in batches) if t.num_rows]
         for t in tables:
             self._rows_seen += t.num_rows
         if not tables:
             return None
-        return self._write_file(pa.concat_tables(tables).combine_chunks(), name=f"{name}.parquet")
+        return self._write_file(pa.concat_tables(tables).combine_chunks(), name=f"{name}.parquet", energy=energy)
 
-    def _write_file(self, table: pa.Table, *, name: str | None = None) -> "_FileRecord":
+    def _write_file(self, table: pa.Table, *, name: str | None = None,
+                    energy: Mapping[str, Any] | None = None) -> "_FileRecord":
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
@@ -559,6 +562,9 @@ class ProductWriter:
             geo["columns"]["geometry"]["orientation"] = "counterclockwise"
         end = _utcnow()
         footer = self.footer(end=end)
+        if energy:
+            footer["provenance"]["energy"] = dict(energy)
+            check_footer(footer, where=f"the energy given for {name}")
         metadata = dict(table.schema.metadata or {})
         metadata[b"geo"] = json.dumps(geo).encode()
         metadata[FOOTER_KEY] = json.dumps(footer).encode()

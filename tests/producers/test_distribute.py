@@ -56,6 +56,12 @@ def test_one_and_two_ranks_give_the_same_product(tmp_path, reference, nc_scene):
         assert one[name].equals(two[name]), name
     assert eoembed.validate(out).findings == []
     assert eoembed.open(out).collection["eoembed:provenance"]["ranks"] == 2
+    # every item says what encoding its rows cost; the collection sums them
+    items = [json.loads(p.read_text()) for p in sorted((out / "items").glob("*.json"))]
+    energies = [i["properties"]["emb:energy"] for i in items]
+    assert {e["device_type"] for e in energies} == {"cpu"} and all(e["inference_duration_s"] > 0 for e in energies)
+    total = eoembed.open(out).collection["eoembed:provenance"]["energy"]["inference_duration_s"]
+    assert total == pytest.approx(sum(e["inference_duration_s"] for e in energies), abs=1e-5)
     assert eoembed.open(out).embedding["quantization"] == eoembed.open(reference).embedding["quantization"]
 
 
