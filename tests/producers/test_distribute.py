@@ -260,6 +260,36 @@ def test_a_time_by_channel_cube_on_one_and_two_ranks(tmp_path, nc_scene):
     np.testing.assert_allclose(np.array(row[25::5]), 1.1 * np.array(row[0:25:5]), rtol=1e-4)
 
 
+def test_a_zarr_cube_gives_the_product_of_the_same_cube_as_npz(tmp_path, nc_scene):
+    """The same two-season cube as a chunked Zarr store (attributes in place of the sidecar) and as
+    .npz: identical rows on one and two ranks, apart from the source id."""
+    import numpy as np
+    import rasterio
+    import zarr
+
+    with rasterio.open(nc_scene) as ds:
+        bands = ds.read().astype(np.float32)
+        meta = {"crs": ds.crs.to_string(), "transform": list(ds.transform)[:6], "nodata": -99999.0,
+                "band_names": ["B1", "B2", "B3", "B4", "B5"], "times": ["2000-04-01T00:00:00Z", "2000-10-01T00:00:00Z"]}
+    cube = np.stack([bands, np.where(bands == -99999.0, bands, bands * 1.1)])
+    store = zarr.create_array(store=str(tmp_path / "cube.zarr"), shape=cube.shape, chunks=(1, 5, 128, 128), dtype="float32")
+    store[:] = cube
+    store.attrs.update(meta)
+    np.savez(tmp_path / "cube.npz", data=cube)
+    (tmp_path / "cube.json").write_text(json.dumps(meta))
+    tables = {}
+    for name, ranks in (("cube.zarr", 1), ("cube.zarr", 2), ("cube.npz", 1)):
+        out = tmp_path / f"{name}-{ranks}"
+        run = produce(ranks, str(tmp_path / name), "--out", str(out), "--chip-size", "16", "--unit-chips", "200")
+        assert run.returncode == 0, run.stderr
+        assert eoembed.validate(out).findings == []
+        tables[name, ranks] = {k: t.drop_columns(["chip_id", "source_id"]) for k, t in data_tables(out).items()}
+    assert list(tables["cube.zarr", 1]) == list(tables["cube.zarr", 2]) == list(tables["cube.npz", 1])
+    for key in tables["cube.zarr", 1]:
+        assert tables["cube.zarr", 1][key].equals(tables["cube.zarr", 2][key])
+        assert tables["cube.zarr", 1][key].equals(tables["cube.npz", 1][key])
+
+
 def test_prefetching_reads_gives_the_same_product(tmp_path, reference, nc_scene):
     out = tmp_path / "p"
     run = produce(2, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
