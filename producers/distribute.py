@@ -78,7 +78,9 @@ class JobConfig:
     prefetch: int | None = None  # batches read ahead while encoding; None: 2 on a GPU, 0 on the CPU
     align: str = "scene"  # "cell": chips on the lattice of each grid cell (producers/align.py)
     resolution: float | None = None  # lattice pixel size in metres for align="cell" (default: the inputs')
-    resampling: str = "bilinear"  # how inputs are resampled onto a cell lattice
+    resampling: str = "bilinear"  # how inputs are resampled onto a cell lattice or a temporal stack's grid
+    # scenes of one place at several dates (or sensors), one stack each: {"files": [...], "times"?, "labels"?}
+    stacks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -176,11 +178,14 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
     import dataclasses
 
     scenes, errors = [], []
-    for path in config.inputs:
+    for path in [*config.inputs, *config.stacks]:
         try:
-            opened = open_item_collection(path) if str(path).endswith(".json") else [open_input(path, s1_root=config.s1_root)]
+            if isinstance(path, dict):
+                opened = [_open_temporal_stack(path, config)]
+            else:
+                opened = open_item_collection(path) if str(path).endswith(".json") else [open_input(path, s1_root=config.s1_root)]
         except EoembedError as error:
-            errors.append({"input": str(path), "reason": str(error)})
+            errors.append({"input": str(path.get("files") if isinstance(path, dict) else path), "reason": str(error)})
             continue
         for scene in opened:
             if isinstance(scene, dict):  # an item of a collection that could not be opened
@@ -209,6 +214,17 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
         scenes, align=config.align, grid=config.grid, chip_size=config.chip_size, stride=config.stride,
         resolution=config.resolution, resampling=config.resampling)
     return staging, scenes, errors + align_errors, pixel_size
+
+
+def _open_temporal_stack(entry: dict[str, Any], config: JobConfig):
+    from .stack import temporal_stack
+
+    unknown = sorted(set(entry) - {"files", "times", "labels"})
+    if unknown or not isinstance(entry.get("files"), list):
+        raise ImageryError(f"stack {entry}: expected keys files (a list of GeoTIFFs), times and labels; "
+                           f"{'unknown: ' + ', '.join(unknown) if unknown else 'files is missing'}")
+    return temporal_stack(entry["files"], times=entry.get("times"), labels=entry.get("labels"),
+                          resampling=config.resampling, nodata=config.nodata)
 
 
 def open_input(path: str, *, s1_root: str | None = None):
@@ -350,7 +366,7 @@ def run_job(config: JobConfig) -> Summary:
         try:
             staging, scenes, errors, pixel_size = _prepare(config, size)
             if not scenes:
-                raise ImageryError(f"none of the {len(config.inputs)} inputs can be read: " + "; ".join(e["reason"] for e in errors))
+                raise ImageryError(f"none of the {len(config.inputs) + len(config.stacks)} inputs can be read: " + "; ".join(e["reason"] for e in errors))
             encoder = get_encoder(config.encoder, **config.encoder_options)
             if hasattr(encoder, "fit") and hasattr(encoder, "state"):
                 _fit_encoder(encoder, scenes, config, stride)

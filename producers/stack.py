@@ -65,6 +65,7 @@ __all__ = [
     "S2_SOURCE",
     "S1_SOURCE",
     "bigearthnet_s2_stack",
+    "temporal_stack",
     "find_s1_for_s2",
     "Cube",
     "open_cube",
@@ -118,7 +119,7 @@ class Stack:
     band_names: tuple[str, ...]
     count: int
     nodata: float | None
-    datetime: datetime | None
+    datetime: datetime | tuple[datetime, datetime] | None  # a (start, end) range for several dates
     dtype: str = "float32"
     reference: str = ""  # name of the band whose grid the stack uses
     resampling: str = "bilinear"
@@ -229,7 +230,7 @@ def build_stack(
     *,
     reference: str | None = None,
     resampling: str = "bilinear",
-    datetime: datetime | None = None,
+    datetime: datetime | tuple[datetime, datetime] | None = None,
     path: str | os.PathLike | None = None,
 ) -> Stack:
     """A :class:`Stack` of ``bands`` on the grid of band ``reference`` (default: the finest-resolution band).
@@ -550,6 +551,60 @@ def find_s1_for_s2(s2_folder: str | os.PathLike, s1_root: str | os.PathLike) -> 
         if meta and meta.get("corresponding_s2_patch") == target:
             return child
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# several dates or sensors, one GeoTIFF each
+
+
+def temporal_stack(
+    files: Sequence[str | os.PathLike],
+    *,
+    times: Sequence[str | datetime | None] | None = None,
+    labels: Sequence[str] | None = None,
+    resampling: str = "bilinear",
+    nodata: float | None = None,
+    path: str | os.PathLike | None = None,
+) -> Stack:
+    """One stack of every band of several scenes of one place (several dates, or several sensors),
+    on the grid of the finest, in time order.
+
+    Bands are named ``BAND@LABEL`` in time-major order, as a cube's are: the label is the scene's
+    date (``YYYY-MM-DD``) unless ``labels`` are given (needed when two scenes share a date). A
+    scene's time is its TIFFTAG_DATETIME unless ``times`` gives one; the stack's time is the range
+    from the first to the last. ``nodata`` overrides the files' own nodata value.
+    """
+    files = [os.fspath(f) for f in files]
+    if len(files) < 2:
+        raise BandMappingError(f"a temporal stack needs at least two scenes, got {files}")
+    for name, given in (("times", times), ("labels", labels)):
+        if given is not None and len(given) != len(files):
+            raise BandMappingError(f"{len(given)} {name} for {len(files)} files ({', '.join(files)}); give one per file")
+    scenes = [open_scene(f) for f in files]
+    when: list[datetime] = []
+    for k, scene in enumerate(scenes):
+        given = times[k] if times is not None else None
+        moment = given if isinstance(given, datetime) else _parse_time(given) if given else scene.datetime
+        if given and moment is None:
+            raise BandMappingError(f"time {given!r} for {scene.path} is not an ISO 8601 date or date-time")
+        if moment is None:
+            raise ImageryError(f"{scene.path} has no acquisition time (no TIFFTAG_DATETIME); give its time in the stack's times")
+        when.append(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+    order = sorted(range(len(files)), key=lambda k: (when[k], k))
+    names = [labels[k] if labels is not None else f"{when[k]:%Y-%m-%d}" for k in range(len(files))]
+    if len(set(names)) != len(names):
+        raise BandMappingError(
+            f"scenes {', '.join(files)} share a label ({', '.join(names)}); give distinct labels (e.g. the sensor)"
+        )
+    bands = [
+        BandSource(name=f"{band}@{names[k]}", path=scenes[k].path, band=index, source=Path(scenes[k].path).name,
+                   nodata=nodata)
+        for k in order
+        for band, index in zip(scenes[k].band_names, scenes[k].band_indexes or range(1, scenes[k].count + 1))
+    ]
+    start, end = when[order[0]], when[order[-1]]
+    return build_stack(bands, resampling=resampling, datetime=(start, end) if start != end else start,
+                       path=path if path is not None else scenes[order[0]].path)
 
 
 # ---------------------------------------------------------------------------------------------

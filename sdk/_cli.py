@@ -187,6 +187,9 @@ def _produce(args: argparse.Namespace) -> int:
         settings = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
         base = Path(args.config).parent
         settings["inputs"] = [str(base / p) if not Path(p).is_absolute() else p for p in settings.get("inputs", [])]
+        for stack in settings.get("stacks", []):
+            if isinstance(stack, dict) and isinstance(stack.get("files"), list):
+                stack["files"] = [str(base / p) if not Path(p).is_absolute() else p for p in stack["files"]]
     flags = {
         "encoder": args.encoder, "chip_size": args.chip_size, "stride": args.stride, "grid": args.grid,
         "quantization": args.quantization, "min_valid_fraction": args.min_valid, "nodata": args.nodata,
@@ -197,9 +200,10 @@ def _produce(args: argparse.Namespace) -> int:
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
+    settings["stacks"] = [{"files": s.split(",")} for s in args.stack] or settings.get("stacks", [])
     settings["out"] = args.out or settings.get("out")
-    if not settings["inputs"] or not settings["out"]:
-        raise SystemExit("eoembed produce: give INPUT paths and --out (or both in --config)")
+    if not (settings["inputs"] or settings["stacks"]) or not settings["out"]:
+        raise SystemExit("eoembed produce: give INPUT paths (or --stack) and --out (or both in --config)")
     time_text = args.datetime or settings.pop("datetime", None)
     settings["time"] = _parse_time(time_text)
     settings["resume"] = args.resume
@@ -257,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", help="encoder inputs in order: source band names or 1-based indexes, NEW=OLD renames "
                    "(e.g. red=3,green=2,blue=1)")
     p.add_argument("--prefetch", type=int, help="chip batches read ahead while encoding (default: 2 on a GPU, 0 on the CPU)")
+    p.add_argument("--stack", action="append", default=[], metavar="A.tif,B.tif",
+                   help="scenes of one place at several dates (or sensors) stacked into one input, bands named "
+                        "BAND@DATE; repeat for more places (times and labels in a TOML [[stacks]] table)")
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run, skipping committed units")
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")

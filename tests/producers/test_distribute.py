@@ -290,6 +290,45 @@ def test_a_zarr_cube_gives_the_product_of_the_same_cube_as_npz(tmp_path, nc_scen
         assert tables["cube.zarr", 1][key].equals(tables["cube.npz", 1][key])
 
 
+def test_scenes_of_two_dates_stack_into_the_product_of_the_same_cube(tmp_path, nc_scene):
+    """Two GeoTIFFs of one place at two dates (the real NC scene, and the scene x 1.1 written with
+    another date) as one temporal stack: the rows equal those of the same two-season cube."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(nc_scene) as ds:
+        profile, bands = ds.profile, ds.read()
+        meta = {"crs": ds.crs.to_string(), "transform": list(ds.transform)[:6], "nodata": -99999.0,
+                "band_names": ["B1", "B2", "B3", "B4", "B5"], "times": ["2000-04-01T00:00:00Z", "2000-10-01T00:00:00Z"]}
+    autumn = np.where(bands == -99999.0, bands, bands * np.float32(1.1))
+    profile.update(nodata=-99999.0)
+    for name, data, when in (("spring.tif", bands, "2000:04:01 00:00:00"), ("autumn.tif", autumn, "2000:10:01 00:00:00")):
+        with rasterio.open(tmp_path / name, "w", **profile) as out:
+            out.write(data)
+            out.update_tags(TIFFTAG_DATETIME=when)
+    np.savez(tmp_path / "cube.npz", data=np.stack([bands, autumn]))
+    (tmp_path / "cube.json").write_text(json.dumps(meta))
+    # files in any order: the stack sorts them by time
+    stack = ["--stack", f"{tmp_path / 'autumn.tif'},{tmp_path / 'spring.tif'}"]
+    tables = {}
+    for key, ranks, inputs in (("stack", 1, stack), ("stack", 2, stack), ("cube", 1, [str(tmp_path / "cube.npz")])):
+        out = tmp_path / f"{key}-{ranks}"
+        run = produce(ranks, *inputs, "--out", str(out), "--chip-size", "16", "--unit-chips", "200")
+        assert run.returncode == 0, run.stderr
+        assert eoembed.validate(out).findings == []
+        tables[key, ranks] = {k: t.drop_columns(["chip_id", "source_id"]) for k, t in data_tables(out).items()}
+    assert list(tables["stack", 1]) == list(tables["stack", 2]) == list(tables["cube", 1])
+    for name in tables["stack", 1]:
+        assert tables["stack", 1][name].equals(tables["stack", 2][name])
+        assert tables["stack", 1][name].equals(tables["cube", 1][name])
+    product = eoembed.open(tmp_path / "stack-2")
+    assert [b["name"] for b in product.model["input"]["bands"]][4:6] == ["B5@2000-04-01", "B1@2000-10-01"]
+    # a stack whose scenes share a date needs labels
+    same = produce(1, "--stack", f"{tmp_path / 'spring.tif'},{tmp_path / 'spring.tif'}", "--out", str(tmp_path / "x"),
+                   "--chip-size", "16")
+    assert same.returncode == 2 and "share a label" in same.stderr
+
+
 def test_prefetching_reads_gives_the_same_product(tmp_path, reference, nc_scene):
     out = tmp_path / "p"
     run = produce(2, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
