@@ -65,6 +65,18 @@ def test_one_and_two_ranks_give_the_same_product(tmp_path, reference, nc_scene):
     assert eoembed.open(out).embedding["quantization"] == eoembed.open(reference).embedding["quantization"]
 
 
+def test_four_ranks_on_two_cores_give_the_same_product(tmp_path, reference, nc_scene):
+    out = tmp_path / "p"
+    run = produce(4, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
+                  "--quantization", "int8")
+    assert run.returncode == 0, run.stderr
+    assert "[rank 3]" in run.stderr and "on 4 rank(s)" in run.stderr
+    one, four = data_tables(reference), data_tables(out)
+    assert list(one) == list(four)
+    for name in one:
+        assert one[name].equals(four[name]), name
+
+
 def test_a_killed_rank_aborts_the_job_and_resume_finishes_it(tmp_path, reference, nc_scene):
     out = tmp_path / "p"
     args = [nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100", "--quantization", "int8"]
