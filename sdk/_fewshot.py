@@ -145,9 +145,9 @@ class FewShotReport:
     def table(self) -> str:
         lines = [f"{len(self.classes)}-way few-shot, method {self.method}, seed {self.seed}",
                  "classes: " + ", ".join(f"{c} {self.counts[c]}" for c in self.classes),
-                 f"{'shots':>5}  {'episodes':>8}  {'accuracy':>16}  {'macro-F1':>16}"]
+                 f"{'shots':>5}  {'ways':>4}  {'episodes':>8}  {'accuracy':>16}  {'macro-F1':>16}"]
         for r in self.results:
-            lines.append(f"{r.shots:>5}  {r.episodes:>8}  {r.accuracy:>8.3f} ± {r.accuracy_ci95:.3f}  {r.macro_f1:>8.3f} ± {r.macro_f1_ci95:.3f}")
+            lines.append(f"{r.shots:>5}  {len(r.queries_per_class):>4}  {r.episodes:>8}  {r.accuracy:>8.3f} ± {r.accuracy_ci95:.3f}  {r.macro_f1:>8.3f} ± {r.macro_f1_ci95:.3f}")
         return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
 
 
@@ -197,8 +197,9 @@ def fewshot(
 ) -> FewShotReport:
     """Episodic few-shot evaluation of ``features`` (n, D) array or tensor against ``labels`` (n,).
 
-    A class with fewer than ``shots + queries`` chips gets fewer queries (and a :class:`FewShotWarning`);
-    one with ``shots`` chips or fewer cannot be scored and is an error: drop it first.
+    A class with fewer than ``shots + queries`` chips gets fewer queries, and one with ``shots`` chips
+    or fewer is left out of that shot count; both raise a :class:`FewShotWarning`. Features are
+    standardised with the mean and std of all the chips given (no label is used for that).
     """
     import torch
 
@@ -222,27 +223,32 @@ def fewshot(
     report = FewShotReport(method=method, seed=seed, classes=classes, counts=counts)
     for s in sorted({int(v) for v in shots}):
         short = {c: n for c, n in counts.items() if n <= s}
+        used = [c for c in classes if c not in short]
+        if len(used) < 2:
+            raise LabelError(f"at {s} shots only {used} keep a chip to query (counts {counts}); lower --shots or add labels")
+        per_class = [min(queries, counts[c] - s) for c in used]
+        few = {c: counts[c] for c in used if counts[c] < s + queries}
+        messages = []
         if short:
-            raise LabelError(f"classes {short} have no more than {s} labelled chips, so none is left to query at {s} shots; "
-                             "drop these classes or lower --shots")
-        per_class = [min(queries, n - s) for n in counts.values()]
-        few = {c: n for c, n in counts.items() if n < s + queries}
+            messages.append(f"{s}-shot: classes {short} have no chip left to query after {s} shots and are left out")
         if few:
-            message = (f"{s}-shot: classes {few} have fewer than shots + queries = {s + queries} chips; "
-                       f"they get {', '.join(f'{c} {q}' for c, q in zip(classes, per_class) if c in few)} queries")
+            messages.append(f"{s}-shot: classes {few} have fewer than shots + queries = {s + queries} chips; "
+                            f"they get {', '.join(f'{c} {q}' for c, q in zip(used, per_class) if c in few)} queries")
+        for message in messages:
             warnings.warn(message, FewShotWarning, stacklevel=2)
             report.warnings.append(message)
-        support, query = _episode_indices(class_rows, shots=s, queries=per_class, episodes=episodes, seed=seed)
-        support_y = torch.arange(len(classes), device=device).repeat_interleave(s).expand(episodes, -1)
-        query_y = torch.repeat_interleave(torch.arange(len(classes), device=device),
+        class_rows_used = [class_rows[classes.index(c)] for c in used]
+        support, query = _episode_indices(class_rows_used, shots=s, queries=per_class, episodes=episodes, seed=seed)
+        support_y = torch.arange(len(used), device=device).repeat_interleave(s).expand(episodes, -1)
+        query_y = torch.repeat_interleave(torch.arange(len(used), device=device),
                                           torch.tensor(per_class, device=device)).expand(episodes, -1)
-        model = Classifier(method, x[torch.as_tensor(support, device=device)], support_y, len(classes), k=k)
+        model = Classifier(method, x[torch.as_tensor(support, device=device)], support_y, len(used), k=k)
         pred = model.predict_proba(x[torch.as_tensor(query, device=device)]).argmax(dim=-1)
         accuracy = (pred == query_y).float().mean(dim=1).cpu().numpy().astype(np.float64)
-        f1 = macro_f1(pred, query_y, len(classes)).cpu().numpy().astype(np.float64)
+        f1 = macro_f1(pred, query_y, len(used)).cpu().numpy().astype(np.float64)
         acc_mean, acc_ci = _interval(accuracy)
         f1_mean, f1_ci = _interval(f1)
-        report.results.append(ShotResult(shots=s, episodes=episodes, queries_per_class=dict(zip(classes, per_class)),
+        report.results.append(ShotResult(shots=s, episodes=episodes, queries_per_class=dict(zip(used, per_class)),
                                          accuracy=acc_mean, accuracy_ci95=acc_ci, macro_f1=f1_mean, macro_f1_ci95=f1_ci))
     return report
 
