@@ -46,7 +46,7 @@ ENCODERS = {
                "--encoder-option", "latlon=[35.78, -78.64]", "--encoder-option", f"input_scale={10000 / 255}"],
 }
 SHOTS = (1, 5, 10)
-METHODS = ("prototype", "logreg")
+METHODS = ["prototype", "logreg"]
 
 
 def produce(name: str, options: list[str], out: Path, inputs: list[Path], chip_size: int) -> Path:
@@ -108,7 +108,8 @@ def plot(reports, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METHODS), figsize=(9, 3.6), dpi=90, sharey=True)
+    fig, axes = plt.subplots(1, len(METHODS), figsize=(4.8 * len(METHODS), 3.6), dpi=90, sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, method in zip(axes, METHODS):
         for (name, m), report in reports.items():
             if m != method:
@@ -166,7 +167,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "fewshot")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "fewshot_nc.png")
     parser.add_argument("--skip-bigearthnet", action="store_true")
+    parser.add_argument("--methods", default="prototype,logreg", help="comma-separated (logreg on 2048-d rcf is slow on a CPU)")
     args = parser.parse_args()
+    METHODS[:] = args.methods.split(",")
     reports = nc(args)
     plot(reports, args.plot)
     if not args.skip_bigearthnet:
