@@ -19,7 +19,12 @@ from ._errors import (
     CoordinateRangeError,
     DimensionMismatchError,
     EoembedError,
+    FewShotWarning,
     GridError,
+    LabelCRSError,
+    LabelError,
+    LabelFieldError,
+    LabelsOutsideProductError,
     MissingDependencyError,
     ModelContractMismatchError,
     NonFiniteEmbeddingError,
@@ -28,9 +33,16 @@ from ._errors import (
     QuantizationError,
     QueryError,
     SpecError,
+    SubmissionFormatError,
+    TaskConfigError,
     UnknownFieldError,
 )
+from ._embed2scale import read_embed2scale, write_embed2scale
+from ._fewshot import FewShotReport, fewshot, fewshot_product
 from ._grid import get_grid, list_grids
+from ._labels import LabelledChips, join_labels, read_labels
+from ._neuco import NeucoReport, neuco_evaluate
+from ._predict import draw_map, predict
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
 from ._read import Product, open_product as open, read_footer
 from ._spec import SPEC_VERSION
@@ -42,9 +54,17 @@ __all__ = [
     "CoordinateRangeError",
     "DimensionMismatchError",
     "EoembedError",
+    "FewShotReport",
+    "FewShotWarning",
     "Finding",
     "GridError",
+    "LabelCRSError",
+    "LabelError",
+    "LabelFieldError",
+    "LabelledChips",
+    "LabelsOutsideProductError",
     "MissingDependencyError",
+    "NeucoReport",
     "ModelContractMismatchError",
     "NonFiniteEmbeddingError",
     "Product",
@@ -56,15 +76,26 @@ __all__ = [
     "QueryError",
     "Report",
     "SpecError",
+    "SubmissionFormatError",
+    "TaskConfigError",
     "UnknownFieldError",
     "chip_id",
     "dequantize",
+    "draw_map",
+    "fewshot",
+    "fewshot_product",
     "fit_quantization",
     "get_grid",
+    "join_labels",
     "list_grids",
+    "neuco_evaluate",
     "open",
+    "predict",
     "quantize",
+    "read_embed2scale",
     "read_footer",
+    "read_labels",
     "validate",
+    "write_embed2scale",
     "write_product",
 ]

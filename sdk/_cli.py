@@ -223,6 +223,136 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(out=Path(args.out), overwrite=args.overwrite, chip_size=args.chip_size)
 
 
+# -- few-shot learning and evaluation --------------------------------------------------------------
+
+
+def _shot_list(text: str) -> list[int]:
+    try:
+        shots = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shots takes comma-separated integers such as 1,5,10, not {text!r}") from None
+    if not shots or min(shots) < 1:
+        raise argparse.ArgumentTypeError(f"--shots needs integers >= 1, got {text!r}")
+    return shots
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    from ._errors import FewShotWarning
+    from ._fewshot import fewshot_product
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FewShotWarning)
+        report = fewshot_product(args.product, args.labels, label_field=args.label_field, min_overlap=args.min_overlap,
+                                 drop_classes=args.drop, labels_crs=args.labels_crs, shots=args.shots, method=args.method,
+                                 episodes=args.episodes, queries=args.queries, seed=args.seed, k=args.k)
+    for warning in caught:
+        if issubclass(warning.category, FewShotWarning) and str(warning.message) not in report.warnings:
+            print(f"warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(_without_warnings(report.table()))
+        for message in report.warnings:
+            print(f"warning: {message}", file=sys.stderr)
+    return 0
+
+
+def _without_warnings(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("warning: "))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import warnings
+
+    from ._errors import FewShotWarning
+    from ._predict import predict
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FewShotWarning)
+        out = predict(args.product, args.labels, out=args.out, label_field=args.label_field, method=args.method,
+                      min_overlap=args.min_overlap, drop_classes=args.drop, labels_crs=args.labels_crs,
+                      map_path=args.map, k=args.k)
+    for warning in caught:
+        if issubclass(warning.category, FewShotWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    print(f"wrote {out}" + (f" and {args.map}" if args.map else ""))
+    return 0
+
+
+def _neuco(args: argparse.Namespace) -> int:
+    import json
+
+    from ._neuco import neuco_evaluate
+
+    report = neuco_evaluate(args.embeddings, config=args.config)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    return 0
+
+
+def _embed2scale(args: argparse.Namespace) -> int:
+    from ._embed2scale import read_embed2scale, write_embed2scale
+
+    if args.action == "export":
+        print(f"wrote {write_embed2scale(args.source, args.target)}")
+        return 0
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids, vectors = read_embed2scale(args.source)
+    if args.dim is not None:
+        vectors = vectors[:, : args.dim]
+    table = pa.table({"id": pa.array(ids, pa.string()), "embedding": pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ascontiguousarray(vectors).reshape(-1), pa.float32()), vectors.shape[1])})
+    pq.write_table(table, args.target)
+    print(f"wrote {args.target}: {len(ids)} samples, {vectors.shape[1]}-d")
+    return 0
+
+
+def add_fewshot_commands(sub) -> None:
+    def labels_options(p) -> None:
+        p.add_argument("product", help="product folder")
+        p.add_argument("--labels", required=True, help="GeoJSON, GeoPackage, shapefile or GeoParquet of points or polygons")
+        p.add_argument("--label-field", required=True, help="the column holding the class")
+        p.add_argument("--labels-crs", help="CRS of the label file when it declares none (e.g. EPSG:32119)")
+        p.add_argument("--min-overlap", type=float, default=0.5, help="fraction of a chip a polygon must cover (default: %(default)s)")
+        p.add_argument("--drop", action="append", default=[], metavar="CLASS", help="leave out a class; repeat")
+        p.add_argument("--k", type=int, default=5, help="neighbours for --method knn (default: %(default)s)")
+
+    p = sub.add_parser("fewshot", help="episodic few-shot evaluation of a product against labels")
+    labels_options(p)
+    p.add_argument("--shots", type=_shot_list, default=[1, 5, 10], help="comma-separated shot counts (default: 1,5,10)")
+    p.add_argument("--method", choices=["prototype", "knn", "logreg"], default="prototype")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--queries", type=int, default=15, help="query chips per class and episode (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_fewshot)
+
+    p = sub.add_parser("predict", help="train on the labelled chips and map a class onto every chip")
+    labels_options(p)
+    p.add_argument("--out", required=True, help="prediction GeoParquet file to write")
+    p.add_argument("--map", help="also draw the prediction as a PNG map here")
+    p.add_argument("--method", choices=["prototype", "knn", "logreg"], default="logreg")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("neuco", help="NeuCo-Bench (Embed2Scale) linear-probe scores of a product or submission CSV")
+    p.add_argument("embeddings", help="product folder or submission CSV")
+    p.add_argument("--config", required=True, help="TOML task file (see eoembed._neuco)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_neuco)
+
+    p = sub.add_parser("embed2scale", help="export a product to an Embed2Scale submission CSV, or import one")
+    p.add_argument("action", choices=["export", "import"])
+    p.add_argument("source", help="export: product folder; import: submission CSV")
+    p.add_argument("target", help="export: CSV to write; import: Parquet file (id, embedding) to write")
+    p.add_argument("--dim", type=int, help="import: keep the first DIM numbers (drop the zero padding)")
+    p.set_defaults(func=_embed2scale)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from ._spec import SPEC_VERSION
@@ -291,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("grids", help="list the built-in grids").set_defaults(func=_grids)
     sub.add_parser("encoders", help="list the registered encoders").set_defaults(func=_encoders)
+    add_fewshot_commands(sub)
     return parser
 
 

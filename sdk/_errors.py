@@ -87,3 +87,35 @@ class BandMappingError(EoembedError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class LabelError(EoembedError, ValueError):
+    """Labels that cannot be joined to a product: no CRS, a CRS that contradicts the coordinates,
+    geometries outside the product's extent, or no chip matched."""
+
+
+class LabelCRSError(LabelError):
+    """A label file with no CRS, or one whose declared CRS disagrees with the CRS given or with its coordinates."""
+
+
+class LabelsOutsideProductError(LabelError):
+    """No label geometry lies inside the product's extent; the message gives both extents."""
+
+
+class LabelFieldError(EoembedError, KeyError):
+    """A label column that the label file does not have; the message lists the columns it has."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class FewShotWarning(UserWarning):
+    """A class with fewer labelled chips than shots + queries, or labels dropped while joining."""
+
+
+class SubmissionFormatError(EoembedError, ValueError):
+    """An Embed2Scale submission CSV that does not follow ``id,0,...,1023`` with finite numbers."""
+
+
+class TaskConfigError(EoembedError, ValueError):
+    """A NeuCo task file that cannot be used: bad TOML, unknown kind, missing targets file or column."""

@@ -39,3 +39,19 @@ def shared_data(shared: Path) -> Path:
 def stac_mirror(shared: Path) -> Path:
     """Offline copies of the public STAC schemas, laid out by URL."""
     return _require(shared / "reference" / "stac-schemas")
+
+
+NC_SCENE = "imagery/nc_landsat7_landclass96/landsat_multiband.tif"
+NC_CHIP_LABELS = "fewshot/nc_landclass96/chips.parquet"
+NC_POINTS = "imagery/nc_landsat7_landclass96/landsat96_points.shp"
+
+
+@pytest.fixture(scope="session")
+def nc_stats_product(shared_data: Path, tmp_path_factory) -> Path:
+    """The real NC Landsat-7 scene through the producer: 2,860 chips of 8 px, stats encoder."""
+    from datetime import datetime, timezone
+
+    from eoembed.producers.produce import produce
+
+    return produce([shared_data / NC_SCENE], out=tmp_path_factory.mktemp("nc") / "stats", encoder="stats", chip_size=8,
+                   time=datetime(2000, 6, 1, tzinfo=timezone.utc))

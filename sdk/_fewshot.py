@@ -1,0 +1,265 @@
+"""Few-shot learning on embeddings: episodic evaluation and whole-product prediction.
+
+An episode draws ``shots`` support and ``queries`` query chips per class, fits a classifier on the
+support set and scores it on the queries. All episodes of one shot count run at once as batched
+torch tensors (on the GPU when there is one). Episodes are drawn from ``numpy.random.default_rng
+([seed, shots])``, so a shot count gives the same numbers whichever other shot counts are asked for.
+
+Classifiers: ``prototype`` (nearest class mean, squared Euclidean), ``knn`` (majority of the
+``min(k, shots)`` nearest support chips, the nearest one breaking ties) and ``logreg`` (multinomial
+logistic regression, L-BFGS, L2 penalty as scikit-learn's default ``C=1``). Features are
+standardised with the mean and standard deviation of all chips, which uses no label.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from ._errors import EoembedError, FewShotWarning, LabelError
+
+Method = Literal["prototype", "knn", "logreg"]
+METHODS = ("prototype", "knn", "logreg")
+Z95 = 1.959963984540054
+
+
+def pick_device(device: Any = None):
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _as_tensor(features, device):
+    import torch
+
+    if isinstance(features, torch.Tensor):
+        return features.detach().to(device=device, dtype=torch.float32)
+    return torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
+
+
+def standardizer(features) -> tuple[Any, Any]:
+    """Mean and standard deviation per dimension (std 1 where a dimension is constant)."""
+    mean = features.mean(dim=0)
+    std = features.std(dim=0, unbiased=False)
+    return mean, std.where(std > 0, std.new_ones(()))
+
+
+class Classifier:
+    """A few-shot classifier fitted on a batch of support sets at once.
+
+    ``support_x`` (E, S, D), ``support_y`` (E, S) class indices in ``range(n_classes)``; every class
+    must occur in every support set. :meth:`predict_proba` takes (E, Q, D) and gives (E, Q, C).
+    """
+
+    def __init__(self, method: Method, support_x, support_y, n_classes: int, *, k: int = 5, l2: float | None = None) -> None:
+        import torch
+
+        if method not in METHODS:
+            raise EoembedError(f"unknown few-shot method {method!r}; use one of {list(METHODS)}")
+        self.method, self.n_classes = method, n_classes
+        self.support_x, self.support_y = support_x, support_y
+        onehot = torch.nn.functional.one_hot(support_y, n_classes).to(support_x.dtype)  # (E, S, C)
+        if method == "prototype":
+            self.centroids = onehot.transpose(1, 2) @ support_x / onehot.sum(dim=1)[..., None]  # (E, C, D)
+        elif method == "knn":
+            per_class = int(onehot.sum(dim=1).min())
+            self.k = max(1, min(k, per_class))
+            self.onehot = onehot
+        else:
+            self._fit_logreg(onehot, l2)
+
+    def _fit_logreg(self, onehot, l2: float | None) -> None:
+        import torch
+
+        e, s, d = self.support_x.shape
+        # scikit-learn's default C=1 minimises sum(CE) + |W|^2 / 2; per chip that is mean(CE) + |W|^2 / (2 s).
+        l2 = 1.0 / (2 * s) if l2 is None else l2
+        weight = torch.zeros(e, d, self.n_classes, dtype=self.support_x.dtype, device=self.support_x.device, requires_grad=True)
+        bias = torch.zeros(e, 1, self.n_classes, dtype=self.support_x.dtype, device=self.support_x.device, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=200, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
+        target = self.support_y
+
+        def closure():
+            optimizer.zero_grad()
+            logits = self.support_x @ weight + bias
+            # Episodes are independent problems: summing their losses keeps each one's optimum.
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.n_classes), target.reshape(-1), reduction="sum") / s
+            loss = loss + l2 * (weight**2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        self.weight, self.bias = weight.detach(), bias.detach()
+
+    def predict_proba(self, x):
+        import torch
+
+        if self.method == "prototype":
+            d2 = torch.cdist(x, self.centroids) ** 2
+            # Temperature = dimension: a per-dimension mean squared distance, so probabilities are not all 0/1.
+            return torch.softmax(-d2 / x.shape[-1], dim=-1)
+        if self.method == "knn":
+            dist = torch.cdist(x, self.support_x)  # (E, Q, S)
+            nearest = dist.topk(self.k, dim=-1, largest=False).indices  # sorted, nearest first
+            votes = torch.gather(self.onehot[:, None].expand(-1, x.shape[1], -1, -1), 2,
+                                 nearest[..., None].expand(-1, -1, -1, self.n_classes))  # (E, Q, k, C)
+            proba = votes.mean(dim=2)
+            return proba + 1e-6 * votes[:, :, 0]  # the nearest neighbour breaks ties
+        return torch.softmax(x @ self.weight + self.bias, dim=-1)
+
+
+@dataclass
+class ShotResult:
+    shots: int
+    episodes: int
+    queries_per_class: dict[str, int]
+    accuracy: float
+    accuracy_ci95: float
+    macro_f1: float
+    macro_f1_ci95: float
+
+
+@dataclass
+class FewShotReport:
+    """Mean and 95 % interval (normal approximation over episodes) of accuracy and macro-F1 per shot count."""
+
+    method: str
+    seed: int
+    classes: list[str]
+    counts: dict[str, int]
+    results: list[ShotResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def result(self, shots: int) -> ShotResult:
+        return next(r for r in self.results if r.shots == shots)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        lines = [f"{len(self.classes)}-way few-shot, method {self.method}, seed {self.seed}",
+                 "classes: " + ", ".join(f"{c} {self.counts[c]}" for c in self.classes),
+                 f"{'shots':>5}  {'ways':>4}  {'episodes':>8}  {'accuracy':>16}  {'macro-F1':>16}"]
+        for r in self.results:
+            lines.append(f"{r.shots:>5}  {len(r.queries_per_class):>4}  {r.episodes:>8}  {r.accuracy:>8.3f} ± {r.accuracy_ci95:.3f}  {r.macro_f1:>8.3f} ± {r.macro_f1_ci95:.3f}")
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+
+
+def _episode_indices(class_rows: list[np.ndarray], *, shots: int, queries: list[int], episodes: int, seed: int):
+    """(support (E, C*shots), query (E, sum(queries))) row indices, classes in order within each."""
+    rng = np.random.default_rng([seed, shots])
+    support, query = [], []
+    for rows, q in zip(class_rows, queries):
+        picks = np.argsort(rng.random((episodes, len(rows))), axis=1)[:, : shots + q]
+        chosen = rows[picks]
+        support.append(chosen[:, :shots])
+        query.append(chosen[:, shots:])
+    return np.concatenate(support, axis=1), np.concatenate(query, axis=1)
+
+
+def macro_f1(pred, truth, n_classes: int):
+    """Macro-F1 per episode of (E, Q) predicted and true class indices."""
+    import torch
+
+    p = torch.nn.functional.one_hot(pred, n_classes).bool()
+    t = torch.nn.functional.one_hot(truth, n_classes).bool()
+    tp = (p & t).sum(dim=1).float()
+    fp = (p & ~t).sum(dim=1).float()
+    fn = (~p & t).sum(dim=1).float()
+    denom = 2 * tp + fp + fn
+    return torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp)).mean(dim=1)
+
+
+def _interval(values: np.ndarray) -> tuple[float, float]:
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(Z95 * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def fewshot(
+    features,
+    labels: Sequence[Any],
+    *,
+    shots: Sequence[int] = (1, 5, 10),
+    method: Method = "prototype",
+    episodes: int = 200,
+    queries: int = 15,
+    seed: int = 0,
+    k: int = 5,
+    standardize: bool = True,
+    device: Any = None,
+) -> FewShotReport:
+    """Episodic few-shot evaluation of ``features`` (n, D) array or tensor against ``labels`` (n,).
+
+    A class with fewer than ``shots + queries`` chips gets fewer queries, and one with ``shots`` chips
+    or fewer is left out of that shot count; both raise a :class:`FewShotWarning`. Features are
+    standardised with the mean and std of all the chips given (no label is used for that).
+    """
+    import torch
+
+    if method not in METHODS:
+        raise EoembedError(f"unknown few-shot method {method!r}; use one of {list(METHODS)}")
+    if episodes < 1 or queries < 1 or any(int(s) < 1 for s in shots):
+        raise EoembedError(f"episodes ({episodes}), queries ({queries}) and shots ({list(shots)}) must all be >= 1")
+    device = pick_device(device)
+    x = _as_tensor(features, device)
+    labels = np.asarray([str(v) for v in np.asarray(labels, dtype=object).tolist()], dtype=object)
+    if x.ndim != 2 or len(x) != len(labels):
+        raise LabelError(f"features have shape {tuple(x.shape)} but there are {len(labels)} labels; give (n, D) features and n labels")
+    if standardize:
+        mean, std = standardizer(x)
+        x = (x - mean) / std
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise LabelError(f"few-shot evaluation needs at least 2 classes, got {classes}")
+    class_rows = [np.flatnonzero(labels == c) for c in classes]
+    counts = {c: len(r) for c, r in zip(classes, class_rows)}
+    report = FewShotReport(method=method, seed=seed, classes=classes, counts=counts)
+    for s in sorted({int(v) for v in shots}):
+        short = {c: n for c, n in counts.items() if n <= s}
+        used = [c for c in classes if c not in short]
+        if len(used) < 2:
+            raise LabelError(f"at {s} shots only {used} keep a chip to query (counts {counts}); lower --shots or add labels")
+        per_class = [min(queries, counts[c] - s) for c in used]
+        few = {c: counts[c] for c in used if counts[c] < s + queries}
+        messages = []
+        if short:
+            messages.append(f"{s}-shot: classes {short} have no chip left to query after {s} shots and are left out")
+        if few:
+            messages.append(f"{s}-shot: classes {few} have fewer than shots + queries = {s + queries} chips; "
+                            f"they get {', '.join(f'{c} {q}' for c, q in zip(used, per_class) if c in few)} queries")
+        for message in messages:
+            warnings.warn(message, FewShotWarning, stacklevel=2)
+            report.warnings.append(message)
+        class_rows_used = [class_rows[classes.index(c)] for c in used]
+        support, query = _episode_indices(class_rows_used, shots=s, queries=per_class, episodes=episodes, seed=seed)
+        support_y = torch.arange(len(used), device=device).repeat_interleave(s).expand(episodes, -1)
+        query_y = torch.repeat_interleave(torch.arange(len(used), device=device),
+                                          torch.tensor(per_class, device=device)).expand(episodes, -1)
+        model = Classifier(method, x[torch.as_tensor(support, device=device)], support_y, len(used), k=k)
+        pred = model.predict_proba(x[torch.as_tensor(query, device=device)]).argmax(dim=-1)
+        accuracy = (pred == query_y).float().mean(dim=1).cpu().numpy().astype(np.float64)
+        f1 = macro_f1(pred, query_y, len(used)).cpu().numpy().astype(np.float64)
+        acc_mean, acc_ci = _interval(accuracy)
+        f1_mean, f1_ci = _interval(f1)
+        report.results.append(ShotResult(shots=s, episodes=episodes, queries_per_class=dict(zip(used, per_class)),
+                                         accuracy=acc_mean, accuracy_ci95=acc_ci, macro_f1=f1_mean, macro_f1_ci95=f1_ci))
+    return report
+
+
+def fewshot_product(product, labels, *, label_field: str, min_overlap: float = 0.5, drop_classes: Sequence[str] = (),
+                    labels_crs: Any = None, **options: Any) -> FewShotReport:
+    """:func:`fewshot` on the chips of ``product`` labelled by a label file (see :func:`join_labels`)."""
+    from ._labels import join_labels
+    from ._read import Product
+
+    product = product if isinstance(product, Product) else Product(product)
+    joined = join_labels(product, labels, label_field=label_field, min_overlap=min_overlap, crs=labels_crs).without(drop_classes)
+    vectors = product.to_torch()
+    return fewshot(vectors[joined.rows], joined.labels, **options)
