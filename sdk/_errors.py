@@ -87,3 +87,11 @@ class BandMappingError(EoembedError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class TrainingConfigError(EoembedError, ValueError):
+    """A training configuration that cannot run: an unknown key, a value of the wrong type or range."""
+
+
+class CheckpointError(EoembedError, ValueError):
+    """A training checkpoint that cannot be used: not an eoembed checkpoint, missing, or from another run."""
