@@ -52,7 +52,8 @@ class TrainSummary:
     epochs_run: int
     steps: int
     samples: int
-    seconds: float
+    seconds: float  # the optimisation steps alone (no sampling, checkpoints or plots)
+    wall_seconds: float
     final_loss: float
     encoder: str
     weights_sha256: str
@@ -318,6 +319,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
                        file=sys.stderr, dynamic_ncols=True)
         steps_done = 0
         started = time.perf_counter()
+        step_seconds = 0.0
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
             order = np.fromiter(iter(sampler), dtype=np.int64)
@@ -327,6 +329,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
             ddp.train()
             loss_sum = 0.0
             for step in range(steps_per_epoch):
+                t0 = time.perf_counter()
                 index = np.sort(order[step * per_rank : (step + 1) * per_rank])
                 arrays = [sample.pixels[index], sample.valid[index]]
                 if hidden is not None:
@@ -354,6 +357,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
                 scaler.step(optimizer)
                 scaler.update()
                 value = float(loss.detach())
+                step_seconds += time.perf_counter() - t0
                 loss_sum += value
                 history["step_loss"].append(value)
                 steps_done += 1
@@ -374,7 +378,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
                 _loss_curve(out, history)
                 (out / "history.json").write_text(json.dumps(history) + "\n")
             comm.Barrier()
-        seconds = time.perf_counter() - started
+        wall = time.perf_counter() - started
         if bar is not None:
             bar.close()
         if digest_log is not None:
@@ -388,7 +392,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
             summary = TrainSummary(
                 ranks=size, device=device, chips=len(sample), epochs=config.epochs,
                 epochs_run=max(0, config.epochs - start_epoch), steps=steps_done,
-                samples=steps_done * config.batch_size, seconds=seconds,
+                samples=steps_done * config.batch_size, seconds=step_seconds, wall_seconds=wall,
                 final_loss=history["epoch_loss"][-1] if history["epoch_loss"] else float("nan"),
                 encoder=str(final), weights_sha256=file_sha256(final), backend=backend)
             record = {**summary.__dict__, "samples_per_second": summary.samples_per_second}
@@ -423,8 +427,8 @@ def main_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
         return 0
     print(
         f"trained {summary.encoder}: {summary.epochs_run} epoch(s) ({summary.steps} steps, {summary.samples} samples) "
-        f"on {summary.ranks} rank(s) [{summary.backend}, {summary.device}] in {summary.seconds:.1f} s, "
-        f"{summary.samples_per_second:.0f} samples/s; final loss {summary.final_loss:.4g}; "
+        f"on {summary.ranks} rank(s) [{summary.backend}, {summary.device}] in {summary.wall_seconds:.1f} s, "
+        f"{summary.samples_per_second:.0f} samples/s while stepping; final loss {summary.final_loss:.4g}; "
         f"use it with --encoder checkpoint:{summary.encoder}",
         file=sys.stderr,
     )
