@@ -238,6 +238,7 @@ class CheckpointEncoder(Encoder):
             "version": self.version,
             "framework": "pytorch",
             "weights_sha256": self.sha256,
+            "weights_href": self.path.absolute().as_uri(),  # the MLM item's weights asset; rewrite it when publishing
             "architecture": f"convolutional compressor ({', '.join(map(str, self.architecture['widths']))} channels, "
                             f"{objective})",
             "pooling": "none",

@@ -152,7 +152,7 @@ class _Teacher:
     """Distillation targets: the teacher's features of the (augmented) chips, standardised per feature
     with statistics of the un-augmented sample. Fitted teachers (rcf) are fitted once on rank 0."""
 
-    def __init__(self, comm, config: TrainConfig, sample: ChipSample) -> None:
+    def __init__(self, comm, config: TrainConfig, sample: ChipSample, device: str) -> None:
         from .encode import get_encoder
 
         encoder = get_encoder(config.teacher, **config.teacher_options)
@@ -164,7 +164,7 @@ class _Teacher:
         if needs_fit:
             state = comm.bcast(state, root=0)
             encoder = type(encoder).from_state(state)
-        self.encoder = encoder
+        self.encoder = encoder.to(device)
         features = self.features(sample.pixels, sample.valid)
         self.mean = features.mean(axis=0)
         self.std = features.std(axis=0)
@@ -252,9 +252,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     fingerprints = comm.allgather(sample.fingerprint())
     if len(set(fingerprints)) != 1:
         raise EoembedError("the ranks read different training chips; do all ranks see the same input files?")
-    teacher = _Teacher(comm, config, sample) if config.objective == "distill" else None
-
     device = select_device(local_rank)
+    teacher = _Teacher(comm, config, sample, device) if config.objective == "distill" else None
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
@@ -413,6 +412,8 @@ def main_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
     except EoembedError as error:
         if comm.Get_rank() == 0:
             print(f"eoembed train: {error}", file=sys.stderr)
+        else:
+            time.sleep(1.0)  # most errors arise on every rank: let rank 0 report before the job is aborted
         sys.stderr.flush()
         if comm.Get_size() > 1:
             comm.Abort(2)
