@@ -124,11 +124,16 @@ def select_device(local_rank: int = 0) -> str:
 
 def get_encoder(name: str, **options) -> Encoder:
     """A new encoder registered under ``name``, built with ``options``; ``torchscript:PATH`` and
-    ``module:package.module:callable`` load users' own models (see :mod:`.usermodel`)."""
+    ``module:package.module:callable`` load users' own models (see :mod:`.usermodel`), ``checkpoint:PATH``
+    a compressor trained by ``eoembed train`` (see :mod:`.compressor`)."""
     if name.split(":", 1)[0] in ("torchscript", "module") and ":" in name:
         from .usermodel import UserModelEncoder
 
         return UserModelEncoder(name, **options)
+    if name.startswith("checkpoint:"):  # a compressor trained by `eoembed train`
+        from .compressor import CheckpointEncoder
+
+        return CheckpointEncoder(name, **options)
     cls = _REGISTRY.get(name)
     if cls is None:
         known = ", ".join(sorted(_REGISTRY)) or "(none)"

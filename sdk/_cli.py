@@ -217,6 +217,27 @@ def _produce(args: argparse.Namespace) -> int:
     return main_job(JobConfig(**settings))
 
 
+def _train(args: argparse.Namespace) -> int:
+    import os
+
+    # Thread pools are sized when torch is first imported: give each rank its share of the cores now.
+    threads = max(1, (os.cpu_count() or 1) // _ranks_on_this_node())
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("MKL_NUM_THREADS", str(threads))
+    from eoembed._errors import TrainingConfigError
+    from eoembed.producers.train import main_train
+    from eoembed.producers.trainconfig import load_config
+
+    overrides = {"out": args.out, "epochs": args.epochs, "progress": False if args.no_progress else None}
+    try:
+        config = load_config(args.config, **overrides)
+    except TrainingConfigError as error:
+        print(f"eoembed train: {error}", file=sys.stderr)
+        return 2
+    config.inputs = expand_inputs(config.inputs)
+    return main_train(config, resume=args.resume, overwrite=args.overwrite)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from eoembed.producers.demo import run_demo
 
@@ -399,6 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_produce)
+
+    p = sub.add_parser("train", help="train a compressor on chips of real imagery (run under mpirun/srun for many ranks)")
+    p.add_argument("--config", required=True, help="TOML training config (see examples/train-nc-autoencoder.toml)")
+    p.add_argument("--out", help="folder for checkpoints, the loss curve and encoder.pt (overrides the config)")
+    p.add_argument("--epochs", type=int, help="train up to this many epochs (overrides the config; may grow on --resume)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the out folder")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run's checkpoints in the out folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("validate", help="check a product, collection.json or data file against the spec")
     p.add_argument("path")

@@ -119,3 +119,11 @@ class SubmissionFormatError(EoembedError, ValueError):
 
 class TaskConfigError(EoembedError, ValueError):
     """A NeuCo task file that cannot be used: bad TOML, unknown kind, missing targets file or column."""
+
+
+class TrainingConfigError(EoembedError, ValueError):
+    """A training configuration that cannot run: an unknown key, a value of the wrong type or range."""
+
+
+class CheckpointError(EoembedError, ValueError):
+    """A training checkpoint that cannot be used: not an eoembed checkpoint, missing, or from another run."""

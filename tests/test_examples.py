@@ -16,7 +16,10 @@ from eoembed.producers.distribute import JobConfig
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-@pytest.mark.parametrize("config", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.stem)
+TRAINING = sorted(EXAMPLES.glob("train-*.toml"))
+
+
+@pytest.mark.parametrize("config", sorted(set(EXAMPLES.glob("*.toml")) - set(TRAINING)), ids=lambda p: p.stem)
 def test_example_configs_name_known_keys_and_existing_inputs(config, shared_data):
     settings = tomllib.loads(config.read_text())
     known = {f.name for f in fields(JobConfig)} | {"datetime"}
@@ -37,3 +40,11 @@ def test_nc_example_runs(tmp_path, shared_data):
 def test_slurm_script_uses_srun_and_resume():
     text = (EXAMPLES / "slurm-produce.sbatch").read_text()
     assert "srun" in text and "eoembed produce" in text and "--resume" in text
+
+
+@pytest.mark.parametrize("config", TRAINING, ids=lambda p: p.stem)
+def test_example_training_configs_load_and_point_at_real_imagery(config, shared_data):
+    from eoembed.producers.trainconfig import load_config
+
+    loaded = load_config(config)
+    assert loaded.inputs and all(Path(path).exists() for path in loaded.inputs)

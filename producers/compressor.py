@@ -1,0 +1,255 @@
+"""Learned compressors: the networks ``eoembed train`` fits, their checkpoint files, and the
+``checkpoint:PATH`` encoder through which the producer uses them.
+
+A compressor maps a standardised chip ``(bands, size, size)`` to one vector of ``dim`` values (the
+bottleneck). Training adds a head that is dropped afterwards: a decoder back to the pixels (the
+autoencoder objectives) or a projection to a bigger teacher's features (distillation).
+
+A checkpoint is a ``torch.save`` dict of plain types and tensors (it loads with
+``weights_only=True``): the architecture, the encoder's weights, the input contract (bands,
+normalisation, chip size, gsd) and, in the per-epoch checkpoints, the whole training state.
+
+    eoembed produce SCENES... --encoder checkpoint:runs/nc/encoder.pt --chip-size 8 --out out/p
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from eoembed._errors import CheckpointError, EncoderError
+
+from .encode import Encoder, _band_inputs, _check_geometry
+
+CHECKPOINT_FORMAT = "eoembed.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def build_encoder_net(*, bands: int, chip_size: int, dim: int, widths: Sequence[int]):
+    """Convolutional encoder: per width a 3x3 convolution and a stride-2 3x3 convolution (GELU after
+    each), then a linear layer from the flattened feature map to ``dim``."""
+    torch = _torch()
+    nn = torch.nn
+    layers: list = []
+    channels = bands
+    for width in widths:
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
+                   nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU()]
+        channels = width
+    side = chip_size // 2 ** len(widths)
+    layers += [nn.Flatten(), nn.Linear(channels * side * side, dim)]
+    return nn.Sequential(*layers)
+
+
+def build_decoder_net(*, bands: int, chip_size: int, dim: int, widths: Sequence[int]):
+    """The encoder mirrored: linear to the smallest feature map, then per width a convolution to four
+    times the channels and a pixel shuffle (a plain reshape, so its gradients are deterministic on GPUs)."""
+    torch = _torch()
+    nn = torch.nn
+    side = chip_size // 2 ** len(widths)
+    widths = list(widths)[::-1]
+    layers: list = [nn.Linear(dim, widths[0] * side * side), nn.Unflatten(1, (widths[0], side, side))]
+    for i, width in enumerate(widths):
+        out = widths[i + 1] if i + 1 < len(widths) else widths[-1]
+        layers += [nn.GELU(), nn.Conv2d(width, out * 4, 3, padding=1), nn.PixelShuffle(2)]
+    layers += [nn.GELU(), nn.Conv2d(widths[-1], bands, 3, padding=1)]
+    return nn.Sequential(*layers)
+
+
+def build_training_model(architecture: dict, objective: str, teacher_dim: int | None = None):
+    """The encoder plus its training head: ``model.encoder`` is what the checkpoint encoder runs."""
+    torch = _torch()
+    arch = {k: architecture[k] for k in ("bands", "chip_size", "dim", "widths")}
+
+    class Compressor(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = build_encoder_net(**arch)
+            if objective == "distill":
+                self.head = torch.nn.Linear(arch["dim"], int(teacher_dim))
+            else:
+                self.head = build_decoder_net(**arch)
+
+        def forward(self, x):
+            return self.head(self.encoder(x))
+
+    return Compressor()
+
+
+def state_sha256(state: dict) -> str:
+    """SHA-256 of a state dict's tensors in name order (the same bytes on every rank and machine)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def save_atomic(document: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, flushed to disk, then renamed over it: a
+    reader (or a resumed run) sees the old file or the new one, never half of one."""
+    torch = _torch()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp"
+    with open(tmp, "wb") as handle:
+        torch.save(document, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint written by ``eoembed train`` (loaded safely: tensors and plain types only)."""
+    torch = _torch()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the encoder.pt (or an epoch checkpoint) "
+                              "that `eoembed train` wrote")
+    try:
+        document = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged or foreign file
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({error}); it may be truncated or not from eoembed") from error
+    if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an eoembed checkpoint (no format {CHECKPOINT_FORMAT!r}); "
+                              "train one with `eoembed train`")
+    if document.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {document.get('version')!r}; this eoembed reads "
+                              f"version {CHECKPOINT_VERSION}")
+    return document
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CheckpointEncoder(Encoder):
+    """A trained compressor as an encoder: ``get_encoder("checkpoint:PATH")``.
+
+    Chips are standardised with the training sample's per-band mean and std; invalid pixels become
+    the band mean (0 after standardisation), as in training. The weights' SHA-256 is the file's.
+    """
+
+    name = "checkpoint"
+    version = "1"
+    description = "an encoder trained by `eoembed train` (checkpoint:PATH)"
+    dim_rule = "the trained bottleneck"
+
+    def __init__(self, target: str, *, batch_size: int = 256) -> None:
+        torch = _torch()
+        kind, _, where = target.partition(":")
+        if kind != "checkpoint" or not where:
+            raise EncoderError(f"{target!r}: use checkpoint:PATH with the encoder.pt written by `eoembed train`")
+        self.path = Path(where)
+        document = load_checkpoint(self.path)
+        self.document = document
+        self.architecture = dict(document["architecture"])
+        self.input = dict(document["input"])
+        self.net = build_encoder_net(**{k: self.architecture[k] for k in ("bands", "chip_size", "dim", "widths")})
+        try:
+            self.net.load_state_dict(document["encoder_state"], strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(f"{self.path}: the weights do not fit the declared architecture ({error})") from error
+        self.net.eval()
+        self.sha256 = file_sha256(self.path)
+        self.name = str(document.get("name") or f"compressor-{document['objective']}")
+        self.version = str(document.get("model_version", "1"))
+        self.batch_size = int(batch_size)
+        norm = self.input["normalization"]
+        self._mean = np.asarray(norm["mean"], np.float32)[None, :, None, None]
+        self._std = np.asarray(norm["std"], np.float32)[None, :, None, None]
+        del torch
+
+    def to(self, device: str) -> "CheckpointEncoder":
+        self.device = str(device)
+        self.net.to(self.device)
+        return self
+
+    def dim(self, n_bands: int) -> int:
+        return int(self.architecture["dim"])
+
+    def _check_chips(self, pixels: np.ndarray) -> None:
+        bands, size = int(self.architecture["bands"]), int(self.architecture["chip_size"])
+        if pixels.shape[1] != bands or pixels.shape[2] != size or pixels.shape[3] != size:
+            raise EncoderError(
+                f"{self.path} was trained on chips of {bands} bands x {size} x {size} px; these are "
+                f"{pixels.shape[1]} x {pixels.shape[2]} x {pixels.shape[3]}: pass --chip-size {size} and the "
+                f"training bands ({', '.join(b['name'] for b in self.input['bands'])})"
+            )
+
+    def standardize(self, pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+        """Chips as the network sees them: standardised, invalid or non-finite pixels at 0."""
+        x = (pixels - self._mean) / self._std
+        ok = np.isfinite(x)
+        if valid is not None:
+            ok &= valid[:, None, :, :]
+        return np.where(ok, x, 0.0).astype(np.float32)
+
+    def encode(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        torch = _torch()
+        pixels, valid = self._check_input(pixels, valid)
+        self._check_chips(pixels)
+        x = self.standardize(pixels, valid)
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(x), self.batch_size):
+                chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + self.batch_size])).to(self.device)
+                outputs.append(self.net(chunk).float().cpu().numpy())
+        out = np.concatenate(outputs) if outputs else np.zeros((0, self.dim(0)), np.float32)
+        return self._check_output(out, pixels.shape[1])
+
+    def contract(self, *, bands: Sequence[str], chip_size: int, stride: int, gsd: float,
+                 band_sources: Sequence[str] | None = None) -> dict:
+        chip_size, stride, gsd = _check_geometry(chip_size, stride, gsd)
+        trained = [b["name"] for b in self.input["bands"]]
+        if list(bands) != trained:
+            raise EncoderError(
+                f"{self.path} was trained on bands {trained}; the inputs offer {list(bands)}: select and name "
+                f"them with --bands (e.g. --bands {','.join(trained)})"
+            )
+        if chip_size != int(self.architecture["chip_size"]):
+            raise EncoderError(f"{self.path} was trained on {self.architecture['chip_size']} px chips; "
+                               f"pass --chip-size {self.architecture['chip_size']} (not {chip_size})")
+        objective = self.document["objective"]
+        parameters: dict[str, Any] = {
+            "objective": objective,
+            "widths": list(self.architecture["widths"]),
+            "training_gsd_m": float(self.input["gsd_m"]),
+            "checkpoint": self.path.name,
+        }
+        parameters.update(self.document.get("summary", {}))
+        return {
+            "name": self.name,
+            "version": self.version,
+            "framework": "pytorch",
+            "weights_sha256": self.sha256,
+            "weights_href": self.path.absolute().as_uri(),  # the MLM item's weights asset; rewrite it when publishing
+            "architecture": f"convolutional compressor ({', '.join(map(str, self.architecture['widths']))} channels, "
+                            f"{objective})",
+            "pooling": "none",
+            "parameters": parameters,
+            "input": {
+                "bands": _band_inputs(bands, band_sources),
+                "chip_size_px": chip_size,
+                "stride_px": stride,
+                "gsd_m": gsd,
+                "normalization": {"method": "standardize", "mean": [float(v) for v in self.input["normalization"]["mean"]],
+                                  "std": [float(v) for v in self.input["normalization"]["std"]]},
+            },
+            "output": {"dim": self.dim(len(bands)), "description": f"bottleneck of a compressor trained by eoembed ({objective})"},
+        }

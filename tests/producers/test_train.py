@@ -1,0 +1,242 @@
+"""`eoembed train` under real MPI ranks (`mpirun -n 1` and `-n 2`) on real Landsat-7 imagery."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import eoembed
+from eoembed._errors import CheckpointError, EncoderError, TrainingConfigError
+from eoembed.producers.compressor import load_checkpoint
+from eoembed.producers.encode import get_encoder
+from eoembed.producers.train import DIGEST_ENV, FAULT_ENV
+from eoembed.producers.trainconfig import config_from_dict
+from eoembed.producers.trainset import apply_transforms, epoch_transforms
+
+BIN = Path(sys.executable).parent
+YEAR = "2000-01-01T00:00:00Z/2000-12-31T23:59:59Z"
+pytestmark = pytest.mark.mpi
+
+
+def settings(scene: str, out: Path, **extra) -> dict:
+    base = {"inputs": [scene], "out": str(out), "chip_size": 8, "max_chips": 256, "objective": "autoencoder",
+            "dim": 16, "widths": [8, 16], "epochs": 3, "batch_size": 32, "lr": 2e-3, "seed": 7}
+    return {**base, **extra}
+
+
+def write_config(path: Path, values: dict) -> Path:
+    def toml(value) -> str:
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + "}"
+        return json.dumps(value)
+
+    path.write_text("".join(f"{key} = {toml(value)}\n" for key, value in values.items()))
+    return path
+
+
+def train(ranks: int, config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [str(BIN / "mpirun"), "-n", str(ranks), str(BIN / "eoembed"), "train", "--config", str(config),
+               "--no-progress", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["encoder_state"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    first, second = weights(a), weights(b)
+    assert list(first) == list(second)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+@pytest.fixture(scope="module")
+def nc_scene(shared_data) -> str:
+    return str(shared_data / "imagery/nc_landsat7_landclass96/landsat_multiband.tif")
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory, nc_scene) -> tuple[Path, Path]:
+    """An uninterrupted 3-epoch run on 2 ranks that logs every rank's weights after every step."""
+    root = tmp_path_factory.mktemp("train2")
+    digests = root / "digests"
+    digests.mkdir()
+    config = write_config(root / "train.toml", settings(nc_scene, root / "run"))
+    run = train(2, config, env={DIGEST_ENV: str(digests)})
+    assert run.returncode == 0, run.stderr
+    assert "on 2 rank(s) [gloo, cpu]" in run.stderr
+    return root, digests
+
+
+def test_two_ranks_hold_the_same_weights_after_every_step(two_rank_run):
+    root, digests = two_rank_run
+    summary = json.loads((root / "run/summary.json").read_text())
+    rank0 = (digests / "rank-0.log").read_text().splitlines()
+    rank1 = (digests / "rank-1.log").read_text().splitlines()
+    assert len(rank0) == summary["steps"] == 3 * (summary["steps"] // 3) and summary["steps"] >= 6
+    assert rank0 == rank1
+    assert len({line.split()[2] for line in rank0}) == len(rank0), "every step must change the weights"
+    assert summary["ranks"] == 2 and summary["chips"] >= 32
+    assert sorted(p.name for p in (root / "run/checkpoints").iterdir()) == [f"epoch-000{e}.pt" for e in (1, 2, 3)]
+    assert (root / "run/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((root / "run/history.json").read_text())
+    assert len(history["epoch_loss"]) == 3 and len(history["step_loss"]) == summary["steps"]
+
+
+def test_a_killed_two_rank_run_resumes_to_the_same_weights(tmp_path, two_rank_run, nc_scene):
+    root, _ = two_rank_run
+    steps_per_epoch = json.loads((root / "run/summary.json").read_text())["steps"] // 3
+    config = write_config(tmp_path / "train.toml", settings(nc_scene, tmp_path / "run"))
+    killed = train(2, config, env={FAULT_ENV: f"1:{steps_per_epoch + 1}"})
+    assert killed.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("*.pt")) == ["epoch-0001.pt"]
+    assert not (tmp_path / "run/encoder.pt").exists()
+    refused = train(2, config)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    changed = write_config(tmp_path / "changed.toml", settings(nc_scene, tmp_path / "run", lr=1e-2))
+    mismatch = train(2, changed, "--resume")
+    assert mismatch.returncode == 2 and "lr differ" in mismatch.stderr
+    resumed = train(2, config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "2 epoch(s)" in resumed.stderr
+    assert_same_weights(tmp_path / "run/encoder.pt", root / "run/encoder.pt")
+    reference = load_checkpoint(root / "run/checkpoints/epoch-0003.pt")["training"]
+    again = load_checkpoint(tmp_path / "run/checkpoints/epoch-0003.pt")["training"]
+    for name, tensor in reference["model"].items():
+        assert torch.equal(tensor, again["model"][name]), name
+    assert reference["history"]["epoch_loss"] == again["history"]["epoch_loss"]
+
+
+@pytest.fixture(scope="module")
+def one_rank_run(tmp_path_factory, nc_scene) -> Path:
+    root = tmp_path_factory.mktemp("train1")
+    run = train(1, write_config(root / "train.toml", settings(nc_scene, root / "run")))
+    assert run.returncode == 0, run.stderr
+    return root / "run"
+
+
+def test_a_killed_one_rank_run_resumes_to_the_same_weights(tmp_path, one_rank_run, nc_scene):
+    steps_per_epoch = json.loads((one_rank_run / "summary.json").read_text())["steps"] // 3
+    config = write_config(tmp_path / "train.toml", settings(nc_scene, tmp_path / "run"))
+    killed = train(1, config, env={FAULT_ENV: f"0:{2 * steps_per_epoch + 1}"})
+    assert killed.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "run/checkpoints").glob("*.pt")) == ["epoch-0001.pt", "epoch-0002.pt"]
+    resumed = train(1, config, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_weights(tmp_path / "run/encoder.pt", one_rank_run / "encoder.pt")
+
+
+def test_the_trained_encoder_produces_a_valid_product(tmp_path, one_rank_run, nc_scene):
+    encoder = one_rank_run / "encoder.pt"
+    out = tmp_path / "p"
+    command = [str(BIN / "mpirun"), "-n", "2", str(BIN / "eoembed"), "produce", nc_scene, "--out", str(out),
+               "--chip-size", "8", "--encoder", f"checkpoint:{encoder}", "--datetime", YEAR, "--no-progress",
+               "--unit-chips", "1000", "--quantization", "int8-per-row"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = eoembed.validate(out)
+    assert report.findings == [], str(report)
+    product = eoembed.open(out)
+    model = product.metadata["model"]
+    assert model["weights_sha256"] == hashlib.sha256(encoder.read_bytes()).hexdigest()
+    assert [b["name"] for b in model["input"]["bands"]] == ["B1", "B2", "B3", "B4", "B5"]
+    assert model["input"]["chip_size_px"] == 8 and model["output"]["dim"] == 16
+    saved = load_checkpoint(encoder)["input"]["normalization"]
+    assert model["input"]["normalization"] == {"method": "standardize", "mean": saved["mean"], "std": saved["std"]}
+    item = json.loads(next((out / "models").glob("*.json")).read_text())
+    assert item["assets"]["model"]["file:checksum"] == "1220" + model["weights_sha256"]
+    assert item["assets"]["model"]["href"] == encoder.absolute().as_uri()
+    assert "mlm:weights" in item["assets"]["model"]["roles"]
+    assert item["properties"]["mlm:input"][0]["input"]["shape"] == [-1, 5, 8, 8]
+    assert product.num_rows == 2860 and product.to_numpy().shape == (2860, 16)
+
+
+def test_the_checkpoint_encoder_refuses_other_chips(one_rank_run, nc_scene):
+    encoder = get_encoder(f"checkpoint:{one_rank_run / 'encoder.pt'}")
+    with pytest.raises(EncoderError, match="--chip-size 8"):
+        encoder.encode(np.zeros((2, 5, 16, 16), np.float32))
+    with pytest.raises(EncoderError, match="--bands B1,B2,B3,B4,B5"):
+        encoder.contract(bands=["red", "green", "blue", "nir", "swir"], chip_size=8, stride=8, gsd=28.5)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        get_encoder(f"checkpoint:{one_rank_run / 'missing.pt'}")
+    with pytest.raises(CheckpointError, match="not an eoembed checkpoint|cannot be read"):
+        get_encoder(f"checkpoint:{one_rank_run / 'summary.json'}")
+
+
+def test_distillation_of_rcf_into_a_small_student(tmp_path, nc_scene, shared_data):
+    values = settings(nc_scene, tmp_path / "run", objective="distill", teacher="rcf",
+                      teacher_options={"features": 64, "seed": 1}, epochs=2)
+    run = train(1, write_config(tmp_path / "train.toml", values))
+    assert run.returncode == 0, run.stderr
+    saved = load_checkpoint(tmp_path / "run/encoder.pt")
+    assert saved["teacher"]["name"] == "rcf" and saved["teacher"]["dim"] == 64
+    assert len(saved["teacher"]["weights_sha256"]) == 64
+    history = json.loads((tmp_path / "run/history.json").read_text())
+    assert history["epoch_loss"][-1] < history["epoch_loss"][0]
+    chips = np.load(shared_data / "fewshot/nc_landclass96/chips.npz")["X"][:10, :5].astype(np.float32)
+    vectors = get_encoder(f"checkpoint:{tmp_path / 'run/encoder.pt'}").encode(chips)
+    assert vectors.shape == (10, 16) and np.isfinite(vectors).all()
+
+
+def test_masked_autoencoder_on_one_rank(tmp_path, nc_scene):
+    values = settings(nc_scene, tmp_path / "run", objective="masked-autoencoder", mask_ratio=0.5, epochs=1)
+    run = train(1, write_config(tmp_path / "train.toml", values))
+    assert run.returncode == 0, run.stderr
+    assert load_checkpoint(tmp_path / "run/encoder.pt")["objective"] == "masked-autoencoder"
+
+
+def test_a_batch_the_ranks_cannot_share_is_refused(tmp_path, nc_scene):
+    run = train(2, write_config(tmp_path / "train.toml", settings(nc_scene, tmp_path / "run", batch_size=33)))
+    assert run.returncode == 2 and "batch_size = 33 is not divisible by the 2 ranks" in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"learning_rate": 0.1}, "unknown key(s) learning_rate"),
+        ({"objective": "vae"}, "objective = 'vae'; give one of autoencoder, masked-autoencoder, distill"),
+        ({"chip_size": 6}, "chip_size = 6; 2 stages halve the chip 2 times: give a multiple of 4"),
+        ({"dim": 0}, "dim = 0; give a whole number >= 1"),
+        ({"epochs": 1.5}, "epochs = 1.5; give a whole number >= 1"),
+        ({"lr": -1.0}, "lr = -1.0; give a number > 0.0"),
+        ({"objective": "distill"}, "distill needs a teacher encoder name"),
+        ({"objective": "distill", "teacher": "nope"}, "teacher = 'nope'; give a registered encoder"),
+        ({"mixed_precision": "fp8"}, "mixed_precision = 'fp8'; give one of auto, none, bf16, fp16"),
+        ({"max_chips": 16}, "max_chips = 16; sample at least batch_size = 32 chips"),
+        ({"inputs": []}, "inputs = []; give a list of image paths"),
+    ],
+)
+def test_bad_config_values_are_named(nc_scene, tmp_path, change, message):
+    with pytest.raises(TrainingConfigError) as caught:
+        config_from_dict({**settings(nc_scene, tmp_path / "run"), **change})
+    assert message in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_a_bad_config_fails_before_any_rank_trains(tmp_path, nc_scene):
+    config = write_config(tmp_path / "train.toml", settings(nc_scene, tmp_path / "run", widths=[8, "wide"]))
+    run = subprocess.run([str(BIN / "eoembed"), "train", "--config", str(config)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2 and "widths[] = 'wide'; give a whole number >= 1" in run.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_eight_flips_and_turns_are_distinct_and_seeded():
+    chip = np.arange(2 * 4 * 4, dtype=np.float32).reshape(1, 2, 4, 4)
+    variants = [apply_transforms([chip], np.array([code]))[0][0] for code in range(8)]
+    assert len({v.tobytes() for v in variants}) == 8
+    assert np.array_equal(variants[0], chip[0])
+    codes = epoch_transforms(3, 5, 1000, augment=True)
+    assert np.array_equal(codes, epoch_transforms(3, 5, 1000, augment=True))
+    assert not np.array_equal(codes, epoch_transforms(3, 6, 1000, augment=True))
+    assert set(codes.tolist()) == set(range(8))
+    assert not epoch_transforms(3, 5, 10, augment=False).any()
