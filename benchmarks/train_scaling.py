@@ -13,7 +13,7 @@ over embedding bytes (float32, and int8 with a per-row scale), for autoencoders 
 of the Landsat-8 scene; their final training loss (mean squared error of standardised pixels) says
 what each ratio costs.
 
-Few-shot: nearest centroid on z-scored features, 5-way (the NC classes developed, herbaceous,
+Few-shot: `eoembed.fewshot` with the prototype method (nearest centroid on standardised features), 5-way (the NC classes developed, herbaceous,
 shrubland, forest, water; agriculture has too few chips), 1/5/10 shots, 15 queries per class,
 episodes drawn from a fixed seed. The trained encoders see the scene's pixels (never the labels)
 during training; the chips are 8 x 8 px, bands B1-B5.
@@ -67,33 +67,6 @@ def nc_settings(**extra) -> dict:
     return {**base, **extra}
 
 
-def nearest_centroid_accuracy(features: np.ndarray, labels: np.ndarray, *, shots: int, episodes: int,
-                              queries: int = 15, seed: int = 0) -> float:
-    """Mean accuracy of nearest-centroid episodes over every class in ``labels``."""
-    rng = np.random.default_rng([seed, shots])
-    classes = np.unique(labels)
-    by_class = {c: np.flatnonzero(labels == c) for c in classes}
-    correct = total = 0
-    for _ in range(episodes):
-        centroids, query_x, query_y = [], [], []
-        for k, c in enumerate(classes):
-            picked = rng.choice(by_class[c], shots + queries, replace=False)
-            centroids.append(features[picked[:shots]].mean(axis=0))
-            query_x.append(features[picked[shots:]])
-            query_y.append(np.full(queries, k))
-        centre = np.stack(centroids)
-        x, y = np.concatenate(query_x), np.concatenate(query_y)
-        distance = ((x[:, None, :] - centre[None, :, :]) ** 2).sum(axis=-1)
-        correct += int((distance.argmin(axis=1) == y).sum())
-        total += len(y)
-    return correct / total
-
-
-def zscore(features: np.ndarray) -> np.ndarray:
-    std = features.std(axis=0)
-    return (features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10, help="epochs of the few-shot encoders")
@@ -102,6 +75,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--max-chips", type=int, default=8192)
     args = parser.parse_args()
+    import eoembed
     from eoembed.producers.encode import get_encoder
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
@@ -153,14 +127,15 @@ def main() -> None:
         rcf = get_encoder("rcf", features=512, seed=0).fit(pixels)
         encoders = {"stats (25-d)": get_encoder("stats"), "rcf (512-d)": rcf}
         encoders.update({name: get_encoder(f"checkpoint:{summary['encoder']}") for name, summary in trained.items()})
-        print(f"\nFew-shot (nearest centroid, 5-way, {args.episodes} episodes, 15 queries/class) on "
+        print(f"\nFew-shot (eoembed.fewshot, prototype = nearest centroid on standardised features, 5-way, "
+              f"{args.episodes} episodes, 15 queries/class) on "
               f"{len(labels)} NC chips; trained encoders: {args.epochs} epochs on 2 ranks")
         print("| encoder | 1-shot | 5-shot | 10-shot |")
         print("|---|---:|---:|---:|")
         for name, encoder in encoders.items():
-            features = zscore(encoder.encode(pixels))
-            scores = [nearest_centroid_accuracy(features, labels, shots=s, episodes=args.episodes) for s in (1, 5, 10)]
-            print(f"| {name} | " + " | ".join(f"{s:.3f}" for s in scores) + " |")
+            report = eoembed.fewshot(encoder.encode(pixels), labels, shots=(1, 5, 10), method="prototype",
+                                     episodes=args.episodes, seed=0)
+            print(f"| {name} | " + " | ".join(f"{r.accuracy:.3f} ± {r.accuracy_ci95:.3f}" for r in report.results) + " |")
 
 
 if __name__ == "__main__":
