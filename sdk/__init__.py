@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 from ._chipid import chip_id
 from ._errors import (
+    ChipNotFoundError,
     CoordinateRangeError,
     DimensionMismatchError,
     EoembedError,
@@ -27,18 +28,20 @@ from ._errors import (
     ProductNotFoundError,
     QuantizationError,
     QueryError,
+    SearchError,
     SpecError,
     UnknownFieldError,
 )
 from ._grid import get_grid, list_grids
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
-from ._read import Product, open_product as open, read_footer
+from ._read import Product, open_product as open, read_footer, sql
 from ._spec import SPEC_VERSION
 from ._validate import Finding, Report, validate
 from ._write import ProductWriter, write_product
 
 __all__ = [
     "SPEC_VERSION",
+    "ChipNotFoundError",
     "CoordinateRangeError",
     "DimensionMismatchError",
     "EoembedError",
@@ -55,6 +58,7 @@ __all__ = [
     "QuantizationError",
     "QueryError",
     "Report",
+    "SearchError",
     "SpecError",
     "UnknownFieldError",
     "chip_id",
@@ -65,6 +69,7 @@ __all__ = [
     "open",
     "quantize",
     "read_footer",
+    "sql",
     "validate",
     "write_product",
 ]

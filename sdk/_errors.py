@@ -87,3 +87,15 @@ class BandMappingError(EoembedError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class SearchError(EoembedError, ValueError):
+    """Search options that cannot be used: a bad bbox, time, metric, mode or k, a zero query vector."""
+
+
+class ChipNotFoundError(EoembedError, KeyError):
+    """A chip id or a point that no chip of the product holds; the message names it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
