@@ -491,87 +491,98 @@ def _is_point(value: Any) -> bool:
     return isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float, np.floating)) for v in value)
 
 
-def find_chips(product: "Product", chip_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """(file index, row) of each chip id; ChipNotFoundError names the first one missing."""
+def _split_items(query: Any, dim: int) -> tuple[list[Any], bool]:
+    if isinstance(query, str) or _is_point(query):
+        return [query], False
+    if isinstance(query, np.ndarray) and query.dtype.kind in "fiu":
+        if query.ndim == 1:
+            return [query], False
+        if query.ndim == 2:
+            return list(query), True
+        raise DimensionMismatchError(f"query array has shape {query.shape}; give (D,) or (m, D) with D={dim}")
+    numbers = (int, float, np.floating, np.integer)
+    if isinstance(query, (list, tuple)) and query and all(isinstance(v, numbers) for v in query) and len(query) != 2:
+        return [np.asarray(query, dtype=np.float32)], False
+    if isinstance(query, (list, tuple)) and query:
+        return list(query), True
+    raise SearchError(f"query {query!r} must be a vector, a chip id, a (lon, lat) tuple, or a list of them")
+
+
+def _chip_rows(searcher: Searcher, chip_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(file index, row) of the chip ids found in this searcher's files."""
     import pyarrow.compute as pc
 
-    wanted = pa.array(list(chip_ids), pa.string())
+    wanted = pa.array(sorted(set(chip_ids)), pa.string())
     found: dict[str, tuple[int, int]] = {}
-    for index, path in enumerate(product.files):
-        column = pq.read_table(path, columns=["chip_id"]).column("chip_id")
-        positions = np.flatnonzero(np.asarray(pc.is_in(column, value_set=wanted)))
-        for row in positions:
+    for index in searcher.file_indexes:
+        column = pq.read_table(searcher.product.files[index], columns=["chip_id"]).column("chip_id")
+        for row in np.flatnonzero(np.asarray(pc.is_in(column, value_set=wanted))):
             found.setdefault(column[int(row)].as_py(), (index, int(row)))
-        if len(found) == len(set(chip_ids)):
+        if len(found) == len(wanted):
             break
-    missing = [c for c in chip_ids if c not in found]
-    if missing:
-        raise ChipNotFoundError(f"chip id {missing[0]!r} is not in {product.path}; list ids with "
-                                f"`eoembed query {product.path} \"SELECT chip_id FROM embeddings LIMIT 10\"`")
     return found
 
 
-def find_points(searcher: Searcher, points: Sequence[tuple[float, float]]) -> list[tuple[int, int]]:
-    """(file index, row) of the chip covering each (lon, lat); the one whose centre is nearest."""
-    out = []
-    for lon, lat in points:
-        parse_bbox((lon, lat, lon, lat))
-        best: tuple[float, int, int] | None = None
-        for index in range(len(searcher.product.files)):
-            cache = searcher.cache(index)
-            rows = _rows_in(cache, (lon, lat, lon, lat), None)
-            if len(rows):
-                b = cache.bbox[rows]
-                d = ((b[:, 0] + b[:, 2]) / 2 - lon) ** 2 + ((b[:, 1] + b[:, 3]) / 2 - lat) ** 2
-                i = int(np.argmin(d))
-                if best is None or d[i] < best[0]:
-                    best = (float(d[i]), index, int(rows[i]))
-        if best is None:
-            extent = searcher.product.collection["extent"]["spatial"]["bbox"][0]
-            raise ChipNotFoundError(f"no chip of {searcher.product.path} covers the point ({lon}, {lat}); the product covers {extent}")
-        out.append(best[1:])
-    return out
+def _point_row(searcher: Searcher, lon: float, lat: float) -> tuple[float, int, int] | None:
+    """(squared centre distance, file, row) of the chip covering (lon, lat) whose centre is nearest."""
+    best = None
+    for index in searcher.file_indexes:
+        cache = searcher.cache(index)
+        rows = _rows_in(cache, (lon, lat, lon, lat), None)
+        if len(rows):
+            b = cache.bbox[rows]
+            d = ((b[:, 0] + b[:, 2]) / 2 - lon) ** 2 + ((b[:, 1] + b[:, 3]) / 2 - lat) ** 2
+            i = int(np.argmin(d))
+            if best is None or d[i] < best[0]:
+                best = (float(d[i]), index, int(rows[i]))
+    return best
 
 
-def resolve_queries(searcher: Searcher, query: Any) -> tuple[np.ndarray, bool]:
-    """Query vectors (m, D) float32 and whether the query was a batch."""
+def local_queries(searcher: Searcher, items: Sequence[Any]) -> list[tuple[float, np.ndarray | None]]:
+    """Each query item as (rank, vector) from this searcher's files: rank 0 for a found chip or a
+    given vector, the centre distance for a point, (inf, None) when not found here."""
     product = searcher.product
     dim = product.dim
-    if isinstance(query, str) or _is_point(query):
-        items, batch = [query], False
-    elif isinstance(query, np.ndarray) and query.dtype.kind in "fiu":
-        if query.ndim == 1:
-            items, batch = [query], False
-        elif query.ndim == 2:
-            items, batch = list(query), True
-        else:
-            raise DimensionMismatchError(f"query array has shape {query.shape}; give (D,) or (m, D) with D={dim}")
-    elif isinstance(query, (list, tuple)) and query and all(isinstance(v, (int, float, np.floating, np.integer)) for v in query) and len(query) != 2:
-        items, batch = [np.asarray(query, dtype=np.float32)], False
-    elif isinstance(query, (list, tuple)) and query:
-        items, batch = list(query), True
-    else:
-        raise SearchError(f"query {query!r} must be a vector, a chip id, a (lon, lat) tuple, or a list of them")
     ids = [q for q in items if isinstance(q, str)]
-    by_id = find_chips(product, ids) if ids else {}
-    points = [q for q in items if _is_point(q)]
-    by_point = dict(zip(points, find_points(searcher, points))) if points else {}
-    vectors = np.empty((len(items), dim), dtype=np.float32)
+    by_id = _chip_rows(searcher, ids) if ids else {}
+    out: list[tuple[float, np.ndarray | None]] = []
     for i, q in enumerate(items):
         if isinstance(q, str):
-            f, r = by_id[q]
-            vectors[i] = searcher.cache(f).vectors[r]
+            where = by_id.get(q)
+            out.append((0.0, np.array(searcher.cache(where[0]).vectors[where[1]])) if where else (np.inf, None))
         elif _is_point(q):
-            f, r = by_point[q]
-            vectors[i] = searcher.cache(f).vectors[r]
+            parse_bbox((q[0], q[1], q[0], q[1]))
+            where = _point_row(searcher, float(q[0]), float(q[1]))
+            out.append((where[0], np.array(searcher.cache(where[1]).vectors[where[2]])) if where else (np.inf, None))
         else:
             v = np.asarray(q, dtype=np.float32).reshape(-1)
             if v.shape[0] != dim:
                 raise DimensionMismatchError(f"query {i} has dimension {v.shape[0]}, but {product.path} holds {dim}-d vectors")
             if not np.isfinite(v).all():
                 raise SearchError(f"query {i} holds a non-finite value")
-            vectors[i] = v
-    return vectors, batch
+            out.append((0.0, v))
+    return out
+
+
+def combine_queries(product: "Product", items: Sequence[Any], parts: Sequence[list[tuple[float, np.ndarray | None]]]) -> np.ndarray:
+    """One vector per item from every rank's local answers (the best rank wins; ties to the lowest)."""
+    vectors = np.empty((len(items), product.dim), dtype=np.float32)
+    for i, q in enumerate(items):
+        rank, vector = min((part[i] for part in parts), key=lambda a: a[0])
+        if vector is None:
+            if isinstance(q, str):
+                raise ChipNotFoundError(f"chip id {q!r} is not in {product.path}; list ids with "
+                                        f"`eoembed query {product.path} \"SELECT chip_id FROM embeddings LIMIT 10\"`")
+            extent = product.collection["extent"]["spatial"]["bbox"][0]
+            raise ChipNotFoundError(f"no chip of {product.path} covers the point {tuple(q)}; the product covers {extent}")
+        vectors[i] = vector
+    return vectors
+
+
+def resolve_queries(searcher: Searcher, query: Any) -> tuple[np.ndarray, bool]:
+    """Query vectors (m, D) float32 and whether the query was a batch."""
+    items, batch = _split_items(query, searcher.product.dim)
+    return combine_queries(searcher.product, items, [local_queries(searcher, items)]), batch
 
 
 def check_options(product: "Product", *, k: int, metric: str | None, mode: str) -> str:
@@ -645,3 +656,43 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
 def default_candidates(mode: str, k: int) -> int:
     """Rows re-ranked exactly after a compressed scan: 1-bit codes need more than int8."""
     return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k)}.get(mode, max(100, 10 * k))
+
+
+def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10, bbox=None, datetime=None,
+                       where: str | None = None, params=None, metric: str | None = None, mode: str = "exact",
+                       candidates: int | None = None, **options: Any) -> pa.Table | None:
+    """Search with the data files split across MPI ranks; rank 0 returns the table, others None.
+
+    Every rank decodes and scans only its own files (so the product may exceed one node's memory),
+    resolves the queries it can from them, and sends its top-k to rank 0, which keeps the best k.
+    """
+    from mpi4py import MPI
+
+    comm = comm or MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    metric = check_options(product, k=k, metric=metric, mode=mode)
+    box, interval = parse_bbox(bbox), parse_datetime(datetime)
+    searcher = Searcher(product, files=assign_files(product, rank, size))
+    items, batch = _split_items(query, product.dim)
+    local = local_queries(searcher, items)
+    queries = combine_queries(product, items, comm.allgather(local))
+    prepared = _prepare_queries(queries, metric)
+    where_map = None
+    if where:
+        where_map = where_rows(product, where, params) if rank == 0 else None
+        where_map = comm.bcast(where_map, root=0)
+    hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates or default_candidates(mode, k),
+                           bbox=box, interval=interval, where_map=where_map, **options)
+    gathered = comm.gather(hits, root=0)
+    if rank != 0:
+        return None
+    merged = [Hits.merge([part[q] for part in gathered], k) for q in range(len(prepared))]
+    return hits_table(product, merged, prepared, metric, batch=batch)
+
+
+def assign_files(product: "Product", rank: int, size: int) -> list[int]:
+    """Data files of one rank: contiguous runs of about equal row counts."""
+    rows = np.asarray(product.manifest.column("rows"), dtype=np.int64)
+    ends = np.cumsum(rows)
+    owner = np.minimum((ends - rows / 2) * size // max(int(ends[-1]), 1), size - 1).astype(int)
+    return [int(i) for i in np.flatnonzero(owner == rank)]
