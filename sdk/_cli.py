@@ -283,8 +283,16 @@ def _search(args: argparse.Namespace) -> int:
             MPI.COMM_WORLD.Abort(1)  # one failing rank must not hang the others
         if table is None:
             return 0
-    columns = [c for c in table.column_names if c not in ("geometry",)] if args.format == "table" else table.column_names
-    write_table(table.select(columns), fmt=args.format, out=args.out)
+    if args.format in ("table", "csv"):
+        import pyarrow as pa
+
+        table = table.drop_columns([c for c in ("geometry", "native_footprint") if c in table.column_names])
+    if args.format == "csv":  # CSV holds flat scalars: bbox as bbox.xmin..., lists as JSON text
+        table = table.flatten()
+        for i, field in enumerate(table.schema):
+            if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+                table = table.set_column(i, field.name, pa.array([json.dumps(v) for v in table.column(i).to_pylist()]))
+    write_table(table, fmt=args.format, out=args.out)
     return 0
 
 
