@@ -55,7 +55,7 @@ class EmbeddingDataset(Dataset):
         self.columns = _check_columns(product, columns)
         self._searcher = Searcher(product)
         self.files, self.rows = _selection(product, self._searcher, parse_bbox(bbox), parse_datetime(datetime), where, params)
-        meta = metadata_rows(product, self.files, self.rows).select(self.columns)
+        meta = metadata_rows(self._searcher, self.files, self.rows).select(self.columns)
         self._meta = {c: meta.column(c).to_pylist() for c in self.columns}
 
     def __len__(self) -> int:

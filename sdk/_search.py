@@ -102,6 +102,7 @@ class FileCache:
     norms: np.ndarray  # (n,) float32 Euclidean norms
     block_bbox: np.ndarray  # (blocks, 4): union of the block's rows
     block_times: np.ndarray  # (blocks, 2): earliest start, latest end
+    metadata: pa.Table  # every stored column but the vector, memory-mapped Arrow IPC
 
     @property
     def rows(self) -> int:
@@ -117,10 +118,15 @@ def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
     bbox = np.empty((rows, 4), dtype=np.float64)
     times = np.empty((rows, 2), dtype=np.int64)
     time_columns = _time_columns(handle.schema_arrow)
-    columns = product._vector_columns() + ["bbox"] + time_columns
+    vector_columns = product._vector_columns()
+    meta_names = [n for n in handle.schema_arrow.names if n not in vector_columns]
+    meta_partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.arrow")
+    meta_schema = pa.schema([handle.schema_arrow.field(n) for n in meta_names])
+    meta_writer = pa.ipc.new_file(str(meta_partial), meta_schema)
     row = 0
-    for batch in handle.iter_batches(batch_size=65536, columns=columns):
+    for batch in handle.iter_batches(batch_size=65536):
         n = batch.num_rows
+        meta_writer.write_batch(batch.select(meta_names))
         vectors[row : row + n] = product.decode(batch)
         box = batch.column("bbox")
         for i, name in enumerate(("xmin", "ymin", "xmax", "ymax")):
@@ -130,6 +136,8 @@ def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
         row += n
     vectors.flush()
     del vectors
+    meta_writer.close()
+    os.replace(meta_partial, target.with_name(target.name + ".metadata.arrow"))
     _save_atomic(target.with_name(target.name + ".bbox.npy"), bbox)
     _save_atomic(target.with_name(target.name + ".times.npy"), times)
     os.replace(partial, target.with_name(target.name + ".vectors.npy"))
@@ -159,9 +167,11 @@ def load_file_cache(product: "Product", index: int, folder: Path | None = None) 
     bbox = np.load(target.with_name(target.name + ".bbox.npy"))
     times = np.load(target.with_name(target.name + ".times.npy"))
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32)
+    metadata = pa.ipc.open_file(pa.memory_map(str(target.with_name(target.name + ".metadata.arrow")))).read_all()
     return FileCache(
         index=index, path=path, vectors=vectors, bbox=bbox, times=times, norms=norms,
         block_bbox=_blocks(bbox, (True, True, False, False)), block_times=_blocks(times, (True, False)),
+        metadata=metadata,
     )
 
 
@@ -596,12 +606,12 @@ def check_options(product: "Product", *, k: int, metric: str | None, mode: str) 
     return metric
 
 
-def hits_table(product: "Product", hits: Sequence[Hits], queries: np.ndarray, metric: str, *, batch: bool) -> pa.Table:
+def hits_table(searcher: Searcher, hits: Sequence[Hits], queries: np.ndarray, metric: str, *, batch: bool) -> pa.Table:
     """``chip_id``, ``distance`` and the metadata columns of the hits, best first (``query`` first for batches)."""
     tables = []
     for q, h in enumerate(hits):
         distance = to_distance(h.scores.astype(np.float64)[:, None], queries[q : q + 1].astype(np.float64), metric)[:, 0]
-        meta = metadata_rows(product, h.files, h.rows)
+        meta = metadata_rows(searcher, h.files, h.rows)
         columns = {"chip_id": meta.column("chip_id"), "distance": pa.array(distance, pa.float64())}
         if batch:
             columns = {"query": pa.array(np.full(len(distance), q), pa.int32()), **columns}
@@ -612,26 +622,15 @@ def hits_table(product: "Product", hits: Sequence[Hits], queries: np.ndarray, me
     return pa.concat_tables(tables) if tables else pa.table({"chip_id": pa.array([], pa.string()), "distance": pa.array([], pa.float64())})
 
 
-def metadata_rows(product: "Product", files: np.ndarray, rows: np.ndarray) -> pa.Table:
+def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa.Table:
     """Every stored column but the vector, for the given (file, row) pairs, in that order."""
-    schema = pq.read_schema(product.files[0])
-    names = [n for n in schema.names if n not in ("embedding", product.quantization.scale_column or "scale")]
+    if len(files) == 0:
+        return searcher.cache(searcher.file_indexes[0]).metadata.slice(0, 0)
     parts, order = [], []
     for f in np.unique(files):
         positions = np.flatnonzero(files == f)
-        handle = pq.ParquetFile(product.files[int(f)])
-        meta = handle.metadata
-        starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-        wanted = rows[positions]
-        groups = np.unique(np.searchsorted(starts, wanted, side="right") - 1)
-        table = handle.read_row_groups([int(g) for g in groups], columns=names)
-        base = np.concatenate([[0], np.cumsum([starts[g + 1] - starts[g] for g in groups])])
-        local = [int(base[np.searchsorted(groups, g)] + (r - starts[g])) for r, g in
-                 zip(wanted, np.searchsorted(starts, wanted, side="right") - 1)]
-        parts.append(table.take(pa.array(local, pa.int64())))
+        parts.append(searcher.cache(int(f)).metadata.take(pa.array(rows[positions], pa.int64())))
         order.append(positions)
-    if not parts:
-        return pa.table({n: pa.array([], schema.field(n).type) for n in names})
     table = pa.concat_tables(parts)
     inverse = np.empty(len(files), dtype=np.int64)
     inverse[np.concatenate(order)] = np.arange(len(files))
@@ -650,7 +649,7 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
     where_map = where_rows(product, where, params) if where else None
     hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates or default_candidates(mode, k),
                            bbox=box, interval=interval, where_map=where_map, **options)
-    return hits_table(product, hits, prepared, metric, batch=batch)
+    return hits_table(searcher, hits, prepared, metric, batch=batch)
 
 
 def default_candidates(mode: str, k: int) -> int:
@@ -683,11 +682,19 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
         where_map = comm.bcast(where_map, root=0)
     hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates or default_candidates(mode, k),
                            bbox=box, interval=interval, where_map=where_map, **options)
-    gathered = comm.gather(hits, root=0)
+    # Each rank attaches the metadata of its own hits, so rank 0 never decodes another rank's files.
+    table = hits_table(searcher, hits, prepared, metric, batch=True)
+    keys = (np.concatenate([h.scores for h in hits]), np.concatenate([h.files for h in hits]), np.concatenate([h.rows for h in hits]))
+    gathered = comm.gather((table, keys), root=0)
     if rank != 0:
         return None
-    merged = [Hits.merge([part[q] for part in gathered], k) for q in range(len(prepared))]
-    return hits_table(product, merged, prepared, metric, batch=batch)
+    table = pa.concat_tables([t for t, _ in gathered])
+    scores, files, rows = (np.concatenate([part[1][i] for part in gathered]) for i in range(3))
+    queries_of = np.asarray(table.column("query"), dtype=np.int64)
+    order = np.lexsort((rows, files, -scores.astype(np.float64), queries_of))
+    keep = [i for q in range(len(prepared)) for i in order[queries_of[order] == q][:k]]
+    table = table.take(pa.array(keep, pa.int64()))
+    return table if batch else table.drop_columns(["query"])
 
 
 def assign_files(product: "Product", rank: int, size: int) -> list[int]:
