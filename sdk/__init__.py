@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 from ._chipid import chip_id
 from ._errors import (
+    ChipNotFoundError,
     CoordinateRangeError,
     DimensionMismatchError,
     EoembedError,
@@ -32,6 +33,7 @@ from ._errors import (
     ProductNotFoundError,
     QuantizationError,
     QueryError,
+    SearchError,
     SpecError,
     SubmissionFormatError,
     TaskConfigError,
@@ -44,13 +46,14 @@ from ._labels import LabelledChips, join_labels, read_labels
 from ._neuco import NeucoReport, neuco_evaluate
 from ._predict import draw_map, predict
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
-from ._read import Product, open_product as open, read_footer
+from ._read import Product, open_product as open, read_footer, sql
 from ._spec import SPEC_VERSION
 from ._validate import Finding, Report, validate
 from ._write import ProductWriter, write_product
 
 __all__ = [
     "SPEC_VERSION",
+    "ChipNotFoundError",
     "CoordinateRangeError",
     "DimensionMismatchError",
     "EoembedError",
@@ -75,6 +78,7 @@ __all__ = [
     "QuantizationError",
     "QueryError",
     "Report",
+    "SearchError",
     "SpecError",
     "SubmissionFormatError",
     "TaskConfigError",
@@ -95,6 +99,7 @@ __all__ = [
     "read_embed2scale",
     "read_footer",
     "read_labels",
+    "sql",
     "validate",
     "write_embed2scale",
     "write_product",

@@ -99,6 +99,11 @@ def _query(args: argparse.Namespace) -> int:
 
     params = [json.loads(p) if p[:1] in "[{0123456789-\"" or p in ("true", "false", "null") else p for p in args.param]
     with open_product(args.path) as product:
+        for attached in args.attach:
+            name, _, path = attached.partition("=")
+            if not path:
+                raise SystemExit(f"eoembed query: --attach {attached!r} must be NAME=PRODUCT")
+            product.attach(name, path)
         table = product.sql(args.sql, params or None)
     write_table(table, fmt=args.format, out=args.out)
     return 0
@@ -374,6 +379,122 @@ def add_fewshot_commands(sub) -> None:
     p.set_defaults(func=_embed2scale)
 
 
+# -- search and indexes -------------------------------------------------------------------------
+
+
+def _under_mpi() -> bool:
+    import os
+
+    return any(os.environ.get(name) for name in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"))
+
+
+def _search_query(args: argparse.Namespace):
+    import numpy as np
+
+    given = [x for x in (args.chip, args.point, args.vector) if x]
+    if len(given) != 1:
+        raise SystemExit("eoembed search: give exactly one of --chip ID, --point LON,LAT or --vector FILE")
+    if args.chip:
+        return args.chip[0] if len(args.chip) == 1 else list(args.chip)
+    if args.point:
+        points = []
+        for text in args.point:
+            try:
+                lon, lat = (float(v) for v in text.split(","))
+            except ValueError:
+                raise SystemExit(f"eoembed search: --point {text!r} must be LON,LAT (degrees)") from None
+            points.append((lon, lat))
+        return points[0] if len(points) == 1 else points
+    path = Path(args.vector)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; --vector takes a .npy file or a text file of numbers")
+    vectors = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.float32, delimiter=None, ndmin=1)
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from ._read import open_product
+
+    options = dict(k=args.k, bbox=args.bbox, datetime=args.datetime, where=args.where,
+                   params=[json.loads(p) if p[:1] in "[{0123456789-\"" else p for p in args.param] or None,
+                   metric=args.metric, mode=args.mode, candidates=args.candidates)
+    product = open_product(args.path)
+    if not _under_mpi():
+        table = product.search(_search_query(args), **options)
+    else:
+        from mpi4py import MPI
+
+        from ._errors import EoembedError
+        from ._search import distributed_search
+
+        try:
+            table = distributed_search(product, _search_query(args), comm=MPI.COMM_WORLD, **options)
+        except (EoembedError, FileNotFoundError, SystemExit):
+            raise  # raised alike on every rank (inputs are checked everywhere): no rank waits
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            MPI.COMM_WORLD.Abort(1)  # one failing rank must not hang the others
+        if table is None:
+            return 0
+    if args.format in ("table", "csv"):
+        import pyarrow as pa
+
+        table = table.drop_columns([c for c in ("geometry", "native_footprint") if c in table.column_names])
+    if args.format == "csv":  # CSV holds flat scalars: bbox as bbox.xmin..., lists as JSON text
+        table = table.flatten()
+        for i, field in enumerate(table.schema):
+            if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+                table = table.set_column(i, field.name, pa.array([json.dumps(v) for v in table.column(i).to_pylist()]))
+    write_table(table, fmt=args.format, out=args.out)
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from ._read import open_product
+
+    product = open_product(args.path)
+    if args.action == "list":
+        from ._index import list_indexes
+
+        for entry in list_indexes(product):
+            print(json.dumps({k: v for k, v in entry.items() if k != "scale"}))
+        return 0
+    if not args.kind:
+        raise SystemExit("eoembed index build: give --kind int8|binary|hnsw|ivf")
+    report = product.build_index(kind=args.kind, metric=args.metric, recall_queries=args.recall_queries)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def add_search_commands(sub) -> None:
+    p = sub.add_parser("search", help="nearest chips to a chip, a place or a vector (under mpirun: files split across ranks)")
+    p.add_argument("path")
+    p.add_argument("--chip", action="append", help="chip id to search from; repeat for a batch")
+    p.add_argument("--point", action="append", help="LON,LAT: the chip covering this place; repeat for a batch")
+    p.add_argument("--vector", help=".npy file (D,) or (m, D), or a text file of D numbers")
+    p.add_argument("-k", type=int, default=10, help="hits per query (default: %(default)s)")
+    p.add_argument("--bbox", help="xmin,ymin,xmax,ymax in lon/lat: only chips intersecting it")
+    p.add_argument("--datetime", help="ISO time or START/END (.. for open): only chips whose time overlaps it")
+    p.add_argument("--where", help="SQL predicate over the embeddings view, values as ? with --param")
+    p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? in --where; repeat")
+    p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
+    p.add_argument("--mode", choices=["exact", "int8", "binary", "hnsw", "ivf"], default="exact")
+    p.add_argument("--candidates", type=int, help="rows re-ranked exactly after a compressed or index scan")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("--out", help="write the hits to this file")
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("index", help="build or list search indexes (assets of the product's items)")
+    p.add_argument("action", choices=["build", "list"])
+    p.add_argument("path")
+    p.add_argument("--kind", choices=["int8", "binary", "hnsw", "ivf"])
+    p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
+    p.add_argument("--recall-queries", type=int, default=100, help="rows used as queries to measure recall@10")
+    p.set_defaults(func=_index)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from ._spec import SPEC_VERSION
@@ -441,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("sql")
     p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? (JSON or text); repeat")
+    p.add_argument("--attach", action="append", default=[], metavar="NAME=PRODUCT",
+                   help="another product as view NAME (join on chip_id); repeat")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("--out", help="write the result to this file")
     p.set_defaults(func=_query)
@@ -449,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.set_defaults(func=_info)
 
+    add_search_commands(sub)
     sub.add_parser("grids", help="list the built-in grids").set_defaults(func=_grids)
     sub.add_parser("encoders", help="list the registered encoders").set_defaults(func=_encoders)
     add_fewshot_commands(sub)
@@ -466,7 +590,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except EoembedError as error:
         print(f"eoembed: {error}", file=sys.stderr)
-        return 2 if args.command in ("validate", "info", "query") else 1
+        return 2 if args.command in ("validate", "info", "query", "search", "index") else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -109,6 +109,17 @@ class LabelFieldError(EoembedError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SearchError(EoembedError, ValueError):
+    """Search options that cannot be used: a bad bbox, time, metric, mode or k, a zero query vector."""
+
+
+class ChipNotFoundError(EoembedError, KeyError):
+    """A chip id or a point that no chip of the product holds; the message names it."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class FewShotWarning(UserWarning):
     """A class with fewer labelled chips than shots + queries, or labels dropped while joining."""
 

@@ -107,13 +107,17 @@ def dequantize_sql(quant: "Quantization", *, column: str = "embedding") -> str:
     return f"CAST({expr} AS FLOAT[{dim}])"
 
 
-def create_view(con: "duckdb.DuckDBPyConnection", *, name: str, files: Sequence[Path], quant: "Quantization") -> None:
+def create_view(con: "duckdb.DuckDBPyConnection", *, name: str, files: Sequence[Path], quant: "Quantization",
+                row_ids: bool = False) -> None:
     """``name`` over the data files: every stored column, ``embedding`` de-quantised as FLOAT[D] and
-    the stored codes as ``embedding_stored``."""
+    the stored codes as ``embedding_stored``; with ``row_ids`` also ``filename`` and ``file_row_number``."""
+    if not name.replace("_", "").isalnum():
+        raise QueryError(f"view name {name!r} must be letters, digits and underscores")
     paths = ", ".join(f"'{_quote(str(p))}'" for p in files)
+    options = ", filename = true, file_row_number = true" if row_ids else ""
     con.execute(
         f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (embedding), {dequantize_sql(quant)} AS embedding, '
-        f"embedding AS embedding_stored FROM read_parquet([{paths}])"
+        f"embedding AS embedding_stored FROM read_parquet([{paths}]{options})"
     )
 
 

@@ -11,7 +11,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -206,6 +206,72 @@ class Product:
 
         return run(self.connect(), query, params)
 
+    def attach(self, name: str, other: "Product | str | os.PathLike") -> "Product":
+        """Add another product to this one's SQL connection as view ``name`` (join on ``chip_id``)."""
+        from ._query import create_view
+
+        other = other if isinstance(other, Product) else Product(other)
+        create_view(self.connect(), name=name, files=other.files, quant=other.quantization)
+        return self
+
+    # -- search -----------------------------------------------------------------------------------
+
+    @cached_property
+    def _searcher(self):
+        from ._search import Searcher
+
+        return Searcher(self)
+
+    @cached_property
+    def _item_paths(self) -> dict[str, Path]:
+        from ._index import _items_by_file
+
+        return _items_by_file(self)
+
+    def search(
+        self,
+        query: Any,
+        *,
+        k: int = 10,
+        bbox: Sequence[float] | str | None = None,
+        datetime: Any = None,
+        where: str | None = None,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        metric: Literal["cosine", "l2", "ip"] | None = None,
+        mode: Literal["exact", "int8", "binary", "hnsw", "ivf"] = "exact",
+        candidates: int | None = None,
+    ) -> pa.Table:
+        """The k nearest chips: a pyarrow Table with ``chip_id``, ``distance``, then the metadata, best first.
+
+        ``query`` is a vector (D,), a chip id, a ``(lon, lat)`` tuple (the chip covering that
+        point), or a list / (m, D) array of them (the table then starts with ``query``, its index).
+        ``bbox`` (xmin, ymin, xmax, ymax) keeps chips intersecting it, ``datetime`` (an ISO time or
+        ``START/END``, ``..`` open) chips whose time overlaps it, ``where`` a SQL predicate over the
+        ``embeddings`` view with bound ``params``. ``metric`` defaults to the product's. ``mode``:
+        ``exact`` (one pass over the float32 vectors), ``int8`` / ``binary`` (a compressed scan of
+        ``candidates`` rows, re-ranked exactly), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked).
+        Distances: cosine ``1 - cos``, l2 Euclidean, ip ``-<x, q>``. Filtered searches are exact.
+        """
+        from ._search import search
+
+        return search(self, query, k=k, bbox=bbox, datetime=datetime, where=where, params=params,
+                      metric=metric, mode=mode, candidates=candidates)
+
+    def build_index(self, *, kind: Literal["int8", "binary", "hnsw", "ivf"], metric: str | None = None, **options: Any) -> dict[str, Any]:
+        """Build a search index asset for every data file; returns build time and measured recall@10."""
+        from ._index import build_index
+
+        report = build_index(self, kind=kind, metric=metric, **options)
+        self.__dict__.pop("_searcher", None)
+        return report
+
+    def dataset(self, *, bbox=None, datetime=None, where: str | None = None, params=None,
+                columns: Sequence[str] = ("chip_id",), streaming: bool = False):
+        """A torch Dataset (or IterableDataset with ``streaming``) of (vector, metadata dict) pairs."""
+        from ._dataset import make_dataset
+
+        return make_dataset(self, bbox=bbox, datetime=datetime, where=where, params=params, columns=columns, streaming=streaming)
+
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
@@ -221,3 +287,17 @@ class Product:
 def open_product(path: str | os.PathLike) -> Product:
     """Open a product folder (or its collection.json)."""
     return Product(path)
+
+
+def sql(query: str, params: Sequence[Any] | dict[str, Any] | None = None, *, products: dict[str, Any]) -> pa.Table:
+    """Run SQL over several products at once, each a view named by its key (join them on ``chip_id``)."""
+    from ._query import connect, create_view, run
+
+    con = connect()
+    try:
+        for name, path in products.items():
+            product = path if isinstance(path, Product) else Product(path)
+            create_view(con, name=name, files=product.files, quant=product.quantization)
+        return run(con, query, params)
+    finally:
+        con.close()

@@ -72,3 +72,51 @@ def test_extensions_never_download():
     assert loaded == {"spatial": True, "vss": True}
     settings = dict(con.execute("SELECT name, value FROM duckdb_settings() WHERE name LIKE 'autoinstall_known_extensions'").fetchall())
     assert settings["autoinstall_known_extensions"] == "false"
+
+
+def test_several_products_join_on_chip_id(tmp_path):
+    a = write(tmp_path / "a", n=300, seed=1)
+    b = write(tmp_path / "b", n=300, seed=2, quantization="int8")
+    joined = eoembed.sql(
+        "SELECT count(*) AS n, avg(array_cosine_similarity(a.embedding, b.embedding)) AS s FROM a JOIN b USING (chip_id) "
+        "WHERE a.valid_fraction > ?", [0.0], products={"a": a, "b": b}).to_pylist()[0]
+    assert joined["n"] == 300 and abs(joined["s"]) < 0.2  # different vectors, same chips
+    product = eoembed.open(a).attach("other", b)
+    assert product.sql("SELECT count(*) AS n FROM embeddings JOIN other USING (chip_id)").to_pylist() == [{"n": 300}]
+    with pytest.raises(eoembed.QueryError, match="view name"):
+        product.attach("x; DROP", b)
+
+
+def test_bbox_and_time_filters_skip_row_groups(tmp_path):
+    """Row groups outside the box are not read: their pages are overwritten with garbage, and a filtered
+    query still answers while an unfiltered one fails; EXPLAIN ANALYZE shows the filter in the Parquet scan."""
+    import pyarrow.parquet as pq
+
+    path = write(tmp_path / "p", n=4000, row_group_size=250)
+    product = eoembed.open(path)
+    box = [-78.8, -78.74, 35.6, 35.66]  # xmin, xmax, ymin, ymax: a corner of the chips' region
+    where = "bbox.xmax >= ? AND bbox.xmin <= ? AND bbox.ymax >= ? AND bbox.ymin <= ? AND datetime >= ?"
+    params = [box[0], box[1], box[2], box[3], "2020-05-18"]
+    expected = product.sql(f"SELECT count(*) AS n FROM embeddings WHERE {where}", params).to_pylist()[0]["n"]
+    plan = product.sql(f"EXPLAIN ANALYZE SELECT count(*) FROM embeddings WHERE {where}", params).column(1)[0].as_py()
+    assert "READ_PARQUET" in plan and "bbox.xmax>=" in plan.replace(" ", "").replace("\n", "").replace("│", "")
+    file = product.files[0]
+    meta = pq.ParquetFile(file).metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    outside = []
+    for g in range(meta.num_row_groups):
+        stats = {n: meta.row_group(g).column(i).statistics for i, n in enumerate(names)}
+        if stats["bbox.xmin"].min > box[1] or stats["bbox.xmax"].max < box[0] or stats["bbox.ymin"].min > box[3] or stats["bbox.ymax"].max < box[2]:
+            outside.append(g)
+    assert 0.5 * meta.num_row_groups <= len(outside) < meta.num_row_groups  # Hilbert-sorted groups are compact
+    data = bytearray(file.read_bytes())
+    for g in outside:
+        for i in range(meta.num_columns):
+            chunk = meta.row_group(g).column(i)
+            start = chunk.dictionary_page_offset or chunk.data_page_offset
+            data[start : start + chunk.total_compressed_size] = b"\xff" * chunk.total_compressed_size
+    file.write_bytes(bytes(data))
+    fresh = eoembed.open(path)
+    assert fresh.sql(f"SELECT count(*) AS n FROM embeddings WHERE {where}", params).to_pylist()[0]["n"] == expected > 0
+    with pytest.raises(eoembed.QueryError):
+        fresh.sql("SELECT sum(bbox.xmin) AS s FROM embeddings")

@@ -1,0 +1,271 @@
+"""Search indexes as product assets: int8 codes, 1-bit codes, faiss HNSW and IVF.
+
+One index file per data file, under ``PRODUCT/index/``, declared as an asset of that data file's
+STAC item (``index-int8-cosine``, ``index-binary``, ``index-hnsw-l2``...) with an ``eoembed:index``
+object saying what it is and which data file (by SHA-256) it was built from. An index whose data
+file changed is ignored by search. Building never touches data files, the manifest or the
+collection, so the product stays valid; indexes are an optional acceleration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ._errors import SearchError
+
+if TYPE_CHECKING:
+    from ._read import Product
+
+INDEX_DIR = "index"
+KINDS = ("int8", "binary", "hnsw", "ivf")
+_EXTENSIONS = {"int8": "npy", "binary": "npy", "hnsw": "faiss", "ivf": "faiss"}
+_MEDIA_TYPES = {"npy": "application/x-npy", "faiss": "application/octet-stream"}
+
+
+def asset_key(kind: str, metric: str) -> str:
+    """Asset name of an index: 1-bit codes serve every metric (they only pick candidates)."""
+    return "index-binary" if kind == "binary" else f"index-{kind}-{metric}"
+
+
+def int8_codes(vectors: np.ndarray, norms: np.ndarray, metric: str) -> tuple[np.ndarray, float]:
+    """Symmetric per-tensor int8 codes (unit vectors first for cosine) and their scale."""
+    codes = np.empty(vectors.shape, dtype=np.int8)
+    step = 1 << 16
+    scale = 0.0
+    for start in range(0, len(vectors), step):  # blocks: the float32 source may be memory-mapped
+        block = np.asarray(vectors[start : start + step], dtype=np.float32)
+        if metric == "cosine":
+            block = block / np.maximum(norms[start : start + step], 1e-30)[:, None]
+        scale = max(scale, float(np.abs(block).max(initial=0.0)))
+    scale = scale / 127 if scale > 0 else 1.0
+    for start in range(0, len(vectors), step):
+        block = np.asarray(vectors[start : start + step], dtype=np.float32)
+        if metric == "cosine":
+            block = block / np.maximum(norms[start : start + step], 1e-30)[:, None]
+        codes[start : start + step] = np.clip(np.rint(block / scale), -127, 127)
+    return codes, scale
+
+
+def binary_flat(bits: np.ndarray):
+    """A faiss exact Hamming index over packed sign bits (n, D/8)."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(bits.shape[1] * 8)
+    index.add(np.ascontiguousarray(bits))
+    return index
+
+
+def _faiss_metric(metric: str) -> int:
+    import faiss
+
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def _unit_if_cosine(vectors: np.ndarray, norms: np.ndarray, metric: str) -> np.ndarray:
+    out = np.asarray(vectors, dtype=np.float32)
+    return out / np.maximum(norms, 1e-30)[:, None] if metric == "cosine" else np.ascontiguousarray(out)
+
+
+def build_hnsw(vectors: np.ndarray, norms: np.ndarray, metric: str, *, m: int = 32, ef_construction: int = 80):
+    import faiss
+
+    index = faiss.IndexHNSWFlat(vectors.shape[1], m, _faiss_metric(metric))
+    index.hnsw.efConstruction = ef_construction
+    index.add(_unit_if_cosine(vectors, norms, metric))
+    return index
+
+
+def build_ivf(vectors: np.ndarray, norms: np.ndarray, metric: str, *, nlist: int | None = None, seed: int = 0):
+    import faiss
+
+    data = _unit_if_cosine(vectors, norms, metric)
+    n, dim = data.shape
+    nlist = nlist or int(max(1, min(4 * np.sqrt(n), n // 39)))
+    quantizer = faiss.IndexFlatIP(dim) if metric != "l2" else faiss.IndexFlatL2(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, _faiss_metric(metric))
+    rng = np.random.default_rng(seed)
+    sample = data[np.sort(rng.choice(n, size=min(n, 256 * nlist), replace=False))]
+    index.cp.seed = seed
+    index.train(sample)
+    index.add(data)
+    return index
+
+
+# -- assets -------------------------------------------------------------------------------------
+
+
+def _items_by_file(product: "Product") -> dict[str, Path]:
+    """Data file path (relative) -> its STAC item file."""
+    out = {}
+    for link in product.collection.get("links", []):
+        if link.get("rel") != "item":
+            continue
+        item_path = (product.path / link["href"]).resolve()
+        item = json.loads(item_path.read_text(encoding="utf-8"))
+        href = item.get("assets", {}).get("embeddings", {}).get("href")
+        if href:
+            data = (item_path.parent / href).resolve()
+            out[data.relative_to(product.path.resolve()).as_posix()] = item_path
+    return out
+
+
+def _data_sha256(product: "Product", index: int) -> str:
+    return product.manifest.column("sha256")[index].as_py()
+
+
+def _index_asset(product: "Product", file_index: int, key: str) -> tuple[Path, dict[str, Any]] | None:
+    rel = product.manifest.column("path")[file_index].as_py()
+    item_path = product._item_paths.get(rel)
+    if item_path is None:
+        return None
+    asset = json.loads(item_path.read_text(encoding="utf-8")).get("assets", {}).get(key)
+    if not asset or asset.get("eoembed:index", {}).get("data_sha256") != _data_sha256(product, file_index):
+        return None  # absent, or built from an earlier version of the data file
+    return (item_path.parent / asset["href"]).resolve(), asset["eoembed:index"]
+
+
+def load_index(product: "Product", file_index: int, *, kind: str, metric: str):
+    """The index of one data file when its item declares a current one, else None."""
+    found = _index_asset(product, file_index, asset_key(kind, metric))
+    if found is None:
+        return None
+    path, meta = found
+    if kind == "int8":
+        return np.load(path, mmap_mode="r"), float(meta["scale"])
+    if kind == "binary":
+        return np.load(path)
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def _write_index(path: Path, kind: str, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    if kind in ("int8", "binary"):
+        with open(partial, "wb") as handle:
+            np.save(handle, value)
+    else:
+        import faiss
+
+        faiss.write_index(value, str(partial))
+    os.replace(partial, path)
+
+
+def _declare(item_path: Path, key: str, asset: dict[str, Any]) -> None:
+    item = json.loads(item_path.read_text(encoding="utf-8"))
+    item.setdefault("assets", {})[key] = asset
+    partial = item_path.with_name(f".{item_path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    partial.write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, item_path)
+
+
+def build_index(product: "Product", *, kind: str, metric: str | None = None, recall_queries: int = 100,
+                k: int = 10, seed: int = 0, **options: Any) -> dict[str, Any]:
+    """Build ``kind`` for every data file, declare it in the items, and measure recall@k.
+
+    Recall is measured on ``recall_queries`` rows of the product used as queries, against exact
+    search; it is written into each asset's ``eoembed:index`` and returned with the build time.
+    """
+    from ._search import Searcher, check_options, search
+    from ._write import sha256_file
+
+    if kind not in KINDS:
+        raise SearchError(f"index kind {kind!r} is not one of {list(KINDS)}")
+    metric = check_options(product, k=k, metric=metric, mode="exact")
+    searcher = Searcher(product)
+    searcher.warm()
+    item_paths = product._item_paths
+    built = []
+    started = time.perf_counter()
+    for file_index, rel in enumerate(product.manifest.column("path").to_pylist()):
+        cache = searcher.cache(file_index)
+        stem = Path(rel).stem
+        ext = _EXTENSIONS[kind]
+        name = f"{stem}.{kind}.{ext}" if kind == "binary" else f"{stem}.{kind}-{metric}.{ext}"
+        target = product.path / INDEX_DIR / name
+        meta: dict[str, Any] = {"kind": kind, "metric": metric, "data_sha256": _data_sha256(product, file_index),
+                                "rows": cache.rows}
+        if kind == "int8":
+            codes, scale = int8_codes(cache.vectors, cache.norms, metric)
+            meta["scale"] = scale
+            _write_index(target, kind, codes)
+        elif kind == "binary":
+            _write_index(target, kind, np.packbits(cache.vectors > 0, axis=1))
+        elif kind == "hnsw":
+            meta["m"] = options.get("m", 32)
+            _write_index(target, kind, build_hnsw(cache.vectors, cache.norms, metric, m=meta["m"]))
+        else:
+            index = build_ivf(cache.vectors, cache.norms, metric, nlist=options.get("nlist"), seed=seed)
+            meta["nlist"] = int(index.nlist)
+            _write_index(target, kind, index)
+        built.append((item_paths[rel], target, meta))
+    seconds = time.perf_counter() - started
+    # Declare first (search reads the assets), then measure recall and record it.
+    for item_path, target, meta in built:
+        _declare(item_path, asset_key(kind, metric), _asset(item_path, target, meta))
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(product.num_rows, size=min(recall_queries, product.num_rows), replace=False))
+    queries = _rows_as_vectors(searcher, picks)
+    fresh = Searcher(product)
+    exact = search(product, queries, k=k, metric=metric, mode="exact", searcher=fresh)
+    approx = search(product, queries, k=k, metric=metric, mode=kind, searcher=fresh)
+    recall = recall_at_k(exact, approx)
+    for item_path, target, meta in built:
+        meta["recall_at_10" if k == 10 else f"recall_at_{k}"] = recall
+        meta["recall_queries"] = len(picks)
+        _declare(item_path, asset_key(kind, metric), _asset(item_path, target, meta))
+    return {"kind": kind, "metric": metric, "files": len(built), "build_seconds": seconds, f"recall_at_{k}": recall,
+            "recall_queries": len(picks), "bytes": int(sum(t.stat().st_size for _, t, _ in built))}
+
+
+def _asset(item_path: Path, target: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    from ._write import sha256_file
+
+    ext = target.suffix.lstrip(".")
+    return {
+        "href": os.path.relpath(target, item_path.parent).replace(os.sep, "/"),
+        "type": _MEDIA_TYPES[ext],
+        "roles": ["index"],
+        "title": f"{meta['kind']} search index ({meta['metric']})",
+        "file:size": target.stat().st_size,
+        "file:checksum": "1220" + sha256_file(target),
+        "eoembed:index": meta,
+    }
+
+
+def _rows_as_vectors(searcher, rows: np.ndarray) -> np.ndarray:
+    out = np.empty((len(rows), searcher.product.dim), dtype=np.float32)
+    starts = np.cumsum([0] + [searcher.cache(i).rows for i in searcher.file_indexes])
+    for j, row in enumerate(rows):
+        f = int(np.searchsorted(starts, row, side="right") - 1)
+        out[j] = searcher.cache(f).vectors[row - starts[f]]
+    return out
+
+
+def recall_at_k(exact, approx) -> float:
+    """Mean share of each query's exact top-k chip ids that the approximate search also returned."""
+    truth: dict[int, set] = {}
+    for q, c in zip(exact.column("query").to_pylist(), exact.column("chip_id").to_pylist()):
+        truth.setdefault(q, set()).add(c)
+    got: dict[int, set] = {}
+    for q, c in zip(approx.column("query").to_pylist(), approx.column("chip_id").to_pylist()):
+        got.setdefault(q, set()).add(c)
+    return float(np.mean([len(truth[q] & got.get(q, set())) / len(truth[q]) for q in truth]))
+
+
+def list_indexes(product: "Product", kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+    """The current index assets of the product (one entry per data file and asset)."""
+    out = []
+    for rel, item_path in product._item_paths.items():
+        for key, asset in json.loads(item_path.read_text(encoding="utf-8")).get("assets", {}).items():
+            if key.startswith("index-") and asset.get("eoembed:index", {}).get("kind") in kinds:
+                out.append({"file": rel, "asset": key, **asset["eoembed:index"]})
+    return out
