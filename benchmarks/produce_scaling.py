@@ -41,8 +41,9 @@ def run(ranks: int, encoder: str, args: argparse.Namespace, out: Path, *, thread
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     found = SUMMARY.search(done.stderr)
-    chips, seconds, _, mb_in, mb_out, ratio = found.groups()
-    return {"chips": int(chips), "seconds": float(seconds), "rate": int(chips) / float(seconds), "wall": wall,
+    # the job's own chips/s (from unrounded seconds): the printed seconds have one decimal only
+    chips, seconds, rate, mb_in, mb_out, ratio = found.groups()
+    return {"chips": int(chips), "seconds": float(seconds), "rate": float(rate), "wall": wall,
             "mb_in": float(mb_in), "mb_out": float(mb_out), "ratio": int(ratio)}
 
 
