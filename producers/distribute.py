@@ -541,25 +541,40 @@ def _commit(writer: ProductWriter, staging: Path, config: JobConfig, summary: Su
     return summary
 
 
-def main_job(config: JobConfig) -> int:
-    """Run a job with MPI error handling: one failing rank aborts the whole job instead of hanging it."""
+def run_or_abort(work, *, command: str) -> tuple[Any, int | None]:
+    """Run ``work()`` on this rank of MPI.COMM_WORLD: one failing rank aborts the whole job instead of
+    hanging it. Returns ``(result, None)``, or ``(None, exit code)`` after an :class:`EoembedError`,
+    which rank 0 prints as ``eoembed COMMAND: message``."""
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     try:
-        summary = run_job(config)
+        return work(), None
     except EoembedError as error:
         if comm.Get_rank() == 0:
-            print(f"eoembed produce: {error}", file=sys.stderr)
+            print(f"eoembed {command}: {error}", file=sys.stderr)
+        else:
+            time.sleep(1.0)  # most errors arise on every rank: let rank 0 report before the job is aborted
+        sys.stderr.flush()
         if comm.Get_size() > 1:
             comm.Abort(2)
-        return 2
+        return None, 2
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
         if comm.Get_size() > 1:
             comm.Abort(1)
         raise
+
+
+def main_job(config: JobConfig) -> int:
+    """Run a job with MPI error handling: one failing rank aborts the whole job instead of hanging it."""
+    from mpi4py import MPI
+
+    summary, failed = run_or_abort(lambda: run_job(config), command="produce")
+    if failed is not None:
+        return failed
+    comm = MPI.COMM_WORLD
     if comm.Get_rank() != 0:
         return 0
     print(

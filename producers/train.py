@@ -22,7 +22,6 @@ import signal
 import socket
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -404,26 +403,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
 
 def main_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> int:
     """Run :func:`train` with MPI error handling: one failing rank aborts the job instead of hanging it."""
-    from mpi4py import MPI
+    from .distribute import run_or_abort
 
-    comm = MPI.COMM_WORLD
-    try:
-        summary = train(config, resume=resume, overwrite=overwrite)
-    except EoembedError as error:
-        if comm.Get_rank() == 0:
-            print(f"eoembed train: {error}", file=sys.stderr)
-        else:
-            time.sleep(1.0)  # most errors arise on every rank: let rank 0 report before the job is aborted
-        sys.stderr.flush()
-        if comm.Get_size() > 1:
-            comm.Abort(2)
-        return 2
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        if comm.Get_size() > 1:
-            comm.Abort(1)
-        raise
+    summary, failed = run_or_abort(lambda: train(config, resume=resume, overwrite=overwrite), command="train")
+    if failed is not None:
+        return failed
     if summary is None:
         return 0
     print(
