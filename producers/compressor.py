@@ -233,23 +233,20 @@ class CheckpointEncoder(Encoder):
             "checkpoint": self.path.name,
         }
         parameters.update(self.document.get("summary", {}))
-        return {
-            "name": self.name,
-            "version": self.version,
-            "framework": "pytorch",
-            "weights_sha256": self.sha256,
-            "weights_href": self.path.absolute().as_uri(),  # the MLM item's weights asset; rewrite it when publishing
-            "architecture": f"convolutional compressor ({', '.join(map(str, self.architecture['widths']))} channels, "
-                            f"{objective})",
-            "pooling": "none",
-            "parameters": parameters,
-            "input": {
-                "bands": _band_inputs(bands, band_sources),
-                "chip_size_px": chip_size,
-                "stride_px": stride,
-                "gsd_m": gsd,
-                "normalization": {"method": "standardize", "mean": [float(v) for v in self.input["normalization"]["mean"]],
-                                  "std": [float(v) for v in self.input["normalization"]["std"]]},
-            },
-            "output": {"dim": self.dim(len(bands)), "description": f"bottleneck of a compressor trained by eoembed ({objective})"},
-        }
+        return self._contract_document(
+            framework="pytorch",
+            weights_sha256=self.sha256,
+            weights_href=self.path.absolute().as_uri(),  # the MLM item's weights asset; rewrite it when publishing
+            architecture=f"convolutional compressor ({', '.join(map(str, self.architecture['widths']))} channels, "
+                         f"{objective})",
+            pooling="none",
+            parameters=parameters,
+            inputs=_band_inputs(bands, band_sources),
+            chip_size=chip_size,
+            stride=stride,
+            gsd=gsd,
+            normalization={"method": "standardize", "mean": [float(v) for v in self.input["normalization"]["mean"]],
+                           "std": [float(v) for v in self.input["normalization"]["std"]]},
+            dim=self.dim(len(bands)),
+            description=f"bottleneck of a compressor trained by eoembed ({objective})",
+        )

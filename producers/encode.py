@@ -55,6 +55,36 @@ class Encoder(abc.ABC):
 
     # shared helpers ------------------------------------------------------------------------------
 
+    def _contract_document(
+        self,
+        *,
+        framework: str,
+        weights_sha256: str | None,
+        architecture: str,
+        pooling: str,
+        inputs: list[dict],
+        chip_size: int,
+        stride: int,
+        gsd: float,
+        normalization: dict,
+        dim: int,
+        description: str,
+        parameters: dict | None = None,
+        weights_href: str | None = None,
+    ) -> dict:
+        """The contract of :meth:`contract` from checked parts, in the one layout every encoder writes."""
+        document: dict = {"name": self.name, "version": self.version, "framework": framework,
+                          "weights_sha256": weights_sha256}
+        if weights_href is not None:
+            document["weights_href"] = weights_href
+        document.update(architecture=architecture, pooling=pooling)
+        if parameters is not None:
+            document["parameters"] = parameters
+        document["input"] = {"bands": inputs, "chip_size_px": chip_size, "stride_px": stride, "gsd_m": gsd,
+                             "normalization": normalization}
+        document["output"] = {"dim": dim, "description": description}
+        return document
+
     def _check_input(self, pixels: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         pixels = np.asarray(pixels)
         if pixels.ndim != 4:
@@ -270,22 +300,11 @@ class StatsEncoder(Encoder):
     ) -> dict:
         chip_size, stride, gsd = _check_geometry(chip_size, stride, gsd)
         inputs = _band_inputs(bands, band_sources)
-        return {
-            "name": self.name,
-            "version": self.version,
-            "framework": "numpy",
-            "weights_sha256": None,
-            "architecture": "band statistics",
-            "pooling": "none",
-            "input": {
-                "bands": inputs,
-                "chip_size_px": chip_size,
-                "stride_px": stride,
-                "gsd_m": gsd,
-                "normalization": {"method": "none"},
-            },
-            "output": {"dim": self.dim(len(inputs)), "description": self.description},
-        }
+        return self._contract_document(
+            framework="numpy", weights_sha256=None, architecture="band statistics", pooling="none", inputs=inputs,
+            chip_size=chip_size, stride=stride, gsd=gsd, normalization={"method": "none"},
+            dim=self.dim(len(inputs)), description=self.description,
+        )
 
 
 from . import rcf  # noqa: E402,F401  registers the rcf encoder

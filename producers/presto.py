@@ -551,26 +551,23 @@ class PrestoEncoder(Encoder):
                 f"presto: contract for bands {names}, the band map describes {expected}; pass the bands in "
                 "band_map order"
             )
-        return {
-            "name": self.name,
-            "version": self.version,
-            "framework": "pytorch",
-            "weights_sha256": self.weights_sha256(),
-            "weights_href": Path(self.weights).name,
-            "architecture": "Presto (pretrained, nasaharvest)",
-            "pooling": "mean over valid pixels",
-            "parameters": {
+        return self._contract_document(
+            framework="pytorch",
+            weights_sha256=self.weights_sha256(),
+            weights_href=Path(self.weights).name,
+            architecture="Presto (pretrained, nasaharvest)",
+            pooling="mean over valid pixels",
+            parameters={
                 "band_map": None if self.band_map is None else dict(self.band_map),
                 "month": self.month,
                 "latlon": None if self.latlon is None else list(self.latlon),
                 "input_scale": self.input_scale,
             },
-            "input": {
-                "bands": inputs,
-                "chip_size_px": chip_size,
-                "stride_px": stride,
-                "gsd_m": gsd,
-                "normalization": {"method": "custom", "description": "Presto fixed shift/divisor per channel group"},
-            },
-            "output": {"dim": EMBED_DIM, "description": self.description},
-        }
+            inputs=inputs,
+            chip_size=chip_size,
+            stride=stride,
+            gsd=gsd,
+            normalization={"method": "custom", "description": "Presto fixed shift/divisor per channel group"},
+            dim=EMBED_DIM,
+            description=self.description,
+        )

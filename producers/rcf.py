@@ -315,14 +315,12 @@ class RcfEncoder(Encoder):
             )
         if chip_size < self.kernel_size:
             raise EncoderError(f"rcf: chip_size={chip_size} is below kernel_size={self.kernel_size}")
-        return {
-            "name": self.name,
-            "version": self.version,
-            "framework": "pytorch",
-            "weights_sha256": self.weights_sha256(),
-            "architecture": "random convolutional features (MOSAIKS)",
-            "pooling": "mean",
-            "parameters": {
+        return self._contract_document(
+            framework="pytorch",
+            weights_sha256=self.weights_sha256(),
+            architecture="random convolutional features (MOSAIKS)",
+            pooling="mean",
+            parameters={
                 "features": self.features,
                 "kernel_size": self.kernel_size,
                 "seed": self.seed,
@@ -330,19 +328,18 @@ class RcfEncoder(Encoder):
                 "pca_dim": self.pca_dim,
                 "fit_chips": int(fitted["fit_chips"]),
             },
-            "input": {
-                "bands": inputs,
-                "chip_size_px": chip_size,
-                "stride_px": stride,
-                "gsd_m": gsd,
-                "normalization": {
-                    "method": "standardize",
-                    "mean": [float(v) for v in fitted["band_mean"]],
-                    "std": [float(v) for v in fitted["band_std"]],
-                },
+            inputs=inputs,
+            chip_size=chip_size,
+            stride=stride,
+            gsd=gsd,
+            normalization={
+                "method": "standardize",
+                "mean": [float(v) for v in fitted["band_mean"]],
+                "std": [float(v) for v in fitted["band_std"]],
             },
-            "output": {"dim": self.dim(len(inputs)), "description": self.description},
-        }
+            dim=self.dim(len(inputs)),
+            description=self.description,
+        )
 
     # internals -----------------------------------------------------------------------------------
 

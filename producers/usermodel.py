@@ -123,20 +123,17 @@ class UserModelEncoder(Encoder):
     def contract(self, *, bands: Sequence[str], chip_size: int, stride: int, gsd: float,
                  band_sources: Sequence[str] | None = None) -> dict:
         chip_size, stride, gsd = _check_geometry(chip_size, stride, gsd)
-        return {
-            "name": self.name,
-            "version": self.version,
-            "framework": self.framework,
-            "weights_sha256": self.sha256,
-            "architecture": str(self.declared.get("architecture", "user model")),
-            "pooling": str(self.declared.get("pooling", "mean")),
-            "input": {
-                "bands": _band_inputs(bands, band_sources),
-                "chip_size_px": chip_size,
-                "stride_px": stride,
-                "gsd_m": gsd,
-                "normalization": self.declared.get("normalization", {"method": "none"}),
-            },
-            "output": {"dim": self.dim(len(bands)), "description": f"{self.target}"},
-            "parameters": {"source": self.target},
-        }
+        return self._contract_document(
+            framework=self.framework,
+            weights_sha256=self.sha256,
+            architecture=str(self.declared.get("architecture", "user model")),
+            pooling=str(self.declared.get("pooling", "mean")),
+            parameters={"source": self.target},
+            inputs=_band_inputs(bands, band_sources),
+            chip_size=chip_size,
+            stride=stride,
+            gsd=gsd,
+            normalization=self.declared.get("normalization", {"method": "none"}),
+            dim=self.dim(len(bands)),
+            description=f"{self.target}",
+        )
