@@ -344,8 +344,9 @@ def _fit_encoder(encoder: Encoder, scenes: Sequence[Scene], config: JobConfig, s
     encoder.fit(np.concatenate(pixels)[: config.fit_chips], np.concatenate(valid)[: config.fit_chips])
 
 
-def _fault_after() -> tuple[int, int] | None:
-    value = os.environ.get(FAULT_ENV)
+def fault_after(variable: str = FAULT_ENV) -> tuple[int, int] | None:
+    """(rank, count) from a fault-injection variable "RANK:N" for recovery tests; None when unset."""
+    value = os.environ.get(variable)
     if not value:
         return None
     rank, count = value.split(":")
@@ -401,7 +402,7 @@ def run_job(config: JobConfig) -> Summary:
                            license=config.license, collection_id=config.collection_id, staging=staging,
                            overwrite=config.overwrite, provenance=provenance)
 
-    fault = _fault_after()
+    fault = fault_after()
     meter = EnergyMeter(device, ranks_on_node=local_ranks)
     done = skipped = chips = 0
     progress = _Progress(comm, rank, units, show=config.progress)

@@ -139,14 +139,6 @@ def _plan(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
     return None
 
 
-def _fault_after() -> tuple[int, int] | None:
-    value = os.environ.get(FAULT_ENV)
-    if not value:
-        return None
-    rank, count = value.split(":")
-    return int(rank), int(count)
-
-
 class _Teacher:
     """Distillation targets: the teacher's features of the (augmented) chips, standardised per feature
     with statistics of the un-augmented sample. Fitted teachers (rcf) are fitted once on rank 0."""
@@ -220,7 +212,7 @@ def _loss_curve(out: Path, history: dict) -> None:
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> TrainSummary | None:
     """Train on every rank of MPI.COMM_WORLD (one rank without mpirun). Returns the summary on rank 0."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read at CUDA start
-    from .distribute import _set_threads, _world
+    from .distribute import _set_threads, _world, fault_after
     from .encode import select_device
 
     comm, local_ranks, local_rank = _world()
@@ -306,7 +298,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
                                    "history": history}
             return doc
 
-        fault = _fault_after()
+        fault = fault_after(FAULT_ENV)
         digest_dir = os.environ.get(DIGEST_ENV)
         digest_log = open(Path(digest_dir) / f"rank-{rank}.log", "a") if digest_dir else None
         bar = None
