@@ -40,8 +40,8 @@ from eoembed._errors import TilingError
 from eoembed._grid import Grid, MajorTomGrid, UtmGrid, get_grid
 
 from .read import Scene
-from .stack import WARP_RESAMPLINGS, BandSource, Stack, _ground_res
-from .tile import ChipWindow, _lonlat_bounds, _lonlat_rings, _positive_int
+from .stack import WARP_RESAMPLINGS, BandSource, Stack, _ground_res, _same_crs
+from .tile import ChipWindow, _lonlat_bounds, _lonlat_rings, _positive_int, _to_crs84
 
 __all__ = ["ALIGNMENTS", "CellStack", "align_scenes", "cell_frame", "cell_stacks", "grid_section", "pixel_size_m"]
 
@@ -99,8 +99,9 @@ def cell_frame(grid: Grid, cell: str) -> tuple[str, float, float, tuple[float, f
         lon = np.concatenate([west + (east - west) * t, np.full_like(t, east), east - (east - west) * t, np.full_like(t, west)])
         lat = np.concatenate([np.full_like(t, south), south + (north - south) * t, np.full_like(t, north), north - (north - south) * t])
         lon = np.where(lon > 180.0, lon - 360.0, lon)  # the wrapping column of a ring
-        xs, ys = _transformer("OGC:CRS84", crs).transform(lon, lat)
-        x0, y0 = _transformer("OGC:CRS84", crs).transform(west if west <= 180 else west - 360, south)
+        to_cell = _transformer("OGC:CRS84", crs)
+        xs, ys = to_cell.transform(lon, lat)
+        x0, y0 = to_cell.transform(west if west <= 180 else west - 360, south)
         return crs, float(x0), float(y0), (float(np.min(xs)), float(np.min(ys)), float(np.max(xs)), float(np.max(ys)))
     raise TilingError(f"grid {grid.id!r} has no cells to align chips to; use a majortom-* or utm-* grid, or scene alignment")
 
@@ -147,7 +148,7 @@ def _source_footprint(scene, crs: str) -> shapely.Polygon:
     rows = np.concatenate([np.zeros_like(u), u, np.ones_like(u), 1 - u]) * scene.height
     a, b, c, d, e, f = scene.transform[:6]
     xs, ys = a * cols + b * rows + c, d * cols + e * rows + f
-    if scene.crs != crs:
+    if not _same_crs(scene.crs, crs):
         xs, ys = _transformer(scene.crs, crs).transform(xs, ys)
     return shapely.Polygon(np.stack([xs, ys], axis=1))
 
@@ -163,7 +164,7 @@ def _cells_touched(scene, grid: Grid, *, spacing_m: float) -> list[str]:
     c = np.concatenate([cc.ravel(), edge_c, edge_c, np.zeros_like(edge_r), np.full_like(edge_r, scene.width)])
     r = np.concatenate([rr.ravel(), np.zeros_like(edge_c), np.full_like(edge_c, scene.height), edge_r, edge_r])
     a, b, cc0, d, e, f = scene.transform[:6]
-    lon, lat = _transformer(scene.crs, "OGC:CRS84").transform(a * c + b * r + cc0, d * c + e * r + f)
+    lon, lat = _to_crs84(scene.crs).transform(a * c + b * r + cc0, d * c + e * r + f)
     lon, lat = np.asarray(lon), np.asarray(lat)
     south, north = grid.lat_range
     inside = np.isfinite(lon) & np.isfinite(lat) & (lat > south) & (lat <= north)
@@ -222,7 +223,7 @@ def cell_stacks(
             datetime=scene.datetime,
             reference="",
             resampling=resampling,
-            reprojected=tuple(b.name for b in bands) if lat.crs != scene.crs else (),
+            reprojected=() if _same_crs(lat.crs, scene.crs) else tuple(b.name for b in bands),
             cell=cell,
             windows=tuple(ChipWindow(int(x), int(y), chip_size)
                           for x, y in zip(lat.col_off[keep].tolist(), lat.row_off[keep].tolist())),
