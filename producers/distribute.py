@@ -554,10 +554,11 @@ def run_or_abort(work, *, command: str) -> tuple[Any, int | None]:
     except EoembedError as error:
         if comm.Get_rank() == 0:
             print(f"eoembed {command}: {error}", file=sys.stderr)
-        else:
-            time.sleep(1.0)  # most errors arise on every rank: let rank 0 report before the job is aborted
         sys.stderr.flush()
         if comm.Get_size() > 1:
+            # The abort kills every rank at once, the launcher's forwarding of stderr included: give rank 0's
+            # message time to reach the terminal (most errors arise on every rank, so the others wait longer).
+            time.sleep(0.5 if comm.Get_rank() == 0 else 1.0)
             comm.Abort(2)
         return None, 2
     except BaseException:
