@@ -79,6 +79,12 @@ class QueryError(EoembedError, ValueError):
     """A SQL query failed; the message holds DuckDB's reason and the query."""
 
 
+class SqlRefusedError(QueryError):
+    """SQL that would reach outside the product: a second statement, a statement that is not a read-only
+    query, a file or URL other than the products' data files, or a ``where`` that is not one boolean
+    expression over the view's columns. The message says what is allowed."""
+
+
 class BandMappingError(EoembedError, KeyError):
     """An encoder band with no source: a band name not offered, a missing file, a band index outside its file.
 

@@ -1,22 +1,41 @@
-"""DuckDB over products: offline extension loading and the ``embeddings`` view.
+"""DuckDB over products: offline extension loading, the ``embeddings`` view and the SQL sandbox.
 
 Extensions are never downloaded: they are loaded from the files inside the PyPI packages
 ``duckdb-extension-spatial`` / ``duckdb-extension-vss``, built for exactly this DuckDB version.
+
+SQL given by users runs in a sandbox (:func:`open_views`): a connection that may open the data files
+of its views and nothing else, its configuration locked. :func:`run` takes one read-only query, and
+:func:`filter_query` one boolean expression over a view's columns.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from ._errors import MissingDependencyError, QueryError
+from ._errors import MissingDependencyError, QueryError, SqlRefusedError
 
 if TYPE_CHECKING:
     import duckdb
 
     from ._quantize import Quantization
+    from ._read import Product
+
+#: What :func:`run` accepts, for messages.
+READ_ONLY = "one read-only query (SELECT, WITH, FROM, VALUES, DESCRIBE, SUMMARIZE, SHOW, or EXPLAIN [ANALYZE] of one)"
+
+#: What a ``where`` filter may hold, for messages.
+FILTER = ("one boolean expression over the view's columns: columns, constants, ? or $name parameters, "
+          "operators, function calls, CASE, CAST, BETWEEN, IN lists and lambdas; no ';', subquery, set operation, "
+          "table function or clause after it")
+
+#: Expression classes of DuckDB's parse tree (json_serialize_sql) allowed in a filter. A subquery is
+#: the only way to reach a table, a table function or a set operation from inside an expression.
+_FILTER_CLASSES = frozenset({"BETWEEN", "CASE", "CAST", "COLLATE", "COLUMN_REF", "COMPARISON", "CONJUNCTION",
+                             "CONSTANT", "FUNCTION", "LAMBDA", "LAMBDA_REF", "OPERATOR", "PARAMETER"})
 
 
 def extension_path(name: str) -> Path:
@@ -70,6 +89,11 @@ def _quote(text: str) -> str:
     return text.replace("'", "''")
 
 
+def _string_list(items: Sequence[Any]) -> str:
+    """A SQL list literal of strings."""
+    return "[" + ", ".join(f"'{_quote(str(item))}'" for item in items) + "]"
+
+
 def _number(value: float) -> str:
     return repr(float(value))
 
@@ -107,26 +131,147 @@ def dequantize_sql(quant: "Quantization", *, column: str = "embedding") -> str:
     return f"CAST({expr} AS FLOAT[{dim}])"
 
 
+def check_view_name(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise QueryError(f"view name {name!r} must be letters, digits and underscores")
+    return name
+
+
 def create_view(con: "duckdb.DuckDBPyConnection", *, name: str, files: Sequence[Path], quant: "Quantization",
                 row_ids: bool = False) -> None:
     """``name`` over the data files: every stored column, ``embedding`` de-quantised as FLOAT[D] and
     the stored codes as ``embedding_stored``; with ``row_ids`` also ``filename`` and ``file_row_number``."""
-    if not name.replace("_", "").isalnum():
-        raise QueryError(f"view name {name!r} must be letters, digits and underscores")
-    paths = ", ".join(f"'{_quote(str(p))}'" for p in files)
+    check_view_name(name)
     options = ", filename = true, file_row_number = true" if row_ids else ""
     con.execute(
         f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (embedding), {dequantize_sql(quant)} AS embedding, '
-        f"embedding AS embedding_stored FROM read_parquet([{paths}]{options})"
+        f"embedding AS embedding_stored FROM read_parquet({_string_list(files)}{options})"
     )
 
 
-def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None):
-    """Run a query with bound parameters and return a pyarrow Table; errors keep DuckDB's reason."""
+def open_views(views: Mapping[str, "Product"], *, row_ids: bool = False) -> "duckdb.DuckDBPyConnection":
+    """A sandboxed connection holding one view per product (see :func:`create_view`) and nothing else.
+
+    DuckDB may open the views' data files only (``allowed_paths``), then external access is switched
+    off and the configuration locked: no query reads or writes another file, fetches a URL, loads an
+    extension or changes a setting. A product joins an open sandbox only by opening a new one.
+    """
+    con = connect()
+    try:
+        for name, product in views.items():
+            create_view(con, name=name, files=product.files, quant=product.quantization, row_ids=row_ids)
+        files = sorted({str(path) for product in views.values() for path in product.files})
+        con.execute(f"SET allowed_paths = {_string_list(files)}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _parse_error(error: Exception, query: str, *, allowed: str) -> SqlRefusedError:
+    return SqlRefusedError(f"{str(error).strip()}\nquery: {query}\nallowed: {allowed}")
+
+
+def check_read_only(query: str) -> None:
+    """Refuse anything but one read-only query: a second statement, COPY, ATTACH, SET, LOAD, CREATE...
+
+    The sandbox already keeps DuckDB away from every other file; this keeps it from writing the
+    data files it may read (``COPY ... TO`` one of them would overwrite the product)."""
     import duckdb
 
     try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as error:
+        raise QueryError(explain_error(error, query)) from error
+    if len(statements) != 1:
+        raise SqlRefusedError(f"{len(statements)} statements given; eoembed runs {READ_ONLY}\nquery: {query}")
+    kind = statements[0].type
+    if kind == duckdb.StatementType.EXPLAIN:
+        inner = _explained(query)
+        try:
+            kind = duckdb.extract_statements(inner)[0].type if inner.strip() else kind
+        except duckdb.Error as error:
+            raise _parse_error(error, query, allowed=READ_ONLY) from error
+    if kind != duckdb.StatementType.SELECT:
+        raise SqlRefusedError(f"{kind.name} statements are refused; eoembed runs {READ_ONLY}\nquery: {query}")
+
+
+def _explained(query: str) -> str:
+    """The statement an EXPLAIN [ANALYZE] [(options)] statement explains (DuckDB's tokens, comments skipped)."""
+    import duckdb
+
+    starts = [offset for offset, _ in duckdb.tokenize(query)]
+    words = [query[a:b].strip() for a, b in zip(starts, starts[1:] + [len(query)])]
+    position, depth = 1, 0  # words[0] is EXPLAIN
+    while position < len(words) and (depth or words[position].upper() in ("ANALYZE", "ANALYSE", "(")):
+        depth += {"(": 1, ")": -1}.get(words[position], 0)
+        position += 1
+    return query[starts[position]:] if position < len(words) else ""
+
+
+def filter_query(con: "duckdb.DuckDBPyConnection", where: str, *, select: str, view: str = "embeddings") -> str:
+    """``SELECT <select> FROM <view> WHERE (<where>)``, once DuckDB's parser shows that ``where`` is one
+    boolean expression over the view's columns (raises SqlRefusedError otherwise).
+
+    The query with the filter must parse to the tree of the query without it plus a WHERE clause
+    built only from :data:`_FILTER_CLASSES`: a ``)`` closing the clause early to add a UNION, a LIMIT
+    or a second statement changes the rest of the tree, and a subquery is refused in the clause.
+    """
+    base = f'SELECT {select} FROM "{check_view_name(view)}"'
+    query = f"{base} WHERE (\n{where}\n)"  # own lines: a trailing -- comment cannot swallow the ')'
+    tree, bare = _parse_tree(con, query, where=where), _parse_tree(con, base, where=where)
+    node = tree["statements"][0]["node"] if len(tree.get("statements", ())) == 1 else {}
+    clause = node.pop("where_clause", None)
+    bare_node = bare["statements"][0]["node"]
+    bare_node.pop("where_clause", None)
+    if clause is None or node != bare_node:
+        raise SqlRefusedError(f"where {where!r} is more than a filter; it must be {FILTER}")
+    refused = sorted(_expression_classes(clause) - _FILTER_CLASSES)
+    if refused:
+        raise SqlRefusedError(f"where {where!r} holds {', '.join(c.lower().replace('_', ' ') for c in refused)}; "
+                              f"it must be {FILTER}")
+    return query
+
+
+def _parse_tree(con: "duckdb.DuckDBPyConnection", query: str, *, where: str) -> dict[str, Any]:
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+    if tree.get("error"):
+        raise SqlRefusedError(f"where {where!r} does not parse ({tree.get('error_message')}); it must be {FILTER}")
+    return tree
+
+
+def _expression_classes(tree: Any) -> set[str]:
+    """The ``class`` of every expression in a json_serialize_sql tree."""
+    found: set[str] = set()
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if isinstance(item.get("class"), str):
+                found.add(item["class"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None):
+    """Run one read-only query with bound parameters and return a pyarrow Table; errors keep DuckDB's reason.
+
+    Over a sandbox (:func:`open_views`) a file outside the views is refused with SqlRefusedError."""
+    import duckdb
+
+    check_read_only(query)
+    try:
         result = con.execute(query, params) if params is not None else con.execute(query)
         return result.to_arrow_table()
+    except duckdb.PermissionException as error:
+        raise SqlRefusedError(
+            f"{explain_error(error, query)}\nallowed: the data files of the product and of the products attached "
+            "to it (Product.attach, eoembed.sql(products=...), eoembed query --attach NAME=PRODUCT); attach a product "
+            "to query it"
+        ) from error
     except duckdb.Error as error:
         raise QueryError(explain_error(error, query)) from error

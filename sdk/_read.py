@@ -79,6 +79,7 @@ class Product:
             raise UnknownFieldError(f"{self.path / 'collection.json'} has {unknown}, which spec {SPEC_VERSION} does not define")
         check_footer(self.metadata, where=str(self.path / "collection.json"))
         self._con = None
+        self._attached: dict[str, Product] = {}
         self._check_data_footers()
 
     def _check_data_footers(self) -> None:
@@ -192,12 +193,12 @@ class Product:
     # -- SQL --------------------------------------------------------------------------------------
 
     def connect(self):
-        """A DuckDB connection with the view ``embeddings`` (``embedding`` as de-quantised FLOAT[D])."""
+        """A sandboxed DuckDB connection with the view ``embeddings`` (``embedding`` as de-quantised
+        FLOAT[D]) and the attached products' views; it can open their data files and nothing else."""
         if self._con is None:
-            from ._query import connect, create_view
+            from ._query import open_views
 
-            self._con = connect()
-            create_view(self._con, name="embeddings", files=self.files, quant=self.quantization)
+            self._con = open_views({"embeddings": self, **self._attached})
         return self._con
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
@@ -207,11 +208,14 @@ class Product:
         return run(self.connect(), query, params)
 
     def attach(self, name: str, other: "Product | str | os.PathLike") -> "Product":
-        """Add another product to this one's SQL connection as view ``name`` (join on ``chip_id``)."""
-        from ._query import create_view
+        """Add another product to this one's SQL connection as view ``name`` (join on ``chip_id``).
+
+        The sandbox is locked to the files it was opened with, so the connection is reopened."""
+        from ._query import check_view_name
 
         other = other if isinstance(other, Product) else Product(other)
-        create_view(self.connect(), name=name, files=other.files, quant=other.quantization)
+        self._attached[check_view_name(name)] = other
+        self.close()
         return self
 
     # -- search -----------------------------------------------------------------------------------
@@ -291,13 +295,10 @@ def open_product(path: str | os.PathLike) -> Product:
 
 def sql(query: str, params: Sequence[Any] | dict[str, Any] | None = None, *, products: dict[str, Any]) -> pa.Table:
     """Run SQL over several products at once, each a view named by its key (join them on ``chip_id``)."""
-    from ._query import connect, create_view, run
+    from ._query import open_views, run
 
-    con = connect()
+    con = open_views({name: path if isinstance(path, Product) else Product(path) for name, path in products.items()})
     try:
-        for name, path in products.items():
-            product = path if isinstance(path, Product) else Product(path)
-            create_view(con, name=name, files=product.files, quant=product.quantization)
         return run(con, query, params)
     finally:
         con.close()

@@ -271,13 +271,13 @@ def _rows_in(cache: FileCache, bbox, interval) -> np.ndarray | None:
 
 
 def where_rows(product: "Product", where: str, params: Sequence[Any] | dict[str, Any] | None) -> dict[int, np.ndarray]:
-    """Row positions per data file of the rows matching a SQL predicate over the ``embeddings`` view."""
-    from ._query import connect, create_view, run
+    """Row positions per data file of the rows matching ``where``, one boolean expression over the
+    ``embeddings`` view (:func:`~eoembed._query.filter_query`), in a sandboxed connection."""
+    from ._query import filter_query, open_views, run
 
-    con = connect()
+    con = open_views({"embeddings": product}, row_ids=True)
     try:
-        create_view(con, name="embeddings", files=product.files, quant=product.quantization, row_ids=True)
-        table = run(con, f"SELECT filename, file_row_number FROM embeddings WHERE {where}", params)
+        table = run(con, filter_query(con, where, select="filename, file_row_number"), params)
     finally:
         con.close()
     index = {str(p): i for i, p in enumerate(product.files)}
