@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 #: What :func:`run` accepts, for messages.
 READ_ONLY = "one read-only query (SELECT, WITH, FROM, VALUES, DESCRIBE, SUMMARIZE, SHOW, or EXPLAIN [ANALYZE] of one)"
 
+#: What a sandboxed connection may open, for messages.
+SANDBOXED = ("allowed: the data files of the product and of the products attached to it (Product.attach, "
+             "eoembed.sql(products=...), eoembed query --attach NAME=PRODUCT); attach a product to query it")
+
 #: What a ``where`` filter may hold, for messages.
 FILTER = ("one boolean expression over the view's columns: columns, constants, ? or $name parameters, "
           "operators, function calls, CASE, CAST, BETWEEN, IN lists and lambdas; no ';', subquery, set operation, "
@@ -170,10 +174,6 @@ def open_views(views: Mapping[str, "Product"], *, row_ids: bool = False) -> "duc
     return con
 
 
-def _parse_error(error: Exception, query: str, *, allowed: str) -> SqlRefusedError:
-    return SqlRefusedError(f"{str(error).strip()}\nquery: {query}\nallowed: {allowed}")
-
-
 def check_read_only(query: str) -> None:
     """Refuse anything but one read-only query: a second statement, COPY, ATTACH, SET, LOAD, CREATE...
 
@@ -188,30 +188,34 @@ def check_read_only(query: str) -> None:
     if len(statements) != 1:
         raise SqlRefusedError(f"{len(statements)} statements given; eoembed runs {READ_ONLY}\nquery: {query}")
     kind = statements[0].type
-    if kind == duckdb.StatementType.EXPLAIN:
-        inner = _explained(query)
+    if kind == duckdb.StatementType.EXPLAIN and _explained(query).strip():
         try:
-            kind = duckdb.extract_statements(inner)[0].type if inner.strip() else kind
-        except duckdb.Error as error:
-            raise _parse_error(error, query, allowed=READ_ONLY) from error
-    if kind != duckdb.StatementType.SELECT:
-        raise SqlRefusedError(f"{kind.name} statements are refused; eoembed runs {READ_ONLY}\nquery: {query}")
+            check_read_only(_explained(query))
+        except QueryError as error:
+            raise SqlRefusedError(f"{str(error).splitlines()[0]} (inside EXPLAIN)\nquery: {query}") from None
+    elif kind != duckdb.StatementType.SELECT:
+        raise SqlRefusedError(f"{_words(query)[0][1].upper()} statements are refused; eoembed runs {READ_ONLY}\nquery: {query}")
 
 
-def _explained(query: str) -> str:
-    """The statement an EXPLAIN [ANALYZE] [(options)] statement explains (DuckDB's tokens, comments skipped)."""
+def _words(query: str) -> list[tuple[int, str]]:
+    """(offset, text) of each of DuckDB's tokens of ``query`` (comments skipped)."""
     import duckdb
 
     starts = [offset for offset, _ in duckdb.tokenize(query)]
-    words = [query[a:b].strip() for a, b in zip(starts, starts[1:] + [len(query)])]
+    return [(a, query[a:b].strip()) for a, b in zip(starts, starts[1:] + [len(query)])]
+
+
+def _explained(query: str) -> str:
+    """The statement an EXPLAIN [ANALYZE] [(options)] statement explains."""
+    words = _words(query)
     position, depth = 1, 0  # words[0] is EXPLAIN
-    while position < len(words) and (depth or words[position].upper() in ("ANALYZE", "ANALYSE", "(")):
-        depth += {"(": 1, ")": -1}.get(words[position], 0)
+    while position < len(words) and (depth or words[position][1].upper() in ("ANALYZE", "ANALYSE", "(")):
+        depth += {"(": 1, ")": -1}.get(words[position][1], 0)
         position += 1
-    return query[starts[position]:] if position < len(words) else ""
+    return query[words[position][0]:] if position < len(words) else ""
 
 
-def filter_query(con: "duckdb.DuckDBPyConnection", where: str, *, select: str, view: str = "embeddings") -> str:
+def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     """``SELECT <select> FROM <view> WHERE (<where>)``, once DuckDB's parser shows that ``where`` is one
     boolean expression over the view's columns (raises SqlRefusedError otherwise).
 
@@ -219,9 +223,12 @@ def filter_query(con: "duckdb.DuckDBPyConnection", where: str, *, select: str, v
     built only from :data:`_FILTER_CLASSES`: a ``)`` closing the clause early to add a UNION, a LIMIT
     or a second statement changes the rest of the tree, and a subquery is refused in the clause.
     """
+    import duckdb
+
     base = f'SELECT {select} FROM "{check_view_name(view)}"'
     query = f"{base} WHERE (\n{where}\n)"  # own lines: a trailing -- comment cannot swallow the ')'
-    tree, bare = _parse_tree(con, query, where=where), _parse_tree(con, base, where=where)
+    with duckdb.connect() as parser:  # parsing needs no extension and no view: a bare connection is quick
+        tree, bare = _parse_tree(parser, query, where=where), _parse_tree(parser, base, where=where)
     node = tree["statements"][0]["node"] if len(tree.get("statements", ())) == 1 else {}
     clause = node.pop("where_clause", None)
     bare_node = bare["statements"][0]["node"]
@@ -257,6 +264,10 @@ def _expression_classes(tree: Any) -> set[str]:
     return found
 
 
+def _sandboxed(con: "duckdb.DuckDBPyConnection") -> bool:
+    return not con.execute("SELECT current_setting('enable_external_access')").fetchone()[0]
+
+
 def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None):
     """Run one read-only query with bound parameters and return a pyarrow Table; errors keep DuckDB's reason.
 
@@ -268,10 +279,10 @@ def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | di
         result = con.execute(query, params) if params is not None else con.execute(query)
         return result.to_arrow_table()
     except duckdb.PermissionException as error:
-        raise SqlRefusedError(
-            f"{explain_error(error, query)}\nallowed: the data files of the product and of the products attached "
-            "to it (Product.attach, eoembed.sql(products=...), eoembed query --attach NAME=PRODUCT); attach a product "
-            "to query it"
-        ) from error
+        raise SqlRefusedError(f"{explain_error(error, query)}\n{SANDBOXED}") from error
+    except duckdb.IOException as error:
+        # GDAL (st_read) reports a file the sandbox refused as one it cannot open.
+        note = f"\nnote: {SANDBOXED}" if _sandboxed(con) else ""
+        raise QueryError(f"{explain_error(error, query)}{note}") from error
     except duckdb.Error as error:
         raise QueryError(explain_error(error, query)) from error

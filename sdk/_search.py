@@ -275,9 +275,10 @@ def where_rows(product: "Product", where: str, params: Sequence[Any] | dict[str,
     ``embeddings`` view (:func:`~eoembed._query.filter_query`), in a sandboxed connection."""
     from ._query import filter_query, open_views, run
 
+    query = filter_query(where, select="filename, file_row_number")
     con = open_views({"embeddings": product}, row_ids=True)
     try:
-        table = run(con, filter_query(con, where, select="filename, file_row_number"), params)
+        table = run(con, query, params)
     finally:
         con.close()
     index = {str(p): i for i, p in enumerate(product.files)}
