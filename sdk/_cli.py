@@ -477,7 +477,7 @@ def add_search_commands(sub) -> None:
     p.add_argument("-k", type=int, default=10, help="hits per query (default: %(default)s)")
     p.add_argument("--bbox", help="xmin,ymin,xmax,ymax in lon/lat: only chips intersecting it")
     p.add_argument("--datetime", help="ISO time or START/END (.. for open): only chips whose time overlaps it")
-    p.add_argument("--where", help="SQL predicate over the embeddings view, values as ? with --param")
+    p.add_argument("--where", help="one boolean SQL expression over the embeddings columns, values as ? with --param")
     p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? in --where; repeat")
     p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
     p.add_argument("--mode", choices=["exact", "int8", "binary", "hnsw", "ivf"], default="exact")
@@ -558,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checksums", action="store_true", help="skip the sha256 of data files")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("query", help="run SQL over a product (view `embeddings`)")
+    p = sub.add_parser("query", help="run one read-only SQL query over a product (view `embeddings`); "
+                       "it reads the data files of this product and of attached ones only")
     p.add_argument("path")
     p.add_argument("sql")
     p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? (JSON or text); repeat")

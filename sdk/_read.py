@@ -202,7 +202,9 @@ class Product:
         return self._con
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
-        """Run SQL over the view ``embeddings``; values go in ``params`` (bound, never interpolated)."""
+        """Run one read-only query over the view ``embeddings`` (and attached views) in the sandbox of
+        :meth:`connect`; values go in ``params`` (bound, never interpolated). Anything else raises
+        SqlRefusedError."""
         from ._query import run
 
         return run(self.connect(), query, params)
@@ -294,7 +296,8 @@ def open_product(path: str | os.PathLike) -> Product:
 
 
 def sql(query: str, params: Sequence[Any] | dict[str, Any] | None = None, *, products: dict[str, Any]) -> pa.Table:
-    """Run SQL over several products at once, each a view named by its key (join them on ``chip_id``)."""
+    """Run one read-only query over several products at once, each a view named by its key (join them
+    on ``chip_id``), in a sandbox that may open their data files only."""
     from ._query import open_views, run
 
     con = open_views({name: path if isinstance(path, Product) else Product(path) for name, path in products.items()})
