@@ -174,7 +174,7 @@ def open_views(views: Mapping[str, "Product"], *, row_ids: bool = False) -> "duc
     return con
 
 
-def check_read_only(query: str) -> None:
+def check_read_only(con: "duckdb.DuckDBPyConnection", query: str) -> None:
     """Refuse anything but one read-only query: a second statement, COPY, ATTACH, SET, LOAD, CREATE...
 
     The sandbox already keeps DuckDB away from every other file; this keeps it from writing the
@@ -182,7 +182,7 @@ def check_read_only(query: str) -> None:
     import duckdb
 
     try:
-        statements = duckdb.extract_statements(query)
+        statements = con.extract_statements(query)
     except duckdb.Error as error:
         raise QueryError(explain_error(error, query)) from error
     if len(statements) != 1:
@@ -190,7 +190,7 @@ def check_read_only(query: str) -> None:
     kind = statements[0].type
     if kind == duckdb.StatementType.EXPLAIN and _explained(query).strip():
         try:
-            check_read_only(_explained(query))
+            check_read_only(con, _explained(query))
         except QueryError as error:
             raise SqlRefusedError(f"{str(error).splitlines()[0]} (inside EXPLAIN)\nquery: {query}") from None
     elif kind != duckdb.StatementType.SELECT:
@@ -274,7 +274,7 @@ def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | di
     Over a sandbox (:func:`open_views`) a file outside the views is refused with SqlRefusedError."""
     import duckdb
 
-    check_read_only(query)
+    check_read_only(con, query)
     try:
         result = con.execute(query, params) if params is not None else con.execute(query)
         return result.to_arrow_table()
