@@ -699,8 +699,16 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
     prepared = _prepare_queries(queries, metric)
     where_map = None
     if where:
-        where_map = where_rows(product, where, params) if rank == 0 else None
+        from ._errors import EoembedError
+
+        if rank == 0:
+            try:
+                where_map = where_rows(product, where, params)
+            except EoembedError as error:  # a refused or failing filter: every rank raises it, none waits
+                where_map = error
         where_map = comm.bcast(where_map, root=0)
+        if isinstance(where_map, EoembedError):
+            raise where_map
     hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates or default_candidates(mode, k),
                            bbox=box, interval=interval, where_map=where_map, **options)
     # Each rank attaches the metadata of its own hits, so rank 0 never decodes another rank's files.
