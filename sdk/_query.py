@@ -182,9 +182,9 @@ def check_read_only(con: "duckdb.DuckDBPyConnection", query: str) -> None:
     import duckdb
 
     try:
-        statements = con.extract_statements(query)
+        statements = con.extract_statements(query)  # IMPORT DATABASE reads its files here: sandboxed too
     except duckdb.Error as error:
-        raise QueryError(explain_error(error, query)) from error
+        raise query_error(con, error, query) from error
     if len(statements) != 1:
         raise SqlRefusedError(f"{len(statements)} statements given; eoembed runs {READ_ONLY}\nquery: {query}")
     kind = statements[0].type
@@ -227,7 +227,8 @@ def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
 
     base = f'SELECT {select} FROM "{check_view_name(view)}"'
     query = f"{base} WHERE (\n{where}\n)"  # own lines: a trailing -- comment cannot swallow the ')'
-    with duckdb.connect() as parser:  # parsing needs no extension and no view: a bare connection is quick
+    # Parsing needs no extension, view or file: a bare connection without external access is quick.
+    with duckdb.connect(config={"enable_external_access": False}) as parser:
         tree, bare = _parse_tree(parser, query, where=where), _parse_tree(parser, base, where=where)
     node = tree["statements"][0]["node"] if len(tree.get("statements", ())) == 1 else {}
     clause = node.pop("where_clause", None)
@@ -264,8 +265,16 @@ def _expression_classes(tree: Any) -> set[str]:
     return found
 
 
-def _sandboxed(con: "duckdb.DuckDBPyConnection") -> bool:
-    return not con.execute("SELECT current_setting('enable_external_access')").fetchone()[0]
+def query_error(con: "duckdb.DuckDBPyConnection", error: Exception, query: str) -> QueryError:
+    """The eoembed error for DuckDB's: SqlRefusedError when the sandbox refused a file."""
+    import duckdb
+
+    if isinstance(error, duckdb.PermissionException):
+        return SqlRefusedError(f"{explain_error(error, query)}\n{SANDBOXED}")
+    sandboxed = not con.execute("SELECT current_setting('enable_external_access')").fetchone()[0]
+    # GDAL (st_read) reports a file the sandbox refused as one it cannot open.
+    note = f"\nnote: {SANDBOXED}" if isinstance(error, duckdb.IOException) and sandboxed else ""
+    return QueryError(f"{explain_error(error, query)}{note}")
 
 
 def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None):
@@ -278,11 +287,5 @@ def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | di
     try:
         result = con.execute(query, params) if params is not None else con.execute(query)
         return result.to_arrow_table()
-    except duckdb.PermissionException as error:
-        raise SqlRefusedError(f"{explain_error(error, query)}\n{SANDBOXED}") from error
-    except duckdb.IOException as error:
-        # GDAL (st_read) reports a file the sandbox refused as one it cannot open.
-        note = f"\nnote: {SANDBOXED}" if _sandboxed(con) else ""
-        raise QueryError(f"{explain_error(error, query)}{note}") from error
     except duckdb.Error as error:
-        raise QueryError(explain_error(error, query)) from error
+        raise query_error(con, error, query) from error
