@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -276,7 +277,7 @@ def test_the_connection_is_locked(place, product):
                                 "('enable_external_access', 'lock_configuration', 'allowed_paths')").fetchall())
     assert settings["enable_external_access"] == "false" and settings["lock_configuration"] == "true"
     assert set(settings["allowed_paths"].strip("[]").split(", ")) == {str(f) for f in product.files}
-    with pytest.raises(Exception, match="configuration has been locked"):
+    with pytest.raises(duckdb.InvalidInputException, match="configuration has been locked"):
         con.execute("SET enable_external_access = true")
 
 
