@@ -18,6 +18,7 @@ from ._chipid import chip_id
 from ._errors import (
     ChipNotFoundError,
     CoordinateRangeError,
+    DamagedProductError,
     DimensionMismatchError,
     EoembedError,
     FewShotWarning,
@@ -38,6 +39,7 @@ from ._errors import (
     SubmissionFormatError,
     TaskConfigError,
     UnknownFieldError,
+    UnsafePathError,
 )
 from ._embed2scale import read_embed2scale, write_embed2scale
 from ._fewshot import FewShotReport, fewshot, fewshot_product
@@ -55,6 +57,7 @@ __all__ = [
     "SPEC_VERSION",
     "ChipNotFoundError",
     "CoordinateRangeError",
+    "DamagedProductError",
     "DimensionMismatchError",
     "EoembedError",
     "FewShotReport",
@@ -83,6 +86,7 @@ __all__ = [
     "SubmissionFormatError",
     "TaskConfigError",
     "UnknownFieldError",
+    "UnsafePathError",
     "chip_id",
     "dequantize",
     "draw_map",

@@ -22,23 +22,25 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ._damage import reading
     from ._read import open_product
 
-    product = open_product(args.path)
+    product = open_product(args.path, verify=args.verify)
     meta = product.metadata
-    summary = {
-        "path": str(product.path),
-        "rows": product.num_rows,
-        "files": len(product.files),
-        "spec_version": meta["spec_version"],
-        "model": {k: meta["model"][k] for k in ("name", "version", "framework", "weights_sha256")},
-        "bands": [b["name"] for b in meta["model"]["input"]["bands"]],
-        "embedding": {k: v for k, v in meta["embedding"].items() if k != "quantization"},
-        "quantization": meta["embedding"]["quantization"],
-        "grid": meta["grid"]["id"],
-        "bbox": product.collection["extent"]["spatial"]["bbox"][0],
-        "interval": product.collection["extent"]["temporal"]["interval"][0],
-    }
+    with reading(product.path / "collection.json"):
+        summary = {
+            "path": str(product.path),
+            "rows": product.num_rows,
+            "files": len(product.files),
+            "spec_version": meta["spec_version"],
+            "model": {k: meta["model"][k] for k in ("name", "version", "framework", "weights_sha256")},
+            "bands": [b["name"] for b in meta["model"]["input"]["bands"]],
+            "embedding": {k: v for k, v in meta["embedding"].items() if k != "quantization"},
+            "quantization": meta["embedding"]["quantization"],
+            "grid": meta["grid"]["id"],
+            "bbox": product.collection["extent"]["spatial"]["bbox"][0],
+            "interval": product.collection["extent"]["temporal"]["interval"][0],
+        }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -570,6 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a product's metadata")
     p.add_argument("path")
+    p.add_argument("--verify", action="store_true", help="also check every data file's SHA-256 against the manifest")
     p.set_defaults(func=_info)
 
     add_search_commands(sub)

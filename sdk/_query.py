@@ -114,7 +114,8 @@ def create_view(con: "duckdb.DuckDBPyConnection", *, name: str, files: Sequence[
     if not name.replace("_", "").isalnum():
         raise QueryError(f"view name {name!r} must be letters, digits and underscores")
     paths = ", ".join(f"'{_quote(str(p))}'" for p in files)
-    options = ", filename = true, file_row_number = true" if row_ids else ""
+    # union_by_name: files may differ in optional columns (a missing one reads as NULL)
+    options = ", union_by_name = true" + (", filename = true, file_row_number = true" if row_ids else "")
     con.execute(
         f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (embedding), {dequantize_sql(quant)} AS embedding, '
         f"embedding AS embedding_stored FROM read_parquet([{paths}]{options})"

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._damage import reading
 from ._errors import ChipNotFoundError, DimensionMismatchError, SearchError
 
 if TYPE_CHECKING:
@@ -118,6 +119,11 @@ class FileCache:
 
 def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
     """Decode one data file into ``target``.{vectors,bbox,times}.npy (atomic per array)."""
+    with reading(path):
+        _decode_into(product, path, target)
+
+
+def _decode_into(product: "Product", path: Path, target: Path) -> None:
     handle = pq.ParquetFile(path, pre_buffer=False)
     rows = handle.metadata.num_rows
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
@@ -130,20 +136,26 @@ def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
     meta_partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.arrow")
     meta_schema = pa.schema([handle.schema_arrow.field(n) for n in meta_names])
     meta_writer = pa.ipc.new_file(str(meta_partial), meta_schema)
-    row = 0
-    for batch in handle.iter_batches(batch_size=65536):
-        n = batch.num_rows
-        meta_writer.write_batch(batch.select(meta_names))
-        vectors[row : row + n] = product.decode(batch)
-        box = batch.column("bbox")
-        for i, name in enumerate(("xmin", "ymin", "xmax", "ymax")):
-            bbox[row : row + n, i] = box.field(name).to_numpy(zero_copy_only=False)
-        times[row : row + n, 0] = _as_us(batch.column(time_columns[0]))
-        times[row : row + n, 1] = _as_us(batch.column(time_columns[-1]))
-        row += n
-    vectors.flush()
-    del vectors
-    meta_writer.close()
+    try:
+        row = 0
+        for batch in handle.iter_batches(batch_size=65536):
+            n = batch.num_rows
+            meta_writer.write_batch(batch.select(meta_names))
+            vectors[row : row + n] = product.decode(batch, source=path, first_row=row)
+            box = batch.column("bbox")
+            for i, name in enumerate(("xmin", "ymin", "xmax", "ymax")):
+                bbox[row : row + n, i] = box.field(name).to_numpy(zero_copy_only=False)
+            times[row : row + n, 0] = _as_us(batch.column(time_columns[0]))
+            times[row : row + n, 1] = _as_us(batch.column(time_columns[-1]))
+            row += n
+        vectors.flush()
+        del vectors
+        meta_writer.close()
+    except BaseException:
+        meta_writer.close()
+        for leftover in (partial, meta_partial):  # a refused file leaves no half-built cache behind
+            leftover.unlink(missing_ok=True)
+        raise
     os.replace(meta_partial, target.with_name(target.name + ".metadata.arrow"))
     _save_atomic(target.with_name(target.name + ".bbox.npy"), bbox)
     _save_atomic(target.with_name(target.name + ".times.npy"), times)
@@ -170,11 +182,12 @@ def load_file_cache(product: "Product", index: int, folder: Path | None = None) 
     target = folder / f"{index:05d}"
     if not target.with_name(target.name + ".vectors.npy").exists():
         _build_file_cache(product, path, target)
-    vectors = np.load(target.with_name(target.name + ".vectors.npy"), mmap_mode="r")
-    bbox = np.load(target.with_name(target.name + ".bbox.npy"))
-    times = np.load(target.with_name(target.name + ".times.npy"))
+    with reading(target.with_name(target.name + ".*"), advice=f"delete the decoded-vector cache {folder} to rebuild it"):
+        vectors = np.load(target.with_name(target.name + ".vectors.npy"), mmap_mode="r")
+        bbox = np.load(target.with_name(target.name + ".bbox.npy"))
+        times = np.load(target.with_name(target.name + ".times.npy"))
+        metadata = pa.ipc.open_file(pa.memory_map(str(target.with_name(target.name + ".metadata.arrow")))).read_all()
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32)
-    metadata = pa.ipc.open_file(pa.memory_map(str(target.with_name(target.name + ".metadata.arrow")))).read_all()
     return FileCache(
         index=index, path=path, vectors=vectors, bbox=bbox, times=times, norms=norms,
         block_bbox=_blocks(bbox, (True, True, False, False)), block_times=_blocks(times, (True, False)),
@@ -546,7 +559,8 @@ def _chip_rows(searcher: Searcher, chip_ids: Sequence[str]) -> dict[str, tuple[i
     wanted = pa.array(sorted(set(chip_ids)), pa.string())
     found: dict[str, tuple[int, int]] = {}
     for index in searcher.file_indexes:
-        column = pq.read_table(searcher.product.files[index], columns=["chip_id"]).column("chip_id")
+        with reading(searcher.product.files[index], column="chip_id"):
+            column = pq.read_table(searcher.product.files[index], columns=["chip_id"]).column("chip_id")
         for row in np.flatnonzero(np.asarray(pc.is_in(column, value_set=wanted))):
             found.setdefault(column[int(row)].as_py(), (index, int(row)))
         if len(found) == len(wanted):
@@ -604,7 +618,8 @@ def combine_queries(product: "Product", items: Sequence[Any], parts: Sequence[li
             if isinstance(q, str):
                 raise ChipNotFoundError(f"chip id {q!r} is not in {product.path}; list ids with "
                                         f"`eoembed query {product.path} \"SELECT chip_id FROM embeddings LIMIT 10\"`")
-            extent = product.collection["extent"]["spatial"]["bbox"][0]
+            with reading(product.path / "collection.json"):
+                extent = product.collection["extent"]["spatial"]["bbox"][0]
             raise ChipNotFoundError(f"no chip of {product.path} covers the point {tuple(q)}; the product covers {extent}")
         vectors[i] = vector
     return vectors
@@ -640,7 +655,9 @@ def hits_table(searcher: Searcher, hits: Sequence[Hits], queries: np.ndarray, me
             if name != "chip_id":
                 columns[name] = meta.column(name)
         tables.append(pa.table(columns))
-    return pa.concat_tables(tables) if tables else pa.table({"chip_id": pa.array([], pa.string()), "distance": pa.array([], pa.float64())})
+    if not tables:
+        return pa.table({"chip_id": pa.array([], pa.string()), "distance": pa.array([], pa.float64())})
+    return pa.concat_tables(tables, promote_options="default")  # files may differ in optional columns
 
 
 def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa.Table:
@@ -654,7 +671,11 @@ def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa
         batches, starts = searcher.cache(int(f)).metadata_batches
         b = int(np.searchsorted(starts, r, side="right")) - 1
         slices.append(batches[b].slice(r - int(starts[b]), 1))
-    return pa.Table.from_batches(slices).combine_chunks()
+    schemas = [searcher.cache(int(f)).metadata.schema for f in np.unique(files)]
+    if all(s.equals(schemas[0]) for s in schemas):
+        return pa.Table.from_batches(slices).combine_chunks()
+    # Files that differ in optional columns: a column a file lacks is null in its rows.
+    return pa.concat_tables([pa.Table.from_batches([s]) for s in slices], promote_options="default").combine_chunks()
 
 
 def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=None, where: str | None = None,
@@ -708,7 +729,7 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
     gathered = comm.gather((table, keys), root=0)
     if rank != 0:
         return None
-    table = pa.concat_tables([t for t, _ in gathered])
+    table = pa.concat_tables([t for t, _ in gathered], promote_options="default")
     scores, files, rows = (np.concatenate([part[1][i] for part in gathered]) for i in range(3))
     queries_of = np.asarray(table.column("query"), dtype=np.int64)
     order = np.lexsort((rows, files, -scores.astype(np.float64), queries_of))
