@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from . import _quantize
 from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
-from ._paths import inside
+from ._paths import inside, is_url
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
@@ -107,6 +107,7 @@ class Product:
             raise UnknownFieldError(f"{self.path / 'collection.json'} has {unknown}, which spec {SPEC_VERSION} does not define")
         check_footer(self.metadata, where=str(self.path / "collection.json"))
         self._con = None
+        self._check_links()
         self._schemas = self._check_data_files(verify=verify)
 
     def _check_data_files(self, *, verify: bool) -> list[pa.Schema]:
@@ -136,6 +137,7 @@ class Product:
                 raise damaged(path, f"holds {rows} rows, but {where} says {expected['rows']}")
             footer = _footer_of(path, schema)
             self._check_columns(path, schema)
+            self._check_statistics(path, handle.metadata)
             for section in ("spec_version", "license", "model", "embedding", "grid"):
                 if footer.get(section) != self.metadata.get(section):
                     if section == "model":
@@ -146,6 +148,39 @@ class Product:
                     raise SpecError(f"{path}: footer '{section}' disagrees with collection.json; run `eoembed validate`")
             schemas.append(schema)
         return schemas
+
+    def _check_statistics(self, path: Path, metadata: pq.FileMetaData) -> None:
+        """Row-group statistics already in the footer expose infinite vectors and per-row scales
+        that are not > 0 or finite without reading data (NaN is not in statistics: decode finds it)."""
+        quant = self.quantization
+        scale = (quant.scale_column or "scale") if quant.method == "per-row" else None
+        wanted = {}
+        for j in range(metadata.num_columns):
+            column = metadata.schema.column(j)
+            if column.physical_type not in ("FLOAT", "DOUBLE"):
+                continue
+            if column.path.startswith("embedding."):
+                wanted[j] = ("embedding", "holds a vector with infinity", lambda lo, hi: np.isfinite([lo, hi]).all())
+            elif column.path == scale:
+                wanted[j] = (scale, "has a per-row scale that is not finite and > 0",
+                             lambda lo, hi: lo > 0 and np.isfinite(hi))
+        for group in range(metadata.num_row_groups):
+            for j, (name, problem, ok) in wanted.items():
+                stats = metadata.row_group(group).column(j).statistics
+                if stats is not None and stats.has_min_max and not ok(stats.min, stats.max):
+                    raise damaged(path, f"{problem} (row group {group}: min {stats.min}, max {stats.max})", column=name)
+
+    def _check_links(self) -> None:
+        """Links and assets of the collection that name product files must stay inside it; links
+        with a scheme are references outside the product (source imagery, licences) and are kept."""
+        where = self.path / "collection.json"
+        internal = {"root", "self", "parent", "collection", "item", "emb:model"}
+        with reading(where):
+            hrefs = [(f"links[{i}]", link["rel"], link["href"]) for i, link in enumerate(self.collection.get("links", []))]
+            hrefs += [(f"assets.{key}", key, asset["href"]) for key, asset in self.collection.get("assets", {}).items()]
+        for place, rel, href in hrefs:
+            if not (isinstance(href, str) and is_url(href) and rel not in internal):
+                inside(self.path, href, where=f"{where} {place}")
 
     def _check_columns(self, path: Path, schema: pa.Schema) -> None:
         """The columns every reader relies on, with the types the footer declares."""
@@ -443,10 +478,11 @@ def sql(query: str, params: Sequence[Any] | dict[str, Any] | None = None, *, pro
     """Run SQL over several products at once, each a view named by its key (join them on ``chip_id``)."""
     from ._query import connect, create_view, run
 
+    # Open (and so check) every product before paying for a connection.
+    opened = {name: path if isinstance(path, Product) else Product(path) for name, path in products.items()}
     con = connect()
     try:
-        for name, path in products.items():
-            product = path if isinstance(path, Product) else Product(path)
+        for name, product in opened.items():
             create_view(con, name=name, files=product.files, quant=product.quantization)
         return run(con, query, params)
     finally:

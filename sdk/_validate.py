@@ -136,11 +136,15 @@ class _ProductChecker:
     def _load_json(self, rel: str) -> dict[str, Any] | None:
         target = self.root / rel
         try:
-            return json.loads(target.read_text(encoding="utf-8"))
+            document = json.loads(target.read_text(encoding="utf-8"))
         except FileNotFoundError:
             self.report.add("STR001", f"{rel} is missing", file=rel)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             self.report.add("JSN003", f"{rel} is not valid JSON: {error}", file=rel)
+        else:
+            if isinstance(document, dict):
+                return document
+            self.report.add("JSN003", f"{rel} holds a JSON {type(document).__name__}, not an object", file=rel)
         return None
 
     def _inside(self, base: str, href: str, *, where: str) -> Path | None:
