@@ -71,6 +71,16 @@ def read_footer(path: str | os.PathLike) -> dict[str, Any]:
     return _footer_of(Path(path), schema)
 
 
+def conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.RecordBatch | pa.Table:
+    """``data`` with exactly the columns of ``schema``: a column a data file lacks (an optional one)
+    becomes nulls."""
+    if data.schema.equals(schema, check_metadata=False):
+        return data
+    arrays = [data.column(f.name) if f.name in data.schema.names else pa.nulls(data.num_rows, f.type) for f in schema]
+    kind = pa.RecordBatch if isinstance(data, pa.RecordBatch) else pa.Table
+    return kind.from_arrays(arrays, schema=schema)
+
+
 def _check_vector_type(path: Path, field: pa.DataType, quant: _quantize.Quantization) -> None:
     """The ``embedding`` column must be fixed_size_list<dtype>[W] as the footer declares."""
     width, dtype = quant.stored_width(), np.dtype(quant.dtype)
@@ -295,15 +305,14 @@ class Product:
                 raise SpecError(f"column(s) {unknown} are not in {self.path}; choose from {schema.names}")
             schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
 
-        def conformed() -> Iterator[pa.RecordBatch]:
-            for path, _, batch in self._file_batches(columns=columns, batch_size=batch_size):
-                if not batch.schema.equals(schema, check_metadata=False):  # a file without some optional column
-                    batch = pa.RecordBatch.from_arrays(
-                        [batch.column(f.name) if f.name in batch.schema.names else pa.nulls(batch.num_rows, f.type)
-                         for f in schema], schema=schema)
-                yield batch
+        batches = (conform(batch, schema) for _, _, batch in self._file_batches(columns=columns, batch_size=batch_size))
+        return pa.RecordBatchReader.from_batches(schema, batches)
 
-        return pa.RecordBatchReader.from_batches(schema, conformed())
+    @cached_property
+    def metadata_schema(self) -> pa.Schema:
+        """The product's columns but the stored vector ones (what search and datasets return)."""
+        vector_columns = self._vector_columns()
+        return pa.schema([f for f in self.schema if f.name not in vector_columns])
 
     def _vector_columns(self) -> list[str]:
         quant = self.quantization

@@ -657,13 +657,16 @@ def hits_table(searcher: Searcher, hits: Sequence[Hits], queries: np.ndarray, me
         tables.append(pa.table(columns))
     if not tables:
         return pa.table({"chip_id": pa.array([], pa.string()), "distance": pa.array([], pa.float64())})
-    return pa.concat_tables(tables, promote_options="default")  # files may differ in optional columns
+    return pa.concat_tables(tables)
 
 
 def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa.Table:
     """Every stored column but the vector, for the given (file, row) pairs, in that order."""
+    from ._read import conform
+
+    schema = searcher.product.metadata_schema
     if len(files) == 0:
-        return searcher.cache(searcher.file_indexes[0]).metadata.slice(0, 0)
+        return conform(searcher.cache(searcher.file_indexes[0]).metadata.slice(0, 0), schema)
     # One-row slices of the cached record batches: zero-copy, where ``take`` on the whole chunked
     # metadata would first concatenate every chunk of the file (milliseconds per hit at 1M rows).
     slices = []
@@ -671,11 +674,10 @@ def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa
         batches, starts = searcher.cache(int(f)).metadata_batches
         b = int(np.searchsorted(starts, r, side="right")) - 1
         slices.append(batches[b].slice(r - int(starts[b]), 1))
-    schemas = [searcher.cache(int(f)).metadata.schema for f in np.unique(files)]
-    if all(s.equals(schemas[0]) for s in schemas):
+    if all(searcher.cache(int(f)).metadata.schema.equals(schema) for f in np.unique(files)):
         return pa.Table.from_batches(slices).combine_chunks()
     # Files that differ in optional columns: a column a file lacks is null in its rows.
-    return pa.concat_tables([pa.Table.from_batches([s]) for s in slices], promote_options="default").combine_chunks()
+    return pa.Table.from_batches([conform(s, schema) for s in slices]).combine_chunks()
 
 
 def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=None, where: str | None = None,
@@ -729,7 +731,7 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
     gathered = comm.gather((table, keys), root=0)
     if rank != 0:
         return None
-    table = pa.concat_tables([t for t, _ in gathered], promote_options="default")
+    table = pa.concat_tables([t for t, _ in gathered])
     scores, files, rows = (np.concatenate([part[1][i] for part in gathered]) for i in range(3))
     queries_of = np.asarray(table.column("query"), dtype=np.int64)
     order = np.lexsort((rows, files, -scores.astype(np.float64), queries_of))

@@ -68,3 +68,18 @@ def test_version_names_the_spec():
     from eoembed import SPEC_VERSION
 
     assert f"spec {SPEC_VERSION}" in run("--version").stdout
+
+
+@pytest.mark.parametrize("verb", ["info", "search", "query", "validate"])
+def test_a_damaged_product_gets_one_line_and_no_traceback(product, tmp_path, verb):
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(product), str(broken)], check=True)
+    data = broken / "data" / "part-00000.parquet"
+    data.write_bytes(data.read_bytes()[:100])
+    args = {"info": [], "search": ["--chip", "chip-0000001"], "query": ["SELECT 1"], "validate": []}[verb]
+    result = run(verb, str(broken), *args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    if verb == "validate":
+        assert "part-00000.parquet" in result.stdout and "STR005" in result.stdout
+    else:
+        assert result.stderr.count("\n") == 1 and "part-00000.parquet: has 100 bytes" in result.stderr

@@ -9,7 +9,6 @@ that decodes vectors, and by the validator.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import pytest
 
 import eoembed
 from eoembed import _cli
-from tests.factories import write
+from tests.factories import replace_data_file, set_manifest, sha256_of, write
 
 DIM = 16
 DATA = "data/part-00001.parquet"  # the file the data damage kinds change (the second of two)
@@ -32,36 +31,8 @@ DATA = "data/part-00001.parquet"  # the file the data damage kinds change (the s
 # -- making damage ------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _set_manifest(root: Path, index: int, **values) -> None:
-    table = pq.read_table(root / "manifest.parquet")
-    for name, value in values.items():
-        column = table.column(name).to_pylist()
-        column[index] = value
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(column, table.schema.field(name).type))
-    pq.write_table(table, root / "manifest.parquet")
-
-
 def _manifest_table(root: Path, transform: Callable[[pa.Table], pa.Table]) -> None:
     pq.write_table(transform(pq.read_table(root / "manifest.parquet")), root / "manifest.parquet")
-
-
-def replace_data_file(root: Path, rel: str, transform: Callable[[pa.Table], pa.Table]) -> None:
-    """Rewrite one data file through ``transform`` (which keeps the footer metadata unless it means to
-    change it) and update the manifest and item to the new file, so only what the transform changed is wrong."""
-    path = root / rel
-    out = transform(pq.read_table(path))
-    pq.write_table(out, path, row_group_size=64)
-    index = pq.read_table(root / "manifest.parquet").column("path").to_pylist().index(rel)
-    _set_manifest(root, index, bytes=path.stat().st_size, sha256=_sha256(path), rows=out.num_rows)
-    item_path = root / "items" / f"{Path(rel).stem}.json"
-    item = json.loads(item_path.read_text())
-    item["assets"]["embeddings"].update({"file:size": path.stat().st_size, "file:checksum": "1220" + _sha256(path)})
-    item["properties"]["table:row_count"] = out.num_rows
-    item_path.write_text(json.dumps(item))
 
 
 def _vectors(table: pa.Table) -> np.ndarray:
@@ -119,7 +90,7 @@ def _data_bytes(content: Callable[[bytes], bytes], *, keep_manifest: bool = Fals
         path = root / DATA
         path.write_bytes(content(path.read_bytes()))
         if not keep_manifest:  # the manifest agrees, so the reader meets the bytes themselves
-            _set_manifest(root, 1, bytes=path.stat().st_size, sha256=_sha256(path))
+            set_manifest(root, 1, bytes=path.stat().st_size, sha256=sha256_of(path))
 
     return damage
 
@@ -180,13 +151,13 @@ DAMAGES = {
     "manifest lacks rows": Damage(lambda root: _manifest_table(root, lambda t: t.drop_columns(["rows"])),
                                   "manifest.parquet"),
     "manifest row repeated": Damage(lambda root: _manifest_table(root, _duplicate_row), "manifest.parquet"),
-    "manifest rows disagree": Damage(lambda root: _set_manifest(root, 1, rows=999), DATA),
-    "manifest path ..": Damage(lambda root: _set_manifest(root, 1, path="../outside.parquet"), "manifest.parquet"),
-    "manifest path absolute": Damage(lambda root: _set_manifest(root, 1, path=str((root / DATA).absolute())),
+    "manifest rows disagree": Damage(lambda root: set_manifest(root, 1, rows=999), DATA),
+    "manifest path ..": Damage(lambda root: set_manifest(root, 1, path="../outside.parquet"), "manifest.parquet"),
+    "manifest path absolute": Damage(lambda root: set_manifest(root, 1, path=str((root / DATA).absolute())),
                                      "manifest.parquet"),
-    "manifest path file URI": Damage(lambda root: _set_manifest(root, 1, path=(root / DATA).absolute().as_uri()),
+    "manifest path file URI": Damage(lambda root: set_manifest(root, 1, path=(root / DATA).absolute().as_uri()),
                                      "manifest.parquet"),
-    "manifest path https": Damage(lambda root: _set_manifest(root, 1, path="https://example.org/p.parquet"),
+    "manifest path https": Damage(lambda root: set_manifest(root, 1, path="https://example.org/p.parquet"),
                                   "manifest.parquet"),
     "collection broken JSON": Damage(lambda root: (root / "collection.json").write_text('{"type": "Collection",'),
                                      "collection.json"),
