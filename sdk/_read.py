@@ -223,6 +223,29 @@ class Product:
     def embedding(self) -> dict[str, Any]:
         return self.metadata["embedding"]
 
+    @cached_property
+    def model_weights(self) -> Path | str | None:
+        """The model's weights: a file inside the product, the http(s) URL of their published
+        source, or None for an encoder without weights (its model asset names the code package)."""
+        where = self.path / "collection.json"
+        links = [link for link in self.collection.get("links", []) if isinstance(link, dict) and link.get("rel") == "emb:model"]
+        if not links:
+            raise damaged(where, "has no emb:model link to the model item", column="links")
+        item_path = inside(self.path, links[0].get("href"), where=f"{where} emb:model link")
+        item = read_json(item_path)
+        with reading(item_path, column="assets.model"):
+            asset = item["assets"]["model"]
+            href, roles = asset["href"], asset.get("roles", [])
+        if "mlm:weights" not in roles:
+            return None
+        if isinstance(href, str) and href.startswith(("https://", "http://")):
+            return href
+        base = item_path.parent.relative_to(self.path).as_posix()
+        path = inside(self.path, href, base=base, where=f"{item_path} assets.model")
+        if not path.is_file():
+            raise damaged(path, f"is missing, but {item_path.name} names it as the model's weights")
+        return path
+
     @property
     def dim(self) -> int:
         return int(self.embedding["dim"])
