@@ -6,7 +6,9 @@ says, a reader never follows it out of the product folder (spec Section 9).
 
 from __future__ import annotations
 
+import os
 import re
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from ._errors import UnsafePathError
@@ -17,6 +19,11 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 def is_url(href: str) -> bool:
     """Whether ``href`` names something outside any folder (``https://``, ``file:``, ``s3:``...)."""
     return bool(_SCHEME.match(href))
+
+
+@lru_cache(maxsize=256)
+def _real(root: str) -> Path:
+    return Path(os.path.realpath(root))  # once per product folder: readers resolve many hrefs in it
 
 
 def inside(root: Path, href: object, *, base: str = "", where: str) -> Path:
@@ -33,8 +40,8 @@ def inside(root: Path, href: object, *, base: str = "", where: str) -> Path:
         raise UnsafePathError(f"{where}: href {href!r} has a scheme, so it points outside the product; {advice}")
     if href.startswith("/") or "\\" in href or "\0" in href:
         raise UnsafePathError(f"{where}: href {href!r} is an absolute or non-POSIX path; {advice}")
-    real_root = root.resolve()
-    target = (real_root / base / PurePosixPath(href)).resolve()
+    real_root = _real(str(root))
+    target = Path(os.path.realpath(real_root / base / PurePosixPath(href)))
     if not target.is_relative_to(real_root):
         raise UnsafePathError(f"{where}: href {href!r} leaves the product folder {root}; {advice}")
     return root / target.relative_to(real_root)
