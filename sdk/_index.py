@@ -40,18 +40,18 @@ def int8_codes(vectors: np.ndarray, norms: np.ndarray, metric: str) -> tuple[np.
     """Symmetric per-tensor int8 codes (unit vectors first for cosine) and their scale."""
     codes = np.empty(vectors.shape, dtype=np.int8)
     step = 1 << 16
-    scale = 0.0
-    for start in range(0, len(vectors), step):  # blocks: the float32 source may be memory-mapped
-        block = np.asarray(vectors[start : start + step], dtype=np.float32)
+
+    def block(start: int) -> np.ndarray:  # blocks: the float32 source may be memory-mapped
+        out = np.asarray(vectors[start : start + step], dtype=np.float32)
         if metric == "cosine":
-            block = block / np.maximum(norms[start : start + step], 1e-30)[:, None]
-        scale = max(scale, float(np.abs(block).max(initial=0.0)))
+            out = out / np.maximum(norms[start : start + step], 1e-30)[:, None]
+        # Nodata rows (NaN, the sqrt method's -128) get code 0; search never returns them.
+        return np.nan_to_num(out, nan=0.0, copy=metric != "cosine")
+
+    scale = max((float(np.abs(block(start)).max(initial=0.0)) for start in range(0, len(vectors), step)), default=0.0)
     scale = scale / 127 if scale > 0 else 1.0
     for start in range(0, len(vectors), step):
-        block = np.asarray(vectors[start : start + step], dtype=np.float32)
-        if metric == "cosine":
-            block = block / np.maximum(norms[start : start + step], 1e-30)[:, None]
-        codes[start : start + step] = np.clip(np.rint(block / scale), -127, 127)
+        codes[start : start + step] = np.clip(np.rint(block(start) / scale), -127, 127)
     return codes, scale
 
 

@@ -105,6 +105,7 @@ class FileCache:
     block_bbox: np.ndarray  # (blocks, 4): union of the block's rows
     block_times: np.ndarray  # (blocks, 2): earliest start, latest end
     metadata: pa.Table  # every stored column but the vector, memory-mapped Arrow IPC
+    searchable: np.ndarray | None = None  # rows without nodata (NaN, sqrt's -128); None when all are
 
     @property
     def rows(self) -> int:
@@ -188,8 +189,10 @@ def load_file_cache(product: "Product", index: int, folder: Path | None = None) 
         times = np.load(target.with_name(target.name + ".times.npy"))
         metadata = pa.ipc.open_file(pa.memory_map(str(target.with_name(target.name + ".metadata.arrow")))).read_all()
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32)
+    nodata = np.isnan(norms)  # the sqrt method's nodata code decodes to NaN; such rows are never hits
     return FileCache(
         index=index, path=path, vectors=vectors, bbox=bbox, times=times, norms=norms,
+        searchable=np.flatnonzero(~nodata) if nodata.any() else None,
         block_bbox=_blocks(bbox, (True, True, False, False)), block_times=_blocks(times, (True, False)),
         metadata=metadata,
     )
@@ -404,6 +407,8 @@ class Searcher:
 
     def _exact(self, cache: FileCache, queries: np.ndarray, metric: str, k: int, rows: np.ndarray | None) -> list[Hits]:
         vectors, norms = cache.vectors, cache.norms
+        if cache.searchable is not None:
+            rows = cache.searchable if rows is None else np.intersect1d(rows, cache.searchable, assume_unique=True)
         if rows is not None:
             if len(rows) == 0:
                 return [Hits.empty() for _ in queries]
@@ -621,6 +626,9 @@ def combine_queries(product: "Product", items: Sequence[Any], parts: Sequence[li
             with reading(product.path / "collection.json"):
                 extent = product.collection["extent"]["spatial"]["bbox"][0]
             raise ChipNotFoundError(f"no chip of {product.path} covers the point {tuple(q)}; the product covers {extent}")
+        if not np.isfinite(vector).all():
+            raise SearchError(f"query {q!r} of {product.path} is a chip without data (its vector holds nodata); "
+                              "search from another chip or a vector")
         vectors[i] = vector
     return vectors
 

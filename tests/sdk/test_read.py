@@ -120,7 +120,8 @@ def test_files_that_differ_in_optional_columns_read_search_and_query(tmp_path):
         product.dataset(columns=("valid_fraction",))
 
 
-def test_nodata_codes_of_sqrt_are_the_one_nan_readers_return(tmp_path):
+def test_nodata_codes_of_sqrt_are_the_one_nan_readers_return_and_never_hits(tmp_path, monkeypatch):
+    monkeypatch.setenv("EOEMBED_CACHE_DIR", str(tmp_path / "cache"))
     from tests.factories import replace_data_file
 
     path = write(tmp_path / "p", n=20, quantization="sqrt")
@@ -133,5 +134,13 @@ def test_nodata_codes_of_sqrt_are_the_one_nan_readers_return(tmp_path):
         return table.set_column(table.schema.get_field_index("embedding"), "embedding", values)
 
     replace_data_file(path, "data/part-00000.parquet", nodata)
-    vectors = eoembed.open(path).to_numpy()
+    product = eoembed.open(path)
+    vectors = product.to_numpy()
     assert np.isnan(vectors[3, 0]) and np.isfinite(np.delete(vectors, 3, axis=0)).all()
+    nodata_chip = product.sql("SELECT chip_id FROM embeddings").column("chip_id")[3].as_py()
+    for mode in ("exact", "int8", "binary"):  # a chip without data is never a hit
+        hits = product.search(vectors[0], k=20, mode=mode, candidates=20)
+        assert hits.num_rows == 19 and nodata_chip not in hits.column("chip_id").to_pylist()
+        assert np.isfinite(hits.column("distance").to_numpy()).all()
+    with pytest.raises(eoembed.SearchError, match="without data"):
+        product.search(nodata_chip, k=1)
