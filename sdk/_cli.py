@@ -96,10 +96,23 @@ def write_table(table, *, fmt: str, out: str | None) -> None:
         print(text)
 
 
+def _param_values(texts: Sequence[str]) -> list:
+    """--param values: JSON where they look like JSON (numbers, lists, quoted text, true/false/null), else text."""
+    values = []
+    for text in texts:
+        if text[:1] in "[{0123456789-\"" or text in ("true", "false", "null"):
+            try:
+                text = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"eoembed: --param {text!r} is not valid JSON ({error}); quote text as '\"...\"'") from None
+        values.append(text)
+    return values
+
+
 def _query(args: argparse.Namespace) -> int:
     from ._read import open_product
 
-    params = [json.loads(p) if p[:1] in "[{0123456789-\"" or p in ("true", "false", "null") else p for p in args.param]
+    params = _param_values(args.param)
     with open_product(args.path) as product:
         for attached in args.attach:
             name, _, path = attached.partition("=")
@@ -410,15 +423,19 @@ def _search_query(args: argparse.Namespace):
     path = Path(args.vector)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; --vector takes a .npy file or a text file of numbers")
-    vectors = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.float32, delimiter=None, ndmin=1)
-    return np.asarray(vectors, dtype=np.float32)
+    from ._damage import reading
+
+    with reading(path, advice="--vector takes a .npy file or a text file of numbers"):
+        vectors = np.load(path, allow_pickle=False) if path.suffix == ".npy" else \
+            np.loadtxt(path, dtype=np.float32, delimiter=None, ndmin=1)
+        return np.asarray(vectors, dtype=np.float32)
 
 
 def _search(args: argparse.Namespace) -> int:
     from ._read import open_product
 
     options = dict(k=args.k, bbox=args.bbox, datetime=args.datetime, where=args.where,
-                   params=[json.loads(p) if p[:1] in "[{0123456789-\"" else p for p in args.param] or None,
+                   params=_param_values(args.param) or None,
                    metric=args.metric, mode=args.mode, candidates=args.candidates)
     product = open_product(args.path)
     if not _under_mpi():
