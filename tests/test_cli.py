@@ -70,14 +70,13 @@ def test_version_names_the_spec():
     assert f"spec {SPEC_VERSION}" in run("--version").stdout
 
 
-@pytest.mark.parametrize("verb", ["info", "search", "query", "validate"])
+@pytest.mark.parametrize("verb", ["info", "validate"])  # every verb in-process: tests/sdk/test_damaged.py
 def test_a_damaged_product_gets_one_line_and_no_traceback(product, tmp_path, verb):
     broken = tmp_path / "broken"
     subprocess.run(["cp", "-r", str(product), str(broken)], check=True)
     data = broken / "data" / "part-00000.parquet"
     data.write_bytes(data.read_bytes()[:100])
-    args = {"info": [], "search": ["--chip", "chip-0000001"], "query": ["SELECT 1"], "validate": []}[verb]
-    result = run(verb, str(broken), *args)
+    result = run(verb, str(broken))
     assert result.returncode != 0 and "Traceback" not in result.stderr
     if verb == "validate":
         assert "part-00000.parquet" in result.stdout and "STR005" in result.stdout
