@@ -25,9 +25,9 @@ from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
 
-# Manifest columns a reader needs and the Arrow type tests they must pass.
-_MANIFEST_COLUMNS = {"path": pa.types.is_string, "rows": pa.types.is_integer, "bytes": pa.types.is_integer,
-                     "sha256": pa.types.is_string}
+# Manifest columns a reader needs: the Arrow type test each must pass and the type the spec names.
+_MANIFEST_COLUMNS = {"path": (pa.types.is_string, "string"), "rows": (pa.types.is_integer, "int64"),
+                     "bytes": (pa.types.is_integer, "int64"), "sha256": (pa.types.is_string, "string")}
 
 _FOOTER_SECTIONS = ("model", "embedding", "grid", "provenance")
 
@@ -260,12 +260,12 @@ class Product:
         path = self.path / MANIFEST
         with reading(path):
             table = pq.read_table(path)
-        for name, is_type in _MANIFEST_COLUMNS.items():
+        for name, (is_type, spec_type) in _MANIFEST_COLUMNS.items():
             if name not in table.column_names:
                 raise damaged(path, f"lacks the REQUIRED column {name!r}", column=name)
             column = table.column(name)
             if not is_type(column.type):
-                raise damaged(path, f"has type {column.type} where the spec says {name}", column=name)
+                raise damaged(path, f"has type {column.type}, where the spec says {spec_type}", column=name)
             if column.null_count:
                 row = int(np.flatnonzero(np.asarray(column.is_null()))[0])
                 raise damaged(path, "is null", row=row, column=name)
