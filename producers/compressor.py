@@ -236,7 +236,7 @@ class CheckpointEncoder(Encoder):
         return self._contract_document(
             framework="pytorch",
             weights_sha256=self.sha256,
-            weights_href=self.path.absolute().as_uri(),  # the MLM item's weights asset; rewrite it when publishing
+            weights_href=self.path.absolute().as_uri(),  # the writer copies it into the product (publishable_weights)
             architecture=f"convolutional compressor ({', '.join(map(str, self.architecture['widths']))} channels, "
                          f"{objective})",
             pooling="none",

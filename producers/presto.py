@@ -60,6 +60,9 @@ __all__ = [
 #: ``$EOEMBED_SHARED/data/weights/presto/default_model.pt``, by default ../shared beside the checkout
 _SHARED = Path(os.environ.get("EOEMBED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 DEFAULT_WEIGHTS = str(_SHARED / "data" / "weights" / "presto" / "default_model.pt")
+#: the published pretrained weights, named in a product's model item when those are the weights used
+PUBLISHED_WEIGHTS_URL = "https://github.com/nasaharvest/presto/raw/main/data/default_model.pt"
+PUBLISHED_WEIGHTS_SHA256 = "559c9d76f525bdf2dd3774da8b1e7f1510769b73baacac12e9e4d8d5c67fbe65"
 
 #: Presto's 17 input channels, in the order of its input arrays
 PRESTO_CHANNELS: tuple[str, ...] = (
@@ -554,7 +557,9 @@ class PrestoEncoder(Encoder):
         return self._contract_document(
             framework="pytorch",
             weights_sha256=self.weights_sha256(),
-            weights_href=Path(self.weights).name,
+            # The published source for Presto's own weights; other weights travel inside the product.
+            weights_href=PUBLISHED_WEIGHTS_URL if self.weights_sha256() == PUBLISHED_WEIGHTS_SHA256
+            else Path(self.weights).absolute().as_uri(),
             architecture="Presto (pretrained, nasaharvest)",
             pooling="mean over valid pixels",
             parameters={

@@ -18,6 +18,7 @@ from ._chipid import chip_id
 from ._errors import (
     ChipNotFoundError,
     CoordinateRangeError,
+    DamagedProductError,
     DimensionMismatchError,
     EoembedError,
     FewShotWarning,
@@ -39,6 +40,7 @@ from ._errors import (
     SubmissionFormatError,
     TaskConfigError,
     UnknownFieldError,
+    UnsafePathError,
 )
 from ._embed2scale import read_embed2scale, write_embed2scale
 from ._fewshot import FewShotReport, fewshot, fewshot_product
@@ -56,6 +58,7 @@ __all__ = [
     "SPEC_VERSION",
     "ChipNotFoundError",
     "CoordinateRangeError",
+    "DamagedProductError",
     "DimensionMismatchError",
     "EoembedError",
     "FewShotReport",
@@ -85,6 +88,7 @@ __all__ = [
     "SubmissionFormatError",
     "TaskConfigError",
     "UnknownFieldError",
+    "UnsafePathError",
     "chip_id",
     "dequantize",
     "draw_map",

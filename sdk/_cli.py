@@ -22,23 +22,25 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ._damage import reading
     from ._read import open_product
 
-    product = open_product(args.path)
+    product = open_product(args.path, verify=args.verify)
     meta = product.metadata
-    summary = {
-        "path": str(product.path),
-        "rows": product.num_rows,
-        "files": len(product.files),
-        "spec_version": meta["spec_version"],
-        "model": {k: meta["model"][k] for k in ("name", "version", "framework", "weights_sha256")},
-        "bands": [b["name"] for b in meta["model"]["input"]["bands"]],
-        "embedding": {k: v for k, v in meta["embedding"].items() if k != "quantization"},
-        "quantization": meta["embedding"]["quantization"],
-        "grid": meta["grid"]["id"],
-        "bbox": product.collection["extent"]["spatial"]["bbox"][0],
-        "interval": product.collection["extent"]["temporal"]["interval"][0],
-    }
+    with reading(product.path / "collection.json"):
+        summary = {
+            "path": str(product.path),
+            "rows": product.num_rows,
+            "files": len(product.files),
+            "spec_version": meta["spec_version"],
+            "model": {k: meta["model"][k] for k in ("name", "version", "framework", "weights_sha256")},
+            "bands": [b["name"] for b in meta["model"]["input"]["bands"]],
+            "embedding": {k: v for k, v in meta["embedding"].items() if k != "quantization"},
+            "quantization": meta["embedding"]["quantization"],
+            "grid": meta["grid"]["id"],
+            "bbox": product.collection["extent"]["spatial"]["bbox"][0],
+            "interval": product.collection["extent"]["temporal"]["interval"][0],
+        }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -94,10 +96,23 @@ def write_table(table, *, fmt: str, out: str | None) -> None:
         print(text)
 
 
+def _param_values(texts: Sequence[str]) -> list:
+    """--param values: JSON where they look like JSON (numbers, lists, quoted text, true/false/null), else text."""
+    values = []
+    for text in texts:
+        if text[:1] in "[{0123456789-\"" or text in ("true", "false", "null"):
+            try:
+                text = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise SystemExit(f"eoembed: --param {text!r} is not valid JSON ({error}); quote text as '\"...\"'") from None
+        values.append(text)
+    return values
+
+
 def _query(args: argparse.Namespace) -> int:
     from ._read import open_product
 
-    params = [json.loads(p) if p[:1] in "[{0123456789-\"" or p in ("true", "false", "null") else p for p in args.param]
+    params = _param_values(args.param)
     with open_product(args.path) as product:
         for attached in args.attach:
             name, _, path = attached.partition("=")
@@ -408,15 +423,19 @@ def _search_query(args: argparse.Namespace):
     path = Path(args.vector)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; --vector takes a .npy file or a text file of numbers")
-    vectors = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.float32, delimiter=None, ndmin=1)
-    return np.asarray(vectors, dtype=np.float32)
+    from ._damage import reading
+
+    with reading(path, advice="--vector takes a .npy file or a text file of numbers"):
+        vectors = np.load(path, allow_pickle=False) if path.suffix == ".npy" else \
+            np.loadtxt(path, dtype=np.float32, delimiter=None, ndmin=1)
+        return np.asarray(vectors, dtype=np.float32)
 
 
 def _search(args: argparse.Namespace) -> int:
     from ._read import open_product
 
     options = dict(k=args.k, bbox=args.bbox, datetime=args.datetime, where=args.where,
-                   params=[json.loads(p) if p[:1] in "[{0123456789-\"" else p for p in args.param] or None,
+                   params=_param_values(args.param) or None,
                    metric=args.metric, mode=args.mode, candidates=args.candidates)
     product = open_product(args.path)
     if not _under_mpi():
@@ -571,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a product's metadata")
     p.add_argument("path")
+    p.add_argument("--verify", action="store_true", help="also check every data file's SHA-256 against the manifest")
     p.set_defaults(func=_info)
 
     add_search_commands(sub)

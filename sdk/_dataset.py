@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ._damage import reading
 from ._errors import SearchError
 from ._search import Searcher, _rows_in, metadata_rows, parse_bbox, parse_datetime, where_rows
 
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
 
 
 def _check_columns(product: "Product", columns: Sequence[str]) -> list[str]:
-    names = pq.read_schema(product.files[0]).names
+    """Metadata columns every data file holds (files may differ in optional ones)."""
+    schemas = product._schemas
+    names = [n for n in schemas[0].names if all(n in s.names for s in schemas)]
     unknown = [c for c in columns if c not in names or c == "embedding"]
     if unknown:
-        raise SearchError(f"metadata column(s) {unknown} are not in {product.path}; choose from "
+        raise SearchError(f"metadata column(s) {unknown} are not in every data file of {product.path}; choose from "
                           f"{[n for n in names if n != 'embedding']}")
     return list(columns)
 
@@ -80,39 +83,44 @@ class StreamingEmbeddingDataset(IterableDataset):
         self.where_map = where_rows(product, where, params) if where else None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
-        from ._search import _as_us, _time_columns
-
         worker = get_worker_info()
         indexes = range(len(self.product.files))
         if worker is not None:
             indexes = indexes[worker.id :: worker.num_workers]
         for index in indexes:
-            handle = pq.ParquetFile(self.product.files[index], pre_buffer=False)
-            times = _time_columns(handle.schema_arrow)
-            wanted = list(dict.fromkeys(self.product._vector_columns() + ["bbox"] + times + self.columns))
-            first = 0
-            for batch in handle.iter_batches(batch_size=8192, columns=wanted):
-                keep = np.ones(batch.num_rows, dtype=bool)
-                if self.bbox is not None:
-                    b = batch.column("bbox")
-                    xmin, ymin, xmax, ymax = (b.field(n).to_numpy(zero_copy_only=False) for n in ("xmin", "ymin", "xmax", "ymax"))
-                    x0, y0, x1, y1 = self.bbox
-                    keep &= (xmax >= x0) & (xmin <= x1) & (ymax >= y0) & (ymin <= y1)
-                if self.interval is not None:
-                    start, end = _as_us(batch.column(times[0])), _as_us(batch.column(times[-1]))
-                    if self.interval[0] is not None:
-                        keep &= end >= self.interval[0]
-                    if self.interval[1] is not None:
-                        keep &= start <= self.interval[1]
-                if self.where_map is not None:
-                    keep &= np.isin(np.arange(first, first + batch.num_rows), self.where_map.get(index, []))
-                first += batch.num_rows
-                if not keep.any():
-                    continue
-                vectors = self.product.decode(batch)[keep]
-                meta = {c: [v for v, ok in zip(batch.column(c).to_pylist(), keep) if ok] for c in self.columns}
-                for j in range(len(vectors)):
-                    yield torch.from_numpy(vectors[j].copy()), {c: meta[c][j] for c in self.columns}
+            with reading(self.product.files[index]):
+                yield from self._file_items(index)
+
+    def _file_items(self, index: int) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+        from ._search import _as_us, _time_columns
+
+        path = self.product.files[index]
+        handle = pq.ParquetFile(path, pre_buffer=False)
+        times = _time_columns(handle.schema_arrow)
+        wanted = list(dict.fromkeys(self.product._vector_columns() + ["bbox"] + times + self.columns))
+        first = 0
+        for batch in handle.iter_batches(batch_size=8192, columns=wanted):
+            keep = np.ones(batch.num_rows, dtype=bool)
+            if self.bbox is not None:
+                b = batch.column("bbox")
+                xmin, ymin, xmax, ymax = (b.field(n).to_numpy(zero_copy_only=False) for n in ("xmin", "ymin", "xmax", "ymax"))
+                x0, y0, x1, y1 = self.bbox
+                keep &= (xmax >= x0) & (xmin <= x1) & (ymax >= y0) & (ymin <= y1)
+            if self.interval is not None:
+                start, end = _as_us(batch.column(times[0])), _as_us(batch.column(times[-1]))
+                if self.interval[0] is not None:
+                    keep &= end >= self.interval[0]
+                if self.interval[1] is not None:
+                    keep &= start <= self.interval[1]
+            if self.where_map is not None:
+                keep &= np.isin(np.arange(first, first + batch.num_rows), self.where_map.get(index, []))
+            first += batch.num_rows
+            if not keep.any():
+                continue
+            vectors = self.product.decode(batch, source=path, first_row=first - batch.num_rows)[keep]
+            meta = {c: [v for v, ok in zip(batch.column(c).to_pylist(), keep) if ok] for c in self.columns}
+            for j in range(len(vectors)):
+                yield torch.from_numpy(vectors[j].copy()), {c: meta[c][j] for c in self.columns}
 
 
 def make_dataset(product: "Product", *, streaming: bool = False, **options: Any) -> Dataset:

@@ -144,3 +144,15 @@ class TrainingConfigError(EoembedError, ValueError):
 
 class CheckpointError(EoembedError, ValueError):
     """A training checkpoint that cannot be used: not an eoembed checkpoint, missing, or from another run."""
+
+
+class DamagedProductError(EoembedError, ValueError):
+    """A product file that cannot be read or disagrees with the manifest: truncated, empty or garbage
+    data, broken JSON, a missing column, vectors that are not what the footer declares.
+
+    The message names the file (and the row or column where known).
+    """
+
+
+class UnsafePathError(EoembedError, ValueError):
+    """An href or manifest path that is absolute, uses a scheme, or leaves the product folder."""

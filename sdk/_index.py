@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from ._damage import damaged, read_json, reading
 from ._errors import SearchError
+from ._paths import inside
 
 if TYPE_CHECKING:
     from ._read import Product
@@ -38,18 +40,18 @@ def int8_codes(vectors: np.ndarray, norms: np.ndarray, metric: str) -> tuple[np.
     """Symmetric per-tensor int8 codes (unit vectors first for cosine) and their scale."""
     codes = np.empty(vectors.shape, dtype=np.int8)
     step = 1 << 16
-    scale = 0.0
-    for start in range(0, len(vectors), step):  # blocks: the float32 source may be memory-mapped
-        block = np.asarray(vectors[start : start + step], dtype=np.float32)
+
+    def block(start: int) -> np.ndarray:  # blocks: the float32 source may be memory-mapped
+        out = np.asarray(vectors[start : start + step], dtype=np.float32)
         if metric == "cosine":
-            block = block / np.maximum(norms[start : start + step], 1e-30)[:, None]
-        scale = max(scale, float(np.abs(block).max(initial=0.0)))
+            out = out / np.maximum(norms[start : start + step], 1e-30)[:, None]
+        # Nodata rows (NaN, the sqrt method's -128) get code 0; search never returns them.
+        return np.nan_to_num(out, nan=0.0, copy=metric != "cosine")
+
+    scale = max((float(np.abs(block(start)).max(initial=0.0)) for start in range(0, len(vectors), step)), default=0.0)
     scale = scale / 127 if scale > 0 else 1.0
     for start in range(0, len(vectors), step):
-        block = np.asarray(vectors[start : start + step], dtype=np.float32)
-        if metric == "cosine":
-            block = block / np.maximum(norms[start : start + step], 1e-30)[:, None]
-        codes[start : start + step] = np.clip(np.rint(block / scale), -127, 127)
+        codes[start : start + step] = np.clip(np.rint(block(start) / scale), -127, 127)
     return codes, scale
 
 
@@ -102,17 +104,23 @@ def build_ivf(vectors: np.ndarray, norms: np.ndarray, metric: str, *, nlist: int
 
 
 def _items_by_file(product: "Product") -> dict[str, Path]:
-    """Data file path (relative) -> its STAC item file."""
+    """Data file path (relative) -> its STAC item file; every href must stay inside the product."""
     out = {}
-    for link in product.collection.get("links", []):
-        if link.get("rel") != "item":
+    root = product.path
+    links = product.collection.get("links", [])
+    if not isinstance(links, list):
+        raise damaged(root / "collection.json", f"has links of type {type(links).__name__}, not a list", column="links")
+    for number, link in enumerate(links):
+        if not isinstance(link, dict) or link.get("rel") != "item":
             continue
-        item_path = (product.path / link["href"]).resolve()
-        item = json.loads(item_path.read_text(encoding="utf-8"))
-        href = item.get("assets", {}).get("embeddings", {}).get("href")
+        item_path = inside(root, link.get("href"), where=f"{root / 'collection.json'} links[{number}]")
+        item = read_json(item_path)
+        asset = item.get("assets", {}).get("embeddings", {}) if isinstance(item.get("assets"), dict) else {}
+        href = asset.get("href") if isinstance(asset, dict) else None
         if href:
-            data = (item_path.parent / href).resolve()
-            out[data.relative_to(product.path.resolve()).as_posix()] = item_path
+            base = item_path.parent.relative_to(root).as_posix()
+            data = inside(root, href, base=base, where=f"{item_path} assets.embeddings")
+            out[data.relative_to(root).as_posix()] = item_path
     return out
 
 
@@ -125,10 +133,11 @@ def _index_asset(product: "Product", file_index: int, key: str) -> tuple[Path, d
     item_path = product._item_paths.get(rel)
     if item_path is None:
         return None
-    asset = json.loads(item_path.read_text(encoding="utf-8")).get("assets", {}).get(key)
+    asset = read_json(item_path).get("assets", {}).get(key)
     if not asset or asset.get("eoembed:index", {}).get("data_sha256") != _data_sha256(product, file_index):
         return None  # absent, or built from an earlier version of the data file
-    return (item_path.parent / asset["href"]).resolve(), asset["eoembed:index"]
+    base = item_path.parent.relative_to(product.path).as_posix()
+    return inside(product.path, asset.get("href"), base=base, where=f"{item_path} assets.{key}"), asset["eoembed:index"]
 
 
 def load_index(product: "Product", file_index: int, *, kind: str, metric: str):
@@ -137,13 +146,22 @@ def load_index(product: "Product", file_index: int, *, kind: str, metric: str):
     if found is None:
         return None
     path, meta = found
-    if kind == "int8":
-        return np.load(path, mmap_mode="r"), float(meta["scale"])
-    if kind == "binary":
-        return np.load(path)
-    import faiss
+    rows = int(product.manifest.column("rows")[file_index].as_py())
+    with reading(path):
+        if kind in ("int8", "binary"):
+            codes = np.load(path, mmap_mode="r" if kind == "int8" else None, allow_pickle=False)
+            width = product.dim if kind == "int8" else product.dim // 8
+            if codes.shape != (rows, width) or codes.dtype != (np.int8 if kind == "int8" else np.uint8):
+                raise damaged(path, f"holds {codes.dtype} codes of shape {codes.shape}; the {kind} index of "
+                              f"{product.files[file_index]} has shape ({rows}, {width})")
+            return (codes, float(meta["scale"])) if kind == "int8" else codes
+        import faiss
 
-    return faiss.read_index(str(path))
+        index = faiss.read_index(str(path))
+    if index.ntotal != rows or index.d != product.dim:
+        raise damaged(path, f"indexes {index.ntotal} vectors of dimension {index.d}; "
+                      f"{product.files[file_index]} holds {rows} of dimension {product.dim}")
+    return index
 
 
 def _write_index(path: Path, kind: str, value: Any) -> None:
@@ -265,7 +283,7 @@ def list_indexes(product: "Product", kinds: Sequence[str] = KINDS) -> list[dict[
     """The current index assets of the product (one entry per data file and asset)."""
     out = []
     for rel, item_path in product._item_paths.items():
-        for key, asset in json.loads(item_path.read_text(encoding="utf-8")).get("assets", {}).items():
+        for key, asset in read_json(item_path).get("assets", {}).items():
             if key.startswith("index-") and asset.get("eoembed:index", {}).get("kind") in kinds:
                 out.append({"file": rel, "asset": key, **asset["eoembed:index"]})
     return out

@@ -146,7 +146,8 @@ def create_view(con: "duckdb.DuckDBPyConnection", *, name: str, files: Sequence[
     """``name`` over the data files: every stored column, ``embedding`` de-quantised as FLOAT[D] and
     the stored codes as ``embedding_stored``; with ``row_ids`` also ``filename`` and ``file_row_number``."""
     check_view_name(name)
-    options = ", filename = true, file_row_number = true" if row_ids else ""
+    # union_by_name: files may differ in optional columns (a missing one reads as NULL)
+    options = ", union_by_name = true" + (", filename = true, file_row_number = true" if row_ids else "")
     con.execute(
         f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (embedding), {dequantize_sql(quant)} AS embedding, '
         f"embedding AS embedding_stored FROM read_parquet({_string_list(files)}{options})"

@@ -18,10 +18,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import _quantize
+from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
+from ._paths import inside, is_url
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
-from ._write import STAGING_MARK
+from ._write import REQUIRED_COLUMNS, STAGING_MARK
+
+# Manifest columns a reader needs: the Arrow type test each must pass and the type the spec names.
+_MANIFEST_COLUMNS = {"path": (pa.types.is_string, "string"), "rows": (pa.types.is_integer, "int64"),
+                     "bytes": (pa.types.is_integer, "int64"), "sha256": (pa.types.is_string, "string")}
 
 _FOOTER_SECTIONS = ("model", "embedding", "grid", "provenance")
 
@@ -47,20 +53,52 @@ def _resolve(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_footer(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``eoembed`` footer object of one data file (raises SpecError when absent)."""
-    metadata = pq.read_schema(path).metadata or {}
+def _footer_of(path: Path, schema: pa.Schema) -> dict[str, Any]:
+    metadata = schema.metadata or {}
     if FOOTER_KEY not in metadata:
         raise SpecError(f"{path} has no '{FOOTER_KEY.decode()}' footer key: it is not an eoembed data file")
-    return json.loads(metadata[FOOTER_KEY])
+    with reading(path, column=f"footer key {FOOTER_KEY.decode()}"):
+        footer = json.loads(metadata[FOOTER_KEY])
+    if not isinstance(footer, dict):
+        raise damaged(path, f"the '{FOOTER_KEY.decode()}' footer key holds a JSON {type(footer).__name__}, not an object")
+    return footer
+
+
+def read_footer(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``eoembed`` footer object of one data file (raises SpecError when absent)."""
+    with reading(path):
+        schema = pq.read_schema(path)
+    return _footer_of(Path(path), schema)
+
+
+def conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.RecordBatch | pa.Table:
+    """``data`` with exactly the columns of ``schema``: a column a data file lacks (an optional one)
+    becomes nulls."""
+    if data.schema.equals(schema, check_metadata=False):
+        return data
+    arrays = [data.column(f.name) if f.name in data.schema.names else pa.nulls(data.num_rows, f.type) for f in schema]
+    kind = pa.RecordBatch if isinstance(data, pa.RecordBatch) else pa.Table
+    return kind.from_arrays(arrays, schema=schema)
+
+
+def _check_vector_type(path: Path, field: pa.DataType, quant: _quantize.Quantization) -> None:
+    """The ``embedding`` column must be fixed_size_list<dtype>[W] as the footer declares."""
+    width, dtype = quant.stored_width(), np.dtype(quant.dtype)
+    if not pa.types.is_fixed_size_list(field) or field.list_size != width or field.value_type.to_pandas_dtype() != dtype:
+        raise damaged(path, f"holds {field} vectors, but the footer declares fixed_size_list<{quant.dtype}>[{width}]",
+                      column="embedding")
 
 
 class Product:
-    """An eoembed product on disk. Cheap to create: data files are read only when asked."""
+    """An eoembed product on disk. Cheap to create: data files are read only when asked.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    Opening checks the manifest against the data files' sizes, row counts and Parquet footers;
+    ``verify=True`` also checks every file's SHA-256 (a full read).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = False) -> None:
         self.path = _resolve(path)
-        self.collection: dict[str, Any] = json.loads((self.path / "collection.json").read_text(encoding="utf-8"))
+        self.collection: dict[str, Any] = read_json(self.path / "collection.json")
         version = self.collection.get("eoembed:spec_version")
         if not isinstance(version, str) or _compatibility(version) != _compatibility(SPEC_VERSION):
             raise SpecError(
@@ -80,17 +118,37 @@ class Product:
         check_footer(self.metadata, where=str(self.path / "collection.json"))
         self._con = None
         self._attached: dict[str, Product] = {}
-        self._check_data_footers()
+        self._check_links()
+        self._schemas = self._check_data_files(verify=verify)
 
-    def _check_data_footers(self) -> None:
-        """Each data file's footer must carry the collection's contract (provenance may differ)."""
+    def _check_data_files(self, *, verify: bool) -> list[pa.Schema]:
+        """Each data file must be as the manifest says (size, rows; sha256 with ``verify``), have the
+        columns readers use, and carry the collection's contract (provenance may differ).
+
+        Only Parquet footers are read, so opening stays cheap. Returns each file's Arrow schema."""
         from ._errors import ModelContractMismatchError
-        from ._write import contract_difference
+        from ._write import contract_difference, sha256_file
 
-        for path in self.files:
+        manifest = self.manifest
+        schemas = []
+        for index, path in enumerate(self.files):
             if not path.exists():
                 raise ProductNotFoundError(f"{path} is listed in the manifest but missing; the product is incomplete")
-            footer = read_footer(path)
+            expected = {name: manifest.column(name)[index].as_py() for name in ("rows", "bytes", "sha256")}
+            where = f"{self.path / MANIFEST} row {index}"
+            size = path.stat().st_size
+            if size != expected["bytes"]:
+                raise damaged(path, f"has {size} bytes, but {where} says {expected['bytes']} (truncated or replaced?)")
+            if verify and sha256_file(path) != expected["sha256"]:
+                raise damaged(path, f"has another SHA-256 than {where} says ({expected['sha256']})")
+            with reading(path):
+                handle = pq.ParquetFile(path)
+                rows, schema = handle.metadata.num_rows, handle.schema_arrow
+            if rows != expected["rows"]:
+                raise damaged(path, f"holds {rows} rows, but {where} says {expected['rows']}")
+            footer = _footer_of(path, schema)
+            self._check_columns(path, schema)
+            self._check_statistics(path, handle.metadata)
             for section in ("spec_version", "license", "model", "embedding", "grid"):
                 if footer.get(section) != self.metadata.get(section):
                     if section == "model":
@@ -99,6 +157,58 @@ class Product:
                             f"{path} was made by another model than collection.json says ({diff}); run `eoembed validate`"
                         )
                     raise SpecError(f"{path}: footer '{section}' disagrees with collection.json; run `eoembed validate`")
+            schemas.append(schema)
+        return schemas
+
+    def _check_statistics(self, path: Path, metadata: pq.FileMetaData) -> None:
+        """Row-group statistics already in the footer expose infinite vectors and per-row scales
+        that are not > 0 or finite without reading data (NaN is not in statistics: decode finds it)."""
+        quant = self.quantization
+        scale = (quant.scale_column or "scale") if quant.method == "per-row" else None
+        wanted = {}
+        for j in range(metadata.num_columns):
+            column = metadata.schema.column(j)
+            if column.physical_type not in ("FLOAT", "DOUBLE"):
+                continue
+            if column.path.startswith("embedding."):
+                wanted[j] = ("embedding", "holds a vector with infinity", lambda lo, hi: np.isfinite([lo, hi]).all())
+            elif column.path == scale:
+                wanted[j] = (scale, "has a per-row scale that is not finite and > 0",
+                             lambda lo, hi: lo > 0 and np.isfinite(hi))
+        for group in range(metadata.num_row_groups):
+            for j, (name, problem, ok) in wanted.items():
+                stats = metadata.row_group(group).column(j).statistics
+                if stats is not None and stats.has_min_max and not ok(stats.min, stats.max):
+                    raise damaged(path, f"{problem} (row group {group}: min {stats.min}, max {stats.max})", column=name)
+
+    def _check_links(self) -> None:
+        """Links and assets of the collection that name product files must stay inside it; links
+        with a scheme are references outside the product (source imagery, licences) and are kept."""
+        where = self.path / "collection.json"
+        internal = {"root", "self", "parent", "collection", "item", "emb:model"}
+        with reading(where):
+            hrefs = [(f"links[{i}]", link["rel"], link["href"]) for i, link in enumerate(self.collection.get("links", []))]
+            hrefs += [(f"assets.{key}", key, asset["href"]) for key, asset in self.collection.get("assets", {}).items()]
+        for place, rel, href in hrefs:
+            if not (isinstance(href, str) and is_url(href) and rel not in internal):
+                inside(self.path, href, where=f"{where} {place}")
+
+    def _check_columns(self, path: Path, schema: pa.Schema) -> None:
+        """The columns every reader relies on, with the types the footer declares."""
+        names = set(schema.names)
+        time_columns = {"datetime"} if "datetime" in names else {"start_datetime", "end_datetime"}
+        missing = [c for c in (*REQUIRED_COLUMNS, *sorted(time_columns)) if c not in names]
+        if missing:
+            raise damaged(path, f"lacks the REQUIRED column(s) {missing}", column=missing[0])
+        _check_vector_type(path, schema.field("embedding").type, self.quantization)
+        bbox = schema.field("bbox").type
+        if not pa.types.is_struct(bbox) or {bbox.field(i).name for i in range(bbox.num_fields)} < {"xmin", "ymin", "xmax", "ymax"}:
+            raise damaged(path, f"has a bbox column of type {bbox}, not struct<xmin, ymin, xmax, ymax>", column="bbox")
+        if self.quantization.method == "per-row":
+            column = self.quantization.scale_column or "scale"
+            if column not in names or not pa.types.is_floating(schema.field(column).type):
+                found = schema.field(column).type if column in names else "no such column"
+                raise damaged(path, f"per-row quantisation needs a float scale column ({found})", column=column)
 
     def __repr__(self) -> str:
         e = self.embedding
@@ -114,6 +224,29 @@ class Product:
     def embedding(self) -> dict[str, Any]:
         return self.metadata["embedding"]
 
+    @cached_property
+    def model_weights(self) -> Path | str | None:
+        """The model's weights: a file inside the product, the http(s) URL of their published
+        source, or None for an encoder without weights (its model asset names the code package)."""
+        where = self.path / "collection.json"
+        links = [link for link in self.collection.get("links", []) if isinstance(link, dict) and link.get("rel") == "emb:model"]
+        if not links:
+            raise damaged(where, "has no emb:model link to the model item", column="links")
+        item_path = inside(self.path, links[0].get("href"), where=f"{where} emb:model link")
+        item = read_json(item_path)
+        with reading(item_path, column="assets.model"):
+            asset = item["assets"]["model"]
+            href, roles = asset["href"], asset.get("roles", [])
+        if "mlm:weights" not in roles:
+            return None
+        if isinstance(href, str) and href.startswith(("https://", "http://")):
+            return href
+        base = item_path.parent.relative_to(self.path).as_posix()
+        path = inside(self.path, href, base=base, where=f"{item_path} assets.model")
+        if not path.is_file():
+            raise damaged(path, f"is missing, but {item_path.name} names it as the model's weights")
+        return path
+
     @property
     def dim(self) -> int:
         return int(self.embedding["dim"])
@@ -124,11 +257,39 @@ class Product:
 
     @cached_property
     def manifest(self) -> pa.Table:
-        return pq.read_table(self.path / MANIFEST)
+        """One row per data file (path, rows, bytes, sha256...), checked: no nulls, no repeated path."""
+        path = self.path / MANIFEST
+        with reading(path):
+            table = pq.read_table(path)
+        for name, (is_type, spec_type) in _MANIFEST_COLUMNS.items():
+            if name not in table.column_names:
+                raise damaged(path, f"lacks the REQUIRED column {name!r}", column=name)
+            column = table.column(name)
+            if not is_type(column.type):
+                raise damaged(path, f"has type {column.type}, where the spec says {spec_type}", column=name)
+            if column.null_count:
+                row = int(np.flatnonzero(np.asarray(column.is_null()))[0])
+                raise damaged(path, "is null", row=row, column=name)
+        if table.num_rows == 0:
+            raise damaged(path, "lists no data file (a product holds at least one)")
+        for name in ("rows", "bytes"):
+            values = np.asarray(table.column(name), dtype=np.int64)
+            if (values < 0).any():
+                row = int(np.flatnonzero(values < 0)[0])
+                raise damaged(path, f"holds {values[row]}, a negative count", row=row, column=name)
+        seen: dict[str, int] = {}
+        for row, rel in enumerate(table.column("path").to_pylist()):
+            if rel in seen:
+                raise damaged(path, f"lists {rel!r} again (first at row {seen[rel]}); every data file is listed once",
+                              row=row, column="path")
+            seen[rel] = row
+        return table
 
-    @property
+    @cached_property
     def files(self) -> list[Path]:
-        return [self.path / p for p in self.manifest.column("path").to_pylist()]
+        manifest = self.path / MANIFEST
+        return [inside(self.path, rel, where=f"{manifest} row {row}, column 'path'")
+                for row, rel in enumerate(self.manifest.column("path").to_pylist())]
 
     @property
     def num_rows(self) -> int:
@@ -136,37 +297,91 @@ class Product:
 
     # -- rows -------------------------------------------------------------------------------------
 
-    def iter_batches(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+    def _file_batches(self, *, columns: Sequence[str] | None = None,
+                      batch_size: int = 65536) -> Iterator[tuple[Path, int, pa.RecordBatch]]:
+        """(data file, its first row in the batch, batch) over every data file, read errors named."""
         for path in self.files:
-            # No pre-buffering: it would load most of a file at once, and reads must stream.
-            handle = pq.ParquetFile(path, pre_buffer=False)
-            yield from handle.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None)
+            first = 0
+            with reading(path):
+                # No pre-buffering: it would load most of a file at once, and reads must stream.
+                handle = pq.ParquetFile(path, pre_buffer=False)
+                for batch in handle.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None):
+                    yield path, first, batch
+                    first += batch.num_rows
+
+    def iter_batches(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
+        for _, _, batch in self._file_batches(columns=columns, batch_size=batch_size):
+            yield batch
+
+    @cached_property
+    def schema(self) -> pa.Schema:
+        """The stored columns of the product: every file's, those a file lacks read as nulls."""
+        schemas = [s.remove_metadata() for s in self._schemas]
+        schema = schemas[0] if all(s.equals(schemas[0]) for s in schemas) else pa.unify_schemas(schemas)
+        return schema.with_metadata(self._schemas[0].metadata)
 
     def to_arrow(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> pa.RecordBatchReader:
         """A streaming reader over every data file (stored columns; vectors as stored)."""
-        schema = pq.read_schema(self.files[0])
+        schema = self.schema
         if columns:
+            unknown = [c for c in columns if c not in schema.names]
+            if unknown:
+                raise SpecError(f"column(s) {unknown} are not in {self.path}; choose from {schema.names}")
             schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
-        return pa.RecordBatchReader.from_batches(schema, self.iter_batches(columns=columns, batch_size=batch_size))
+
+        batches = (conform(batch, schema) for _, _, batch in self._file_batches(columns=columns, batch_size=batch_size))
+        return pa.RecordBatchReader.from_batches(schema, batches)
+
+    @cached_property
+    def metadata_schema(self) -> pa.Schema:
+        """The product's columns but the stored vector ones (what search and datasets return)."""
+        vector_columns = self._vector_columns()
+        return pa.schema([f for f in self.schema if f.name not in vector_columns])
 
     def _vector_columns(self) -> list[str]:
         quant = self.quantization
         return ["embedding"] + ([quant.scale_column or "scale"] if quant.method == "per-row" else [])
 
-    def decode(self, batch: pa.RecordBatch | pa.Table, *, dequantize: bool = True) -> np.ndarray:
-        """The vectors of one batch: float32 (n, D) de-quantised, or the stored codes."""
+    def decode(self, batch: pa.RecordBatch | pa.Table, *, dequantize: bool = True,
+               source: str | os.PathLike | None = None, first_row: int = 0) -> np.ndarray:
+        """The vectors of one batch: float32 (n, D) de-quantised, or the stored codes.
+
+        Vectors that are null, of another type than the footer declares, with a per-row scale that is
+        not finite and > 0, or that decode to NaN or infinity are refused with a DamagedProductError
+        naming ``source`` and the row (``first_row`` is the batch's first row in that file). The
+        ``sqrt`` method's nodata code (-128) is the one NaN the spec allows.
+        """
+        source = source or self.path
+        quant = self.quantization
         column = batch.column("embedding")
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        width = column.type.list_size
-        codes = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+        _check_vector_type(Path(source), column.type, quant)
+        values = column.flatten()  # respects a slice's offset, where .values would not
+        if column.null_count or values.null_count:
+            nulls = np.asarray(column.is_null()) if column.null_count else \
+                np.asarray(values.is_null()).reshape(len(column), -1).any(axis=1)
+            raise damaged(source, "has a null vector or a null element in one", row=first_row + int(np.flatnonzero(nulls)[0]),
+                          column="embedding")
+        codes = values.to_numpy(zero_copy_only=False).reshape(-1, column.type.list_size)
         if not dequantize:
             return codes
-        quant = self.quantization
         row_scale = None
         if quant.method == "per-row":
-            row_scale = np.asarray(batch.column(quant.scale_column or "scale"), dtype=np.float32)
-        return _quantize.dequantize(codes, quant, row_scale=row_scale)
+            name = quant.scale_column or "scale"
+            row_scale = np.asarray(batch.column(name).fill_null(np.nan), dtype=np.float32)
+            bad = ~(np.isfinite(row_scale) & (row_scale > 0))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise damaged(source, f"has the per-row scale {row_scale[row]} (it must be finite and > 0)",
+                              row=first_row + row, column=name)
+        vectors = _quantize.dequantize(codes, quant, row_scale=row_scale)
+        if quant.method != "sqrt":
+            finite = np.isfinite(vectors).all(axis=1)
+            if not finite.all():
+                row = int(np.flatnonzero(~finite)[0])
+                raise damaged(source, "holds a vector with NaN or infinity", row=first_row + row, column="embedding")
+        return vectors
 
     def to_numpy(self, *, dequantize: bool = True) -> np.ndarray:
         """All vectors in product order: float32 (n, D) de-quantised, or the stored codes."""
@@ -176,8 +391,10 @@ class Product:
         else:
             out = np.empty((self.num_rows, quant.stored_width()), dtype=np.dtype(quant.dtype))
         row = 0
-        for batch in self.iter_batches(columns=self._vector_columns()):
-            block = self.decode(batch, dequantize=dequantize)
+        for path, first, batch in self._file_batches(columns=self._vector_columns()):
+            block = self.decode(batch, dequantize=dequantize, source=path, first_row=first)
+            if row + len(block) > len(out):
+                raise damaged(path, f"holds more rows than the manifest's {len(out)} in all", row=first)
             out[row : row + len(block)] = block
             row += len(block)
         if row != len(out):
@@ -290,9 +507,9 @@ class Product:
         self.close()
 
 
-def open_product(path: str | os.PathLike) -> Product:
-    """Open a product folder (or its collection.json)."""
-    return Product(path)
+def open_product(path: str | os.PathLike, *, verify: bool = False) -> Product:
+    """Open a product folder (or its collection.json); ``verify`` also checks every file's SHA-256."""
+    return Product(path, verify=verify)
 
 
 def sql(query: str, params: Sequence[Any] | dict[str, Any] | None = None, *, products: dict[str, Any]) -> pa.Table:
@@ -300,6 +517,7 @@ def sql(query: str, params: Sequence[Any] | dict[str, Any] | None = None, *, pro
     on ``chip_id``), in a sandbox that may open their data files only."""
     from ._query import open_views, run
 
+    # Open (and so check) every product before paying for a connection.
     con = open_views({name: path if isinstance(path, Product) else Product(path) for name, path in products.items()})
     try:
         return run(con, query, params)

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ._damage import reading
 from ._errors import ChipNotFoundError, DimensionMismatchError, SearchError
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class FileCache:
     block_bbox: np.ndarray  # (blocks, 4): union of the block's rows
     block_times: np.ndarray  # (blocks, 2): earliest start, latest end
     metadata: pa.Table  # every stored column but the vector, memory-mapped Arrow IPC
+    searchable: np.ndarray | None = None  # rows without nodata (NaN, sqrt's -128); None when all are
 
     @property
     def rows(self) -> int:
@@ -118,6 +120,11 @@ class FileCache:
 
 def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
     """Decode one data file into ``target``.{vectors,bbox,times}.npy (atomic per array)."""
+    with reading(path):
+        _decode_into(product, path, target)
+
+
+def _decode_into(product: "Product", path: Path, target: Path) -> None:
     handle = pq.ParquetFile(path, pre_buffer=False)
     rows = handle.metadata.num_rows
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
@@ -130,20 +137,26 @@ def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
     meta_partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.arrow")
     meta_schema = pa.schema([handle.schema_arrow.field(n) for n in meta_names])
     meta_writer = pa.ipc.new_file(str(meta_partial), meta_schema)
-    row = 0
-    for batch in handle.iter_batches(batch_size=65536):
-        n = batch.num_rows
-        meta_writer.write_batch(batch.select(meta_names))
-        vectors[row : row + n] = product.decode(batch)
-        box = batch.column("bbox")
-        for i, name in enumerate(("xmin", "ymin", "xmax", "ymax")):
-            bbox[row : row + n, i] = box.field(name).to_numpy(zero_copy_only=False)
-        times[row : row + n, 0] = _as_us(batch.column(time_columns[0]))
-        times[row : row + n, 1] = _as_us(batch.column(time_columns[-1]))
-        row += n
-    vectors.flush()
-    del vectors
-    meta_writer.close()
+    try:
+        row = 0
+        for batch in handle.iter_batches(batch_size=65536):
+            n = batch.num_rows
+            meta_writer.write_batch(batch.select(meta_names))
+            vectors[row : row + n] = product.decode(batch, source=path, first_row=row)
+            box = batch.column("bbox")
+            for i, name in enumerate(("xmin", "ymin", "xmax", "ymax")):
+                bbox[row : row + n, i] = box.field(name).to_numpy(zero_copy_only=False)
+            times[row : row + n, 0] = _as_us(batch.column(time_columns[0]))
+            times[row : row + n, 1] = _as_us(batch.column(time_columns[-1]))
+            row += n
+        vectors.flush()
+        del vectors
+        meta_writer.close()
+    except BaseException:
+        meta_writer.close()
+        for leftover in (partial, meta_partial):  # a refused file leaves no half-built cache behind
+            leftover.unlink(missing_ok=True)
+        raise
     os.replace(meta_partial, target.with_name(target.name + ".metadata.arrow"))
     _save_atomic(target.with_name(target.name + ".bbox.npy"), bbox)
     _save_atomic(target.with_name(target.name + ".times.npy"), times)
@@ -170,13 +183,16 @@ def load_file_cache(product: "Product", index: int, folder: Path | None = None) 
     target = folder / f"{index:05d}"
     if not target.with_name(target.name + ".vectors.npy").exists():
         _build_file_cache(product, path, target)
-    vectors = np.load(target.with_name(target.name + ".vectors.npy"), mmap_mode="r")
-    bbox = np.load(target.with_name(target.name + ".bbox.npy"))
-    times = np.load(target.with_name(target.name + ".times.npy"))
+    with reading(target.with_name(target.name + ".*"), advice=f"delete the decoded-vector cache {folder} to rebuild it"):
+        vectors = np.load(target.with_name(target.name + ".vectors.npy"), mmap_mode="r")
+        bbox = np.load(target.with_name(target.name + ".bbox.npy"))
+        times = np.load(target.with_name(target.name + ".times.npy"))
+        metadata = pa.ipc.open_file(pa.memory_map(str(target.with_name(target.name + ".metadata.arrow")))).read_all()
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32)
-    metadata = pa.ipc.open_file(pa.memory_map(str(target.with_name(target.name + ".metadata.arrow")))).read_all()
+    nodata = np.isnan(norms)  # the sqrt method's nodata code decodes to NaN; such rows are never hits
     return FileCache(
         index=index, path=path, vectors=vectors, bbox=bbox, times=times, norms=norms,
+        searchable=np.flatnonzero(~nodata) if nodata.any() else None,
         block_bbox=_blocks(bbox, (True, True, False, False)), block_times=_blocks(times, (True, False)),
         metadata=metadata,
     )
@@ -392,6 +408,8 @@ class Searcher:
 
     def _exact(self, cache: FileCache, queries: np.ndarray, metric: str, k: int, rows: np.ndarray | None) -> list[Hits]:
         vectors, norms = cache.vectors, cache.norms
+        if cache.searchable is not None:
+            rows = cache.searchable if rows is None else np.intersect1d(rows, cache.searchable, assume_unique=True)
         if rows is not None:
             if len(rows) == 0:
                 return [Hits.empty() for _ in queries]
@@ -547,7 +565,8 @@ def _chip_rows(searcher: Searcher, chip_ids: Sequence[str]) -> dict[str, tuple[i
     wanted = pa.array(sorted(set(chip_ids)), pa.string())
     found: dict[str, tuple[int, int]] = {}
     for index in searcher.file_indexes:
-        column = pq.read_table(searcher.product.files[index], columns=["chip_id"]).column("chip_id")
+        with reading(searcher.product.files[index], column="chip_id"):
+            column = pq.read_table(searcher.product.files[index], columns=["chip_id"]).column("chip_id")
         for row in np.flatnonzero(np.asarray(pc.is_in(column, value_set=wanted))):
             found.setdefault(column[int(row)].as_py(), (index, int(row)))
         if len(found) == len(wanted):
@@ -605,8 +624,12 @@ def combine_queries(product: "Product", items: Sequence[Any], parts: Sequence[li
             if isinstance(q, str):
                 raise ChipNotFoundError(f"chip id {q!r} is not in {product.path}; list ids with "
                                         f"`eoembed query {product.path} \"SELECT chip_id FROM embeddings LIMIT 10\"`")
-            extent = product.collection["extent"]["spatial"]["bbox"][0]
+            with reading(product.path / "collection.json"):
+                extent = product.collection["extent"]["spatial"]["bbox"][0]
             raise ChipNotFoundError(f"no chip of {product.path} covers the point {tuple(q)}; the product covers {extent}")
+        if not np.isfinite(vector).all():
+            raise SearchError(f"query {q!r} of {product.path} is a chip without data (its vector holds nodata); "
+                              "search from another chip or a vector")
         vectors[i] = vector
     return vectors
 
@@ -641,13 +664,18 @@ def hits_table(searcher: Searcher, hits: Sequence[Hits], queries: np.ndarray, me
             if name != "chip_id":
                 columns[name] = meta.column(name)
         tables.append(pa.table(columns))
-    return pa.concat_tables(tables) if tables else pa.table({"chip_id": pa.array([], pa.string()), "distance": pa.array([], pa.float64())})
+    if not tables:
+        return pa.table({"chip_id": pa.array([], pa.string()), "distance": pa.array([], pa.float64())})
+    return pa.concat_tables(tables)
 
 
 def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa.Table:
     """Every stored column but the vector, for the given (file, row) pairs, in that order."""
+    from ._read import conform
+
+    schema = searcher.product.metadata_schema
     if len(files) == 0:
-        return searcher.cache(searcher.file_indexes[0]).metadata.slice(0, 0)
+        return conform(searcher.cache(searcher.file_indexes[0]).metadata.slice(0, 0), schema)
     # One-row slices of the cached record batches: zero-copy, where ``take`` on the whole chunked
     # metadata would first concatenate every chunk of the file (milliseconds per hit at 1M rows).
     slices = []
@@ -655,7 +683,10 @@ def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa
         batches, starts = searcher.cache(int(f)).metadata_batches
         b = int(np.searchsorted(starts, r, side="right")) - 1
         slices.append(batches[b].slice(r - int(starts[b]), 1))
-    return pa.Table.from_batches(slices).combine_chunks()
+    if all(searcher.cache(int(f)).metadata.schema.equals(schema) for f in np.unique(files)):
+        return pa.Table.from_batches(slices).combine_chunks()
+    # Files that differ in optional columns: a column a file lacks is null in its rows.
+    return pa.Table.from_batches([conform(s, schema) for s in slices]).combine_chunks()
 
 
 def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=None, where: str | None = None,

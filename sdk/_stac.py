@@ -134,9 +134,11 @@ def build_model_item(footer: dict[str, Any], *, collection_id: str, bbox: list[f
         mlm_input["value_scaling"] = [
             {"type": "z-score", "mean": m, "stddev": s} for m, s in zip(norm["mean"], norm["std"])
         ]
-    weights_href = model.get("weights_href")
+    weights_href = model.get("weights_href")  # a published URL, or a file inside the product (publishable_weights)
     if weights_href:
-        asset = {"href": weights_href, "type": "application/octet-stream", "roles": ["mlm:model", "mlm:weights"],
+        from ._paths import is_url
+
+        asset = {"href": weights_href if is_url(weights_href) else f"../{weights_href}", "type": "application/octet-stream", "roles": ["mlm:model", "mlm:weights"],
                  "mlm:artifact_type": "torch.save" if framework == "PyTorch" else "weights"}
     else:
         from . import __version__
@@ -323,6 +325,10 @@ def write_metadata(folder: Path, *, writer: "ProductWriter", files: Sequence["_F
         item_hrefs.append(href)
     bbox = _union_bbox([f.bbox for f in files])
     _dump(folder / model_href, build_model_item(footer, collection_id=writer.collection_id, bbox=bbox, start=min(f.start for f in files), end=max(f.end for f in files)))
+    if writer.weights_file is not None:
+        import shutil
+
+        shutil.copyfile(writer.weights_file, folder / footer["model"]["weights_href"])
     _dump(folder / "grid.json", footer["grid"])
     source_href = writer.source_data_href or "./sources.json"
     if writer.source_data_href is None:

@@ -101,6 +101,39 @@ def contract_difference(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str 
     return None
 
 
+def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path | None]:
+    """The contract with ``weights_href`` as the product publishes it, and the local weights file to
+    copy into the product (None when there is none).
+
+    An http(s) URL (the encoder's published source) stays as it is. A local file (a path or a
+    ``file:`` URI, e.g. a trained encoder's checkpoint) is copied beside the model item and named by
+    its path inside the product, ``models/NAME-VERSION.weights.EXT``: a product never points at a
+    file of the machine that made it, nor at a file it does not hold.
+    """
+    from urllib.parse import unquote, urlparse
+
+    from ._paths import is_url
+    from ._stac import model_item_name
+
+    model = dict(model)
+    href = model.get("weights_href")
+    if href is None or (isinstance(href, str) and href.startswith(("https://", "http://"))):
+        return model, None
+    advice = "give the URL the encoder's weights are published at, or the path of the weights file"
+    if not isinstance(href, str) or (is_url(href) and not href.startswith("file:")):
+        raise SpecError(f"model weights_href {href!r} is neither an http(s) URL nor a local file; {advice}")
+    local = Path(unquote(urlparse(href).path)) if href.startswith("file:") else Path(href)
+    if not local.is_file():
+        raise SpecError(f"model weights_href {href!r}: no such file {local}; {advice}")
+    if model.get("weights_sha256") and sha256_file(local) != model["weights_sha256"]:
+        raise ModelContractMismatchError(
+            f"{local} is not the weights the contract names (weights_sha256 {model['weights_sha256']}); "
+            "give the file the encoder was loaded from"
+        )
+    model["weights_href"] = f"{MODELS_DIR}/{Path(model_item_name(model)).stem}.weights{local.suffix}"
+    return model, local
+
+
 @dataclass
 class _FileRecord:
     path: str
@@ -175,7 +208,8 @@ class ProductWriter:
             raise ProductExistsError(f"{self.path} exists and is not an empty folder or a product; choose a new path")
         if row_group_size < 1:
             raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
-        self.model = json.loads(json.dumps(dict(model)))
+        self._model_given = json.loads(json.dumps(dict(model)))  # batches' contracts are compared to it
+        self.model, self.weights_file = publishable_weights(self._model_given)
         self.grid = self._grid_section(grid)
         self.metric = metric
         self.normalize = normalize
@@ -292,7 +326,7 @@ class ProductWriter:
         if self._closed:
             raise RuntimeError(f"writer for {self.path} is closed")
         if model is not None:
-            diff = contract_difference(self.model, json.loads(json.dumps(dict(model))))
+            diff = contract_difference(self._model_given, json.loads(json.dumps(dict(model))))
             if diff:
                 raise ModelContractMismatchError(
                     f"batch for {self.path} has a different model contract ({diff}); "

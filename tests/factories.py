@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 QUANTIZATIONS = ["none", "float16", "int8", "int8-per-dimension", "int8-per-row", "sqrt", "binary"]
 # Largest element error of each stored form against float32 for unit vectors of dim 32..128.
@@ -62,3 +66,36 @@ def write(path: Path, *, quantization: str = "none", n: int = 500, dim: int = 32
 
     options.setdefault("normalize", True)
     return eoembed.write_product(path, chips(n, dim, seed=seed), model=model_contract(dim), quantization=quantization, **options)
+
+
+# -- changing written products (damage and variants a writer would not make) -------------------
+
+
+def sha256_of(path: Path) -> str:
+    """Lowercase hex SHA-256 of a file."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def set_manifest(root: Path, index: int, **values: Any) -> None:
+    """Overwrite columns of one manifest row."""
+    table = pq.read_table(root / "manifest.parquet")
+    for name, value in values.items():
+        column = table.column(name).to_pylist()
+        column[index] = value
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(column, table.schema.field(name).type))
+    pq.write_table(table, root / "manifest.parquet")
+
+
+def replace_data_file(root: Path, rel: str, transform: Callable[[pa.Table], pa.Table]) -> None:
+    """Rewrite one data file through ``transform`` (which keeps the footer metadata unless it means to
+    change it) and update the manifest and item to the new file, so only what the transform changed is wrong."""
+    path = root / rel
+    out = transform(pq.read_table(path))
+    pq.write_table(out, path, row_group_size=64)
+    index = pq.read_table(root / "manifest.parquet").column("path").to_pylist().index(rel)
+    set_manifest(root, index, bytes=path.stat().st_size, sha256=sha256_of(path), rows=out.num_rows)
+    item_path = root / "items" / f"{Path(rel).stem}.json"
+    item = json.loads(item_path.read_text())
+    item["assets"]["embeddings"].update({"file:size": path.stat().st_size, "file:checksum": "1220" + sha256_of(path)})
+    item["properties"]["table:row_count"] = out.num_rows
+    item_path.write_text(json.dumps(item))

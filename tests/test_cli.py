@@ -68,3 +68,27 @@ def test_version_names_the_spec():
     from eoembed import SPEC_VERSION
 
     assert f"spec {SPEC_VERSION}" in run("--version").stdout
+
+
+@pytest.mark.parametrize("verb", ["info", "validate"])  # every verb in-process: tests/sdk/test_damaged.py
+def test_a_damaged_product_gets_one_line_and_no_traceback(product, tmp_path, verb):
+    broken = tmp_path / "broken"
+    subprocess.run(["cp", "-r", str(product), str(broken)], check=True)
+    data = broken / "data" / "part-00000.parquet"
+    data.write_bytes(data.read_bytes()[:100])
+    result = run(verb, str(broken))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    if verb == "validate":
+        assert "part-00000.parquet" in result.stdout and "STR005" in result.stdout
+    else:
+        assert result.stderr.count("\n") == 1 and "part-00000.parquet: has 100 bytes" in result.stderr
+
+
+def test_unreadable_vector_files_and_params_get_one_line(product, tmp_path):
+    vector = tmp_path / "q.txt"
+    vector.write_text("1 2 x")
+    bad_vector = run("search", str(product), "--vector", str(vector))
+    assert bad_vector.returncode == 2 and "Traceback" not in bad_vector.stderr
+    assert bad_vector.stderr.count("\n") == 1 and "q.txt: cannot be read" in bad_vector.stderr
+    bad_param = run("query", str(product), "SELECT ?", "--param", "[1,")
+    assert bad_param.returncode == 1 and "Traceback" not in bad_param.stderr and "--param '[1,' is not valid JSON" in bad_param.stderr

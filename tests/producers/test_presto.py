@@ -102,7 +102,7 @@ def test_registered_and_contract(weights):
         "version": "1",
         "framework": "pytorch",
         "weights_sha256": sha,
-        "weights_href": "default_model.pt",
+        "weights_href": "https://github.com/nasaharvest/presto/raw/main/data/default_model.pt",
         "architecture": "Presto (pretrained, nasaharvest)",
         "pooling": "mean over valid pixels",
         "parameters": {"band_map": LANDSAT7_BAND_MAP, "month": 6, "latlon": list(NC_LATLON), "input_scale": 1.0},

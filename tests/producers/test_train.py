@@ -154,7 +154,11 @@ def test_the_trained_encoder_produces_a_valid_product(tmp_path, one_rank_run, nc
     assert model["input"]["normalization"] == {"method": "standardize", "mean": saved["mean"], "std": saved["std"]}
     item = json.loads(next((out / "models").glob("*.json")).read_text())
     assert item["assets"]["model"]["file:checksum"] == "1220" + model["weights_sha256"]
-    assert item["assets"]["model"]["href"] == encoder.absolute().as_uri()
+    # A copy inside the product, never the file:// URI of the machine that trained it.
+    assert model["weights_href"].startswith("models/") and model["weights_href"].endswith(".weights.pt")
+    assert item["assets"]["model"]["href"] == "../" + model["weights_href"]
+    assert product.model_weights == out / model["weights_href"]
+    assert product.model_weights.read_bytes() == encoder.read_bytes()
     assert "mlm:weights" in item["assets"]["model"]["roles"]
     assert item["properties"]["mlm:input"][0]["input"]["shape"] == [-1, 5, 8, 8]
     assert product.num_rows == 2860 and product.to_numpy().shape == (2860, 16)

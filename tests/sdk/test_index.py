@@ -67,3 +67,43 @@ def test_cli_index_build_and_list(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["kind"] == "binary"
     assert main(["index", "list", str(path)]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["asset"] == "index-binary"
+
+
+def _index_href(path, key: str, href: str) -> None:
+    item_path = path / "items" / "part-00000.json"
+    item = json.loads(item_path.read_text())
+    item["assets"][key]["href"] = href
+    item_path.write_text(json.dumps(item))
+
+
+@pytest.mark.parametrize("href", ["../../outside.npy", "/tmp/x.npy", "file:///tmp/x.npy", "https://example.org/x.npy"])
+def test_an_index_href_out_of_the_product_is_refused(tmp_path, href):
+    path = write(tmp_path / "p", n=100)
+    eoembed.open(path).build_index(kind="int8", recall_queries=5)
+    _index_href(path, "index-int8-cosine", href)
+    with pytest.raises(eoembed.UnsafePathError, match="part-00000.json assets.index-int8-cosine"):
+        eoembed.open(path).search("chip-0000001", k=1, mode="int8")
+
+
+def test_an_item_href_out_of_the_product_is_refused(tmp_path):
+    path = write(tmp_path / "p", n=100)
+    item_path = path / "items" / "part-00000.json"
+    item = json.loads(item_path.read_text())
+    item["assets"]["embeddings"]["href"] = "../../elsewhere/part-00000.parquet"
+    item_path.write_text(json.dumps(item))
+    with pytest.raises(eoembed.UnsafePathError, match="assets.embeddings"):
+        eoembed.open(path).build_index(kind="int8", recall_queries=5)
+
+
+@pytest.mark.parametrize("kind, content", [("int8", b"not an npy file"), ("int8", None), ("hnsw", b"garbage")])
+def test_a_damaged_index_file_is_named(tmp_path, kind, content):
+    path = write(tmp_path / "p", n=100)
+    eoembed.open(path).build_index(kind=kind, recall_queries=5)
+    target = next((path / "index").glob(f"part-00000.{kind}-*"))
+    if content is None:  # codes of another shape than the data file's
+        with open(target, "wb") as handle:
+            np.save(handle, np.zeros((7, 32), np.int8))
+    else:
+        target.write_bytes(content)
+    with pytest.raises(eoembed.DamagedProductError, match=target.name):
+        eoembed.open(path).search("chip-0000001", k=1, mode=kind)

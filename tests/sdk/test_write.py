@@ -298,3 +298,66 @@ def test_point_footprints_declare_their_geometry_type(tmp_path):
     geo = json.loads(pq.read_schema(path / "data" / "part-00000.parquet").metadata[b"geo"])
     assert geo["columns"]["geometry"]["geometry_types"] == ["Point"]
     assert eoembed.validate(path).findings == []
+
+
+def _weights_contract(tmp_path, href_of) -> dict:
+    weights = tmp_path / "trained" / "encoder.pt"
+    weights.parent.mkdir(exist_ok=True)
+    weights.write_bytes(b"weights of a trained encoder")
+    import hashlib
+
+    return {**model_contract(), "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "weights_href": href_of(weights)}
+
+
+@pytest.mark.parametrize("href_of", [lambda w: w.absolute().as_uri(), lambda w: str(w)], ids=["file URI", "path"])
+def test_local_weights_are_copied_into_the_product(tmp_path, href_of):
+    contract = _weights_contract(tmp_path, href_of)
+    path = eoembed.write_product(tmp_path / "p", chips(20), model=contract, normalize=True)
+    product = eoembed.open(path)
+    assert product.model["weights_href"] == "models/test-encoder-1.weights.pt"
+    item = json.loads((path / "models" / "test-encoder-1.json").read_text())
+    assert item["assets"]["model"]["href"] == "../models/test-encoder-1.weights.pt"
+    assert item["assets"]["model"]["file:checksum"] == "1220" + contract["weights_sha256"]
+    assert product.model_weights.read_bytes() == b"weights of a trained encoder"
+    assert eoembed.validate(path).findings == []
+    shutil.rmtree(tmp_path / "trained")  # the product does not need the machine's file any more
+    assert eoembed.open(path).model_weights.is_file()
+
+
+def test_published_weights_keep_their_url_and_no_weights_name_the_package(tmp_path):
+    url = "https://example.org/encoder-v1.pt"
+    path = write(tmp_path / "url", n=10)  # numpy encoder without weights: the asset names eoembed
+    assert eoembed.open(path).model_weights is None
+    contract = {**model_contract(), "weights_sha256": "a" * 64, "weights_href": url}
+    path = eoembed.write_product(tmp_path / "p", chips(10), model=contract, normalize=True)
+    assert eoembed.open(path).model_weights == url
+
+
+@pytest.mark.parametrize("href, error, match", [
+    ("missing.pt", eoembed.SpecError, "no such file"),
+    ("file:///nowhere/encoder.pt", eoembed.SpecError, "no such file"),
+    ("s3://bucket/encoder.pt", eoembed.SpecError, "neither an http"),
+])
+def test_weights_that_are_not_real_are_refused(tmp_path, href, error, match):
+    contract = {**model_contract(), "weights_sha256": "a" * 64, "weights_href": href}
+    with pytest.raises(error, match=match):
+        eoembed.write_product(tmp_path / "p", chips(10), model=contract, normalize=True)
+
+
+def test_weights_that_differ_from_the_contract_are_refused(tmp_path):
+    contract = _weights_contract(tmp_path, str)
+    contract["weights_sha256"] = "b" * 64
+    with pytest.raises(eoembed.ModelContractMismatchError, match="not the weights the contract names"):
+        eoembed.write_product(tmp_path / "p", chips(10), model=contract, normalize=True)
+
+
+@pytest.mark.parametrize("href", ["../../elsewhere/encoder.pt", "file:///tmp/encoder.pt", "/tmp/encoder.pt"])
+def test_a_model_asset_out_of_the_product_is_refused(tmp_path, href):
+    path = eoembed.write_product(tmp_path / "p", chips(10), model=_weights_contract(tmp_path, str), normalize=True)
+    item_path = path / "models" / "test-encoder-1.json"
+    item = json.loads(item_path.read_text())
+    item["assets"]["model"]["href"] = href
+    item_path.write_text(json.dumps(item))
+    with pytest.raises(eoembed.UnsafePathError, match="assets.model"):
+        eoembed.open(path).model_weights
