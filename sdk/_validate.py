@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -381,9 +382,7 @@ class _ProductChecker:
         return out
 
     def _check_stac(self, document: dict[str, Any], rel: str) -> None:
-        from ._schemas import validate_stac
-
-        for issue in validate_stac(document):
+        for issue in _stac_issues(json.dumps(document, sort_keys=True)):
             self.report.add("JSN001", f"{issue.schema}: {issue.message}", file=rel, column=issue.path or None)
 
     def _expected_sections(self, collection: dict[str, Any]) -> dict[str, Any]:
@@ -404,6 +403,23 @@ class _ProductChecker:
             diff = contract_difference(first.get("model", {}), footer.get("model", {}))
             if diff:
                 self.report.add("IDT003", f"model contract differs from {first_rel}: {diff}; a product holds one model", file=rel)
+
+
+@lru_cache(maxsize=64)
+def _to_crs84(name: str):
+    """A transformer from a native CRS to lon/lat (building one costs about 10 ms)."""
+    from pyproj import Transformer
+
+    return Transformer.from_crs(name, "OGC:CRS84", always_xy=True)
+
+
+@lru_cache(maxsize=256)
+def _stac_issues(text: str) -> tuple[Any, ...]:
+    """Schema issues of a STAC document by its JSON text: the products of a catalogue repeat
+    documents (and the schema walk is most of a small product's validation time)."""
+    from ._schemas import validate_stac
+
+    return tuple(validate_stac(json.loads(text)))
 
 
 def _lookup(document: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
@@ -575,7 +591,6 @@ class _DataFileChecker:
         self._actual_bounds = [math.inf, math.inf, -math.inf, -math.inf]
         self._actual_types: set[str] = set()
         self._derives_ids = False
-        self._transformers: dict[str, Any] = {}
 
     def record(self, *, size: int, sha256: str):
         """The manifest facts of this file as the writer would record them, from its rows."""
@@ -1217,7 +1232,6 @@ class _DataFileChecker:
     def _check_native_footprints(self, batch: pa.Table, first: int, g: int, once) -> None:
         """The native footprint, taken back to lon/lat, lies on the row's footprint (catches swapped lon/lat)."""
         import shapely
-        from pyproj import Transformer
         from pyproj.exceptions import CRSError
 
         names = batch.column_names
@@ -1232,14 +1246,10 @@ class _DataFileChecker:
             rows = (crs_names == name) & np.isfinite(bounds).all(axis=1) & np.isfinite(cover).all(axis=1)
             if not rows.any():
                 continue
-            if name not in self._transformers:
-                try:
-                    self._transformers[name] = Transformer.from_crs(name, "OGC:CRS84", always_xy=True)
-                except CRSError as error:
-                    self._transformers[name] = None
-                    once("GEO013", f"native_crs {name!r} cannot be parsed: {error}", row_group=g, column="native_crs")
-            transformer = self._transformers[name]
-            if transformer is None:
+            try:
+                transformer = _to_crs84(name)
+            except CRSError as error:
+                once("GEO013", f"native_crs {name!r} cannot be parsed: {error}", row_group=g, column="native_crs")
                 continue
             lon, lat = transformer.transform((bounds[rows, 0] + bounds[rows, 2]) / 2, (bounds[rows, 1] + bounds[rows, 3]) / 2)
             c = cover[rows]
