@@ -590,7 +590,7 @@ class _DataFileChecker:
         self._times: dict[str, tuple[np.datetime64, np.datetime64]] = {}
         self._actual_bounds = [math.inf, math.inf, -math.inf, -math.inf]
         self._actual_types: set[str] = set()
-        self._derives_ids = False
+        self._derives_ids: bool | None = None  # whether the file's chip ids follow their derivation
 
     def record(self, *, size: int, sha256: str):
         """The manifest facts of this file as the writer would record them, from its rows."""
@@ -1158,7 +1158,9 @@ class _DataFileChecker:
                 once("IDT005", f"{name} is null in {int(nulls.sum())} rows of this row group; it is REQUIRED in every row",
                      row=first + row, row_group=g, column=name)
         if "source_id" in batch.column_names:
-            self.sources.update(v for v in batch.column("source_id").to_pylist() if v is not None)
+            import pyarrow.compute as pc
+
+            self.sources.update(v for v in pc.unique(batch.column("source_id")).to_pylist() if v is not None)
         if "valid_fraction" in batch.column_names:
             fraction = batch.column("valid_fraction").to_numpy(zero_copy_only=False).astype(np.float64)
             bad = ~np.isnan(fraction) & ~((fraction >= 0) & (fraction <= 1))
@@ -1189,11 +1191,14 @@ class _DataFileChecker:
         names = batch.column_names
         if "bbox" not in names or "grid_cell" not in names or not batch.num_rows:
             return
+        grid = self._grid()
+        derives_ids = self._derives_ids is not False and {"chip_id", "pixel_bbox", "source_id"} <= set(names)
+        if grid is None and not derives_ids:
+            return
         box = batch.column("bbox").combine_chunks()
         lon = (box.field("xmin").to_numpy(zero_copy_only=False) + box.field("xmax").to_numpy(zero_copy_only=False)) / 2
         lat = (box.field("ymin").to_numpy(zero_copy_only=False) + box.field("ymax").to_numpy(zero_copy_only=False)) / 2
         cells = np.asarray(batch.column("grid_cell").to_pylist(), dtype=object)
-        grid = self._grid()
         if grid is not None and np.isfinite(lon).all() and np.isfinite(lat).all():
             try:
                 derived = np.asarray(grid.cell_of(lon, lat), dtype=object)
@@ -1205,7 +1210,7 @@ class _DataFileChecker:
                     row = int(np.flatnonzero(bad)[0])
                     once("IDT008", f"grid_cell is {cells[row]!r}, but the bbox centre ({lon[row]:.6f}, {lat[row]:.6f}) lies in "
                          f"{derived[row]!r} of grid {grid.id}", row=first + row, row_group=g, column="grid_cell")
-        if not {"chip_id", "pixel_bbox", "source_id"} <= set(names):
+        if not derives_ids:
             return
         times = (batch.column("datetime").to_pylist() if "datetime" in names else
                  list(zip(batch.column("start_datetime").to_pylist(), batch.column("end_datetime").to_pylist()))
@@ -1214,17 +1219,26 @@ class _DataFileChecker:
         if times is None or pixels.null_count or not pa.types.is_fixed_size_list(pixels.type):
             return
         offsets = pixels.flatten().to_numpy(zero_copy_only=False).reshape(-1, pixels.type.list_size)
+        ids = np.asarray(batch.column("chip_id").to_pylist(), dtype=object)
+        sources = batch.column("source_id").to_pylist()
+
+        def derived(rows: slice) -> np.ndarray:
+            return np.asarray(chip_ids(
+                grid_id=self.footer["grid"]["id"], grid_cells=cells[rows].tolist(), col_offs=offsets[rows, 0],
+                row_offs=offsets[rows, 1], chip_size=int(self.footer["model"]["input"]["chip_size_px"]),
+                times=times[rows], source_ids=sources[rows]), dtype=object)
+
         try:
-            expected = chip_ids(grid_id=self.footer["grid"]["id"], grid_cells=cells.tolist(), col_offs=offsets[:, 0],
-                                row_offs=offsets[:, 1], chip_size=int(self.footer["model"]["input"]["chip_size_px"]),
-                                times=times, source_ids=batch.column("source_id").to_pylist())
+            if self._derives_ids is None:
+                # Producers may supply their own ids: the first rows tell whether this file derives them.
+                self._derives_ids = bool((derived(slice(0, 64)) == ids[:64]).any())
+            if not self._derives_ids:
+                return
+            expected = derived(slice(None))
         except (KeyError, TypeError, ValueError):
             return  # an unusable footer is reported by the schema checks
-        ids = np.asarray(batch.column("chip_id").to_pylist(), dtype=object)
-        match = np.asarray(expected, dtype=object) == ids
-        # Producers may supply their own ids; a file whose ids follow the derivation must follow it in every row.
-        self._derives_ids = self._derives_ids or bool(match.any())
-        if self._derives_ids and not match.all():
+        match = expected == ids
+        if not match.all():
             row = int(np.flatnonzero(~match)[0])
             once("IDT009", f"chip_id is {ids[row]!r}, but its derivation from grid, grid_cell, pixel_bbox, chip size, "
                  f"time and source_id gives {expected[row]!r}", row=first + row, row_group=g, column="chip_id")
