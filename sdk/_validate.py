@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -159,6 +159,19 @@ class _ProductChecker:
             return None
         return target
 
+    def _linked(self, collection: dict[str, Any], relation: str) -> Iterator[tuple[str, Any]]:
+        """(path, document) of each product-local JSON document the collection links as ``relation``."""
+        for link in collection.get("links", []):
+            if link.get("rel") != relation:
+                continue
+            target = self._inside("collection.json", str(link.get("href", "")), where="collection.json")
+            if target is None:
+                continue
+            rel = target.relative_to(self.root.resolve()).as_posix()
+            document = self._load_json(rel)
+            if document is not None:
+                yield rel, document
+
     def run(self) -> None:
         collection = self._load_json("collection.json")
         if collection is None:
@@ -187,15 +200,9 @@ class _ProductChecker:
         model_hrefs = [link["href"] for link in collection.get("links", []) if link.get("rel") == "emb:model"]
         if not model_hrefs:
             self.report.add("STR001", "collection.json has no emb:model link to a model item", file="collection.json")
-        model_items = []
-        for href in model_hrefs:
-            target = self._inside("collection.json", href, where="collection.json")
-            if target is not None:
-                rel = target.relative_to(self.root.resolve()).as_posix()
-                model_item = self._load_json(rel)
-                if model_item is not None:
-                    self._check_stac(model_item, rel)
-                    model_items.append((rel, model_item))
+        model_items = list(self._linked(collection, "emb:model"))
+        for rel, model_item in model_items:
+            self._check_stac(model_item, rel)
 
         # Uniqueness first: DuckDB's memory is released before the streaming checks take theirs.
         existing = [self.root / rel for rel in listed if (self.root / rel).exists()]
@@ -294,16 +301,7 @@ class _ProductChecker:
         if grid is not None and grid != records[-1].footer.get("grid"):
             self.report.add("JSN009", f"grid.json is {_short(grid)}, but the footers' grid is {_short(records[-1].footer.get('grid'))}; "
                             "grid.json repeats the footer's grid section", file="grid.json")
-        for link in collection.get("links", []):
-            if link.get("rel") != "emb:source-data":
-                continue
-            target = self._inside("collection.json", link.get("href", ""), where="collection.json")
-            if target is None:
-                continue
-            rel = target.relative_to(self.root.resolve()).as_posix()
-            sources = self._load_json(rel)
-            if sources is None:
-                continue
+        for rel, sources in self._linked(collection, "emb:source-data"):
             listed = sources.get("source_ids") if isinstance(sources, dict) else None
             used = set().union(*self._row_sources)
             if not isinstance(listed, list) or set(listed) != used or len(listed) != len(set(listed)):
@@ -362,16 +360,7 @@ class _ProductChecker:
     def _items(self, collection: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Data file path -> (item path, item) for every item linked from the collection."""
         out = {}
-        for link in collection.get("links", []):
-            if link.get("rel") != "item":
-                continue
-            target = self._inside("collection.json", link["href"], where="collection.json")
-            if target is None:
-                continue
-            rel = target.relative_to(self.root.resolve()).as_posix()
-            item = self._load_json(rel)
-            if item is None:
-                continue
+        for rel, item in self._linked(collection, "item"):
             self._check_stac(item, rel)
             asset = item.get("assets", {}).get("embeddings")
             if not asset:
@@ -462,6 +451,16 @@ def _same(stated: Any, actual: Any) -> bool:
 def _short(value: Any, limit: int = 160) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _row_boxes(batch: pa.Table) -> np.ndarray | None:
+    """The rows' bbox covering as an (n, 4) float array (null fields NaN); None without a usable one."""
+    if "bbox" not in batch.column_names:
+        return None
+    box = batch.column("bbox").combine_chunks()
+    if not pa.types.is_struct(box.type) or not all(box.type.get_field_index(k) >= 0 for k in ("xmin", "ymin", "xmax", "ymax")):
+        return None
+    return np.stack([box.field(k).to_numpy(zero_copy_only=False).astype(np.float64) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
 
 
 def _utc(value: datetime) -> datetime:
@@ -583,6 +582,7 @@ class _DataFileChecker:
         self.rows: int | None = None
         self.footer: dict[str, Any] | None = None
         self.schema: pa.Schema | None = None
+        self.footer_valid = False
         self._geo_meta: dict[str, Any] | None = None
         # Facts gathered while streaming, which the metadata is checked against afterwards.
         self.sample: np.ndarray | None = None  # de-quantised vectors of the first rows
@@ -596,7 +596,7 @@ class _DataFileChecker:
         """The manifest facts of this file as the writer would record them, from its rows."""
         from ._write import _FileRecord
 
-        if self.rows is None or self.footer is None or not isinstance(self.footer.get("embedding"), dict):
+        if self.rows is None or self.footer is None or not self.footer_valid:
             return None
         names = self.schema.names if self.schema is not None else []
         first, last = ("datetime", "datetime") if "datetime" in names else ("start_datetime", "end_datetime")
@@ -714,8 +714,11 @@ class _DataFileChecker:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             self.add("JSN004", f"'eoembed' footer is not valid JSON: {error}")
             return None
-        for path, _, message in footer_errors(footer):
+        errors = footer_errors(footer)
+        for path, _, message in errors:
             self.add("JSN002", f"eoembed footer: {message}", column=path)
+        # Metadata is rebuilt from a footer only when it follows the schema (JSN002 says why not).
+        self.footer_valid = not errors
         if self.expected is not None:
             for section in _SECTIONS:
                 if footer.get(section) != self.expected.get(section):
@@ -902,10 +905,8 @@ class _DataFileChecker:
         if crs is not None:
             self._check_crs_range(bounds[~missing], crs, first, g, once, primary)
         if "bbox" in batch.column_names:
-            box = batch.column("bbox").combine_chunks()
-            try:
-                cover = np.stack([box.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
-            except KeyError:
+            cover = _row_boxes(batch)
+            if cover is None:
                 once("GEO004", "covering bbox struct lacks xmin/ymin/xmax/ymax fields", row_group=g, column="bbox")
                 return
             tol = 1e-9 * np.maximum(1.0, np.abs(bounds))
@@ -1189,15 +1190,14 @@ class _DataFileChecker:
         from ._errors import GridError
 
         names = batch.column_names
-        if "bbox" not in names or "grid_cell" not in names or not batch.num_rows:
+        cover = _row_boxes(batch)
+        if cover is None or "grid_cell" not in names or not batch.num_rows:
             return
         grid = self._grid()
         derives_ids = self._derives_ids is not False and {"chip_id", "pixel_bbox", "source_id"} <= set(names)
         if grid is None and not derives_ids:
             return
-        box = batch.column("bbox").combine_chunks()
-        lon = (box.field("xmin").to_numpy(zero_copy_only=False) + box.field("xmax").to_numpy(zero_copy_only=False)) / 2
-        lat = (box.field("ymin").to_numpy(zero_copy_only=False) + box.field("ymax").to_numpy(zero_copy_only=False)) / 2
+        lon, lat = (cover[:, 0] + cover[:, 2]) / 2, (cover[:, 1] + cover[:, 3]) / 2
         cells = np.asarray(batch.column("grid_cell").to_pylist(), dtype=object)
         if grid is not None and np.isfinite(lon).all() and np.isfinite(lat).all():
             try:
@@ -1216,7 +1216,7 @@ class _DataFileChecker:
                  list(zip(batch.column("start_datetime").to_pylist(), batch.column("end_datetime").to_pylist()))
                  if "end_datetime" in names else None)
         pixels = batch.column("pixel_bbox").combine_chunks()
-        if times is None or pixels.null_count or not pa.types.is_fixed_size_list(pixels.type):
+        if times is None or pixels.null_count or not pa.types.is_fixed_size_list(pixels.type) or pixels.type.list_size != 4:
             return
         offsets = pixels.flatten().to_numpy(zero_copy_only=False).reshape(-1, pixels.type.list_size)
         ids = np.asarray(batch.column("chip_id").to_pylist(), dtype=object)
@@ -1249,14 +1249,16 @@ class _DataFileChecker:
         from pyproj.exceptions import CRSError
 
         names = batch.column_names
-        if not {"native_crs", "native_footprint", "bbox"} <= set(names) or not batch.num_rows:
+        cover = _row_boxes(batch)
+        if not {"native_crs", "native_footprint"} <= set(names) or cover is None or not batch.num_rows:
             return
-        native = shapely.from_wkb(batch.column("native_footprint").to_numpy(zero_copy_only=False), on_invalid="ignore")
+        try:
+            native = shapely.from_wkb(batch.column("native_footprint").to_numpy(zero_copy_only=False), on_invalid="ignore")
+        except (TypeError, ValueError):
+            return  # not WKB: nothing to compare against
         crs_names = np.asarray(batch.column("native_crs").to_pylist(), dtype=object)
-        box = batch.column("bbox").combine_chunks()
-        cover = np.stack([box.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
         bounds = shapely.bounds(native)
-        for name in set(crs_names.tolist()) - {None}:
+        for name in {n for n in crs_names.tolist() if isinstance(n, str)}:
             rows = (crs_names == name) & np.isfinite(bounds).all(axis=1) & np.isfinite(cover).all(axis=1)
             if not rows.any():
                 continue

@@ -128,16 +128,10 @@ class Mutation:
 MUTATIONS: list[Mutation] = []
 
 
-def mutation(level: str, name: str, code: str, *, forms: tuple[str, ...] = ("none",), sealed: bool = True):
-    def register(apply: Callable[[Path, str], None]) -> Callable[[Path, str], None]:
-        MUTATIONS.append(Mutation(level, name, code, apply, forms, sealed))
-        return apply
-
-    return register
-
-
-def plant(level: str, name: str, code: str, change: Callable[[Path, str], None], **options: Any) -> None:
-    mutation(level, name, code, **options)(change)
+def plant(level: str, name: str, code: str, change: Callable[[Path, str], None], *,
+          forms: tuple[str, ...] = ("none",), sealed: bool = True) -> None:
+    """Register one mutation: ``change`` plants the defect, ``code`` is what the validator must say."""
+    MUTATIONS.append(Mutation(level, name, code, change, forms, sealed))
 
 
 def apply_case(root: Path, item: Mutation, form: str) -> None:
@@ -211,7 +205,7 @@ def footer_edit(change: Callable[[dict], Any], rel: str = PART) -> Callable[[Pat
 
 def geo_edit(change: Callable[[dict], Any]) -> Callable[[Path, str], None]:
     def apply(table: pa.Table, meta: dict, form: str):
-        change(meta["geo"]["columns"]["geometry"] if "columns" in meta["geo"] else meta["geo"])
+        change(meta["geo"]["columns"]["geometry"])
         return table, meta
 
     return edit_data(apply)
@@ -355,6 +349,12 @@ def halve(codes: np.ndarray, form: str) -> np.ndarray:
 
 
 # -- the corpus -------------------------------------------------------------------------------------
+def projjson(name: str) -> dict:
+    import pyproj
+
+    return pyproj.CRS(name).to_json_dict()
+
+
 def get_path(document: Any, path: tuple) -> Any:
     for key in path:
         document = document[key]
@@ -515,7 +515,7 @@ plant("geo", "not JSON", "GEO001", write_raw_key(b"geo", b"{not json"))
 plant("geo", "version 1.0.0", "GEO002", geo_root_edit(at(("version",), lambda v: "1.0.0")))
 plant("geo", "primary column", "GEO002", geo_root_edit(at(("primary_column",), lambda v: "geom")))
 plant("geo", "crs null", "GEO003", geo_edit(at(("crs",), lambda v: None)))
-plant("geo", "crs of the native raster", "GEO003", geo_edit(at(("crs",), lambda v: __import__("pyproj").CRS("EPSG:32119").to_json_dict())))
+plant("geo", "crs of the native raster", "GEO003", geo_edit(at(("crs",), lambda v: projjson("EPSG:32119"))))
 plant("geo", "encoding", "GEO003", geo_edit(at(("encoding",), lambda v: "point")))
 plant("geo", "covering missing", "GEO004", geo_edit(drop(("covering",))))
 plant("geo", "covering column", "GEO004", geo_edit(at(("covering", "bbox"), lambda v: {k: ["box", k] for k in v})))
