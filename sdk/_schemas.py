@@ -227,6 +227,9 @@ def _roots(extra_roots: Sequence[Path | str]) -> tuple[Path, ...]:
 
 @functools.lru_cache(maxsize=32)
 def _registry(extra_roots: tuple[Path, ...], stac_core_version: str | None) -> referencing.Registry:
+    # A Registry is immutable: what one validation retrieves is not kept for the next, so each
+    # resource is cached here or every document would load and parse every schema again.
+    @functools.lru_cache(maxsize=None)
     def retrieve(uri: str) -> referencing.Resource:
         contents = _load(_remap_core(uri, stac_core_version), extra_roots)
         return referencing.Resource.from_contents(

@@ -68,6 +68,9 @@ def _cross_field_errors(footer: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append(("embedding/dtype", "consistency", f"embedding.dtype {embedding['dtype']!r} differs from quantization.dtype {quant['dtype']!r}"))
     if quant["method"] == "binary" and dim % 8:
         out.append(("embedding/dim", "consistency", f"binary codes need a dimension divisible by 8, got {dim}"))
+    if quant["method"] == "binary" and not embedding["normalized"]:
+        # De-quantised 1-bit codes are unit vectors by the formula, whatever the source vectors were.
+        out.append(("embedding/normalized", "consistency", "binary codes de-quantise to unit vectors: normalized must be true"))
     for key in ("scale", "offset"):
         if key in quant and len(quant[key]) not in (1, dim):
             out.append((f"embedding/quantization/{key}", "consistency", f"{key} has {len(quant[key])} values; give 1 or {dim}"))

@@ -70,6 +70,30 @@ def _table_columns(schema: pa.Schema) -> list[dict[str, str]]:
     return [{"name": field.name, "type": str(field.type)} for field in schema]
 
 
+# The fields of each document that restate facts of the data files. The validator rebuilds each
+# document from the data with the builders below and compares exactly these paths, so writer and
+# validator cannot disagree on what a field means.
+COLLECTION_STATEMENTS: tuple[tuple[str, ...], ...] = (
+    ("extent", "spatial", "bbox"), ("extent", "temporal", "interval"), ("emb:dimensions",),
+    ("data_type",), ("gsd",), ("emb:chip_layout", "layout_type"), ("emb:chip_layout", "chip_size"),
+    ("emb:chip_layout", "stride"), ("emb:chip_layout", "grid_id"), ("summaries",),
+    ("eoembed:provenance", "start"), ("eoembed:provenance", "end"), ("eoembed:provenance", "energy"),
+)
+ITEM_STATEMENTS: tuple[tuple[str, ...], ...] = (
+    ("bbox",), ("geometry",), ("properties", "start_datetime"), ("properties", "end_datetime"),
+    ("properties", "emb:quantization"), ("properties", "eoembed:spec_version"), ("properties", "eoembed:quantization"),
+    ("properties", "table:row_count"), ("properties", "table:primary_geometry"), ("properties", "table:columns"),
+    ("properties", "proj:code"), ("properties", "emb:energy"),
+    ("assets", "embeddings", "file:size"), ("assets", "embeddings", "file:checksum"),
+)
+MODEL_ITEM_STATEMENTS: tuple[tuple[str, ...], ...] = (
+    ("bbox",), ("properties", "start_datetime"), ("properties", "end_datetime"), ("properties", "mlm:name"),
+    ("properties", "mlm:architecture"), ("properties", "mlm:framework"), ("properties", "mlm:pretrained"),
+    ("properties", "mlm:input"), ("properties", "mlm:output"), ("properties", "mlm:hyperparameters"),
+    ("properties", "bands"), ("assets", "model", "file:checksum"), ("assets", "model", "bands"),
+)
+
+
 def build_item(record: "_FileRecord", *, collection_id: str, schema: pa.Schema, model_href: str) -> dict[str, Any]:
     stem = Path(record.path).stem
     embedding = record.footer["embedding"]
@@ -208,8 +232,9 @@ def summed_energy(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any] | No
     return out
 
 
-def build_collection(writer: "ProductWriter", files: Sequence["_FileRecord"], *, item_hrefs: list[str],
-                     model_href: str, source_href: str) -> dict[str, Any]:
+def build_collection(files: Sequence["_FileRecord"], *, collection_id: str, title: str | None = None,
+                     description: str | None = None, item_hrefs: list[str], model_href: str,
+                     source_href: str) -> dict[str, Any]:
     footer = dict(files[-1].footer)
     model = footer["model"]
     inputs = model["input"]
@@ -243,9 +268,9 @@ def build_collection(writer: "ProductWriter", files: Sequence["_FileRecord"], *,
         "type": "Collection",
         "stac_version": STAC_VERSION,
         "stac_extensions": sorted([EMBEDDINGS_EXTENSION, STAC_EXTENSION]),
-        "id": writer.collection_id,
-        "title": writer.title or f"{model['name']} embeddings",
-        "description": writer.description or (
+        "id": collection_id,
+        "title": title or f"{model['name']} embeddings",
+        "description": description or (
             f"{embedding['dim']}-d chip embeddings by {model['name']} {model['version']}, "
             f"stored as {embedding['dtype']} ({embedding['quantization']['method']} quantization), eoembed spec {SPEC_VERSION}."
         ),
@@ -333,4 +358,6 @@ def write_metadata(folder: Path, *, writer: "ProductWriter", files: Sequence["_F
     source_href = writer.source_data_href or "./sources.json"
     if writer.source_data_href is None:
         _dump(folder / "sources.json", {"source_ids": sources})
-    _dump(folder / "collection.json", build_collection(writer, files, item_hrefs=item_hrefs, model_href=model_href, source_href=source_href))
+    _dump(folder / "collection.json", build_collection(
+        files, collection_id=writer.collection_id, title=writer.title, description=writer.description,
+        item_hrefs=item_hrefs, model_href=model_href, source_href=source_href))

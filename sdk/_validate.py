@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 from ._errors import ProductNotFoundError, QuantizationError
 from ._geometry import _TYPE_NAMES
 from ._spec import FOOTER_KEY, SPEC_VERSION, footer_errors
+from ._stac import COLLECTION_STATEMENTS, ITEM_STATEMENTS, MODEL_ITEM_STATEMENTS, build_collection, build_item, build_model_item
 
 Severity = Literal["error", "warning"]
 _SECTIONS = ("model", "embedding", "grid", "license", "spec_version")
@@ -160,6 +163,19 @@ class _ProductChecker:
             self.report.add("STR008", str(error), file=where)
             return None
 
+    def _linked(self, collection: dict[str, Any], relation: str) -> Iterator[tuple[str, Any]]:
+        """(path, document) of each product-local JSON document the collection links as ``relation``."""
+        for link in collection.get("links", []):
+            if link.get("rel") != relation:
+                continue
+            target = self._inside("collection.json", str(link.get("href", "")), where="collection.json")
+            if target is None:
+                continue
+            rel = target.relative_to(self.root.resolve()).as_posix()
+            document = self._load_json(rel)
+            if document is not None:
+                yield rel, document
+
     def run(self) -> None:
         collection = self._load_json("collection.json")
         if collection is None:
@@ -170,9 +186,11 @@ class _ProductChecker:
 
         manifest = self._manifest()
         listed: dict[str, dict[str, Any]] = {}
+        self._manifest_rows: list[str] = []
         if manifest is not None:
             for row in manifest.to_pylist():
                 rel = row["path"]
+                self._manifest_rows.append(rel)
                 if rel in listed:
                     self.report.add("STR004", f"{rel} is listed twice in manifest.parquet", file="manifest.parquet", column="path")
                 listed[rel] = row
@@ -186,27 +204,28 @@ class _ProductChecker:
         model_hrefs = [link["href"] for link in collection.get("links", []) if link.get("rel") == "emb:model"]
         if not model_hrefs:
             self.report.add("STR001", "collection.json has no emb:model link to a model item", file="collection.json")
-        for href in model_hrefs:
-            target = self._inside("collection.json", href, where="collection.json")
-            if target is not None:
-                rel = target.relative_to(self.root.resolve()).as_posix()
-                model_item = self._load_json(rel)
-                if model_item is not None:
-                    self._check_stac(model_item, rel)
+        model_items = list(self._linked(collection, "emb:model"))
+        for rel, model_item in model_items:
+            self._check_stac(model_item, rel)
 
         # Uniqueness first: DuckDB's memory is released before the streaming checks take theirs.
         existing = [self.root / rel for rel in listed if (self.root / rel).exists()]
         if existing:
             _check_unique_chip_ids(self.report, existing, self.root)
         footers = []
+        records: list[Any] = []
+        self._row_sources: list[set[str]] = []
+        complete = True  # every listed file could be read, so product-wide statements can be checked
         for rel, row in sorted(listed.items()):
             path = self.root / rel
             if not path.exists():
                 self.report.add("STR002", f"{rel} is listed in manifest.parquet but missing", file=rel)
+                complete = False
                 continue
             size = path.stat().st_size
             if size != row["bytes"]:
                 self.report.add("STR005", f"size is {size} bytes, the manifest says {row['bytes']}", file=rel)
+            digest = row["sha256"]
             if self.check_checksums:
                 from ._write import sha256_file
 
@@ -215,18 +234,116 @@ class _ProductChecker:
                     self.report.add("STR006", f"sha256 is {digest}, the manifest says {row['sha256']}", file=rel)
             if rel not in items:
                 self.report.add("STR009", "no STAC item has an 'embeddings' asset pointing at this file", file=rel)
-            else:
-                item_rel, item = items[rel]
-                asset = item["assets"]["embeddings"]
-                if asset.get("file:size") not in (None, size):
-                    self.report.add("STR005", f"{item_rel} says file:size {asset.get('file:size')}, the file has {size}", file=rel)
             checker = _DataFileChecker(self.report, path, name=rel, expected=expected, temporal=temporal)
             checker.run()
             if checker.rows is not None and checker.rows != row["rows"]:
                 self.report.add("STR007", f"holds {checker.rows} rows, the manifest says {row['rows']}", file=rel)
             if checker.footer is not None:
                 footers.append((rel, checker.footer))
+            record = checker.record(size=size, sha256=digest)
+            if record is None:
+                complete = False
+                continue
+            records.append(record)
+            self._row_sources.append(checker.sources)
+            if not record.rows:
+                continue  # an empty file has no extent to state; STR012 reports an empty product
+            self._check_manifest_row(rel, row, record)
+            if rel in items:
+                item_rel, item = items[rel]
+                self._check_statements("JSN007", item_rel, item, build_item(record, collection_id=item.get("collection", ""), schema=checker.schema, model_href=""), ITEM_STATEMENTS, what=f"{rel}")
+                self._check_indexes(item_rel, item, record, checker)
         self._check_one_model(footers)
+        if manifest is not None and sum(r.rows for r in records) == 0 and complete:
+            self.report.add("STR012", "the product holds no chip; a product needs at least one (write the product again from chips)",
+                            file="manifest.parquet")
+        if complete and records and all(r.rows for r in records):
+            self._check_product_statements(collection, records, model_items)
+
+    # statements of the metadata against the data -------------------------------------------------
+
+    def _check_statements(self, code: str, rel: str, document: dict[str, Any], derived: dict[str, Any],
+                          paths: tuple[tuple[str, ...], ...], *, what: str) -> None:
+        """Every field at ``paths`` that ``document`` states must equal what the data gives
+        (``derived``, built from the data by the writer's own builders); absent fields are the
+        schema's business."""
+        for path in paths:
+            found, stated = _lookup(document, path)
+            if not found:
+                continue
+            _, actual = _lookup(derived, path)
+            if not _same(stated, actual):
+                name = "/".join(path)
+                self.report.add(code, f"{name} is {_short(stated)}, but {what} gives {_short(actual)}; "
+                                "correct the field (or write the product again)", file=rel, column=name)
+
+    def _check_manifest_row(self, rel: str, row: dict[str, Any], record) -> None:
+        stated = row.get("bbox")
+        if stated is not None:
+            box = [stated.get(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+            if not _same(box, list(record.bbox)):
+                self.report.add("STR011", f"manifest bbox is {box}, the rows' bounds are {list(record.bbox)}",
+                                file="manifest.parquet", column="bbox", row=self._manifest_rows.index(rel))
+        for column, actual in (("start_datetime", record.start), ("end_datetime", record.end)):
+            value = row.get(column)
+            if value is not None and _utc(value) != actual:
+                self.report.add("STR011", f"manifest {column} of {rel} is {value}, the rows give {actual}",
+                                file="manifest.parquet", column=column, row=self._manifest_rows.index(rel))
+
+    def _check_product_statements(self, collection: dict[str, Any], records: list[Any],
+                                  model_items: list[tuple[str, dict[str, Any]]]) -> None:
+        derived = build_collection(records, collection_id=str(collection.get("id")), item_hrefs=[], model_href="", source_href="")
+        self._check_statements("JSN006", "collection.json", collection, derived, COLLECTION_STATEMENTS,
+                               what="the data files")
+        bbox = derived["extent"]["spatial"]["bbox"][0]
+        start, end = min(r.start for r in records), max(r.end for r in records)
+        for rel, model_item in model_items:
+            model = build_model_item(records[-1].footer, collection_id=str(model_item.get("collection")), bbox=bbox, start=start, end=end)
+            self._check_statements("JSN008", rel, model_item, model, MODEL_ITEM_STATEMENTS,
+                                   what="the model contract in the footers")
+        grid = self._load_json("grid.json")
+        if grid is not None and grid != records[-1].footer.get("grid"):
+            self.report.add("JSN009", f"grid.json is {_short(grid)}, but the footers' grid is {_short(records[-1].footer.get('grid'))}; "
+                            "grid.json repeats the footer's grid section", file="grid.json")
+        for rel, sources in self._linked(collection, "emb:source-data"):
+            listed = sources.get("source_ids") if isinstance(sources, dict) else None
+            used = set().union(*self._row_sources)
+            if not isinstance(listed, list) or set(listed) != used or len(listed) != len(set(listed)):
+                missing = sorted(used - set(listed or []))[:5]
+                extra = sorted(set(listed or []) - used)[:5]
+                self.report.add("JSN009", f"source_ids must list each source_id of the rows once: missing {missing}, "
+                                f"not in any row {extra}", file=rel, column="source_ids")
+
+    def _check_indexes(self, item_rel: str, item: dict[str, Any], record, checker: "_DataFileChecker") -> None:
+        """Index assets must exist, match their checksums and hold what the current data gives."""
+        for key, asset in sorted(item.get("assets", {}).items()):
+            if not isinstance(asset, dict) or ("eoembed:index" not in asset and "index" not in asset.get("roles", [])):
+                continue
+            target = self._inside(item_rel, str(asset.get("href", "")), where=item_rel)
+            if target is None:
+                continue
+            rel = target.relative_to(self.root.resolve()).as_posix()
+            if not target.is_file():
+                self.report.add("IDX001", f"index asset {key!r} points at {rel}, which does not exist; build the index again "
+                                "(Product.build_index) or remove the asset", file=item_rel, column=f"assets/{key}")
+                continue
+            size = target.stat().st_size
+            if asset.get("file:size") not in (None, size):
+                self.report.add("IDX002", f"{rel} has {size} bytes, asset {key!r} says file:size {asset.get('file:size')}",
+                                file=item_rel, column=f"assets/{key}/file:size")
+            if self.check_checksums and "file:checksum" in asset:
+                from ._write import sha256_file
+
+                digest = "1220" + sha256_file(target)
+                if asset["file:checksum"] != digest:
+                    self.report.add("IDX002", f"{rel} has checksum {digest}, asset {key!r} says {asset['file:checksum']}",
+                                    file=item_rel, column=f"assets/{key}/file:checksum")
+            meta = asset.get("eoembed:index")
+            if isinstance(meta, dict):
+                problem = _index_problem(key, target, meta, record, checker)
+                if problem:
+                    self.report.add("IDX003", f"index {rel} is not built from the current {record.path}: {problem}; "
+                                    "build the index again (Product.build_index)", file=item_rel, column=f"assets/{key}")
 
     def _manifest(self) -> pa.Table | None:
         path = self.root / "manifest.parquet"
@@ -247,16 +364,7 @@ class _ProductChecker:
     def _items(self, collection: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
         """Data file path -> (item path, item) for every item linked from the collection."""
         out = {}
-        for link in collection.get("links", []):
-            if link.get("rel") != "item":
-                continue
-            target = self._inside("collection.json", link["href"], where="collection.json")
-            if target is None:
-                continue
-            rel = target.relative_to(self.root.resolve()).as_posix()
-            item = self._load_json(rel)
-            if item is None:
-                continue
+        for rel, item in self._linked(collection, "item"):
             self._check_stac(item, rel)
             asset = item.get("assets", {}).get("embeddings")
             if not asset:
@@ -267,9 +375,7 @@ class _ProductChecker:
         return out
 
     def _check_stac(self, document: dict[str, Any], rel: str) -> None:
-        from ._schemas import validate_stac
-
-        for issue in validate_stac(document):
+        for issue in _stac_issues(json.dumps(document, sort_keys=True)):
             self.report.add("JSN001", f"{issue.schema}: {issue.message}", file=rel, column=issue.path or None)
 
     def _expected_sections(self, collection: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +396,132 @@ class _ProductChecker:
             diff = contract_difference(first.get("model", {}), footer.get("model", {}))
             if diff:
                 self.report.add("IDT003", f"model contract differs from {first_rel}: {diff}; a product holds one model", file=rel)
+
+
+@lru_cache(maxsize=64)
+def _to_crs84(name: str):
+    """A transformer from a native CRS to lon/lat (building one costs about 10 ms)."""
+    from pyproj import Transformer
+
+    return Transformer.from_crs(name, "OGC:CRS84", always_xy=True)
+
+
+@lru_cache(maxsize=256)
+def _stac_issues(text: str) -> tuple[Any, ...]:
+    """Schema issues of a STAC document by its JSON text: the products of a catalogue repeat
+    documents (and the schema walk is most of a small product's validation time)."""
+    from ._schemas import validate_stac
+
+    return tuple(validate_stac(json.loads(text)))
+
+
+def _lookup(document: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    for key in path:
+        if not isinstance(document, dict) or key not in document:
+            return False, None
+        document = document[key]
+    return True, document
+
+
+def _instant(text: str) -> datetime | None:
+    """An RFC 3339 time with a zone as an aware datetime; None for any other string."""
+    if len(text) < 20 or text[4] != "-" or text[10] != "T":
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else None
+
+
+def _same(stated: Any, actual: Any) -> bool:
+    """JSON values equal, numbers to 1e-9 relative (bounds go through float text), times as instants."""
+    if isinstance(stated, bool) or isinstance(actual, bool):
+        return type(stated) is type(actual) and stated == actual
+    if isinstance(stated, (int, float)) and isinstance(actual, (int, float)):
+        return math.isclose(stated, actual, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(stated, str) and isinstance(actual, str):
+        if stated == actual:
+            return True
+        a, b = _instant(stated), _instant(actual)
+        return a is not None and a == b
+    if isinstance(stated, (list, tuple)) and isinstance(actual, (list, tuple)):
+        return len(stated) == len(actual) and all(_same(a, b) for a, b in zip(stated, actual))
+    if isinstance(stated, dict) and isinstance(actual, dict):
+        return stated.keys() == actual.keys() and all(_same(stated[k], actual[k]) for k in stated)
+    return stated == actual
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _row_boxes(batch: pa.Table) -> np.ndarray | None:
+    """The rows' bbox covering as an (n, 4) float array (null fields NaN); None without a usable one."""
+    if "bbox" not in batch.column_names:
+        return None
+    box = batch.column("bbox").combine_chunks()
+    if not pa.types.is_struct(box.type) or not all(box.type.get_field_index(k) >= 0 for k in ("xmin", "ymin", "xmax", "ymax")):
+        return None
+    return np.stack([box.field(k).to_numpy(zero_copy_only=False).astype(np.float64) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: "_DataFileChecker") -> str | None:
+    """Why an index file does not hold what the current data file gives, or None."""
+    from ._index import asset_key
+
+    kind, metric = meta.get("kind"), meta.get("metric")
+    if asset_key(str(kind), str(metric)) != key:
+        return f"the asset key is {key!r} but eoembed:index says kind {kind!r}, metric {metric!r}"
+    if meta.get("data_sha256") != record.sha256:
+        return f"data_sha256 is {meta.get('data_sha256')}, the data file's SHA-256 is {record.sha256}"
+    if meta.get("rows") != record.rows:
+        return f"rows is {meta.get('rows')}, the data file holds {record.rows}"
+    sample = checker.sample
+    dim = int(record.footer["embedding"]["dim"])
+    if kind in ("int8", "binary"):
+        try:
+            stored = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as error:
+            return f"it cannot be read as a NumPy array ({error})"
+        width, dtype = (dim, np.int8) if kind == "int8" else (dim // 8, np.uint8)
+        if stored.shape != (record.rows, width) or stored.dtype != dtype:
+            return f"it is a {stored.dtype} array of shape {stored.shape}, expected {np.dtype(dtype)} ({record.rows}, {width})"
+        if sample is None:
+            return None
+        rows = ~np.isnan(sample).any(axis=1)
+        vectors = sample[rows]
+        if kind == "binary":
+            again = np.packbits(vectors > 0, axis=1)
+            bad = (again != stored[: len(sample)][rows]).any(axis=1)
+        else:
+            if metric == "cosine":
+                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1), 1e-30)[:, None]
+            again = np.clip(np.rint(vectors / float(meta.get("scale") or 1.0)), -127, 127)
+            # One code of slack: the index is built from float32 norms, this check uses its own.
+            bad = (np.abs(again - stored[: len(sample)][rows].astype(np.float64)) > 1).any(axis=1)
+        if bad.any():
+            return f"row {int(np.flatnonzero(rows)[np.flatnonzero(bad)[0]])} holds codes the data does not give"
+        return None
+    try:
+        import faiss
+    except ImportError:  # without faiss, search cannot use the index either
+        return None
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as error:
+        return f"faiss cannot read it ({str(error).splitlines()[0]})"
+    if index.ntotal != record.rows or index.d != dim:
+        return f"it holds {index.ntotal} vectors of dimension {index.d}, the data file {record.rows} of {dim}"
+    wanted = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    if index.metric_type != wanted:
+        return f"its faiss metric is {index.metric_type}, metric {metric!r} needs {wanted}"
+    return None
 
 
 def _temporal_extent(collection: dict[str, Any]) -> tuple[np.datetime64 | None, np.datetime64 | None] | None:
@@ -353,7 +585,33 @@ class _DataFileChecker:
         self.temporal = temporal
         self.rows: int | None = None
         self.footer: dict[str, Any] | None = None
+        self.schema: pa.Schema | None = None
+        self.footer_valid = False
         self._geo_meta: dict[str, Any] | None = None
+        # Facts gathered while streaming, which the metadata is checked against afterwards.
+        self.sample: np.ndarray | None = None  # de-quantised vectors of the first rows
+        self.sources: set[str] = set()
+        self._times: dict[str, tuple[np.datetime64, np.datetime64]] = {}
+        self._actual_bounds = [math.inf, math.inf, -math.inf, -math.inf]
+        self._actual_types: set[str] = set()
+        self._derives_ids: bool | None = None  # whether the file's chip ids follow their derivation
+
+    def record(self, *, size: int, sha256: str):
+        """The manifest facts of this file as the writer would record them, from its rows."""
+        from ._write import _FileRecord
+
+        if self.rows is None or self.footer is None or not self.footer_valid:
+            return None
+        names = self.schema.names if self.schema is not None else []
+        first, last = ("datetime", "datetime") if "datetime" in names else ("start_datetime", "end_datetime")
+        if self.rows and (first not in self._times or last not in self._times or not math.isfinite(self._actual_bounds[0])):
+            return None
+        start = end = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        if self.rows:
+            start = self._times[first][0].astype(datetime).replace(tzinfo=timezone.utc)
+            end = self._times[last][1].astype(datetime).replace(tzinfo=timezone.utc)
+        return _FileRecord(path=self.name, rows=self.rows, bytes=size, sha256=sha256, bbox=tuple(self._actual_bounds),
+                           start=start, end=end, geometry_types=sorted(self._actual_types), footer=self.footer)
 
     def add(self, code: str, message: str, **kw: Any) -> None:
         self.report.add(code, message, file=self.name, **kw)
@@ -365,7 +623,7 @@ class _DataFileChecker:
             self.add("STR010", f"not a readable Parquet file: {error}")
             return
         self.rows = handle.metadata.num_rows
-        schema = handle.schema_arrow
+        schema = self.schema = handle.schema_arrow
         metadata = schema.metadata or {}
         geo = self._check_geo(metadata, schema)
         self.footer = self._check_footer(metadata)
@@ -373,6 +631,7 @@ class _DataFileChecker:
             self.add("GEO003", f"geometry CRS is {geo['_crs'].name}; eoembed footprints are in OGC:CRS84 (lon/lat degrees)",
                      column=geo["_primary"])
         quant = self._check_embedding_type(schema)
+        self._check_time_types(schema)
         self._check_row_group_stats(handle, geo)
         self._stream(handle, geo, quant)
         if self.footer is None:
@@ -459,8 +718,11 @@ class _DataFileChecker:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             self.add("JSN004", f"'eoembed' footer is not valid JSON: {error}")
             return None
-        for path, _, message in footer_errors(footer):
+        errors = footer_errors(footer)
+        for path, _, message in errors:
             self.add("JSN002", f"eoembed footer: {message}", column=path)
+        # Metadata is rebuilt from a footer only when it follows the schema (JSN002 says why not).
+        self.footer_valid = not errors
         if self.expected is not None:
             for section in _SECTIONS:
                 if footer.get(section) != self.expected.get(section):
@@ -502,6 +764,7 @@ class _DataFileChecker:
     # row-group statistics ----------------------------------------------------------------------
 
     def _check_row_group_stats(self, handle: pq.ParquetFile, geo: dict[str, Any] | None) -> None:
+        self._check_stats_present(handle)
         if geo is None:
             return
         declared = geo["columns"][geo["_primary"]].get("bbox")
@@ -531,13 +794,32 @@ class _DataFileChecker:
             self.add("GEO006", f"declared bbox {declared} does not contain the row-group statistics "
                      f"[{lo[0]}, {lo[1]}, {hi[0]}, {hi[1]}]", column="bbox")
 
+    def _check_stats_present(self, handle: pq.ParquetFile) -> None:
+        """The columns readers filter on (bbox, times) carry min/max statistics in every row group."""
+        meta = handle.metadata
+        filtered = ("bbox.xmin", "bbox.ymin", "bbox.xmax", "bbox.ymax", "datetime", "start_datetime", "end_datetime")
+        index = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            if not group.num_rows:
+                continue
+            for name in filtered:
+                if name not in index:
+                    continue
+                stats = group.column(index[name]).statistics
+                if stats is None or (not stats.has_min_max and stats.null_count < group.num_rows):
+                    self.add("STR013", f"column {name} has no min/max statistics; readers cannot skip row groups by bbox "
+                             "or time (write the file with statistics)", row_group=g, column=name)
+                    return
+
     # rows ---------------------------------------------------------------------------------------
 
     def _stream(self, handle: pq.ParquetFile, geo: dict[str, Any] | None, quant) -> None:
         import shapely
 
         names = handle.schema_arrow.names
-        wanted = [c for c in ("geometry", "bbox", "embedding", "datetime", "start_datetime", "end_datetime") if c in names]
+        wanted = [c for c in ("chip_id", "geometry", "bbox", "embedding", "datetime", "start_datetime", "end_datetime",
+                              "source_id", "grid_cell", "pixel_bbox", "native_crs", "native_footprint", "valid_fraction") if c in names]
         if quant is not None and quant.method == "per-row":
             wanted.append(quant.scale_column or "scale")
         primary = geo["_primary"] if geo else None
@@ -545,8 +827,6 @@ class _DataFileChecker:
             wanted.append(primary)
         crs = geo["_crs"] if geo else None
         first = 0
-        self._actual_bounds = [math.inf, math.inf, -math.inf, -math.inf]
-        self._actual_types: set[str] = set()
         seen_codes: set[tuple[str, int | None]] = set()
 
         def once(code: str, message: str, **kw: Any) -> None:
@@ -572,6 +852,10 @@ class _DataFileChecker:
                 if quant is not None and "embedding" in part.column_names:
                     self._check_vectors(part, quant, first + offset, g, once)
                 self._check_times(part, first + offset, g, once)
+                self._check_required_values(part, quant, first + offset, g, once)
+                if self.footer is not None:
+                    self._check_derived_columns(part, first + offset, g, once)
+                    self._check_native_footprints(part, first + offset, g, once)
             first += n
         if geo is not None:
             self._check_declared_extent(geo)
@@ -587,6 +871,10 @@ class _DataFileChecker:
             if lo_x < x0 - tol or lo_y < y0 - tol or hi_x > x1 + tol or hi_y > y1 + tol:
                 self.add("GEO006", f"declared bbox {declared} does not contain the geometries, whose bounds are "
                          f"[{lo_x}, {lo_y}, {hi_x}, {hi_y}]", column=geo["_primary"])
+            elif self.footer is not None and not _same([x0, y0, x1, y1], [lo_x, lo_y, hi_x, hi_y]):
+                # eoembed writers state the exact bounds; a looser box misleads every spatial filter.
+                self.add("GEO006", f"declared bbox {declared} is larger than the geometries' bounds "
+                         f"[{lo_x}, {lo_y}, {hi_x}, {hi_y}]; state the exact bounds", column=geo["_primary"])
         types = meta.get("geometry_types")
         if types and self._actual_types and not self._actual_types <= set(types):
             self.add("GEO009", f"geometry_types declares {types} but the column holds {sorted(self._actual_types)}",
@@ -621,14 +909,12 @@ class _DataFileChecker:
         if crs is not None:
             self._check_crs_range(bounds[~missing], crs, first, g, once, primary)
         if "bbox" in batch.column_names:
-            box = batch.column("bbox").combine_chunks()
-            try:
-                cover = np.stack([box.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
-            except KeyError:
+            cover = _row_boxes(batch)
+            if cover is None:
                 once("GEO004", "covering bbox struct lacks xmin/ymin/xmax/ymax fields", row_group=g, column="bbox")
                 return
             tol = 1e-9 * np.maximum(1.0, np.abs(bounds))
-            bad = ~missing & (np.abs(cover - bounds) > tol).any(axis=1)
+            bad = ~missing & ~(np.abs(cover - bounds) <= tol).all(axis=1)  # NaN compares false: it is caught too
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 once("GEO005", f"bbox {cover[row].tolist()} does not match the geometry's bounds {bounds[row].tolist()}",
@@ -725,6 +1011,8 @@ class _DataFileChecker:
                 once("EMB002", "vector holds NaN or infinity", row=first + row, row_group=g, column="embedding")
                 return
         vectors = dequantize(codes, quant, row_scale=row_scale)
+        if first == 0:
+            self.sample = np.asarray(vectors[:256], dtype=np.float32)
         self._check_round_trip(codes, vectors, quant, row_scale, first, g, once)
         if quant.method == "sqrt":
             vectors = np.nan_to_num(vectors, nan=0.0)  # -128 is the declared nodata code
@@ -816,10 +1104,18 @@ class _DataFileChecker:
                              f"{all_norms.max():.4g}, median {np.median(all_norms):.4g}); declare normalized=false or normalise "
                              "them before comparing by cosine", severity="warning", column=vector_field.name)
 
+    def _check_time_types(self, schema: pa.Schema) -> None:
+        for name in ("datetime", "start_datetime", "end_datetime"):
+            if name in schema.names and pa.types.is_timestamp(schema.field(name).type):
+                zone = schema.field(name).type.tz
+                if zone not in ("UTC", "Etc/UTC", "+00:00"):
+                    self.add("IDT007", f"{name} is {schema.field(name).type}: "
+                             f"{'no time zone' if zone is None else f'time zone {zone}'}; "
+                             "eoembed times are timestamp[us, tz=UTC] (write them as UTC)", column=name)
+
     def _check_times(self, batch: pa.Table, first: int, g: int, once) -> None:
-        if not self.temporal:
-            return
-        start, end = self.temporal
+        start, end = self.temporal or (None, None)
+        columns = {}
         for name in ("datetime", "start_datetime", "end_datetime"):
             if name not in batch.column_names:
                 continue
@@ -827,7 +1123,12 @@ class _DataFileChecker:
             if values.dtype.kind != "M":
                 once("IDT002", f"{name} is {batch.schema.field(name).type}, expected a UTC timestamp", row_group=g, column=name)
                 continue
-            values = values.astype("datetime64[us]")
+            values = columns[name] = values.astype("datetime64[us]")
+            known = values[~np.isnat(values)]
+            if len(known):
+                lo, hi = known.min(), known.max()
+                seen = self._times.get(name)
+                self._times[name] = (min(lo, seen[0]), max(hi, seen[1])) if seen else (lo, hi)
             bad = np.zeros(len(values), dtype=bool)
             if start is not None:
                 bad |= values < start
@@ -837,3 +1138,145 @@ class _DataFileChecker:
                 row = int(np.flatnonzero(bad)[0])
                 once("IDT002", f"{name} {values[row]} lies outside the collection's temporal extent [{start}, {end}]",
                      row=first + row, row_group=g, column=name)
+        if "start_datetime" in columns and "end_datetime" in columns:
+            after = columns["start_datetime"] > columns["end_datetime"]
+            if after.any():
+                row = int(np.flatnonzero(after)[0])
+                once("IDT006", f"start_datetime {columns['start_datetime'][row]} is after end_datetime "
+                     f"{columns['end_datetime'][row]}; swap them or fix the dates", row=first + row, row_group=g, column="start_datetime")
+
+    def _check_required_values(self, batch: pa.Table, quant, first: int, g: int, once) -> None:
+        """REQUIRED columns hold a value in every row (embedding and geometry have their own codes)."""
+        names = ["chip_id", "bbox", "datetime", "start_datetime", "end_datetime", "source_id", "grid_cell"]
+        if quant is not None and quant.method == "per-row":
+            names.append(quant.scale_column or "scale")
+        for name in names:
+            if name not in batch.column_names:
+                continue
+            column = batch.column(name).combine_chunks()
+            nulls = np.asarray(column.is_null())
+            if pa.types.is_struct(column.type):
+                for index in range(column.type.num_fields):
+                    nulls = nulls | np.asarray(column.field(index).is_null())
+            if nulls.any():
+                row = int(np.flatnonzero(nulls)[0])
+                once("IDT005", f"{name} is null in {int(nulls.sum())} rows of this row group; it is REQUIRED in every row",
+                     row=first + row, row_group=g, column=name)
+        if "source_id" in batch.column_names:
+            import pyarrow.compute as pc
+
+            self.sources.update(v for v in pc.unique(batch.column("source_id")).to_pylist() if v is not None)
+        if "valid_fraction" in batch.column_names:
+            fraction = batch.column("valid_fraction").to_numpy(zero_copy_only=False).astype(np.float64)
+            bad = ~np.isnan(fraction) & ~((fraction >= 0) & (fraction <= 1))
+            bad |= np.isnan(fraction) & np.asarray(batch.column("valid_fraction").is_valid())
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                once("IDT010", f"valid_fraction is {fraction[row]}; it is a fraction of pixels, in [0, 1]",
+                     row=first + row, row_group=g, column="valid_fraction")
+
+    def _grid(self):
+        """The footer's grid when this version can rebuild it, else None (cells are then opaque labels)."""
+        if not hasattr(self, "_grid_object"):
+            from ._errors import GridError
+            from ._grid import grid_from_definition
+
+            try:
+                definition = self.footer["grid"]["definition"]
+                self._grid_object = grid_from_definition(definition) if definition.get("kind") in ("majortom", "utm") else None
+            except (GridError, KeyError, TypeError, AttributeError):
+                self._grid_object = None
+        return self._grid_object
+
+    def _check_derived_columns(self, batch: pa.Table, first: int, g: int, once) -> None:
+        """grid_cell is the cell of the bbox centre; chip_id, where the file derives it, is its derivation."""
+        from ._chipid import chip_ids
+        from ._errors import GridError
+
+        names = batch.column_names
+        cover = _row_boxes(batch)
+        if cover is None or "grid_cell" not in names or not batch.num_rows:
+            return
+        grid = self._grid()
+        derives_ids = self._derives_ids is not False and {"chip_id", "pixel_bbox", "source_id"} <= set(names)
+        if grid is None and not derives_ids:
+            return
+        lon, lat = (cover[:, 0] + cover[:, 2]) / 2, (cover[:, 1] + cover[:, 3]) / 2
+        cells = np.asarray(batch.column("grid_cell").to_pylist(), dtype=object)
+        if grid is not None and np.isfinite(lon).all() and np.isfinite(lat).all():
+            try:
+                derived = np.asarray(grid.cell_of(lon, lat), dtype=object)
+            except GridError as error:
+                once("IDT008", f"a bbox centre lies outside grid {grid.id}: {error}", row_group=g, column="grid_cell")
+            else:
+                bad = derived != cells
+                if bad.any():
+                    row = int(np.flatnonzero(bad)[0])
+                    once("IDT008", f"grid_cell is {cells[row]!r}, but the bbox centre ({lon[row]:.6f}, {lat[row]:.6f}) lies in "
+                         f"{derived[row]!r} of grid {grid.id}", row=first + row, row_group=g, column="grid_cell")
+        if not derives_ids:
+            return
+        times = (batch.column("datetime").to_pylist() if "datetime" in names else
+                 list(zip(batch.column("start_datetime").to_pylist(), batch.column("end_datetime").to_pylist()))
+                 if "end_datetime" in names else None)
+        pixels = batch.column("pixel_bbox").combine_chunks()
+        if times is None or pixels.null_count or not pa.types.is_fixed_size_list(pixels.type) or pixels.type.list_size != 4:
+            return
+        offsets = pixels.flatten().to_numpy(zero_copy_only=False).reshape(-1, pixels.type.list_size)
+        ids = np.asarray(batch.column("chip_id").to_pylist(), dtype=object)
+        sources = batch.column("source_id").to_pylist()
+
+        def derived(rows: slice) -> np.ndarray:
+            return np.asarray(chip_ids(
+                grid_id=self.footer["grid"]["id"], grid_cells=cells[rows].tolist(), col_offs=offsets[rows, 0],
+                row_offs=offsets[rows, 1], chip_size=int(self.footer["model"]["input"]["chip_size_px"]),
+                times=times[rows], source_ids=sources[rows]), dtype=object)
+
+        try:
+            if self._derives_ids is None:
+                # Producers may supply their own ids: the first rows tell whether this file derives them.
+                self._derives_ids = bool((derived(slice(0, 64)) == ids[:64]).any())
+            if not self._derives_ids:
+                return
+            expected = derived(slice(None))
+        except (KeyError, TypeError, ValueError):
+            return  # an unusable footer is reported by the schema checks
+        match = expected == ids
+        if not match.all():
+            row = int(np.flatnonzero(~match)[0])
+            once("IDT009", f"chip_id is {ids[row]!r}, but its derivation from grid, grid_cell, pixel_bbox, chip size, "
+                 f"time and source_id gives {expected[row]!r}", row=first + row, row_group=g, column="chip_id")
+
+    def _check_native_footprints(self, batch: pa.Table, first: int, g: int, once) -> None:
+        """The native footprint, taken back to lon/lat, lies on the row's footprint (catches swapped lon/lat)."""
+        import shapely
+        from pyproj.exceptions import CRSError
+
+        names = batch.column_names
+        cover = _row_boxes(batch)
+        if not {"native_crs", "native_footprint"} <= set(names) or cover is None or not batch.num_rows:
+            return
+        try:
+            native = shapely.from_wkb(batch.column("native_footprint").to_numpy(zero_copy_only=False), on_invalid="ignore")
+        except (TypeError, ValueError):
+            return  # not WKB: nothing to compare against
+        crs_names = np.asarray(batch.column("native_crs").to_pylist(), dtype=object)
+        bounds = shapely.bounds(native)
+        for name in {n for n in crs_names.tolist() if isinstance(n, str)}:
+            rows = (crs_names == name) & np.isfinite(bounds).all(axis=1) & np.isfinite(cover).all(axis=1)
+            if not rows.any():
+                continue
+            try:
+                transformer = _to_crs84(name)
+            except CRSError as error:
+                once("GEO013", f"native_crs {name!r} cannot be parsed: {error}", row_group=g, column="native_crs")
+                continue
+            lon, lat = transformer.transform((bounds[rows, 0] + bounds[rows, 2]) / 2, (bounds[rows, 1] + bounds[rows, 3]) / 2)
+            c = cover[rows]
+            pad = 0.01 * np.maximum(c[:, 2] - c[:, 0], c[:, 3] - c[:, 1]) + 1e-9
+            off = ~((lon >= c[:, 0] - pad) & (lon <= c[:, 2] + pad) & (lat >= c[:, 1] - pad) & (lat <= c[:, 3] + pad))
+            if off.any():
+                k = int(np.flatnonzero(off)[0])
+                row = int(np.flatnonzero(rows)[k])
+                once("GEO013", f"native_footprint ({name}) lies at lon/lat ({lon[k]:.6f}, {lat[k]:.6f}), outside the row's bbox "
+                     f"{c[k].tolist()}: swapped lon/lat, or the footprints of another chip", row=first + row, row_group=g, column="geometry")
