@@ -138,3 +138,15 @@ class TrainingConfigError(EoembedError, ValueError):
 
 class CheckpointError(EoembedError, ValueError):
     """A training checkpoint that cannot be used: not an eoembed checkpoint, missing, or from another run."""
+
+
+class ResumeMismatchError(EoembedError, ValueError):
+    """``--resume`` with a configuration that differs from the job's recorded one; the message names each key."""
+
+
+class OutputError(EoembedError, OSError):
+    """The output cannot be written: a full disk, a read-only folder, an ``--out`` that is a file."""
+
+
+class DatetimeError(EoembedError, ValueError):
+    """A date or time that cannot be parsed; the message shows the value and the accepted forms."""

@@ -112,6 +112,7 @@ class _FileRecord:
     end: datetime
     geometry_types: list[str]
     footer: dict[str, Any]
+    sources: list[str]  # distinct source ids in stored order: product summaries are built from the files
 
 
 def file_record(path: Path, *, root: Path) -> _FileRecord:
@@ -124,13 +125,14 @@ def file_record(path: Path, *, root: Path) -> _FileRecord:
     footer = json.loads(metadata[FOOTER_KEY])
     names = handle.schema_arrow.names
     time_columns = ["datetime"] if "datetime" in names else ["start_datetime", "end_datetime"]
-    times = handle.read(columns=time_columns)
+    times = handle.read(columns=[*time_columns, "source_id"])
     start = pc.min(times.column(0)).as_py()
     stop = pc.max(times.column(len(time_columns) - 1)).as_py()
     return _FileRecord(
         path=path.relative_to(root).as_posix(), rows=handle.metadata.num_rows, bytes=path.stat().st_size,
         sha256=sha256_file(path), bbox=tuple(geo["bbox"]), start=start, end=stop,
         geometry_types=geo["geometry_types"], footer=footer,
+        sources=[str(s) for s in pc.unique(times.column("source_id")).to_pylist()],
     )
 
 
@@ -212,7 +214,6 @@ class ProductWriter:
         self._buffered_rows = 0
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
-        self._sources: dict[str, None] = {}
         self._closed = False
 
     # -- metadata ---------------------------------------------------------------------------------
@@ -467,8 +468,6 @@ class ProductWriter:
                 hashlib.sha256(r.tobytes() + (scales[i].tobytes() if scales is not None else b"")).hexdigest()
                 for i, r in enumerate(raw)
             ], pa.string())
-        for source in source_ids:
-            self._sources.setdefault(source)
         return pa.table(columns)
 
     def _times(self, chips: Mapping[str, Any], n: int) -> dict[str, pa.Array]:
@@ -608,7 +607,9 @@ class ProductWriter:
                 raise SpecError(f"no rows were written to {self.path}; a product needs at least one chip")
             from ._stac import write_metadata
 
-            write_metadata(self.staging, writer=self, files=self._files, sources=list(self._sources))
+            # From the files, not from what this process wrote: other ranks and earlier runs wrote some of them.
+            sources = list(dict.fromkeys(source for record in self._files for source in record.sources))
+            write_metadata(self.staging, writer=self, files=self._files, sources=sources)
             self._publish()
         except BaseException:
             self.abort()
