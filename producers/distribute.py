@@ -37,14 +37,14 @@ from .energy import EnergyMeter
 from .produce import check_drop_options, chip_batches, encode_scene, missing_time_message
 from .read import Scene, open_scene
 from .staging import (
-    JOB,
     LOCK,
     check_output_path,
     disk_full_fault,
+    dropped_totals,
     open_staging,
     record_dropped,
     release_after_failed_start,
-    take_dropped,
+    remove_job_files,
     writing_output,
 )
 from .tile import chip_windows
@@ -109,6 +109,8 @@ def job_document(config: JobConfig) -> dict[str, Any]:
     document["inputs"] = [str(Path(p).absolute()) for p in config.inputs]
     document["out"] = str(Path(config.out).absolute())
     document["stride"] = config.stride or config.chip_size
+    when = document.pop("time")  # named and written as --datetime takes it
+    document["datetime"] = "/".join(t.isoformat() for t in when) if isinstance(when, tuple) else when
     document["software_version"] = __version__
     return json.loads(json.dumps(document, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
 
@@ -384,11 +386,16 @@ def run_job(config: JobConfig) -> Summary:
             scenes, errors, pixel_size = _prepare(config)
             if not scenes:
                 raise ImageryError(f"none of the {len(config.inputs) + len(config.stacks)} inputs can be read: " + "; ".join(e["reason"] for e in errors))
+            if not plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips):
+                largest = max(scenes, key=lambda s: s.width * s.height)
+                raise ImageryError(f"no chip of {config.chip_size} px fits in the inputs (the largest, {largest.path}, "
+                                   f"is {largest.width}x{largest.height} px); give a smaller --chip-size")
             encoder = get_encoder(config.encoder, **config.encoder_options)
             if hasattr(encoder, "fit") and hasattr(encoder, "state"):
                 _fit_encoder(encoder, scenes, config, stride)
             plan = {"staging": staging, "scenes": scenes, "errors": errors, "pixel_size": pixel_size,
-                    "encoder_state": encoder.state() if hasattr(encoder, "state") else None}
+                    "encoder_state": encoder.state() if hasattr(encoder, "state") else None,
+                    "quantization": _fit_quantization(config, encoder, scenes, stride)}
         except Exception as error:  # every rank must learn it, or the others would wait forever
             if staging is not None:
                 release_after_failed_start(staging)  # nothing may block the corrected command
@@ -414,7 +421,7 @@ def run_job(config: JobConfig) -> Summary:
                                 gsd=float(abs(first.res[0])), band_sources=sources)
     units = plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips)
     mine = units[rank::size]
-    quantization = _shared_quantization(comm, rank, config, encoder, scenes, stride)
+    quantization = plan["quantization"]
     provenance = {"ranks": size, "config": _config_json(config), "device": _device_name(device),
                   "host": socket.gethostname()}
     grid = grid_section(config.grid, align=config.align, pixel_size=plan["pixel_size"], resampling=config.resampling)
@@ -474,25 +481,25 @@ def run_job(config: JobConfig) -> Summary:
     return summary
 
 
-def _shared_quantization(comm, rank: int, config: JobConfig, encoder: Encoder, scenes, stride: int):
-    """Linear int8 parameters are fitted once, on rank 0, from a fixed sample, and shared."""
+def _fit_quantization(config: JobConfig, encoder: Encoder, scenes, stride: int):
+    """Linear int8 parameters are fitted once, on rank 0 while it plans, from a fixed sample."""
     from eoembed._quantize import fit
     from eoembed._write import _QUANTIZATION_SHORTHANDS
 
     request = dict(_QUANTIZATION_SHORTHANDS[config.quantization])
     if request["method"] != "linear":
         return config.quantization
-    fitted = None
-    if rank == 0:
-        sample = []
-        for batch in chip_batches(scenes[0], chip_size=config.chip_size, stride=stride,
-                                  min_valid_fraction=config.min_valid_fraction):
-            sample.append(encoder.encode(batch.pixels, batch.valid))
-            if sum(len(s) for s in sample) >= config.fit_chips:
-                break
-        method = request.pop("method")
-        fitted = fit(np.concatenate(sample), method=method, **request)
-    return comm.bcast(fitted, root=0)
+    sample = []
+    for batch in chip_batches(scenes[0], chip_size=config.chip_size, stride=stride,
+                              min_valid_fraction=config.min_valid_fraction):
+        sample.append(encoder.encode(batch.pixels, batch.valid))
+        if sum(len(s) for s in sample) >= config.fit_chips:
+            break
+    if not sample:
+        raise ImageryError(f"no chip of {scenes[0].path} passes --min-valid {config.min_valid_fraction}: nothing to fit "
+                           f"{config.quantization} quantization on; lower --min-valid or check --nodata")
+    method = request.pop("method")
+    return fit(np.concatenate(sample), method=method, **request)
 
 
 def _config_json(config: JobConfig) -> dict[str, Any]:
@@ -556,15 +563,14 @@ def _commit(writer: ProductWriter, staging: Path, config: JobConfig, summary: Su
         leftover.unlink()  # a unit killed mid-write; its unit was redone
     # Units written in this run come with their records; those of an earlier, interrupted run are read back.
     records = [known.get(path.relative_to(staging).as_posix()) or file_record(path, root=staging) for path in files]
-    for source, reasons in take_dropped(staging).items():
+    for source, reasons in dropped_totals(staging).items():
         for reason, chips in reasons.items():
             summary.errors.append({"input": source, "reason": f"{chips} chips dropped: {reason}", "dropped": chips})
             summary.dropped[reason] = summary.dropped.get(reason, 0) + chips
     if summary.errors:
         (staging / ERRORS).write_text(json.dumps(summary.errors, indent=2) + "\n")
-    (staging / JOB).unlink()
-    (staging / LOCK).unlink()
-    writer.commit(records)
+    # The job's own files go as late as possible: until then a killed commit resumes like any other.
+    writer.commit(records, before_publish=lambda: remove_job_files(staging))
     summary.chips = sum(r.rows for r in records)
     bands = len(writer.model["input"]["bands"])
     summary.bytes_in = summary.chips * bands * config.chip_size**2 * 4  # float32 pixels fed to the encoder

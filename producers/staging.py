@@ -170,8 +170,8 @@ def record_dropped(staging: Path, unit_id: str, dropped: Mapping[str, Mapping[st
         path.unlink(missing_ok=True)
 
 
-def take_dropped(staging: Path) -> dict[str, dict[str, int]]:
-    """Every unit's drop counts summed per source and reason; the records leave the staging folder."""
+def dropped_totals(staging: Path) -> dict[str, dict[str, int]]:
+    """Every unit's drop counts summed per source and reason."""
     totals: dict[str, dict[str, int]] = {}
     folder = staging / DROPPED_DIR
     for path in sorted(folder.glob("u*.json")):
@@ -179,8 +179,14 @@ def take_dropped(staging: Path) -> dict[str, dict[str, int]]:
             for reason, count in reasons.items():
                 totals.setdefault(source, {}).setdefault(reason, 0)
                 totals[source][reason] += int(count)
-    shutil.rmtree(folder, ignore_errors=True)
     return totals
+
+
+def remove_job_files(staging: Path) -> None:
+    """What only the job needs leaves the staging folder, just before it is published as the product."""
+    shutil.rmtree(staging / DROPPED_DIR, ignore_errors=True)
+    (staging / JOB).unlink()
+    (staging / LOCK).unlink()
 
 
 def check_output_path(out: Path) -> None:

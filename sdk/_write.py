@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -214,6 +214,7 @@ class ProductWriter:
         self._buffered_rows = 0
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
+        self._before_publish: Callable[[], None] | None = None
         self._closed = False
 
     # -- metadata ---------------------------------------------------------------------------------
@@ -587,8 +588,11 @@ class ProductWriter:
 
     # -- publication ------------------------------------------------------------------------------
 
-    def commit(self, files: Sequence["_FileRecord"]) -> "Path":
-        """Publish the staging folder with exactly these data files (e.g. every rank's units)."""
+    def commit(self, files: Sequence["_FileRecord"], *, before_publish: Callable[[], None] | None = None) -> "Path":
+        """Publish the staging folder with exactly these data files (e.g. every rank's units).
+        ``before_publish`` runs once the metadata is written, just before the rename (e.g. to remove
+        a job's own files from the staging folder as late as possible)."""
+        self._before_publish = before_publish
         self._buffer = []
         self._files = sorted(files, key=lambda f: f.path)
         for record in self._files:
@@ -610,6 +614,8 @@ class ProductWriter:
             # From the files, not from what this process wrote: other ranks and earlier runs wrote some of them.
             sources = list(dict.fromkeys(source for record in self._files for source in record.sources))
             write_metadata(self.staging, writer=self, files=self._files, sources=sources)
+            if self._before_publish is not None:
+                self._before_publish()
             self._publish()
         except BaseException:
             self.abort()
