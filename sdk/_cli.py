@@ -605,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EoembedError as error:
         print(f"eoembed: {error}", file=sys.stderr)
         return 2 if args.command in ("validate", "info", "query", "search", "index") else 1
+    except KeyboardInterrupt:  # Ctrl-C (or a launcher's SIGINT) before the command's own handling began
+        resumable = args.command in ("produce", "train")
+        print(f"eoembed {args.command}: interrupted" + ("; re-run with --resume to finish" if resumable else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
