@@ -14,7 +14,7 @@ from .test_resume import FLAGS, assert_same_product, reference, scene  # noqa: F
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("case", random_cases(5, seed=20261201), ids=lambda c: f"{c.kind}@{c.delay_s}"
+@pytest.mark.parametrize("case", random_cases(5, seed=20261201), ids=lambda c: f"{c.kind}@{c.moment}"
                          + (f"+resume@{c.again_during_resume}" if c.again_during_resume is not None else ""))
 def test_a_killed_job_resumes_to_the_same_product(tmp_path, scene, reference, case):  # noqa: F811
     out = tmp_path / "p"
