@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,7 +37,7 @@ from .energy import EnergyMeter
 from .produce import check_drop_options, chip_batches, encode_scene, missing_time_message
 from .read import Scene, open_scene
 from .staging import (
-    LOCK,
+    LOCK,  # noqa: F401  (re-exported: the lock file's name belongs to the job's public surface)
     check_output_path,
     disk_full_fault,
     dropped_totals,

@@ -240,7 +240,8 @@ def produce(
     contract = model.contract(bands=first.band_names, chip_size=chip_size, stride=stride, gsd=float(abs(first.res[0])),
                               band_sources=band_sources or [Path(first.path).name] * first.count)
     with ProductWriter(out, model=contract, grid=grid_section(grid, align=align, pixel_size=pixel_size, resampling=resampling),
-                       quantization=quantization, overwrite=overwrite, nodata_zero_vector=empty_chips == "keep",
+                       quantization=quantization, overwrite=overwrite,
+                       nodata_zero_vector=writer_options.pop("nodata_zero_vector", False) or empty_chips == "keep",
                        license=license, **writer_options) as writer:
         for scene in scenes:
             if scene.band_names != first.band_names or scene.count != first.count:
