@@ -123,8 +123,9 @@ def open_staging(staging: Path, job: Mapping[str, Any], *, resume: bool, ranks: 
         else:
             recorded = _read_json(staging / JOB) if (staging / JOB).exists() else None
             if recorded is None:
-                raise ResumeMismatchError(f"{staging} holds units but no {JOB}; it was written by an older eoembed: "
-                                          "delete the folder and produce again")
+                # An older eoembed's job, or a commit killed between removing the job files and publishing.
+                raise ResumeMismatchError(f"{staging} holds units but no {JOB}, so this command cannot be checked "
+                                          "against the job that wrote them: delete the folder and produce again")
             differences = job_differences(recorded, job)
             if differences:
                 raise ResumeMismatchError(
