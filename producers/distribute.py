@@ -8,7 +8,8 @@ exists. Rank 0 plans, fits what needs fitting on a fixed sample, and finally com
 items, model item and collection and publishes the product with one rename.
 
 All ranks write into one staging folder beside the output, ``.NAME.eoembed-staging-job``, guarded by a
-lock file so that a second producer writing to the same output refuses to start.
+lock file so that a second producer writing to the same output refuses to start, and holding the
+job's configuration so that a resume with other settings is refused (see :mod:`.staging`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import socket
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,11 +34,21 @@ from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 from .align import align_scenes, grid_section
 from .encode import Encoder, get_encoder, select_device
 from .energy import EnergyMeter
-from .produce import chip_batches, encode_scene
+from .produce import check_drop_options, chip_batches, encode_scene, missing_time_message
 from .read import Scene, open_scene
+from .staging import (
+    LOCK,  # noqa: F401  (re-exported: the lock file's name belongs to the job's public surface)
+    check_output_path,
+    disk_full_fault,
+    dropped_totals,
+    open_staging,
+    record_dropped,
+    release_after_failed_start,
+    remove_job_files,
+    writing_output,
+)
 from .tile import chip_windows
 
-LOCK = "LOCK.json"
 ERRORS = "errors.json"
 EXIT_PARTIAL = 3
 # Testing recovery: a rank SIGKILLs itself after committing this many units ("RANK:N").
@@ -81,6 +92,27 @@ class JobConfig:
     resampling: str = "bilinear"  # how inputs are resampled onto a cell lattice or a temporal stack's grid
     # scenes of one place at several dates (or sensors), one stack each: {"files": [...], "times"?, "labels"?}
     stacks: list[dict[str, Any]] = field(default_factory=list)
+    empty_chips: str = "drop"  # a chip whose vector is all zeros: "drop" (counted) or "keep" (declares nodata_zero_vector)
+    outside_grid: str = "drop"  # a chip outside the grid's latitude range: "drop" (counted) or "error"
+
+
+# Settings that change how a job runs, not what it makes: a resume may change them.
+RUN_ONLY_SETTINGS = frozenset({"resume", "overwrite", "progress", "prefetch"})
+
+
+def job_document(config: JobConfig) -> dict[str, Any]:
+    """The canonical configuration of a job: every setting that shapes the product, resolved (absolute
+    input paths, the stride, ISO times), and the software version. Resume compares it key by key."""
+    from eoembed import __version__
+
+    document = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in RUN_ONLY_SETTINGS}
+    document["inputs"] = [str(Path(p).absolute()) for p in config.inputs]
+    document["out"] = str(Path(config.out).absolute())
+    document["stride"] = config.stride or config.chip_size
+    when = document.pop("time")  # named and written as --datetime takes it
+    document["datetime"] = "/".join(t.isoformat() for t in when) if isinstance(when, tuple) else when
+    document["software_version"] = __version__
+    return json.loads(json.dumps(document, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
 
 
 @dataclass
@@ -92,7 +124,12 @@ class Summary:
     bytes_out: int = 0
     seconds: float = 0.0
     ranks: int = 1
-    errors: list[dict[str, str]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # inputs skipped, and chips dropped per source
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> chips, over the whole job
+
+    @property
+    def skipped_inputs(self) -> list[dict[str, Any]]:
+        return [e for e in self.errors if "dropped" not in e]
 
     @property
     def compression(self) -> float:
@@ -137,44 +174,21 @@ def _set_threads(local_ranks: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _take_lock(staging: Path, *, resume: bool, ranks: int) -> None:
-    """Create the job's lock; refuse when another live producer holds it."""
-    lock = staging / LOCK
-    if lock.exists():
-        holder = json.loads(lock.read_text() or "{}")
-        alive = holder.get("host") == socket.gethostname() and _pid_alive(int(holder.get("pid", -1)))
-        if alive or not resume:
-            raise ProductExistsError(
-                f"{staging} is in use by another producer (pid {holder.get('pid')} on {holder.get('host')}, "
-                f"started {holder.get('start')}); wait for it, or if it died, re-run with --resume"
-            )
-        lock.unlink()
-    staging.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "ranks": ranks,
-                   "start": datetime.now(timezone.utc).isoformat()}, handle)
-
-
-def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dict[str, str]], float | None]:
-    """Rank 0: check the output, take the lock, open the inputs (bad ones go to the errors list)."""
+def _take_staging(config: JobConfig, ranks: int) -> Path:
+    """Rank 0: check the output and take the staging folder for this job (see :func:`.staging.open_staging`)."""
+    check_drop_options(empty_chips=config.empty_chips, outside_grid=config.outside_grid)
     out = Path(config.out).absolute()
+    check_output_path(out)
     if (out / "collection.json").exists() and not config.overwrite:
         raise ProductExistsError(f"{out} already holds a product; pass --overwrite to replace it")
     staging = staging_folder(out)
-    if staging.exists() and not config.resume and not (staging / LOCK).exists():
-        raise ProductExistsError(f"{staging} holds an unfinished run; re-run with --resume to finish it, or delete it")
-    _take_lock(staging, resume=config.resume, ranks=ranks)
+    with writing_output(staging):
+        open_staging(staging, job_document(config), resume=config.resume, ranks=ranks)
+    return staging
+
+
+def _prepare(config: JobConfig) -> tuple[list[Scene], list[dict[str, str]], float | None]:
+    """Rank 0: open the inputs (bad ones go to the errors list) and align them."""
     import dataclasses
 
     scenes, errors = [], []
@@ -210,10 +224,12 @@ def _prepare(config: JobConfig, ranks: int) -> tuple[Path, list[Scene], list[dic
             else:
                 kept.append(scene)
         scenes = kept
+    if config.time is None and any(scene.datetime is None for scene in scenes):
+        raise ImageryError(missing_time_message([scene.path for scene in scenes if scene.datetime is None]))
     scenes, align_errors, pixel_size = align_scenes(
         scenes, align=config.align, grid=config.grid, chip_size=config.chip_size, stride=config.stride,
         resolution=config.resolution, resampling=config.resampling)
-    return staging, scenes, errors + align_errors, pixel_size
+    return scenes, errors + align_errors, pixel_size
 
 
 def _open_temporal_stack(entry: dict[str, Any], config: JobConfig):
@@ -364,21 +380,32 @@ def run_job(config: JobConfig) -> Summary:
     # Rank 0 plans; everyone learns the plan (or the reason there is none) in one broadcast.
     plan: dict[str, Any] | Exception
     if rank == 0:
+        staging = None
         try:
-            staging, scenes, errors, pixel_size = _prepare(config, size)
+            staging = _take_staging(config, size)
+            scenes, errors, pixel_size = _prepare(config)
             if not scenes:
                 raise ImageryError(f"none of the {len(config.inputs) + len(config.stacks)} inputs can be read: " + "; ".join(e["reason"] for e in errors))
+            if not plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips):
+                largest = max(scenes, key=lambda s: s.width * s.height)
+                raise ImageryError(f"no chip of {config.chip_size} px fits in the inputs (the largest, {largest.path}, "
+                                   f"is {largest.width}x{largest.height} px); give a smaller --chip-size")
             encoder = get_encoder(config.encoder, **config.encoder_options)
             if hasattr(encoder, "fit") and hasattr(encoder, "state"):
                 _fit_encoder(encoder, scenes, config, stride)
             plan = {"staging": staging, "scenes": scenes, "errors": errors, "pixel_size": pixel_size,
-                    "encoder_state": encoder.state() if hasattr(encoder, "state") else None}
+                    "encoder_state": encoder.state() if hasattr(encoder, "state") else None,
+                    "quantization": _fit_quantization(config, encoder, scenes, stride)}
         except Exception as error:  # every rank must learn it, or the others would wait forever
+            if staging is not None:
+                release_after_failed_start(staging)  # nothing may block the corrected command
             plan = error
     else:
         plan = None
     plan = comm.bcast(plan, root=0)
     if isinstance(plan, Exception):
+        if rank != 0:
+            plan.reported_by_rank_0 = True
         raise plan
     staging, scenes, errors = plan["staging"], plan["scenes"], plan["errors"]
     encoder = get_encoder(config.encoder, **config.encoder_options)
@@ -394,13 +421,14 @@ def run_job(config: JobConfig) -> Summary:
                                 gsd=float(abs(first.res[0])), band_sources=sources)
     units = plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips)
     mine = units[rank::size]
-    quantization = _shared_quantization(comm, rank, config, encoder, scenes, stride)
+    quantization = plan["quantization"]
     provenance = {"ranks": size, "config": _config_json(config), "device": _device_name(device),
                   "host": socket.gethostname()}
     grid = grid_section(config.grid, align=config.align, pixel_size=plan["pixel_size"], resampling=config.resampling)
     writer = ProductWriter(config.out, model=contract, grid=grid, quantization=quantization,
                            license=config.license, collection_id=config.collection_id, staging=staging,
-                           overwrite=config.overwrite, provenance=provenance)
+                           overwrite=config.overwrite, provenance=provenance,
+                           nodata_zero_vector=config.empty_chips == "keep")
 
     fault = fault_after()
     meter = EnergyMeter(device, ranks_on_node=local_ranks)
@@ -419,10 +447,15 @@ def run_job(config: JobConfig) -> Summary:
         if unit.scene not in windows_of:  # computed once per scene, not once per unit
             windows_of[unit.scene] = scene_windows(scene, chip_size=config.chip_size, stride=stride)
         windows = windows_of[unit.scene][unit.first : unit.stop]
+        dropped: dict[str, dict[str, int]] = {}
         batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
                                     min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
-                                    time=config.time, windows=windows, prefetch_depth=depth, meter=meter))
-        record = writer.write_unit(unit.id, batches, energy=meter.take())
+                                    time=config.time, windows=windows, prefetch_depth=depth, meter=meter,
+                                    empty_chips=config.empty_chips, outside_grid=config.outside_grid, dropped=dropped))
+        with writing_output(staging):
+            disk_full_fault(done)
+            record_dropped(staging, unit.id, dropped)  # before the unit file: a unit that exists has its count
+            record = writer.write_unit(unit.id, batches, energy=meter.take())
         if record is not None:
             written.append(record)
         rows = record.rows if record else 0
@@ -439,7 +472,8 @@ def run_job(config: JobConfig) -> Summary:
     summary = Summary(ranks=size, errors=errors)
     if rank == 0:
         known = {r.path: r for t in totals for r in t[3]}
-        summary = _commit(writer, staging, config, summary, known)
+        with writing_output(staging):
+            summary = _commit(writer, staging, config, summary, known)
         summary.units = sum(t[0] for t in totals)
         summary.units_skipped = sum(t[1] for t in totals)
         summary.seconds = time.perf_counter() - started
@@ -447,25 +481,25 @@ def run_job(config: JobConfig) -> Summary:
     return summary
 
 
-def _shared_quantization(comm, rank: int, config: JobConfig, encoder: Encoder, scenes, stride: int):
-    """Linear int8 parameters are fitted once, on rank 0, from a fixed sample, and shared."""
+def _fit_quantization(config: JobConfig, encoder: Encoder, scenes, stride: int):
+    """Linear int8 parameters are fitted once, on rank 0 while it plans, from a fixed sample."""
     from eoembed._quantize import fit
     from eoembed._write import _QUANTIZATION_SHORTHANDS
 
     request = dict(_QUANTIZATION_SHORTHANDS[config.quantization])
     if request["method"] != "linear":
         return config.quantization
-    fitted = None
-    if rank == 0:
-        sample = []
-        for batch in chip_batches(scenes[0], chip_size=config.chip_size, stride=stride,
-                                  min_valid_fraction=config.min_valid_fraction):
-            sample.append(encoder.encode(batch.pixels, batch.valid))
-            if sum(len(s) for s in sample) >= config.fit_chips:
-                break
-        method = request.pop("method")
-        fitted = fit(np.concatenate(sample), method=method, **request)
-    return comm.bcast(fitted, root=0)
+    sample = []
+    for batch in chip_batches(scenes[0], chip_size=config.chip_size, stride=stride,
+                              min_valid_fraction=config.min_valid_fraction):
+        sample.append(encoder.encode(batch.pixels, batch.valid))
+        if sum(len(s) for s in sample) >= config.fit_chips:
+            break
+    if not sample:
+        raise ImageryError(f"no chip of {scenes[0].path} passes --min-valid {config.min_valid_fraction}: nothing to fit "
+                           f"{config.quantization} quantization on; lower --min-valid or check --nodata")
+    method = request.pop("method")
+    return fit(np.concatenate(sample), method=method, **request)
 
 
 def _config_json(config: JobConfig) -> dict[str, Any]:
@@ -529,10 +563,14 @@ def _commit(writer: ProductWriter, staging: Path, config: JobConfig, summary: Su
         leftover.unlink()  # a unit killed mid-write; its unit was redone
     # Units written in this run come with their records; those of an earlier, interrupted run are read back.
     records = [known.get(path.relative_to(staging).as_posix()) or file_record(path, root=staging) for path in files]
+    for source, reasons in dropped_totals(staging).items():
+        for reason, chips in reasons.items():
+            summary.errors.append({"input": source, "reason": f"{chips} chips dropped: {reason}", "dropped": chips})
+            summary.dropped[reason] = summary.dropped.get(reason, 0) + chips
     if summary.errors:
         (staging / ERRORS).write_text(json.dumps(summary.errors, indent=2) + "\n")
-    (staging / LOCK).unlink()
-    writer.commit(records)
+    # The job's own files go as late as possible: until then a killed commit resumes like any other.
+    writer.commit(records, before_publish=lambda: remove_job_files(staging))
     summary.chips = sum(r.rows for r in records)
     bands = len(writer.model["input"]["bands"])
     summary.bytes_in = summary.chips * bands * config.chip_size**2 * 4  # float32 pixels fed to the encoder
@@ -552,8 +590,11 @@ def run_or_abort(work, *, command: str) -> tuple[Any, int | None]:
     try:
         return work(), None
     except EoembedError as error:
-        if comm.Get_rank() == 0:
+        rank = comm.Get_rank()
+        if rank == 0:
             print(f"eoembed {command}: {error}", file=sys.stderr)
+        elif not getattr(error, "reported_by_rank_0", False):  # this rank's own failure: only it can tell
+            print(f"eoembed {command} [rank {rank}]: {error}", file=sys.stderr)
         sys.stderr.flush()
         if comm.Get_size() > 1:
             # The abort kills every rank at once, the launcher's forwarding of stderr included: give rank 0's
@@ -561,6 +602,13 @@ def run_or_abort(work, *, command: str) -> tuple[Any, int | None]:
             time.sleep(0.5 if comm.Get_rank() == 0 else 1.0)
             comm.Abort(2)
         return None, 2
+    except KeyboardInterrupt:
+        if comm.Get_rank() == 0:
+            print(f"eoembed {command}: interrupted; re-run the same command with --resume to finish", file=sys.stderr)
+        sys.stderr.flush()
+        if comm.Get_size() > 1:
+            comm.Abort(130)
+        return None, 130
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
@@ -587,5 +635,6 @@ def main_job(config: JobConfig) -> int:
         file=sys.stderr,
     )
     for error in summary.errors:
-        print(f"  skipped {error['input']}: {error['reason']}", file=sys.stderr)
-    return EXIT_PARTIAL if summary.errors else 0
+        print(f"  {'dropped from' if 'dropped' in error else 'skipped'} {error['input']}: {error['reason']}", file=sys.stderr)
+    # Dropped chips are the documented handling of legitimate data; only skipped inputs make a partial product.
+    return EXIT_PARTIAL if summary.skipped_inputs else 0

@@ -95,14 +95,21 @@ def encode_scene(
     windows: Sequence[Any] | None = None,
     prefetch_depth: int = 0,
     meter: Any = None,
+    empty_chips: str = "drop",
+    outside_grid: str = "drop",
+    dropped: dict[str, dict[str, int]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Writer batches (see :meth:`ProductWriter.write`) for every chip of one scene. ``meter`` (an
-    :class:`~.energy.EnergyMeter`) counts the seconds and energy spent in the encoder."""
+    :class:`~.energy.EnergyMeter`) counts the seconds and energy spent in the encoder.
+
+    Chips whose vector is all zeros (``empty_chips="drop"``; ``"keep"`` keeps them, for a writer that
+    declares ``nodata_zero_vector``) or whose centre lies outside the grid's latitude range
+    (``outside_grid="drop"``; ``"error"`` refuses the scene) are left out and counted in ``dropped``
+    (source id -> reason -> chips)."""
+    check_drop_options(empty_chips=empty_chips, outside_grid=outside_grid)
     when = time if time is not None else scene.datetime
     if when is None:
-        raise ImageryError(
-            f"{scene.path} has no acquisition time (no TIFFTAG_DATETIME); pass time= (a datetime or a (start, end) pair)"
-        )
+        raise ImageryError(missing_time_message([scene.path]))
     grid = get_grid(grid_id)
     source = source_id or Path(scene.path).stem
     batches = chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
@@ -110,24 +117,78 @@ def encode_scene(
     # Overlapping reads with encoding pays when the encoder runs on an accelerator; on a few busy
     # CPU cores the hand-off costs more than it saves (benchmarks/produce_scaling.py).
     for batch in (prefetch(batches, depth=prefetch_depth) if prefetch_depth > 0 else batches):
-        n = len(batch)
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2
+        cells = _cells_or_none(grid, lon, lat, refuse=outside_grid == "error", where=scene.path)
+        vectors = meter.measure(encoder.encode, batch.pixels, batch.valid) if meter else encoder.encode(batch.pixels, batch.valid)
+        keep = np.array([c is not None for c in cells])
+        _count(dropped, source, DROPPED_OUTSIDE_GRID, int((~keep).sum()))
+        if empty_chips == "drop":
+            zero = keep & ~np.asarray(vectors).any(axis=1)
+            _count(dropped, source, DROPPED_ZERO_VECTOR, int(zero.sum()))
+            keep &= ~zero
+        if not keep.any():
+            continue
+        n = int(keep.sum())
         chips: dict[str, Any] = {
-            "embedding": meter.measure(encoder.encode, batch.pixels, batch.valid) if meter else encoder.encode(batch.pixels, batch.valid),
-            "bounds": batch.lonlat_bounds,
+            "embedding": np.asarray(vectors)[keep],
+            "bounds": batch.lonlat_bounds[keep],
             "source_id": source,
-            "grid_cell": np.asarray(grid.cell_of(lon, lat), dtype=object),
+            "grid_cell": np.asarray(cells, dtype=object)[keep],
             "native_crs": scene.crs,
-            "native_footprint": shapely.box(*batch.native_bounds.T),
-            "pixel_bbox": batch.pixel_bbox,
-            "valid_fraction": batch.valid_fraction,
+            "native_footprint": shapely.box(*batch.native_bounds[keep].T),
+            "pixel_bbox": batch.pixel_bbox[keep],
+            "valid_fraction": np.asarray(batch.valid_fraction)[keep],
         }
         if isinstance(when, tuple):
             chips["start_datetime"], chips["end_datetime"] = [when[0]] * n, [when[1]] * n
         else:
             chips["datetime"] = [when] * n
         yield chips
+
+
+DROPPED_ZERO_VECTOR = "all-zero vector (--empty-chips keep keeps them)"
+DROPPED_OUTSIDE_GRID = "outside the grid's latitude range (--outside-grid error refuses them)"
+EMPTY_CHIP_CHOICES = ("drop", "keep")
+OUTSIDE_GRID_CHOICES = ("drop", "error")
+
+
+def check_drop_options(*, empty_chips: str, outside_grid: str) -> None:
+    from eoembed._errors import TilingError
+
+    for name, value, choices in (("empty_chips", empty_chips, EMPTY_CHIP_CHOICES),
+                                 ("outside_grid", outside_grid, OUTSIDE_GRID_CHOICES)):
+        if value not in choices:
+            raise TilingError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+def missing_time_message(paths: Sequence[str]) -> str:
+    return (f"{', '.join(map(str, paths))}: no acquisition time (no TIFFTAG_DATETIME, no Landsat or Sentinel-2 product "
+            "id in the file name, no MTL file beside it); pass --datetime (ISO 8601, or START/END), or time= in Python")
+
+
+def _cells_or_none(grid, lon: np.ndarray, lat: np.ndarray, *, refuse: bool, where: str) -> list:
+    """The grid cell of each chip centre; None for a centre outside the grid (or the error, with ``refuse``)."""
+    from eoembed._errors import GridError
+
+    try:
+        return list(grid.cell_of(lon, lat))
+    except GridError as error:
+        if refuse:
+            raise GridError(f"{where}: {error}; pass --outside-grid drop to leave such chips out") from error
+    cells = []
+    for x, y in zip(lon, lat):  # only a batch that crosses the grid's edge pays for this
+        try:
+            cells.append(grid.cell_of(float(x), float(y)))
+        except GridError:
+            cells.append(None)
+    return cells
+
+
+def _count(dropped: dict[str, dict[str, int]] | None, source: str, reason: str, chips: int) -> None:
+    if dropped is not None and chips:
+        dropped.setdefault(source, {}).setdefault(reason, 0)
+        dropped[source][reason] += chips
 
 
 def produce(
@@ -148,6 +209,8 @@ def produce(
     resampling: str = "bilinear",
     overwrite: bool = False,
     license: str = "CC-BY-4.0",
+    empty_chips: str = "drop",
+    outside_grid: str = "drop",
     **writer_options: Any,
 ) -> Path:
     """Encode every chip of every scene in ``inputs`` into one product at ``out`` (one process).
@@ -155,7 +218,8 @@ def produce(
     All scenes must share band layout and resolution, since one product holds one model contract.
     ``nodata`` overrides the scenes' declared nodata value (many scenes leave their fill undeclared).
     ``align="cell"`` cuts chips on the lattice of each cell of ``grid`` (see :mod:`.align`) at
-    ``resolution`` metres (default: the scenes' own pixel size).
+    ``resolution`` metres (default: the scenes' own pixel size). ``empty_chips`` and ``outside_grid``
+    are those of :func:`encode_scene`; kept all-zero vectors are declared as ``nodata_zero_vector``.
     """
     from .align import align_scenes, grid_section
 
@@ -177,6 +241,7 @@ def produce(
                               band_sources=band_sources or [Path(first.path).name] * first.count)
     with ProductWriter(out, model=contract, grid=grid_section(grid, align=align, pixel_size=pixel_size, resampling=resampling),
                        quantization=quantization, overwrite=overwrite,
+                       nodata_zero_vector=writer_options.pop("nodata_zero_vector", False) or empty_chips == "keep",
                        license=license, **writer_options) as writer:
         for scene in scenes:
             if scene.band_names != first.band_names or scene.count != first.count:
@@ -185,6 +250,7 @@ def produce(
                     "one product holds one band layout"
                 )
             for chips in encode_scene(scene, model, chip_size=chip_size, stride=stride, grid_id=grid,
-                                      min_valid_fraction=min_valid_fraction, time=time):
+                                      min_valid_fraction=min_valid_fraction, time=time,
+                                      empty_chips=empty_chips, outside_grid=outside_grid):
                 writer.write(chips)
     return writer.path

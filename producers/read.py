@@ -20,6 +20,8 @@ from rasterio.windows import Window
 
 from eoembed._errors import ImageryError
 
+from .sceneid import acquisition_time
+
 __all__ = ["Scene", "open_scene", "read_window"]
 
 _DATETIME_FORMATS = ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y:%m:%d")
@@ -124,7 +126,8 @@ def open_scene(path: str | os.PathLike) -> Scene:
                 band_names=names,
                 dtype=str(ds.dtypes[0]),
                 nodata=None if ds.nodata is None else float(ds.nodata),
-                datetime=_parse_datetime(tags.get("TIFFTAG_DATETIME")),
+                # Distributed scenes often have no TIFF date; their product id or MTL file has it.
+                datetime=_parse_datetime(tags.get("TIFFTAG_DATETIME")) or acquisition_time(path),
                 res=(float(ds.res[0]), float(ds.res[1])),
             )
     except ImageryError:

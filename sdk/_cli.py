@@ -172,7 +172,13 @@ def _parse_time(text: str | None):
         return None
 
     def one(value: str) -> datetime:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        from ._errors import DatetimeError
+
+        try:
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise DatetimeError(f"--datetime {text!r}: {value!r} is not an ISO 8601 time; give e.g. 2020-05-18T15:36:01Z, "
+                                "2020-05-18, or START/END such as 2020-01-01/2020-12-31") from None
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
     if "/" in text:
@@ -217,6 +223,7 @@ def _produce(args: argparse.Namespace) -> int:
         "s1_root": args.s1_root,
         "bands": args.bands.split(",") if args.bands else None,
         "prefetch": args.prefetch, "align": args.align, "resolution": args.resolution, "resampling": args.resampling,
+        "empty_chips": args.empty_chips, "outside_grid": args.outside_grid,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
@@ -546,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodata", type=float, help="nodata value overriding the scenes' own")
     p.add_argument("--min-valid", type=float, help="drop chips with a smaller valid-pixel fraction (default 0.5)")
     p.add_argument("--unit-chips", type=int, help="chips per work unit (default 1024)")
+    p.add_argument("--empty-chips", choices=["drop", "keep"],
+                   help="chips whose vector is all zeros (a constant-zero DEM tile): drop (default; counted in the "
+                        "summary and errors.json) or keep (the product then declares nodata_zero_vector)")
+    p.add_argument("--outside-grid", choices=["drop", "error"],
+                   help="chips outside the grid's latitude range: drop (default; counted) or error (refuse the job)")
     p.add_argument("--license", help="SPDX licence of the embeddings")
     p.add_argument("--collection-id")
     p.add_argument("--s1-root", help="BigEarthNet: folder of S1 patches whose VV/VH join each S2 patch")
@@ -556,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scenes of one place at several dates (or sensors) stacked into one input, bands named "
                         "BAND@DATE; repeat for more places (times and labels in a TOML [[stacks]] table)")
     p.add_argument("--config", help="TOML file with the same keys (flags override it)")
-    p.add_argument("--resume", action="store_true", help="finish an interrupted run, skipping committed units")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted run, skipping committed units; refused when any setting differs from the "
+                        "first start's (only --no-progress and --prefetch may change)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_produce)
@@ -612,6 +626,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EoembedError as error:
         print(f"eoembed: {error}", file=sys.stderr)
         return 2 if args.command in ("validate", "info", "query", "search", "index") else 1
+    except KeyboardInterrupt:  # Ctrl-C (or a launcher's SIGINT) before the command's own handling began
+        resumable = args.command in ("produce", "train")
+        print(f"eoembed {args.command}: interrupted" + ("; re-run with --resume to finish" if resumable else ""), file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

