@@ -26,7 +26,7 @@ DROP_EMPTY = "drop-empty"
 LONLAT = "lonlat"
 GEO_REPAIRS = {
     DROP_EMPTY: "drop rows without a vector (null, NaN) or without a footprint",
-    LONLAT: "read coordinates as OGC:CRS84 lon/lat when the declared projected CRS is contradicted by degree values",
+    LONLAT: "read coordinates as OGC:CRS84 lon/lat when the CRS is null or a projected CRS contradicted by degree values",
 }
 
 
@@ -153,24 +153,23 @@ def read_geo_source(path: Path, *, session: ImportSession, vector_column: str, r
     if geometry_column not in table.column_names:
         raise SourceFormatError(f"{path} has no geometry column {geometry_column!r}; every chip needs a footprint")
     crs_json = (geo.get("columns", {}).get(geometry_column) or {}).get("crs", "OGC:CRS84")
-    crs = pyproj.CRS("OGC:CRS84") if crs_json is None else (
+    crs = None if crs_json is None else (
         pyproj.CRS.from_json_dict(crs_json) if isinstance(crs_json, dict) else pyproj.CRS(crs_json))
-    if crs_json is None:
-        session.note(f"{path.name}: 'crs' is null (unknown); read as OGC:CRS84, as GeoParquet 1.0 readers commonly do")
 
     geometry = shapely.from_wkb(table.column(geometry_column).to_numpy(zero_copy_only=False), on_invalid="ignore")
     vectors, empty = _vectors(path, table.column(vector_column))
     empty |= shapely.is_missing(geometry)
 
-    lonlat_declared_projected = False
+    as_lonlat = False
     for finding in validate(path).errors:
         if finding.code in _REWRITTEN:
             continue
         where = f"row {finding.row}: " if finding.row is not None else ""
         if finding.code in _EMPTY_ROW_CODES:
             session.defect(path, f"{where}{finding.message}", repair=DROP_EMPTY)
-        elif finding.code == "GEO007" and crs.is_projected and _degree_like(geometry[~empty]):
-            lonlat_declared_projected = session.defect(path, finding.message, repair=LONLAT)
+        elif (finding.code == "GEO003" and crs is None or finding.code == "GEO007" and crs is not None
+              and crs.is_projected) and _degree_like(geometry[~empty]):
+            as_lonlat = session.defect(path, finding.message, repair=LONLAT)
         else:
             session.defect(path, f"{finding.code} {where}{finding.message}")
     if empty.any() and DROP_EMPTY in session.repair:
@@ -178,7 +177,8 @@ def read_geo_source(path: Path, *, session: ImportSession, vector_column: str, r
                      f"(rows {np.flatnonzero(empty)[:10].tolist()})")
         keep = ~empty
         table, geometry, vectors = table.filter(keep), geometry[keep], vectors[keep]
-    if not lonlat_declared_projected and not crs.equals(pyproj.CRS("OGC:CRS84"), ignore_axis_order=False):
+    # GeoParquet coordinates are lon, lat whatever the axis order of the CRS: EPSG:4326 needs no change.
+    if crs is not None and not as_lonlat and not crs.equals(pyproj.CRS("OGC:CRS84"), ignore_axis_order=True):
         to_crs84 = pyproj.Transformer.from_crs(crs, "OGC:CRS84", always_xy=True)
         geometry = shapely.transform(geometry, lambda xy: np.column_stack(to_crs84.transform(xy[:, 0], xy[:, 1])))
         session.note(f"{path.name}: footprints reprojected from {crs.name} to OGC:CRS84")
