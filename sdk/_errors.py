@@ -162,3 +162,7 @@ class UnknownImporterError(EoembedError, KeyError):
 
 class SourceNotFoundError(EoembedError, FileNotFoundError):
     """A third-party file to import does not exist."""
+
+
+class ImportOptionError(EoembedError, TypeError):
+    """An option an importer does not take, or a repair it does not know; the message lists what it takes."""

@@ -15,4 +15,4 @@ from ._registry import Importer, ImportPlan, ImportSession, get_importer, list_i
 __all__ = ["ImportPlan", "ImportReport", "ImportSession", "Importer", "get_importer", "import_product",
            "list_importers", "register_importer"]
 
-from . import clay, earthindex, majortom, planet  # noqa: E402,F401  register the formats
+from . import alphaearth, clay, earthindex, embed2scale, majortom, planet, tessera  # noqa: E402,F401  register the formats

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from eoembed._errors import EmptySourceError, SourceFormatError, SourceNotFoundError, SpecError
+from eoembed._errors import EmptySourceError, ImportOptionError, SourceFormatError, SourceNotFoundError
 
 from ._registry import ImportPlan, ImportSession, get_importer
 
@@ -345,7 +345,7 @@ def import_product(
     asked = frozenset(repair)
     unknown_repairs = sorted(asked - set(importer.repairs))
     if unknown_repairs:
-        raise SpecError(f"{kind} import has no repair {unknown_repairs}; its repairs are "
+        raise ImportOptionError(f"{kind} import has no repair {unknown_repairs}; its repairs are "
                         f"{', '.join(f'{k} ({v})' for k, v in importer.repairs.items()) or '(none)'}")
     paths = [Path(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
     if not paths:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eoembed._errors import SourceDefectError, SpecError, UnknownImporterError
+from eoembed._errors import ImportOptionError, SourceDefectError, SpecError, UnknownImporterError
 
 __all__ = ["Importer", "ImportPlan", "ImportSession", "register_importer", "get_importer", "list_importers"]
 
@@ -72,6 +72,12 @@ class Importer(abc.ABC):
     description: ClassVar[str] = ""
     #: repair name -> what it does; a defect is repaired only when its name is passed in ``repair``
     repairs: ClassVar[dict[str, str]] = {}
+
+    def refuse_options(self, options: dict[str, Any], *, takes: tuple[str, ...] = ()) -> None:
+        """Fail on options this importer does not take, naming the ones it does."""
+        if options:
+            raise ImportOptionError(f"{self.kind} import has no option(s) {sorted(options)}; it takes "
+                                    f"{', '.join(takes) if takes else 'no options'}")
 
     @abc.abstractmethod
     def read(self, sources: list[Path], *, session: ImportSession, **options: Any) -> ImportPlan:

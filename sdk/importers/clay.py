@@ -28,8 +28,7 @@ class ClayImporter(Importer):
     repairs = GEO_REPAIRS
 
     def read(self, sources: list[Path], *, session: ImportSession, model_version: str = "0.1", **options: Any) -> ImportPlan:
-        if options:
-            raise TypeError(f"clay import takes no options {sorted(options)}")
+        self.refuse_options(options, takes=("model_version",))
         batches, footprints = [], []
         for path in sources:
             rows = read_geo_source(path, session=session, vector_column="embeddings", required=("date", "source_url"))

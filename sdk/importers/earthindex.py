@@ -29,8 +29,7 @@ class EarthIndexImporter(Importer):
     repairs = GEO_REPAIRS
 
     def read(self, sources: list[Path], *, session: ImportSession, **options: Any) -> ImportPlan:
-        if options:
-            raise TypeError(f"earthindex import takes no options {sorted(options)}")
+        self.refuse_options(options)
         batches, footprints, metadata = [], [], None
         for path in sources:
             rows = read_geo_source(path, session=session, vector_column="embedding", required=("id",))

@@ -42,8 +42,7 @@ class MajorTomImporter(Importer):
 
         from eoembed._grid import get_grid
 
-        if options:
-            raise TypeError(f"majortom import takes no options {sorted(options)} (it takes model_name, model_version)")
+        self.refuse_options(options, takes=("model_name", "model_version"))
         grid = get_grid(GRID)
         batches, sizes, gsds = [], set(), []
         for path in sources:

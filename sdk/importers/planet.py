@@ -29,8 +29,7 @@ class PlanetImporter(Importer):
     repairs = GEO_REPAIRS
 
     def read(self, sources: list[Path], *, session: ImportSession, **options: Any) -> ImportPlan:
-        if options:
-            raise TypeError(f"planet import takes no options {sorted(options)}")
+        self.refuse_options(options)
         batches, footprints, sizes = [], [], set()
         for path in sources:
             rows = read_geo_source(path, session=session, vector_column="embedding", required=("datetime", "chip_size"))
