@@ -96,7 +96,7 @@ def alphaearth_cog(path: Path, *, width: int = 40, height: int = 24, seed: int =
     """An AlphaEarth (Satellite Embedding V1) tile: a tiled GeoTIFF with 64 int8 bands A00..A63,
     nodata -128, 10 m pixels in UTM 17N, codes q = round(sign(v) sqrt(|v|) 127.5) of unit vectors."""
     import rasterio
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(height, width, 64))
@@ -106,7 +106,7 @@ def alphaearth_cog(path: Path, *, width: int = 40, height: int = 24, seed: int =
         codes[:8, :8] = -128  # the first 8 x 8 chip has no data
         codes[8:16, :3] = -128  # part of a chip has no data
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 64, "dtype": "int8", "nodata": -128,
-               "crs": "EPSG:32617", "transform": from_origin(710000.0, 3960000.0, 10.0, 10.0), "tiled": True,
+               "crs": "EPSG:32617", "transform": Affine(10.0, 0.0, 710000.0, 0.0, -10.0, 3960000.0), "tiled": True,
                "blockxsize": 16, "blockysize": 16, "compress": "deflate"}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(np.moveaxis(codes, -1, 0))
@@ -121,7 +121,7 @@ def tessera_tile(folder: Path, *, lon: float = 0.15, lat: float = 52.05, width: 
     ``grid_{lon}_{lat}.tiff`` that georeferences it (UTM, 10 m)."""
     import rasterio
     from pyproj import Transformer
-    from rasterio.transform import from_origin
+    from rasterio.transform import Affine
 
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"grid_{lon:.2f}_{lat:.2f}"
@@ -135,10 +135,34 @@ def tessera_tile(folder: Path, *, lon: float = 0.15, lat: float = 52.05, width: 
     crs = f"EPSG:{32600 + zone}"
     x, y = Transformer.from_crs("OGC:CRS84", crs, always_xy=True).transform(lon - 0.05, lat + 0.05)
     with rasterio.open(folder / f"{stem}.tiff", "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8",
-                       crs=crs, transform=from_origin(round(x, -1), round(y, -1), 10.0, 10.0)) as dst:
+                       crs=crs, transform=Affine(10.0, 0.0, round(x, -1), 0.0, -10.0, round(y, -1))) as dst:
         dst.write(np.ones((1, height, width), np.uint8))
     return folder / f"{stem}.npy"
 
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=timezone.utc)
+
+
+SURVEY = "third_party_embeddings/geo-embeddings-survey"
+
+
+def assert_valid_everywhere(product: Path) -> None:
+    """What every product we write passes: eoembed's validator, geoparquet-validator (core and
+    covering) on each data file, and the STAC core and extension schemas on each document."""
+    import subprocess
+    import sys
+
+    import eoembed
+    from eoembed._schemas import validate_stac
+
+    report = eoembed.validate(product)
+    assert report.errors == [], str(report)
+    gpv = str(Path(sys.executable).parent / "geoparquet-validator")
+    for data in sorted((product / "data").glob("*.parquet")):
+        for conformance in ("core", "covering"):
+            run = subprocess.run([gpv, "check", str(data), "--class", conformance], capture_output=True, text=True)
+            assert run.returncode == 0, run.stdout + run.stderr
+    documents = [product / "collection.json", *sorted((product / "items").glob("*.json")), *sorted((product / "models").glob("*.json"))]
+    for document in documents:
+        assert validate_stac(json.loads(document.read_text())) == [], document
