@@ -4,18 +4,19 @@ chips on the grid, derives chip ids and writes through :class:`eoembed.ProductWr
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Sequence
 
 import numpy as np
 
 from eoembed._errors import EmptySourceError, ImportOptionError, SourceFormatError, SourceNotFoundError
 
-from ._registry import ImportPlan, ImportSession, get_importer
+from ._registry import Importer, ImportPlan, ImportSession, get_importer
 
 UNKNOWN = "unknown"
 # Findings of the validator on a foreign file that the import's rewrite makes moot (format, not content).
@@ -257,6 +258,63 @@ def pooled_chips(*, path: Path, width: int, height: int, transform, crs: str, ch
         "native_footprint": list(shapely.box(native[:, 0], native[:, 1], native[:, 2], native[:, 3])),
         "valid_fraction": np.asarray(fractions, dtype=np.float32),
     }
+
+
+@dataclass
+class EmbeddingTile:
+    """One open embedding raster: its pixel grid, time and a reader of pixel vectors by rows
+    (``read_rows(row0, row1)`` -> float32 (rows, width, D) vectors, bool (rows, width) validity)."""
+
+    width: int
+    height: int
+    transform: Any
+    crs: str
+    time: Any
+    read_rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+class PooledTileImporter(Importer):
+    """Importers of pixel-embedding rasters, pooled into chips of ``chip_size`` pixels (mean of the
+    valid pixels); subclasses say how to open a tile and what its model states."""
+
+    dim: ClassVar[int]
+    model_name: ClassVar[str | None] = None
+    model_version: ClassVar[str | None] = None
+    band_source: ClassVar[str] = UNKNOWN
+    pixel_vectors: ClassVar[str] = "pixel vectors"
+    source: ClassVar[dict[str, Any]] = {}
+    license: ClassVar[str] = "other"
+    #: options of :meth:`open_tile` besides ``datetime``
+    tile_options: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def open_tile(self, path: Path, *, session: ImportSession, datetime: Any, **options: Any) -> ContextManager[EmbeddingTile]:
+        """Open one tile for reading; refuse (SourceFormatError) what is not a tile of this format."""
+
+    def read(self, sources: list[Path], *, session: ImportSession, chip_size: int = 16, datetime: Any = None,
+             **options: Any) -> ImportPlan:
+        tile_options = {k: options.pop(k) for k in self.tile_options if k in options}
+        self.refuse_options(options, takes=("chip_size", "datetime", *self.tile_options))
+        batches, gsds = [], set()
+        for path in sources:
+            with self.open_tile(path, session=session, datetime=datetime, **tile_options) as tile:
+                gsds.add(round(abs(tile.transform.a), 6))
+                batch = pooled_chips(path=path, width=tile.width, height=tile.height, transform=tile.transform, crs=tile.crs,
+                                     chip_size=chip_size, read_rows=tile.read_rows, time=tile.time, source_id=path.stem)
+            if batch is None:
+                session.note(f"{path.name}: no {chip_size} x {chip_size} chip holds a valid pixel")
+            else:
+                batches.append(batch)
+        if len(gsds) > 1:
+            raise SourceFormatError(f"tiles have pixel sizes {sorted(gsds)} m; one product holds one chip geometry")
+        model = imported_contract(
+            dim=self.dim, name=self.model_name, version=self.model_version, chip_size_px=chip_size, stride_px=chip_size,
+            gsd_m=float(gsds.pop()), pooling="mean", band_source=self.band_source, source=dict(self.source),
+            output_description=f"mean of the valid pixels' {self.dim}-d {self.pixel_vectors} over each chip",
+            parameters={"pooling": pooling_record(chip_size=chip_size, of=self.pixel_vectors)},
+        )
+        return ImportPlan(model=model, batches=batches, license=self.license, normalized=False,
+                          description=f"{self.model_name or self.kind} embeddings pooled into chips")
 
 
 def time_columns(time: Any) -> dict[str, Any]:

@@ -11,74 +11,61 @@ is the mean of the valid pixels' de-quantised vectors; ``model.pooling`` and
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from eoembed._errors import SourceFormatError
 
-from ._common import imported_contract, pooled_chips, pooling_record, time_option
-from ._registry import Importer, ImportPlan, ImportSession, register_importer
+from ._common import EmbeddingTile, PooledTileImporter, time_option
+from ._registry import ImportSession, register_importer
 
 BANDS = 64
 NODATA = -128
-SOURCE_URL = "https://developers.google.com/earth-engine/datasets/catalog/GOOGLE_SATELLITE_EMBEDDING_V1_ANNUAL"
 
 
 @register_importer
-class AlphaEarthImporter(Importer):
+class AlphaEarthImporter(PooledTileImporter):
     kind = "alphaearth"
     description = "AlphaEarth / Satellite Embedding V1 GeoTIFF tiles (64 int8 bands, sqrt de-quantisation), pooled into chips"
+    dim = BANDS
+    model_name = "alphaearth-foundations"
+    model_version = "satellite-embedding-v1"
+    band_source = "Sentinel-2, Landsat, Sentinel-1 and other inputs of AlphaEarth (not listed per band by the source)"
+    pixel_vectors = "de-quantised AlphaEarth pixel vectors"
+    license = "CC-BY-4.0"
+    source = {"format": "AlphaEarth GeoTIFF (64 int8 bands, sqrt quantisation, -128 nodata)",
+              "url": "https://developers.google.com/earth-engine/datasets/catalog/GOOGLE_SATELLITE_EMBEDDING_V1_ANNUAL",
+              "stated": "64-d unit vectors per 10 m pixel, one calendar year, codes sign(q)(q/127.5)^2"}
 
-    def read(self, sources: list[Path], *, session: ImportSession, chip_size: int = 16, datetime: Any = None,
-             **options: Any) -> ImportPlan:
+    @contextmanager
+    def open_tile(self, path: Path, *, session: ImportSession, datetime: Any) -> Iterator[EmbeddingTile]:
         import rasterio
         from rasterio.windows import Window
 
         from eoembed._quantize import Quantization, dequantize
         from eoembed.producers.read import _parse_datetime
 
-        self.refuse_options(options, takes=("chip_size", "datetime"))
         quantization = Quantization(method="sqrt", dtype="int8", dim=BANDS)
-        batches, gsds = [], set()
-        for path in sources:
-            with rasterio.open(path) as ds:
-                if ds.count != BANDS or ds.dtypes[0] != "int8":
-                    raise SourceFormatError(f"{path} has {ds.count} {ds.dtypes[0]} bands; an AlphaEarth tile has {BANDS} int8 bands")
-                if ds.crs is None:
-                    raise SourceFormatError(f"{path} has no CRS; an AlphaEarth tile is in its UTM zone")
-                if ds.nodata is None:
-                    session.note(f"{path.name}: no nodata tag; -128 is read as nodata, as the format defines")
-                elif ds.nodata != NODATA:
-                    session.defect(path, f"nodata is {ds.nodata}, the format's is {NODATA}")
-                stated = _parse_datetime(ds.tags().get("TIFFTAG_DATETIME"))
-                time = time_option(datetime if datetime is not None else stated, path=path, what="embeddings")
-                gsds.add(round(abs(ds.transform.a), 6))
+        with rasterio.open(path) as ds:
+            if ds.count != BANDS or ds.dtypes[0] != "int8":
+                raise SourceFormatError(f"{path} has {ds.count} {ds.dtypes[0]} bands; an AlphaEarth tile has {BANDS} int8 bands")
+            if ds.crs is None:
+                raise SourceFormatError(f"{path} has no CRS; an AlphaEarth tile is in its UTM zone")
+            if ds.nodata is None:
+                session.note(f"{path.name}: no nodata tag; -128 is read as nodata, as the format defines")
+            elif ds.nodata != NODATA:
+                session.defect(path, f"nodata is {ds.nodata}, the format's is {NODATA}")
+            stated = _parse_datetime(ds.tags().get("TIFFTAG_DATETIME"))
 
-                def read_rows(row0: int, row1: int, ds=ds) -> tuple[np.ndarray, np.ndarray]:
-                    codes = np.moveaxis(ds.read(window=Window(0, row0, ds.width, row1 - row0)), 0, -1)
-                    valid = (codes != NODATA).all(axis=-1)
-                    vectors = dequantize(np.ascontiguousarray(codes.reshape(-1, BANDS)), quantization)
-                    return np.nan_to_num(vectors, nan=0.0).reshape(codes.shape), valid
+            def read_rows(row0: int, row1: int) -> tuple[np.ndarray, np.ndarray]:
+                codes = np.moveaxis(ds.read(window=Window(0, row0, ds.width, row1 - row0)), 0, -1)
+                valid = (codes != NODATA).all(axis=-1)
+                vectors = dequantize(np.ascontiguousarray(codes.reshape(-1, BANDS)), quantization)
+                return np.nan_to_num(vectors, nan=0.0).reshape(codes.shape), valid
 
-                batch = pooled_chips(path=path, width=ds.width, height=ds.height, transform=ds.transform,
-                                     crs=ds.crs.to_string(), chip_size=chip_size, read_rows=read_rows, time=time,
-                                     source_id=path.stem)
-            if batch is None:
-                session.note(f"{path.name}: no {chip_size} x {chip_size} chip holds a valid pixel")
-            else:
-                batches.append(batch)
-        if len(gsds) > 1:
-            raise SourceFormatError(f"tiles have pixel sizes {sorted(gsds)} m; one product holds one chip geometry")
-        model = imported_contract(
-            dim=BANDS, name="alphaearth-foundations", version="satellite-embedding-v1", chip_size_px=chip_size,
-            stride_px=chip_size, gsd_m=float(gsds.pop()), pooling="mean",
-            band_source="Sentinel-2, Landsat, Sentinel-1 and other inputs of AlphaEarth (not listed per band by the source)",
-            output_description="mean of the valid pixels' de-quantised 64-d AlphaEarth vectors (not unit length after pooling)",
-            source={"format": "AlphaEarth GeoTIFF (64 int8 bands, sqrt quantisation, -128 nodata)", "url": SOURCE_URL,
-                    "stated": "64-d unit vectors per 10 m pixel, one calendar year, codes sign(q)(q/127.5)^2"},
-            parameters={"pooling": pooling_record(chip_size=chip_size, of="de-quantised AlphaEarth pixel vectors")},
-        )
-        return ImportPlan(model=model, batches=batches, license="CC-BY-4.0", normalized=False,
-                          description="AlphaEarth Foundations embeddings pooled into chips")
+            yield EmbeddingTile(width=ds.width, height=ds.height, transform=ds.transform, crs=ds.crs.to_string(),
+                                time=time_option(datetime if datetime is not None else stated, path=path, what="embeddings"),
+                                read_rows=read_rows)

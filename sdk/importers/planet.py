@@ -56,4 +56,4 @@ class PlanetImporter(Importer):
             source={"format": "planet sample GeoParquet", "url": SOURCE_URL,
                     "stated": "chip_size (pixels) per row; no model name, version or input bands"},
         )
-        return ImportPlan(model=model, batches=batches, license="proprietary", description="Planet sample embeddings")
+        return ImportPlan(model=model, batches=batches, license="other", description="Planet sample embeddings")
