@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from eoembed._errors import SourceFormatError
 
 from ._common import GEO_REPAIRS, imported_contract, median_edge_m, read_geo_source
@@ -48,8 +50,6 @@ class EarthIndexImporter(Importer):
             # The file is one MGRS tile's mosaic: the tile (file stem) is the source of its chips.
             batches.append({"embedding": rows.vectors, "geometry": list(rows.geometry), "source_id": path.stem, **time})
             footprints.append(rows.geometry)
-        import numpy as np
-
         model_meta = metadata.get("model") or {}
         config = str(model_meta.get("config", ""))
         datasets = metadata.get("datasets") or []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -138,10 +137,6 @@ def tessera_tile(folder: Path, *, lon: float = 0.15, lat: float = 52.05, width: 
                        crs=crs, transform=Affine(10.0, 0.0, round(x, -1), 0.0, -10.0, round(y, -1))) as dst:
         dst.write(np.ones((1, height, width), np.uint8))
     return folder / f"{stem}.npy"
-
-
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
 
 
 SURVEY = "third_party_embeddings/geo-embeddings-survey"
