@@ -8,6 +8,7 @@ The public API is a handful of verbs; everything else lives in private modules::
     vectors = product.to_numpy()
     product.sql("SELECT chip_id FROM embeddings WHERE bbox.xmin > ?", [-78.9])
     report = eoembed.validate("out/product")
+    eoembed.import_product("clay", ["tile.gpq"], out="out/clay")     # other systems' embeddings
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from ._errors import (
     CoordinateRangeError,
     DamagedProductError,
     DimensionMismatchError,
+    EmptySourceError,
     EoembedError,
     FewShotWarning,
     GridError,
+    ImportOptionError,
     LabelCRSError,
     LabelError,
     LabelFieldError,
@@ -35,16 +38,21 @@ from ._errors import (
     QuantizationError,
     QueryError,
     SearchError,
+    SourceDefectError,
+    SourceFormatError,
+    SourceNotFoundError,
     SpecError,
     SqlRefusedError,
     SubmissionFormatError,
     TaskConfigError,
     UnknownFieldError,
+    UnknownImporterError,
     UnsafePathError,
 )
 from ._embed2scale import read_embed2scale, write_embed2scale
 from ._fewshot import FewShotReport, fewshot, fewshot_product
 from ._grid import get_grid, list_grids
+from .importers import ImportReport, import_product, list_importers
 from ._labels import LabelledChips, join_labels, read_labels
 from ._neuco import NeucoReport, neuco_evaluate
 from ._predict import draw_map, predict
@@ -60,11 +68,14 @@ __all__ = [
     "CoordinateRangeError",
     "DamagedProductError",
     "DimensionMismatchError",
+    "EmptySourceError",
     "EoembedError",
     "FewShotReport",
     "FewShotWarning",
     "Finding",
     "GridError",
+    "ImportOptionError",
+    "ImportReport",
     "LabelCRSError",
     "LabelError",
     "LabelFieldError",
@@ -83,11 +94,15 @@ __all__ = [
     "QueryError",
     "Report",
     "SearchError",
+    "SourceDefectError",
+    "SourceFormatError",
+    "SourceNotFoundError",
     "SpecError",
     "SqlRefusedError",
     "SubmissionFormatError",
     "TaskConfigError",
     "UnknownFieldError",
+    "UnknownImporterError",
     "UnsafePathError",
     "chip_id",
     "dequantize",
@@ -96,8 +111,10 @@ __all__ = [
     "fewshot_product",
     "fit_quantization",
     "get_grid",
+    "import_product",
     "join_labels",
     "list_grids",
+    "list_importers",
     "neuco_evaluate",
     "open",
     "predict",

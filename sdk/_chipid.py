@@ -47,3 +47,19 @@ def chip_ids(*, grid_id: str, grid_cells: Sequence[str], col_offs: Sequence[int]
         chip_id(grid_id=grid_id, grid_cell=c, col_off=x, row_off=y, chip_size=chip_size, time=t, source_id=s)
         for c, x, y, t, s in zip(grid_cells, col_offs, row_offs, times, source_ids)
     ]
+
+
+def footprint_chip_ids(*, grid_id: str, grid_cells: Sequence[str], bounds: np.ndarray, times: Sequence,
+                       source_ids: Sequence[str]) -> list[str]:
+    """Chip ids of chips whose source gives no pixel offsets (imported products): the footprint's
+    lon/lat bbox, to 1e-7 degrees, stands in for the offsets and the chip size, in the key
+
+        eoembed-chip-footprint/1|{grid_id}|{grid_cell}|{xmin}|{ymin}|{xmax}|{ymax}|{time}|{source_id}
+    """
+    out = []
+    for cell, box, time, source in zip(grid_cells, np.asarray(bounds, dtype=np.float64), times, source_ids):
+        stamp = f"{_iso(time[0])}/{_iso(time[1])}" if isinstance(time, tuple) else _iso(time)
+        corners = "|".join(f"{v:.7f}" for v in box)
+        key = f"eoembed-chip-footprint/1|{grid_id}|{cell}|{corners}|{stamp}|{source}"
+        out.append(hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
+    return out

@@ -360,6 +360,54 @@ def _embed2scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from .importers import import_product
+
+    options = {}
+    for option in args.option:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise SystemExit(f"eoembed import: --option {option!r} must be KEY=VALUE")
+        try:
+            options[key] = json.loads(value)  # numbers and lists; anything else stays text
+        except ValueError:
+            options[key] = value
+    report = import_product(args.kind, args.sources, out=args.out, grid=args.grid, repair=args.repair, quantization=args.quantization,
+                            metric=args.metric, normalize=args.normalize, license=args.license,
+                            overwrite=args.overwrite, **options)
+    print(report)
+    return 0
+
+
+def _importers(args: argparse.Namespace) -> int:
+    from .importers import list_importers
+
+    for entry in list_importers():
+        print(json.dumps(entry))
+    return 0
+
+
+def add_import_commands(sub) -> None:
+    p = sub.add_parser("import", help="import embeddings of another system (clay, earthindex, majortom, planet, embed2scale, "
+                                      "alphaearth, tessera; see `eoembed importers`) into a product")
+    p.add_argument("kind", help="source format (see `eoembed importers`)")
+    p.add_argument("sources", nargs="+", help="files of that format")
+    p.add_argument("--out", required=True, help="product folder to write")
+    p.add_argument("--repair", action="append", default=[], metavar="NAME",
+                   help="repair a reported defect of the source (e.g. lonlat, drop-empty); repeat")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="importer option, e.g. chip_size=8, datetime=2023, footprints=FILE, model_name=NAME; repeat")
+    p.add_argument("--grid", help="grid for grid_cell (default majortom-10km)")
+    p.add_argument("--quantization", choices=["none", "float16", "int8", "int8-per-dimension", "int8-per-row", "sqrt", "binary"],
+                   default="none")
+    p.add_argument("--metric", choices=["cosine", "euclidean", "dot"], default="cosine")
+    p.add_argument("--normalize", action="store_true", help="make the vectors unit length")
+    p.add_argument("--license", help="SPDX licence of the embeddings (default: what the source states)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.set_defaults(func=_import)
+    sub.add_parser("importers", help="list the import kinds and their repairs").set_defaults(func=_importers)
+
+
 def add_fewshot_commands(sub) -> None:
     def labels_options(p) -> None:
         p.add_argument("product", help="product folder")
@@ -611,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("grids", help="list the built-in grids").set_defaults(func=_grids)
     sub.add_parser("encoders", help="list the registered encoders").set_defaults(func=_encoders)
     add_fewshot_commands(sub)
+    add_import_commands(sub)
     return parser
 
 

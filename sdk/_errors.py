@@ -168,3 +168,31 @@ class OutputError(EoembedError, OSError):
 
 class DatetimeError(EoembedError, ValueError):
     """A date or time that cannot be parsed; the message shows the value and the accepted forms."""
+
+
+class SourceFormatError(EoembedError, ValueError):
+    """A third-party file that does not hold what its format needs (a missing column, an unreadable value)."""
+
+
+class EmptySourceError(SourceFormatError):
+    """A third-party file with no rows: there is nothing to import, and a product needs at least one chip."""
+
+
+class SourceDefectError(SourceFormatError):
+    """Defects found in a third-party file that the import does not repair unless asked; the message
+    lists each defect and the ``repair`` name that fixes it."""
+
+
+class UnknownImporterError(EoembedError, KeyError):
+    """An import kind that is not registered; the message lists the registered kinds."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SourceNotFoundError(EoembedError, FileNotFoundError):
+    """A third-party file to import does not exist."""
+
+
+class ImportOptionError(EoembedError, TypeError):
+    """An option an importer does not take, or a repair it does not know; the message lists what it takes."""

@@ -164,6 +164,11 @@ def build_model_item(footer: dict[str, Any], *, collection_id: str, bbox: list[f
 
         asset = {"href": weights_href if is_url(weights_href) else f"../{weights_href}", "type": "application/octet-stream", "roles": ["mlm:model", "mlm:weights"],
                  "mlm:artifact_type": "torch.save" if framework == "PyTorch" else "weights"}
+    elif "weights_sha256" in model.get("unknown", ()):
+        # Imported vectors: the weights exist but the source does not say where or which.
+        source_url = model.get("parameters", {}).get("source", {}).get("url", "https://pypi.org/project/eoembed/")
+        asset = {"href": source_url, "type": "text/html", "roles": ["mlm:model"], "mlm:artifact_type": "unknown",
+                 "title": f"{model['name']} {model['version']}: weights and their checksum are not stated by the imported source"}
     else:
         from . import __version__
 
@@ -185,7 +190,7 @@ def build_model_item(footer: dict[str, Any], *, collection_id: str, bbox: list[f
         "mlm:architecture": model["architecture"],
         "mlm:tasks": ["similarity-search"],
         "mlm:framework": framework,
-        "mlm:pretrained": model.get("weights_sha256") is not None,
+        "mlm:pretrained": model.get("weights_sha256") is not None or "weights_sha256" in model.get("unknown", ()),
         "mlm:input": [mlm_input],
         "mlm:output": [{
             "name": "embedding",

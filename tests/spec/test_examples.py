@@ -33,6 +33,7 @@ EXPECTED = {
     "license-missing.json": ("(root)", "'license'"),
     "metric-manhattan.json": ("embedding/metric", "'manhattan'"),
     "model-unknown-field.json": ("model", "'checkpoint' was unexpected"),
+    "model-unknown-names-no-contract-field.json": ("model/unknown/0", "'checkpoint_epoch' is not one of"),
     "normalization-method-unknown.json": ("model/input/normalization/method", "'zscore'"),
     "normalization-std-0.json": ("model/input/normalization/std/10", "minimum"),
     "provenance-missing-software-version.json": ("provenance", "'software_version'"),
