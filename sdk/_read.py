@@ -133,6 +133,33 @@ class Product:
     def num_rows(self) -> int:
         return int(sum(self.manifest.column("rows").to_pylist()))
 
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def crs(self) -> str:
+        """The CRS of ``geometry`` and ``bbox``: always OGC:CRS84 (lon/lat); ``native_crs`` holds each chip's own."""
+        return "OGC:CRS84"
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in lon/lat over every chip."""
+        return tuple(float(v) for v in self.collection["extent"]["spatial"]["bbox"][0])
+
+    @property
+    def stac_collection(self):
+        """collection.json as a ``pystac.Collection`` (``collection`` is the plain dict)."""
+        from ._export import stac_collection
+
+        return stac_collection(self)
+
+    @property
+    def items(self) -> list:
+        """The STAC item of each data file as ``pystac.Item`` objects."""
+        from ._export import stac_items
+
+        return stac_items(self)
+
     # -- rows -------------------------------------------------------------------------------------
 
     def iter_batches(self, *, columns: Sequence[str] | None = None, batch_size: int = 65536) -> Iterator[pa.RecordBatch]:
@@ -188,6 +215,24 @@ class Product:
         import torch
 
         return torch.from_numpy(self.to_numpy(dequantize=dequantize))
+
+    def to_pandas(self, *, columns: Sequence[str] | None = None, dequantize: bool = True):
+        """Every row as a pandas DataFrame (``embedding``: one float32 array per row)."""
+        from ._export import to_pandas
+
+        return to_pandas(self, columns=list(columns) if columns else None, dequantize=dequantize)
+
+    def to_geopandas(self, *, columns: Sequence[str] | None = None, dequantize: bool = True):
+        """Every row as a geopandas GeoDataFrame on ``geometry`` (OGC:CRS84)."""
+        from ._export import to_geopandas
+
+        return to_geopandas(self, columns=list(columns) if columns else None, dequantize=dequantize)
+
+    def preview(self, out: str | os.PathLike, **options: Any):
+        """Draw the first three principal components as RGB (PNG figure or COG); see :func:`eoembed.preview`."""
+        from ._preview import preview
+
+        return preview(self, out, **options)
 
     # -- SQL --------------------------------------------------------------------------------------
 
