@@ -132,7 +132,7 @@ def _rasterise(boxes: np.ndarray, colours: np.ndarray) -> tuple[np.ndarray, tupl
     rgba = np.concatenate([np.rint(colours * 255), np.full((len(colours), 1), 255)], axis=1).astype(np.uint8)
     for (c0, c1), (r0, r1), value in zip(cols, rows, rgba):
         canvas[r0 : max(r1, r0 + 1), c0 : max(c1, c0 + 1)] = value
-    return canvas, (x0, y0, x0 + width * pixel, y1), pixel
+    return canvas, (x0, y1 - height * pixel, x0 + width * pixel, y1), pixel
 
 
 def _scale_bar_metres(extent_width_m: float) -> float:
@@ -196,11 +196,11 @@ def _write_cog(path: Path, canvas: np.ndarray, extent, pixel: float, *, crs: str
     import rasterio
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     height, width = canvas.shape[:2]
     profile = {"driver": "GTiff", "width": width, "height": height, "count": 4, "dtype": "uint8",
-               "crs": "EPSG:4326" if crs == "OGC:CRS84" else crs, "transform": from_origin(extent[0], extent[3], pixel, pixel),
+               "crs": "EPSG:4326" if crs == "OGC:CRS84" else crs, "transform": Affine(pixel, 0, extent[0], 0, -pixel, extent[3]),
                "photometric": "RGB", "alpha": "YES"}
     with MemoryFile() as memory:
         with memory.open(**profile) as dataset:

@@ -220,7 +220,7 @@ def _mapping_bounds(mapping: dict) -> Any:
     shape = mapping.get("geometry", mapping) if mapping.get("type") == "Feature" else mapping
     try:
         return shapely.geometry.shape(shape).bounds
-    except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.GEOSException) as error:
+    except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.ShapelyError) as error:
         raise SearchError(f"bbox mapping {str(mapping)[:80]!r} is not a GeoJSON geometry or Feature ({error}); "
                           "give xmin,ymin,xmax,ymax or a shapely geometry") from None
 
