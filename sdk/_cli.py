@@ -592,7 +592,7 @@ def add_common_options(sub) -> None:
     for name, p in sub.choices.items():
         group = p.add_argument_group("output")
         loudness = group.add_mutually_exclusive_group()
-        loudness.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors (no progress or per-unit lines)")
+        loudness.add_argument("-q", "--quiet", action="store_true", help="no progress bar, per-unit or info lines: results, warnings and errors only")
         loudness.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
         if name in JSON_VERBS:
             group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
