@@ -7,6 +7,7 @@ The public API is a handful of verbs; everything else lives in private modules::
     product = eoembed.open("out/product")
     vectors = product.to_numpy()
     product.sql("SELECT chip_id FROM embeddings WHERE bbox.xmin > ?", [-78.9])
+    eoembed.preview(product, "preview.png")                   # PCA of the vectors as RGB (or .tif: a COG)
     report = eoembed.validate("out/product")
 """
 
@@ -20,6 +21,7 @@ from ._errors import (
     CoordinateRangeError,
     DimensionMismatchError,
     EoembedError,
+    ExportError,
     FewShotWarning,
     GridError,
     LabelCRSError,
@@ -29,6 +31,7 @@ from ._errors import (
     MissingDependencyError,
     ModelContractMismatchError,
     NonFiniteEmbeddingError,
+    PreviewError,
     ProductExistsError,
     ProductNotFoundError,
     QuantizationError,
@@ -45,6 +48,7 @@ from ._grid import get_grid, list_grids
 from ._labels import LabelledChips, join_labels, read_labels
 from ._neuco import NeucoReport, neuco_evaluate
 from ._predict import draw_map, predict
+from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
 from ._read import Product, open_product as open, read_footer, sql
 from ._spec import SPEC_VERSION
@@ -57,6 +61,7 @@ __all__ = [
     "CoordinateRangeError",
     "DimensionMismatchError",
     "EoembedError",
+    "ExportError",
     "FewShotReport",
     "FewShotWarning",
     "Finding",
@@ -70,6 +75,8 @@ __all__ = [
     "NeucoReport",
     "ModelContractMismatchError",
     "NonFiniteEmbeddingError",
+    "Preview",
+    "PreviewError",
     "Product",
     "ProductExistsError",
     "ProductNotFoundError",
@@ -95,6 +102,7 @@ __all__ = [
     "neuco_evaluate",
     "open",
     "predict",
+    "preview",
     "quantize",
     "read_embed2scale",
     "read_footer",

@@ -138,3 +138,15 @@ class TrainingConfigError(EoembedError, ValueError):
 
 class CheckpointError(EoembedError, ValueError):
     """A training checkpoint that cannot be used: not an eoembed checkpoint, missing, or from another run."""
+
+
+class PreviewError(EoembedError, ValueError):
+    """A preview that cannot be drawn: no chip selected, an unknown output type or PCA scope."""
+
+
+class ExportError(EoembedError, ValueError):
+    """A result that cannot be written in the format asked (no geometry for GeoJSON, no --out for Parquet)."""
+
+
+class TimeFormatError(EoembedError, ValueError):
+    """A time that is not ISO 8601, or an interval that ends before it starts."""

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._errors import EoembedError
+from ._errors import ExportError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -29,10 +29,6 @@ FORMATS = ("table", "csv", "json", "parquet", "geoparquet", "geojson")
 # native CRS, so it is never written as GeoJSON (which is lon/lat only) nor declared with a CRS.
 _LONLAT_GEOMETRY = "geometry"
 _NATIVE_GEOMETRY = "native_footprint"
-
-
-class ExportError(EoembedError, ValueError):
-    """A result that cannot be written in the format asked (no geometry for GeoJSON, no --out for Parquet)."""
 
 
 def geometry_columns(schema: pa.Schema) -> dict[str, bool]:

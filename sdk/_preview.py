@@ -20,16 +20,12 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ._errors import EoembedError
+from ._errors import PreviewError
 
 PcaScope = Literal["product", "cell", "scene"]
 _GROUP_COLUMN = {"cell": "grid_cell", "scene": "source_id"}
 # Long side of the canvas, in pixels, that the chip subdivision aims for.
 _CANVAS_TARGET = 1200
-
-
-class PreviewError(EoembedError, ValueError):
-    """A preview that cannot be drawn: no chip selected, an unknown output type or PCA scope."""
 
 
 @dataclass

@@ -10,13 +10,9 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 
-from ._errors import EoembedError
+from ._errors import TimeFormatError
 
 _BARE_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class TimeFormatError(EoembedError, ValueError):
-    """A time that is not ISO 8601, or an interval that ends before it starts."""
 
 
 def _instant(text: str, *, end: bool) -> datetime | None:
