@@ -278,7 +278,7 @@ class Product:
         query: Any,
         *,
         k: int = 10,
-        bbox: Sequence[float] | str | None = None,
+        bbox: Sequence[float] | str | Any | None = None,
         datetime: Any = None,
         where: str | None = None,
         params: Sequence[Any] | dict[str, Any] | None = None,
@@ -290,7 +290,7 @@ class Product:
 
         ``query`` is a vector (D,), a chip id, a ``(lon, lat)`` tuple (the chip covering that
         point), or a list / (m, D) array of them (the table then starts with ``query``, its index).
-        ``bbox`` (xmin, ymin, xmax, ymax) keeps chips intersecting it, ``datetime`` (an ISO time or
+        ``bbox`` (xmin, ymin, xmax, ymax), or a shapely geometry / GeoJSON mapping (its bounds), keeps chips intersecting it, ``datetime`` (an ISO time or
         ``START/END``, ``..`` open) chips whose time overlaps it, ``where`` a SQL predicate over the
         ``embeddings`` view with bound ``params``. ``metric`` defaults to the product's. ``mode``:
         ``exact`` (one pass over the float32 vectors), ``int8`` / ``binary`` (a compressed scan of
