@@ -55,7 +55,7 @@ def run_demo(*, out: Path, overwrite: bool = False, chip_size: int = 8) -> int:
     for finding in report.findings[:10]:
         print(f"  {finding}")
 
-    from eoembed._cli import write_table
+    from eoembed._export import write_result as write_table
 
     query = ("SELECT grid_cell, count(*) AS chips, round(avg(valid_fraction), 3) AS valid, "
              "round(avg(embedding[1]), 1) AS mean_band1 FROM embeddings GROUP BY grid_cell ORDER BY chips DESC LIMIT 5")

@@ -461,8 +461,9 @@ def run_job(config: JobConfig) -> Summary:
         rows = record.rows if record else 0
         chips += rows
         done += 1
-        print(f"[rank {rank}] {unit.id}: {rows} chips from {Path(scene.path).name} in {time.perf_counter() - t0:.2f} s",
-              file=sys.stderr, flush=True)
+        if config.progress:  # --no-progress and -q silence the per-unit lines too
+            print(f"[rank {rank}] {unit.id}: {rows} chips from {Path(scene.path).name} in {time.perf_counter() - t0:.2f} s",
+                  file=sys.stderr, flush=True)
         progress.unit_done(unit, rows)
         if fault and fault[0] == rank and done >= fault[1]:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -187,11 +187,9 @@ def _check_in_step(comm, model, epoch: int) -> None:
 
 def _loss_curve(out: Path, history: dict) -> None:
     """loss.png: the loss of every step on rank 0 and each epoch's mean over all ranks."""
-    import matplotlib
+    from eoembed._plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     steps = np.arange(1, len(history["step_loss"]) + 1)
     ax.plot(steps, history["step_loss"], lw=0.8, alpha=0.5, label="step (rank 0)")

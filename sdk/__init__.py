@@ -7,6 +7,7 @@ The public API is a handful of verbs; everything else lives in private modules::
     product = eoembed.open("out/product")
     vectors = product.to_numpy()
     product.sql("SELECT chip_id FROM embeddings WHERE bbox.xmin > ?", [-78.9])
+    eoembed.preview(product, "preview.png")                   # PCA of the vectors as RGB (or .tif: a COG)
     report = eoembed.validate("out/product")
     eoembed.import_product("clay", ["tile.gpq"], out="out/clay")     # other systems' embeddings
 """
@@ -23,6 +24,7 @@ from ._errors import (
     DimensionMismatchError,
     EmptySourceError,
     EoembedError,
+    ExportError,
     FewShotWarning,
     GridError,
     ImportOptionError,
@@ -33,6 +35,7 @@ from ._errors import (
     MissingDependencyError,
     ModelContractMismatchError,
     NonFiniteEmbeddingError,
+    PreviewError,
     ProductExistsError,
     ProductNotFoundError,
     QuantizationError,
@@ -56,6 +59,7 @@ from .importers import ImportReport, import_product, list_importers
 from ._labels import LabelledChips, join_labels, read_labels
 from ._neuco import NeucoReport, neuco_evaluate
 from ._predict import draw_map, predict
+from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
 from ._read import Product, open_product as open, read_footer, sql
 from ._spec import SPEC_VERSION
@@ -70,6 +74,7 @@ __all__ = [
     "DimensionMismatchError",
     "EmptySourceError",
     "EoembedError",
+    "ExportError",
     "FewShotReport",
     "FewShotWarning",
     "Finding",
@@ -85,6 +90,8 @@ __all__ = [
     "NeucoReport",
     "ModelContractMismatchError",
     "NonFiniteEmbeddingError",
+    "Preview",
+    "PreviewError",
     "Product",
     "ProductExistsError",
     "ProductNotFoundError",
@@ -118,6 +125,7 @@ __all__ = [
     "neuco_evaluate",
     "open",
     "predict",
+    "preview",
     "quantize",
     "read_embed2scale",
     "read_footer",

@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ._export import FORMATS
+FORMAT_HELP = ("table (default), csv (geometry as WKT, structs flattened), json / geojson (GeoJSON geometry), "
+               "parquet / geoparquet (GeoParquet 1.1 `geo` metadata; need --out)")
+
 
 def _validate(args: argparse.Namespace) -> int:
     from ._validate import validate
@@ -41,59 +45,19 @@ def _info(args: argparse.Namespace) -> int:
             "bbox": product.collection["extent"]["spatial"]["bbox"][0],
             "interval": product.collection["extent"]["temporal"]["interval"][0],
         }
+    from ._diagnose import similarity_messages
+
+    summary["warnings"] = similarity_messages(product)
     print(json.dumps(summary, indent=2))
+    _warn(summary["warnings"])
     return 0
 
 
-def _format_table(table, *, limit: int = 50) -> str:
-    names = table.column_names
-    rows = table.slice(0, limit).to_pylist()
-
-    def cell(value) -> str:
-        if isinstance(value, (list, tuple)) and len(value) > 6:
-            value = f"[{', '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in value[:4])}, ... ({len(value)} values)]"
-        elif isinstance(value, float):
-            value = f"{value:.6g}"
-        elif isinstance(value, bytes):
-            value = f"<{len(value)} bytes>"
-        text = str(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-
-    cells = [[cell(r[n]) for n in names] for r in rows]
-    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
-    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    if table.num_rows > limit:
-        lines.append(f"... {table.num_rows - limit} more rows")
-    lines.append(f"({table.num_rows} rows)")
-    return "\n".join(lines)
-
-
 def write_table(table, *, fmt: str, out: str | None) -> None:
-    """Print or save a query result as table, csv, json or parquet."""
-    if fmt == "parquet":
-        if not out:
-            raise SystemExit("eoembed: --format parquet needs --out FILE")
-        import pyarrow.parquet as pq
+    """Print or save a query result in one of the export formats (see eoembed._export)."""
+    from ._export import write_result
 
-        pq.write_table(table, out)
-        return
-    if fmt == "csv":
-        import io
-
-        import pyarrow.csv as pacsv
-
-        buffer = io.BytesIO()
-        pacsv.write_csv(table, buffer)
-        text = buffer.getvalue().decode()
-    elif fmt == "json":
-        text = json.dumps(table.to_pylist(), default=str, indent=1)
-    else:
-        text = _format_table(table)
-    if out:
-        Path(out).write_text(text + ("\n" if not text.endswith("\n") else ""), encoding="utf-8")
-    else:
-        print(text)
+    write_result(table, fmt=fmt, out=out)
 
 
 def _param_values(texts: Sequence[str]) -> list:
@@ -120,8 +84,34 @@ def _query(args: argparse.Namespace) -> int:
                 raise SystemExit(f"eoembed query: --attach {attached!r} must be NAME=PRODUCT")
             product.attach(name, path)
         table = product.sql(args.sql, params or None)
-    write_table(table, fmt=args.format, out=args.out)
+    write_table(table, fmt="json" if args.json else args.format, out=args.out)
     return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from ._preview import preview
+
+    result = preview(args.path, args.out, bbox=args.bbox, where=args.where, params=_param_values(args.param) or None,
+                     pca=args.pca, title=args.title, dpi=args.dpi)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        shares = ", ".join(f"{100 * v:.1f} %" for v in result.explained_variance[0])
+        print(f"wrote {result.path}: {result.rows} chips, {result.canvas.shape[1]}x{result.canvas.shape[0]} px in "
+              f"{result.crs}; PC1-3 explain {shares}" + (" (first group)" if len(result.explained_variance) > 1 else ""))
+    return 0
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from ._completion import bash_completion
+
+    print(bash_completion(build_parser()))
+    return 0
+
+
+def _warn(messages: Sequence[str]) -> None:
+    for message in messages:
+        print(f"eoembed: warning: {message}", file=sys.stderr)
 
 
 def _grids(args: argparse.Namespace) -> int:
@@ -166,25 +156,19 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
 
 
 def _parse_time(text: str | None):
-    from datetime import datetime, timezone
+    """An instant, or (start, end) for an interval or a bare date (that whole day)."""
+    from ._when import parse_interval
 
     if not text:
         return None
+    from ._errors import TimeFormatError
+    from ._when import parse_interval
 
-    def one(value: str) -> datetime:
-        from ._errors import DatetimeError
-
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise DatetimeError(f"--datetime {text!r}: {value!r} is not an ISO 8601 time; give e.g. 2020-05-18T15:36:01Z, "
-                                "2020-05-18, or START/END such as 2020-01-01/2020-12-31") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-    if "/" in text:
-        start, end = text.split("/", 1)
-        return one(start), one(end)
-    return one(text)
+    try:
+        start, end = parse_interval(text)
+    except TimeFormatError as error:
+        raise TimeFormatError(f"--datetime {text!r}: {error}") from None
+    return start if start == end else (start, end)
 
 
 def _ranks_on_this_node() -> int:
@@ -213,6 +197,8 @@ def _produce(args: argparse.Namespace) -> int:
         settings = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
         base = Path(args.config).parent
         settings["inputs"] = [str(base / p) if not Path(p).is_absolute() else p for p in settings.get("inputs", [])]
+        if isinstance(settings.get("s1_root"), str) and not Path(settings["s1_root"]).is_absolute():
+            settings["s1_root"] = str(base / settings["s1_root"])
         for stack in settings.get("stacks", []):
             if isinstance(stack, dict) and isinstance(stack.get("files"), list):
                 stack["files"] = [str(base / p) if not Path(p).is_absolute() else p for p in stack["files"]]
@@ -299,6 +285,8 @@ def _fewshot(args: argparse.Namespace) -> int:
     for warning in caught:
         if issubclass(warning.category, FewShotWarning) and str(warning.message) not in report.warnings:
             print(f"warning: {warning.message}", file=sys.stderr)
+    if args.plot:
+        report.plot(args.plot)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -425,7 +413,7 @@ def add_fewshot_commands(sub) -> None:
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--queries", type=int, default=15, help="query chips per class and episode (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw accuracy (and macro-F1) against shots here")
     p.set_defaults(func=_fewshot)
 
     p = sub.add_parser("predict", help="train on the labelled chips and map a class onto every chip")
@@ -438,7 +426,6 @@ def add_fewshot_commands(sub) -> None:
     p = sub.add_parser("neuco", help="NeuCo-Bench (Embed2Scale) linear-probe scores of a product or submission CSV")
     p.add_argument("embeddings", help="product folder or submission CSV")
     p.add_argument("--config", required=True, help="TOML task file (see eoembed._neuco)")
-    p.add_argument("--json", action="store_true")
     p.set_defaults(func=_neuco)
 
     p = sub.add_parser("embed2scale", help="export a product to an Embed2Scale submission CSV, or import one")
@@ -487,6 +474,7 @@ def _search_query(args: argparse.Namespace):
 
 
 def _search(args: argparse.Namespace) -> int:
+    from ._diagnose import similarity_messages
     from ._read import open_product
 
     options = dict(k=args.k, bbox=args.bbox, datetime=args.datetime, where=args.where,
@@ -495,6 +483,7 @@ def _search(args: argparse.Namespace) -> int:
     product = open_product(args.path)
     if not _under_mpi():
         table = product.search(_search_query(args), **options)
+        _warn(similarity_messages(product, metric=args.metric))
     else:
         from mpi4py import MPI
 
@@ -512,16 +501,7 @@ def _search(args: argparse.Namespace) -> int:
             MPI.COMM_WORLD.Abort(1)  # one failing rank must not hang the others
         if table is None:
             return 0
-    if args.format in ("table", "csv"):
-        import pyarrow as pa
-
-        table = table.drop_columns([c for c in ("geometry", "native_footprint") if c in table.column_names])
-    if args.format == "csv":  # CSV holds flat scalars: bbox as bbox.xmin..., lists as JSON text
-        table = table.flatten()
-        for i, field in enumerate(table.schema):
-            if pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
-                table = table.set_column(i, field.name, pa.array([json.dumps(v) for v in table.column(i).to_pylist()]))
-    write_table(table, fmt=args.format, out=args.out)
+    write_table(table, fmt="json" if args.json else args.format, out=args.out)
     return 0
 
 
@@ -537,8 +517,11 @@ def _index(args: argparse.Namespace) -> int:
         return 0
     if not args.kind:
         raise SystemExit("eoembed index build: give --kind int8|binary|hnsw|ivf")
+    from ._diagnose import recall_messages
+
     report = product.build_index(kind=args.kind, metric=args.metric, recall_queries=args.recall_queries)
     print(json.dumps(report, indent=1))
+    _warn(recall_messages(report))
     return 0
 
 
@@ -556,7 +539,7 @@ def add_search_commands(sub) -> None:
     p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
     p.add_argument("--mode", choices=["exact", "int8", "binary", "hnsw", "ivf"], default="exact")
     p.add_argument("--candidates", type=int, help="rows re-ranked exactly after a compressed or index scan")
-    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("--format", choices=FORMATS, default="table", help=FORMAT_HELP)
     p.add_argument("--out", help="write the hits to this file")
     p.set_defaults(func=_search)
 
@@ -634,7 +617,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a product, collection.json or data file against the spec")
     p.add_argument("path")
-    p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--max-errors", type=int, default=None, help="stop recording errors after N")
     p.add_argument("--no-checksums", action="store_true", help="skip the sha256 of data files")
     p.set_defaults(func=_validate)
@@ -646,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? (JSON or text); repeat")
     p.add_argument("--attach", action="append", default=[], metavar="NAME=PRODUCT",
                    help="another product as view NAME (join on chip_id); repeat")
-    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("--format", choices=FORMATS, default="table", help=FORMAT_HELP)
     p.add_argument("--out", help="write the result to this file")
     p.set_defaults(func=_query)
 
@@ -655,26 +637,102 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="also check every data file's SHA-256 against the manifest")
     p.set_defaults(func=_info)
 
+    p = sub.add_parser("preview", help="picture of a product: its first three principal components as RGB (PNG or COG)")
+    p.add_argument("path")
+    p.add_argument("--out", required=True, help="preview.png (a figure with scale bar and legend) or preview.tif (a COG)")
+    p.add_argument("--bbox", help="xmin,ymin,xmax,ymax in lon/lat: only chips intersecting it")
+    p.add_argument("--where", help="SQL predicate over the embeddings view, values as ? with --param")
+    p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? in --where; repeat")
+    p.add_argument("--pca", choices=["product", "cell", "scene"], default="product",
+                   help="one PCA over the selection (default), or one per grid cell or per scene")
+    p.add_argument("--title", help="figure title (default: the collection id and encoder)")
+    p.add_argument("--dpi", type=int, default=150, help="PNG resolution (default: %(default)s)")
+    p.set_defaults(func=_preview)
+
+    p = sub.add_parser("completion", help="print a bash completion script: eval \"$(eoembed completion bash)\"")
+    p.add_argument("shell", choices=["bash"])
+    p.set_defaults(func=_completion)
+
     add_search_commands(sub)
     sub.add_parser("grids", help="list the built-in grids").set_defaults(func=_grids)
     sub.add_parser("encoders", help="list the registered encoders").set_defaults(func=_encoders)
     add_fewshot_commands(sub)
     add_import_commands(sub)
+    add_common_options(sub)
     return parser
+
+
+# Verbs whose result is a report or a table: `--json` prints it as JSON on stdout.
+JSON_VERBS = ("validate", "info", "query", "search", "index", "preview", "fewshot", "neuco")
+
+
+def add_common_options(sub) -> None:
+    """-q/--quiet and -v/--verbose on every verb, and --json on the verbs that print a result."""
+    for name, p in sub.choices.items():
+        group = p.add_argument_group("output")
+        loudness = group.add_mutually_exclusive_group()
+        loudness.add_argument("-q", "--quiet", action="store_true", help="no progress bar, per-unit or info lines: results, warnings and errors only")
+        loudness.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
+        if name in JSON_VERBS:
+            group.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def configure_output(args: argparse.Namespace) -> None:
+    """One place for what -q/-v mean: the log level, and no progress lines when quiet."""
+    import logging
+
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("eoembed").setLevel(level)
+    if args.quiet and hasattr(args, "no_progress"):
+        args.no_progress = True
+
+
+def value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string, on every verb, that takes a value."""
+    found: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= value_options(child)
+        elif action.option_strings and action.nargs != 0:
+            found.update(action.option_strings)
+    return found
+
+
+def join_negative_values(argv: Sequence[str], options: set[str]) -> list[str]:
+    """``--point -78.7,35.7`` as ``--point=-78.7,35.7``: argparse takes a value that starts with '-' and
+    is not a plain number for an option, so negative coordinates and bboxes need the joined form."""
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if previous in options and token[:1] == "-" and token[1:2].isdigit() or previous in options and token[:2] == "-.":
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ._errors import EoembedError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(join_negative_values(argv, value_options(parser)))
+    configure_output(args)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader (e.g. `| head`) left: stop quietly, as other shell tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except FileNotFoundError as error:
         print(f"eoembed: {error}", file=sys.stderr)
         return 2
     except EoembedError as error:
         print(f"eoembed: {error}", file=sys.stderr)
-        return 2 if args.command in ("validate", "info", "query", "search", "index") else 1
+        return 2 if args.command in ("validate", "info", "query", "search", "index", "preview") else 1
     except KeyboardInterrupt:  # Ctrl-C (or a launcher's SIGINT) before the command's own handling began
         resumable = args.command in ("produce", "train")
         print(f"eoembed {args.command}: interrupted" + ("; re-run with --resume to finish" if resumable else ""), file=sys.stderr)

@@ -166,10 +166,6 @@ class OutputError(EoembedError, OSError):
     """The output cannot be written: a full disk, a read-only folder, an ``--out`` that is a file."""
 
 
-class DatetimeError(EoembedError, ValueError):
-    """A date or time that cannot be parsed; the message shows the value and the accepted forms."""
-
-
 class SourceFormatError(EoembedError, ValueError):
     """A third-party file that does not hold what its format needs (a missing column, an unreadable value)."""
 
@@ -196,3 +192,15 @@ class SourceNotFoundError(EoembedError, FileNotFoundError):
 
 class ImportOptionError(EoembedError, TypeError):
     """An option an importer does not take, or a repair it does not know; the message lists what it takes."""
+
+
+class PreviewError(EoembedError, ValueError):
+    """A preview that cannot be drawn: no chip selected, an unknown output type or PCA scope."""
+
+
+class ExportError(EoembedError, ValueError):
+    """A result that cannot be written in the format asked (no geometry for GeoJSON, no --out for Parquet)."""
+
+
+class TimeFormatError(EoembedError, ValueError):
+    """A time that is not ISO 8601, or an interval that ends before it starts."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -141,6 +142,30 @@ class FewShotReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def plot(self, path) -> Path:
+        """Accuracy and macro-F1 (mean and 95 % interval over episodes) against shots, as a PNG."""
+        from ._plotting import pyplot
+
+        plt = pyplot()
+        shots = [r.shots for r in self.results]
+        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+        for name, key in (("accuracy", "accuracy"), ("macro-F1", "macro_f1")):
+            ax.errorbar(shots, [getattr(r, key) for r in self.results], yerr=[getattr(r, f"{key}_ci95") for r in self.results],
+                        marker="o", capsize=3, label=name)
+        ax.axhline(1 / len(self.classes), color="grey", linestyle=":", label=f"chance ({len(self.classes)}-way)")
+        ax.set_xscale("log")
+        ax.set_xticks(shots, [str(s) for s in shots])
+        ax.set_xlabel("labelled chips per class (shots)")
+        ax.set_ylabel("score on query chips")
+        ax.set_title(f"{len(self.classes)}-way few-shot, {self.method}, {self.results[0].episodes} episodes", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
 
     def table(self) -> str:
         lines = [f"{len(self.classes)}-way few-shot, method {self.method}, seed {self.seed}",

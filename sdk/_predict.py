@@ -119,17 +119,12 @@ def read_prediction(path: str | os.PathLike) -> pa.Table:
 
 def draw_map(prediction: str | os.PathLike, path: str | os.PathLike, *, title: str | None = None) -> Path:
     """A PNG map of a prediction file: each chip's box filled with its class colour."""
-    from ._errors import MissingDependencyError
+    from ._plotting import pyplot
 
-    try:
-        import matplotlib
+    plt = pyplot()
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Patch
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.collections import PolyCollection
-        from matplotlib.patches import Patch
-    except ImportError as error:  # pragma: no cover - matplotlib comes with the fewshot extra
-        raise MissingDependencyError("drawing maps needs matplotlib: pip install 'eoembed[fewshot]'") from error
     table = pq.read_table(prediction, columns=["bbox", "class"])
     meta = json.loads(pq.read_schema(prediction).metadata[b"eoembed_prediction"])
     classes = meta["classes"]

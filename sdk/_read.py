@@ -295,6 +295,33 @@ class Product:
     def num_rows(self) -> int:
         return int(sum(self.manifest.column("rows").to_pylist()))
 
+    def __len__(self) -> int:
+        return self.num_rows
+
+    @property
+    def crs(self) -> str:
+        """The CRS of ``geometry`` and ``bbox``: always OGC:CRS84 (lon/lat); ``native_crs`` holds each chip's own."""
+        return "OGC:CRS84"
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """(xmin, ymin, xmax, ymax) in lon/lat over every chip."""
+        return tuple(float(v) for v in self.collection["extent"]["spatial"]["bbox"][0])
+
+    @property
+    def stac_collection(self):
+        """collection.json as a ``pystac.Collection`` (``collection`` is the plain dict)."""
+        from ._export import stac_collection
+
+        return stac_collection(self)
+
+    @property
+    def items(self) -> list:
+        """The STAC item of each data file as ``pystac.Item`` objects."""
+        from ._export import stac_items
+
+        return stac_items(self)
+
     # -- rows -------------------------------------------------------------------------------------
 
     def _file_batches(self, *, columns: Sequence[str] | None = None,
@@ -407,6 +434,24 @@ class Product:
 
         return torch.from_numpy(self.to_numpy(dequantize=dequantize))
 
+    def to_pandas(self, *, columns: Sequence[str] | None = None, dequantize: bool = True):
+        """Every row as a pandas DataFrame (``embedding``: one float32 array per row)."""
+        from ._export import to_pandas
+
+        return to_pandas(self, columns=list(columns) if columns else None, dequantize=dequantize)
+
+    def to_geopandas(self, *, columns: Sequence[str] | None = None, dequantize: bool = True):
+        """Every row as a geopandas GeoDataFrame on ``geometry`` (OGC:CRS84)."""
+        from ._export import to_geopandas
+
+        return to_geopandas(self, columns=list(columns) if columns else None, dequantize=dequantize)
+
+    def preview(self, out: str | os.PathLike, **options: Any):
+        """Draw the first three principal components as RGB (PNG figure or COG); see :func:`eoembed.preview`."""
+        from ._preview import preview
+
+        return preview(self, out, **options)
+
     # -- SQL --------------------------------------------------------------------------------------
 
     def connect(self):
@@ -456,7 +501,7 @@ class Product:
         query: Any,
         *,
         k: int = 10,
-        bbox: Sequence[float] | str | None = None,
+        bbox: Sequence[float] | str | Any | None = None,
         datetime: Any = None,
         where: str | None = None,
         params: Sequence[Any] | dict[str, Any] | None = None,
@@ -468,7 +513,7 @@ class Product:
 
         ``query`` is a vector (D,), a chip id, a ``(lon, lat)`` tuple (the chip covering that
         point), or a list / (m, D) array of them (the table then starts with ``query``, its index).
-        ``bbox`` (xmin, ymin, xmax, ymax) keeps chips intersecting it, ``datetime`` (an ISO time or
+        ``bbox`` (xmin, ymin, xmax, ymax), or a shapely geometry / GeoJSON mapping (its bounds), keeps chips intersecting it, ``datetime`` (an ISO time or
         ``START/END``, ``..`` open) chips whose time overlaps it, ``where`` a SQL predicate over the
         ``embeddings`` view with bound ``params``. ``metric`` defaults to the product's. ``mode``:
         ``exact`` (one pass over the float32 vectors), ``int8`` / ``binary`` (a compressed scan of

@@ -202,8 +202,14 @@ def load_file_cache(product: "Product", index: int, folder: Path | None = None) 
 
 
 def parse_bbox(bbox: Any) -> tuple[float, float, float, float] | None:
+    """(xmin, ymin, xmax, ymax) in lon/lat from a tuple, ``"x0,y0,x1,y1"``, a shapely geometry or a
+    GeoJSON-like mapping (a geometry, a Feature or anything with ``bbox``): a geometry gives its bounds."""
     if bbox is None:
         return None
+    if hasattr(bbox, "__geo_interface__") and not isinstance(bbox, dict):
+        bbox = bbox.__geo_interface__
+    if isinstance(bbox, dict):
+        bbox = _mapping_bounds(bbox)
     if isinstance(bbox, str):
         bbox = bbox.split(",")
     try:
@@ -218,6 +224,21 @@ def parse_bbox(bbox: Any) -> tuple[float, float, float, float] | None:
     if not (-180 <= xmin <= 180 and -180 <= xmax <= 180 and -90 <= ymin <= 90 and -90 <= ymax <= 90):
         raise SearchError(f"bbox {list(values)} lies outside lon [-180, 180] / lat [-90, 90]")
     return values
+
+
+def _mapping_bounds(mapping: dict) -> Any:
+    """The bounds of a GeoJSON-like geometry or Feature (its own ``bbox`` member when it has one)."""
+    if "bbox" in mapping:
+        box = list(mapping["bbox"])
+        return [box[0], box[1], box[3], box[4]] if len(box) == 6 else box  # 3-D: drop the heights
+    import shapely.geometry
+
+    shape = mapping.get("geometry", mapping) if mapping.get("type") == "Feature" else mapping
+    try:
+        return shapely.geometry.shape(shape).bounds
+    except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.ShapelyError) as error:
+        raise SearchError(f"bbox mapping {str(mapping)[:80]!r} is not a GeoJSON geometry or Feature ({error}); "
+                          "give xmin,ymin,xmax,ymax or a shapely geometry") from None
 
 
 def _to_us(value: Any) -> int | None:
@@ -240,8 +261,13 @@ def parse_datetime(value: Any) -> tuple[int | None, int | None] | None:
     """An instant or an interval (``START/END``, either side ``..``) as microseconds; None for no filter."""
     if value is None:
         return None
-    if isinstance(value, str) and "/" in value:
-        start, stop = value.split("/", 1)
+    if isinstance(value, str):
+        from ._when import TimeFormatError, parse_interval
+
+        try:
+            start, stop = parse_interval(value)  # a bare date is its whole day
+        except TimeFormatError as error:
+            raise SearchError(str(error)) from None
     elif isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise SearchError(f"datetime {value!r} must be one time or (start, end)")

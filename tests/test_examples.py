@@ -24,7 +24,9 @@ def test_example_configs_name_known_keys_and_existing_inputs(config, shared_data
     settings = tomllib.loads(config.read_text())
     known = {f.name for f in fields(JobConfig)} | {"datetime"}
     assert set(settings) <= known, set(settings) - known
-    for path in settings["inputs"] + ([settings["s1_root"]] if "s1_root" in settings else []):
+    stacked = [f for stack in settings.get("stacks", []) for f in stack["files"]]
+    assert settings.get("inputs") or stacked
+    for path in settings.get("inputs", []) + stacked + ([settings["s1_root"]] if "s1_root" in settings else []):
         assert (config.parent / path).exists(), path
 
 

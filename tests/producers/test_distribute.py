@@ -20,8 +20,9 @@ YEAR = "2000-01-01T00:00:00Z/2000-12-31T23:59:59Z"
 pytestmark = pytest.mark.mpi
 
 
-def produce(ranks: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [str(BIN / "mpirun"), "-n", str(ranks), str(BIN / "eoembed"), "produce", "--no-progress", *args]
+def produce(ranks: int, *args: str, env: dict | None = None, progress: bool = False) -> subprocess.CompletedProcess:
+    """``eoembed produce`` on ``ranks`` ranks; ``progress`` keeps the bar and the per-unit lines."""
+    command = [str(BIN / "mpirun"), "-n", str(ranks), str(BIN / "eoembed"), "produce", *([] if progress else ["--no-progress"]), *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
@@ -47,7 +48,7 @@ def reference(tmp_path_factory, nc_scene) -> Path:
 def test_one_and_two_ranks_give_the_same_product(tmp_path, reference, nc_scene):
     out = tmp_path / "p"
     run = produce(2, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
-                  "--quantization", "int8")
+                  "--quantization", "int8", progress=True)
     assert run.returncode == 0, run.stderr
     assert "[rank 1]" in run.stderr and "on 2 rank(s)" in run.stderr and "compression" in run.stderr
     one, two = data_tables(reference), data_tables(out)
@@ -68,7 +69,7 @@ def test_one_and_two_ranks_give_the_same_product(tmp_path, reference, nc_scene):
 def test_four_ranks_on_two_cores_give_the_same_product(tmp_path, reference, nc_scene):
     out = tmp_path / "p"
     run = produce(4, nc_scene, "--out", str(out), "--chip-size", "16", "--datetime", YEAR, "--unit-chips", "100",
-                  "--quantization", "int8")
+                  "--quantization", "int8", progress=True)
     assert run.returncode == 0, run.stderr
     assert "[rank 3]" in run.stderr and "on 4 rank(s)" in run.stderr
     one, four = data_tables(reference), data_tables(out)
