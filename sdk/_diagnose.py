@@ -21,8 +21,16 @@ L2_LIMIT = 0.02
 RECALL_LIMIT = 0.9
 
 
-def _sample(product: "Product", rows: int, seed: int) -> np.ndarray:
-    vectors = product.to_numpy()
+def _sample(product: "Product", rows: int, seed: int, *, groups: int = 4) -> np.ndarray:
+    """Up to ``rows`` vectors from ``groups`` row groups spread over the product: a cheap read even
+    of a large product, and not only the first (spatially ordered) rows."""
+    import pyarrow.parquet as pq
+
+    handles = [pq.ParquetFile(path) for path in product.files]
+    where = [(h, g) for h in handles for g in range(h.metadata.num_row_groups)]
+    picks = np.unique(np.linspace(0, len(where) - 1, num=min(groups, len(where))).round().astype(int))
+    vectors = np.concatenate([product.decode(where[i][0].read_row_group(where[i][1], columns=product._vector_columns()))
+                              for i in picks])
     if len(vectors) > rows:
         vectors = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), size=rows, replace=False))]
     return vectors.astype(np.float64)

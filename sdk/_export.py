@@ -55,18 +55,44 @@ def _wkb_to(values: list[bytes | None], how: Literal["wkt", "geojson"]) -> list[
 
 
 def _plain(value: Any) -> Any:
-    """A value JSON can hold: bytes as base64, times as ISO 8601, containers recursively."""
+    """A value JSON can hold: bytes as base64, times as ISO 8601, decimals as floats, intervals as
+    their parts, containers recursively, anything else as its text."""
+    import decimal
+
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, decimal.Decimal):
+        return float(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v) for k, v in value.items()}
+    if all(hasattr(value, k) for k in ("months", "days", "nanoseconds")):  # an interval
+        return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
+    if hasattr(value, "_asdict"):  # named tuples
+        return {k: _plain(v) for k, v in value._asdict().items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+    return str(value)
+
+
+def _is_scalar_text_type(kind) -> bool:
+    """Types that CSV and Parquet writers take as they are."""
+    import pyarrow as pa
+
+    return any(test(kind) for test in (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_boolean,
+                                       pa.types.is_string, pa.types.is_large_string, pa.types.is_timestamp,
+                                       pa.types.is_date, pa.types.is_time, pa.types.is_null))
+
+
+def _as_json_text(column) -> Any:
+    import pyarrow as pa
+
+    return pa.array([None if v is None else json.dumps(_plain(v)) for v in column.to_pylist()], pa.string())
 
 
 def _records(table: pa.Table) -> list[dict[str, Any]]:
@@ -94,10 +120,10 @@ def to_flat(table: pa.Table) -> pa.Table:
             inner = pa.table({f"{field.name}.{child.name}": column.combine_chunks().field(i)
                               for i, child in enumerate(field.type)})
             out.update(zip(inner.column_names, to_flat(inner).columns))
-        elif pa.types.is_nested(field.type) or pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            out[field.name] = pa.array([None if v is None else json.dumps(_plain(v)) for v in column.to_pylist()], pa.string())
-        else:
+        elif _is_scalar_text_type(field.type):
             out[field.name] = column
+        else:  # lists, maps, binary, intervals, UUIDs...
+            out[field.name] = _as_json_text(column)
     return pa.table(out)
 
 
@@ -136,6 +162,10 @@ def to_geoparquet_table(table: pa.Table) -> pa.Table:
     # DuckDB's geoarrow extension type is dropped: GeoParquet declares geometries in ``geo``.
     fields = [pa.field(f.name, pa.binary()) if f.name in geometries else f for f in table.schema]
     table = table.cast(pa.schema(fields))
+    # Parquet has no interval type: those columns are written as JSON text.
+    for i, field in enumerate(table.schema):
+        if pa.types.is_interval(field.type):
+            table = table.set_column(i, field.name, _as_json_text(table.column(i)))
     geo = _geo_metadata(table)
     metadata = dict(table.schema.metadata or {})
     metadata.pop(b"geo", None)

@@ -52,11 +52,31 @@ def test_stac_views_are_pystac_objects_that_validate_offline(product):
     assert items[0].assets["embeddings"].get_absolute_href().endswith(".parquet")
 
 
+# Types SQL can make beyond the stored ones: decimal, interval, struct of list, nested list, map, UUID, NULL, date.
+EXOTIC = ("SELECT chip_id, geometry, 1.5 AS d, INTERVAL 1 DAY AS i, {'a': 1, 'b': [1, 2]} AS s, [[1, 2], [3]] AS l, "
+          "MAP {'k': 1} AS m, uuid() AS u, NULL AS n, DATE '2020-01-01' AS dt FROM embeddings LIMIT 3")
+
+
+@pytest.mark.parametrize("query", [EVERY_COLUMN, EXOTIC], ids=["stored", "exotic"])
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_no_column_type_breaks_a_format(product, fmt, tmp_path):
+def test_no_column_type_breaks_a_format(product, fmt, query, tmp_path, capsys):
     out = tmp_path / f"r.{fmt}"
-    write_result(product.sql(EVERY_COLUMN), fmt=fmt, out=out)
+    write_result(product.sql(query), fmt=fmt, out=out)
     assert out.stat().st_size > 0
+    if fmt == "table":
+        write_result(product.sql(query), fmt=fmt)
+        printed = capsys.readouterr().out
+        assert printed.rstrip().endswith(f"({product.sql(query).num_rows} rows)")
+
+
+def test_exotic_values_keep_their_meaning_in_text_formats(product, tmp_path):
+    write_result(product.sql(EXOTIC), fmt="json", out=tmp_path / "r.json")
+    row = json.loads((tmp_path / "r.json").read_text())[0]
+    assert row["d"] == 1.5 and row["i"] == {"months": 0, "days": 1, "nanoseconds": 0} and row["s"] == {"a": 1, "b": [1, 2]}
+    assert row["l"] == [[1, 2], [3]] and row["n"] is None and row["dt"] == "2020-01-01" and len(row["u"]) == 36
+    write_result(product.sql(EXOTIC), fmt="csv", out=tmp_path / "r.csv")
+    first = next(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert first["s.a"] == "1" and json.loads(first["s.b"]) == [1, 2] and json.loads(first["i"])["days"] == 1
 
 
 def test_csv_holds_geometry_as_wkt_and_flattens_structs(product, tmp_path):
