@@ -251,7 +251,8 @@ class _ProductChecker:
             self._check_manifest_row(rel, row, record)
             if rel in items:
                 item_rel, item = items[rel]
-                self._check_statements("JSN007", item_rel, item, build_item(record, collection_id=item.get("collection", ""), schema=checker.schema, model_href=""), ITEM_STATEMENTS, what=f"{rel}")
+                derived = build_item(record, collection_id=item.get("collection", ""), schema=checker.schema, model_href="")
+                self._check_statements("JSN007", item_rel, item, derived, ITEM_STATEMENTS, what=rel)
                 self._check_indexes(item_rel, item, record, checker)
         self._check_one_model(footers)
         if manifest is not None and sum(r.rows for r in records) == 0 and complete:
@@ -502,7 +503,10 @@ def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: 
         else:
             if metric == "cosine":
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1), 1e-30)[:, None]
-            again = np.clip(np.rint(vectors / float(meta.get("scale") or 1.0)), -127, 127)
+            scale = meta.get("scale")
+            if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+                return f"scale {scale!r} is not a positive number"
+            again = np.clip(np.rint(vectors / float(scale)), -127, 127)
             # One code of slack: the index is built from float32 norms, this check uses its own.
             bad = (np.abs(again - stored[: len(sample)][rows].astype(np.float64)) > 1).any(axis=1)
         if bad.any():
