@@ -81,10 +81,12 @@ STATEMENTS = [
     "CREATE TABLE stolen AS SELECT * FROM embeddings",
     "DROP VIEW embeddings",
     "USE memory",
+    "SELECT getenv('HOME')",
+    ".read {csv}",
 ]
 
 #: Attempts DuckDB itself refuses inside the sandbox, with its own reason (a QueryError, not SqlRefusedError).
-DUCKDB_REFUSES = {"SELECT * FROM query('COPY (SELECT 1) TO ''{out}/nested.csv''')"}
+DUCKDB_REFUSES = {"SELECT * FROM query('COPY (SELECT 1) TO ''{out}/nested.csv''')", "SELECT getenv('HOME')", ".read {csv}"}
 
 #: Attempts through ``search(where=...)``, ``dataset(where=...)`` and ``eoembed search --where``.
 FILTERS = [
