@@ -10,6 +10,7 @@ of its views and nothing else, its configuration locked. :func:`run` takes one r
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -216,6 +217,7 @@ def _explained(query: str) -> str:
     return query[words[position][0]:] if position < len(words) else ""
 
 
+@functools.lru_cache(maxsize=256)  # parsing costs a connection (tens of ms); searches repeat their filters
 def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     """``SELECT <select> FROM <view> WHERE (<where>)``, once DuckDB's parser shows that ``where`` is one
     boolean expression over the view's columns (raises SqlRefusedError otherwise).
