@@ -20,8 +20,10 @@ from ._registry import Importer, ImportPlan, ImportSession, get_importer
 
 UNKNOWN = "unknown"
 # Findings of the validator on a foreign file that the import's rewrite makes moot (format, not content).
+# Times without a zone are read as UTC (as eoembed reads them on the command line, and noted); row-group
+# statistics, grid cells and chip ids are written anew.
 _REWRITTEN = frozenset({"GEO001", "GEO002", "GEO004", "GEO005", "GEO006", "GEO009", "GEO010", "JSN004", "IDT004",
-                        "EMB001", "EMB004", "EMB008"})
+                        "IDT007", "IDT008", "IDT009", "STR013", "EMB001", "EMB004", "EMB008"})
 _EMPTY_ROW_CODES = frozenset({"EMB002", "GEO012"})
 DROP_EMPTY = "drop-empty"
 LONLAT = "lonlat"
@@ -164,6 +166,8 @@ def read_geo_source(path: Path, *, session: ImportSession, vector_column: str, r
     as_lonlat = False
     for finding in validate(path).errors:
         if finding.code in _REWRITTEN:
+            if finding.code == "IDT007":
+                session.note(f"{path.name}: {finding.message.split(';')[0]}: read as UTC")
             continue
         where = f"row {finding.row}: " if finding.row is not None else ""
         if finding.code in _EMPTY_ROW_CODES:
