@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ._errors import ModelContractMismatchError, ProductExistsError, SpecError
+from ._errors import DuplicateChipError, ModelContractMismatchError, ProductExistsError, SpecError
 
 if TYPE_CHECKING:
     from ._read import Product
@@ -44,16 +44,27 @@ def _open(product: "Product | str | os.PathLike") -> "Product":
     return product if isinstance(product, Product) else open_product(product)
 
 
+def _float32(product: "Product") -> bool:
+    quant = product.quantization
+    return quant.method == "none" and quant.dtype == "float32"
+
+
 def contract_conflict(products: Sequence["Product"]) -> None:
     """Refuse products that do not share one model contract, quantisation, grid and licence,
-    naming the first differing key. Mixed quantisations are refused rather than re-quantised: a
-    second quantisation of stored codes loses precision that neither input lost."""
+    naming the first differing key.
+
+    Mixed quantisations are refused rather than re-quantised: a second quantisation of stored codes
+    loses precision that neither input lost. The one exception is an input stored as float32: its
+    vectors are quantised with the first product's frozen parameters, exactly as the writer would
+    have stored them (this is how ``append`` adds newly produced scenes to an int8 product)."""
     from ._write import contract_difference
 
     first = products[0]
     for other in products[1:]:
         for section in _CONTRACT_SECTIONS:
             a, b = first.metadata.get(section), other.metadata.get(section)
+            if section == "embedding" and _float32(other) and not _float32(first):
+                a, b = ({k: v for k, v in e.items() if k not in ("dtype", "quantization")} for e in (a, b))
             diff = contract_difference(a, b, section) if isinstance(a, dict) and isinstance(b, dict) else \
                 (None if a == b else f"{section}: {a!r} != {b!r}")
             if diff:
@@ -169,6 +180,31 @@ def read_selected(product: "Product", index: int, *, bbox=None, interval=None, r
     return table.filter(pa.array(keep)) if not keep.all() else table
 
 
+def _as_stored(table: pa.Table, source: "Product", target: "Product") -> pa.Table:
+    """``table`` of ``source`` with its vectors in ``target``'s stored form: as they are when the
+    quantisations agree, else (a float32 source, see :func:`contract_conflict`) quantised with
+    ``target``'s parameters."""
+    from ._quantize import quantize
+    from ._write import _STORED_TYPES
+
+    quant = target.quantization
+    if source.metadata["embedding"]["quantization"] == target.metadata["embedding"]["quantization"]:
+        return table
+    codes, row_scale = quantize(source.decode(table), quant)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(codes).reshape(-1), _STORED_TYPES[quant.dtype]),
+                                                quant.stored_width())
+    table = table.set_column(table.schema.get_field_index("embedding"), "embedding", vectors)
+    if row_scale is not None:
+        table = table.append_column(quant.scale_column or "scale", pa.array(np.asarray(row_scale, np.float32), pa.float32()))
+    return table
+
+
+def _combined_rows(product: "Product", index: int, keep: np.ndarray, target: "Product") -> pa.Table:
+    """The kept rows of one data file, in ``target``'s stored form."""
+    table = read_selected(product, index)
+    return _as_stored(table if keep.all() else table.filter(pa.array(keep)), product, target)
+
+
 def _stem(product: "Product", index: int) -> str:
     return Path(product.files[index]).stem
 
@@ -218,7 +254,10 @@ def _chip_ids(product: "Product") -> list[np.ndarray]:
     return out
 
 
-def _keep_masks(products: Sequence["Product"], ids: Sequence[list[np.ndarray]], rule: str) -> list[list[np.ndarray]]:
+def _keep_masks(products: Sequence["Product"], ids: Sequence[list[np.ndarray]], rule: str, *,
+                advice: str = "pass on_duplicate='first' or 'last' (--on-duplicate) to keep the chip of the first "
+                              "or the last product given",
+                names: Sequence[str] | None = None) -> list[list[np.ndarray]]:
     """Per product and data file, the rows to keep under the duplicate rule (see :func:`merge`)."""
     if rule not in ON_DUPLICATE:
         raise SpecError(f"on_duplicate {rule!r} is not one of {list(ON_DUPLICATE)}")
@@ -231,11 +270,11 @@ def _keep_masks(products: Sequence["Product"], ids: Sequence[list[np.ndarray]], 
             dup = np.fromiter((chip in seen for chip in part), dtype=bool, count=len(part))
             if rule == "error" and dup.any():
                 chip = part[int(np.flatnonzero(dup)[0])]
+                names = names or [str(product.path) for product in products]
                 count = int(np.isin(flat[p], list(seen)).sum())
-                raise SpecError(
-                    f"chip id {chip!r} is in both {products[seen[chip]].path} and {products[p].path} "
-                    f"({count} shared chip id(s) in all); pass on_duplicate='first' or 'last' "
-                    "(--on-duplicate) to keep the chip of the first or the last product given"
+                raise DuplicateChipError(
+                    f"chip id {chip!r} is in both {names[seen[chip]]} and {names[p]} "
+                    f"({count} shared chip id(s) in all); {advice}"
                 )
             masks[p].append(~dup)
         for chip in flat[p]:
@@ -263,14 +302,13 @@ def merge(products: Sequence["Product | str | os.PathLike"], *, out: str | os.Pa
         for number, product in enumerate(opened):
             for index, keep in enumerate(masks[number]):
                 if keep.any():
-                    table = read_selected(product, index)
-                    writer.write_stored(table if keep.all() else table.filter(pa.array(keep)),
+                    writer.write_stored(_combined_rows(product, index, keep, opened[0]),
                                         name=f"{number:03d}-{_stem(product, index)}")
     return writer.path
 
 
 def append(product: "Product | str | os.PathLike", additions: Sequence["Product | str | os.PathLike"], *,
-           on_duplicate: Literal["error", "first"] = "error") -> Path:
+           on_duplicate: Literal["error", "first"] = "error", described_as: Sequence[str] | None = None) -> Path:
     """Add the chips of the products ``additions`` to ``product`` as a new version of it, in place.
 
     The existing data files are kept as they are (linked into the new version, never rewritten nor
@@ -278,7 +316,8 @@ def append(product: "Product | str | os.PathLike", additions: Sequence["Product 
     written beside the product and switched in with one atomic rename, so a reader sees the old
     version or the new one, and a reader that opened the old version keeps reading it (see the
     spec's "Versions"). A chip id already in the product is refused, or with ``on_duplicate="first"``
-    skipped (the product's own chip is kept: its files are immutable).
+    skipped (the product's own chip is kept: its files are immutable). ``described_as`` names the
+    additions in messages (e.g. the scenes a scratch product was produced from).
     """
     from ._write import file_record
 
@@ -290,7 +329,9 @@ def append(product: "Product | str | os.PathLike", additions: Sequence["Product 
         raise SpecError(f"append takes on_duplicate 'error' or 'first' (keep the product's chip), not {on_duplicate!r}: "
                         "the product's data files are never rewritten")
     contract_conflict([base, *opened])
-    masks = _keep_masks([base, *opened], [_chip_ids(p) for p in [base, *opened]], on_duplicate)
+    masks = _keep_masks([base, *opened], [_chip_ids(p) for p in [base, *opened]], on_duplicate,
+                        advice=f"pass on_duplicate='first' (--on-duplicate first) to skip the chips {base.path} holds",
+                        names=[str(base.path), *(described_as or [str(p.path) for p in opened])])
     manifest_before = (base.path / "manifest.parquet").read_bytes()
     writer = _writer(base, base.path, overwrite=True, same_product=True)
     tag = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -309,11 +350,11 @@ def append(product: "Product | str | os.PathLike", additions: Sequence["Product 
         for number, addition in enumerate(opened, start=1):
             for index, keep in enumerate(masks[number]):
                 if keep.any():
-                    table = read_selected(addition, index)
                     name = f"{tag}-{number:03d}-{_stem(addition, index)}"
-                    records.append(writer.write_stored(table if keep.all() else table.filter(pa.array(keep)), name=name))
-        if len(records) == len(base.files):
-            raise SpecError(f"every chip offered is already in {base.path}; nothing was appended")
+                    records.append(writer.write_stored(_combined_rows(addition, index, keep, base), name=name))
+        if len(records) == len(base.files):  # every chip offered is there already: no new version
+            writer.abort()
+            return base.path
 
         def unchanged() -> None:
             if (base.path / "manifest.parquet").read_bytes() != manifest_before:
@@ -324,3 +365,47 @@ def append(product: "Product | str | os.PathLike", additions: Sequence["Product 
         writer.abort()
         raise
     return writer.path
+
+
+def recorded_job(product: "Product") -> dict[str, Any]:
+    """The producer settings ``product`` was made with (its provenance ``config``), as JobConfig keys."""
+    config = product.metadata["provenance"].get("config")
+    if not isinstance(config, dict) or "encoder" not in config:
+        raise SpecError(
+            f"{product.path} records no producer job (it was written or imported, not produced by `eoembed produce`): "
+            "produce the new scenes into a product with the same contract and append that product"
+        )
+    if config.get("stacks"):
+        raise SpecError(f"{product.path} was produced from temporal stacks; produce the new stacks into a product "
+                        "with the same contract and append that product")
+    return config
+
+
+def append_scenes(product: "Product | str | os.PathLike", inputs: Sequence[str], *, time: Any = None,
+                  nodata: float | None = None, on_duplicate: Literal["error", "first"] = "error",
+                  progress: bool = False) -> Path:
+    """Encode the scenes ``inputs`` with the settings ``product`` was produced with (encoder, bands,
+    chip size, stride, grid, alignment, filters) and :func:`append` their chips.
+
+    The scenes are encoded to float32 in a hidden product beside ``product`` (removed afterwards);
+    their vectors are then quantised with the product's frozen parameters, as the first run's writer
+    stored its own. ``time`` and ``nodata`` are those of ``eoembed produce`` for the new scenes.
+    """
+    import shutil
+    import uuid
+    from dataclasses import fields
+
+    from eoembed.producers.distribute import RUN_ONLY_SETTINGS, JobConfig, run_job
+
+    base = _open(product)
+    recorded = recorded_job(base)
+    settings = {f.name: recorded[f.name] for f in fields(JobConfig)
+                if f.name in recorded and f.name not in RUN_ONLY_SETTINGS | {"inputs", "out", "time", "stacks", "nodata"}}
+    scratch = base.path.parent / f".{base.path.name}.eoembed-append-{uuid.uuid4().hex[:12]}"
+    settings.update(inputs=[str(p) for p in inputs], out=str(scratch), quantization="none", time=time, nodata=nodata,
+                    progress=progress, collection_id=base.collection["id"])
+    try:
+        run_job(JobConfig(**settings))
+        return append(base, [scratch], on_duplicate=on_duplicate, described_as=[f"the scenes {', '.join(map(str, inputs))}"])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
