@@ -88,7 +88,7 @@ def _writer(template: "Product", out: str | os.PathLike, *, overwrite: bool, sam
     embedding = template.metadata["embedding"]
     source = next((link["href"] for link in template.collection.get("links", []) if link.get("rel") == "emb:source-data"), None)
     collection = template.collection
-    first = pq.ParquetFile(template.files[0]).metadata
+    first = _parquet(template.files[0]).metadata
     return ProductWriter(
         out, model=model, grid=template.metadata["grid"], quantization=template.quantization,
         metric=embedding["metric"], normalized=embedding["normalized"], nodata_zero_vector=embedding["nodata_zero_vector"],
@@ -103,14 +103,18 @@ def _writer(template: "Product", out: str | os.PathLike, *, overwrite: bool, sam
 # -- selecting rows ---------------------------------------------------------------------------------
 
 
-def _statistics(metadata: pq.FileMetaData, group: int, path: str) -> tuple[Any, Any] | None:
+def _parquet(path: Any) -> pq.ParquetFile:
+    """One data file, opened for reading its footer and chosen row groups: the one place that opens
+    them, so that a product read from elsewhere than the local disk needs only this changed."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
+def _statistics(metadata: pq.FileMetaData, group: int, column: int | None) -> tuple[Any, Any] | None:
     """(min, max) of one leaf column in one row group (raw physical values), None when unknown."""
-    for j in range(metadata.num_columns):
-        column = metadata.row_group(group).column(j)
-        if column.path_in_schema == path:
-            stats = column.statistics
-            return (stats.min_raw, stats.max_raw) if stats is not None and stats.has_min_max else None
-    return None
+    if column is None:
+        return None
+    stats = metadata.row_group(group).column(column).statistics
+    return (stats.min_raw, stats.max_raw) if stats is not None and stats.has_min_max else None
 
 
 def _time_columns(schema: pa.Schema) -> tuple[str, str]:
@@ -121,16 +125,17 @@ def _groups_that_may_pass(metadata: pq.FileMetaData, schema: pa.Schema, bbox, in
     """Row groups whose footer statistics do not rule out the bbox / time filter."""
     first_time, last_time = _time_columns(schema)
     micros = all(str(schema.field(c).type).startswith("timestamp[us") for c in (first_time, last_time))
+    leaf = {metadata.schema.column(j).path: j for j in range(metadata.num_columns)}
     kept = []
     for group in range(metadata.num_row_groups):
         ok = True
         if bbox is not None:
-            stats = {name: _statistics(metadata, group, f"bbox.{name}") for name in _BBOX_FIELDS}
+            stats = {name: _statistics(metadata, group, leaf.get(f"bbox.{name}")) for name in _BBOX_FIELDS}
             if stats["xmax"] and stats["xmax"][1] < bbox[0] or stats["xmin"] and stats["xmin"][0] > bbox[2] \
                     or stats["ymax"] and stats["ymax"][1] < bbox[1] or stats["ymin"] and stats["ymin"][0] > bbox[3]:
                 ok = False
         if ok and interval is not None and micros:
-            start, stop = _statistics(metadata, group, first_time), _statistics(metadata, group, last_time)
+            start, stop = (_statistics(metadata, group, leaf.get(name)) for name in (first_time, last_time))
             if interval[0] is not None and stop and stop[1] < interval[0] or interval[1] is not None and start and start[0] > interval[1]:
                 ok = False
         if ok:
@@ -163,7 +168,7 @@ def read_selected(product: "Product", index: int, *, bbox=None, interval=None, r
 
     path = product.files[index]
     with reading(path):
-        handle = pq.ParquetFile(path, pre_buffer=False)
+        handle = _parquet(path)
         metadata, schema = handle.metadata, handle.schema_arrow
         offsets = np.concatenate([[0], np.cumsum([metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)])])
         groups = _groups_that_may_pass(metadata, schema, bbox, interval)
@@ -250,7 +255,7 @@ def _chip_ids(product: "Product") -> list[np.ndarray]:
     out = []
     for path in product.files:
         with reading(path, column="chip_id"):
-            out.append(np.asarray(pq.read_table(path, columns=["chip_id"]).column(0).to_pylist(), dtype=object))
+            out.append(np.asarray(_parquet(path).read(columns=["chip_id"]).column(0).to_pylist(), dtype=object))
     return out
 
 
