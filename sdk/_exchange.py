@@ -178,6 +178,13 @@ def read_selected(product: "Product", index: int, *, bbox=None, interval=None, r
         if not groups:
             return None
         table = handle.read_row_groups(groups)
+    # Codes are copied, not decoded: decode them once anyway, so damaged vectors are refused here,
+    # named by file and row, instead of being published in a product its validator would reject.
+    position = 0
+    for group in groups:
+        size = int(offsets[group + 1] - offsets[group])
+        product.decode(table.slice(position, size), source=path, first_row=int(offsets[group]))
+        position += size
     keep = _row_mask(table, bbox, interval)
     if rows is not None:
         numbers = np.concatenate([np.arange(offsets[g], offsets[g + 1]) for g in groups])
