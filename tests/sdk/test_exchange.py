@@ -220,3 +220,28 @@ def test_append_produces_new_scenes_with_the_recorded_settings(tmp_path, shared_
     assert eoembed.validate(product).ok
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the scratch product is gone
     assert datetime(2001, 6, 1, tzinfo=timezone.utc).isoformat()[:10] in after.collection["extent"]["temporal"]["interval"][0][1]
+
+
+def test_an_append_that_lost_the_race_is_refused_and_changes_nothing(tmp_path, source, monkeypatch):
+    from eoembed._write import ProductWriter
+
+    base = eoembed.subset(source, out=tmp_path / "p", where="chip_id < ?", params=["chip-0000200"])
+    one = eoembed.subset(source, out=tmp_path / "one", where="chip_id >= ? AND chip_id < ?", params=["chip-0000200", "chip-0000400"])
+    two = eoembed.subset(source, out=tmp_path / "two", where="chip_id >= ?", params=["chip-0000400"])
+    commit = ProductWriter.commit
+    raced = []
+
+    def other_append_first(writer, files, **options):  # another process publishes while this one stages
+        if not raced:
+            raced.append(True)
+            eoembed.append(base, [two])
+        return commit(writer, files, **options)
+
+    monkeypatch.setattr(ProductWriter, "commit", other_append_first)
+    with pytest.raises(eoembed.ProductExistsError, match="gained another version while appending; run the append again"):
+        eoembed.append(base, [one])
+    monkeypatch.undo()
+    now = set(stored(base))
+    assert set(stored(two)) <= now and not set(stored(one)) & now
+    assert len(stored(base)) == 400 and eoembed.validate(base).ok  # the winner's version, whole
+    assert sorted(os.listdir(tmp_path)) == ["one", "p", "two"]
