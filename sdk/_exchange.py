@@ -88,13 +88,15 @@ def _writer(template: "Product", out: str | os.PathLike, *, overwrite: bool, sam
     embedding = template.metadata["embedding"]
     source = next((link["href"] for link in template.collection.get("links", []) if link.get("rel") == "emb:source-data"), None)
     collection = template.collection
+    # The producer's job settings travel on, so that new scenes can still be appended to the output.
+    job = {"config": template.metadata["provenance"]["config"]} if "config" in template.metadata["provenance"] else {}
     first = _parquet(template.files[0]).metadata
     return ProductWriter(
         out, model=model, grid=template.metadata["grid"], quantization=template.quantization,
         metric=embedding["metric"], normalized=embedding["normalized"], nodata_zero_vector=embedding["nodata_zero_vector"],
         license=template.metadata["license"], overwrite=overwrite,
         source_data_href=None if source in (None, "./sources.json") else source,
-        row_group_size=max(1, first.row_group(0).num_rows) if first.num_row_groups else 65536,
+        row_group_size=max(1, first.row_group(0).num_rows) if first.num_row_groups else 65536, provenance=job,
         **({"collection_id": collection["id"], "title": collection.get("title"),
             "description": collection.get("description")} if same_product else {}),
     )

@@ -14,7 +14,7 @@ import pytest
 
 import eoembed
 from eoembed._cli import main
-from eoembed._exchange import _groups_that_may_pass
+from eoembed._exchange import _groups_that_may_pass, recorded_job
 from eoembed._schemas import validate_stac
 from tests.conftest import NC_SCENE
 from tests.factories import chips, model_contract, write
@@ -205,6 +205,8 @@ def test_append_produces_new_scenes_with_the_recorded_settings(tmp_path, shared_
                  "--datetime", "2000-06-01", "--no-progress", "-q"]) == 0
     first = stored(product)
     quant = eoembed.open(product).quantization
+    part = eoembed.subset(product, where="true", out=tmp_path / "part")  # a cut keeps the recorded job
+    assert recorded_job(eoembed.open(part)) == recorded_job(eoembed.open(product))
 
     assert main(["append", str(product), scene, "--datetime", "2000-06-01", "--no-progress", "-q"]) == 1
     err = capsys.readouterr().err
@@ -219,6 +221,7 @@ def test_append_produces_new_scenes_with_the_recorded_settings(tmp_path, shared_
     assert times == [{"y": 2000, "n": len(first)}, {"y": 2001, "n": len(first)}]
     assert eoembed.validate(product).ok
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the scratch product is gone
+    assert recorded_job(after)["encoder"] == "stats"
     assert datetime(2001, 6, 1, tzinfo=timezone.utc).isoformat()[:10] in after.collection["extent"]["temporal"]["interval"][0][1]
 
 
