@@ -10,6 +10,7 @@ The public API is a handful of verbs; everything else lives in private modules::
     eoembed.preview(product, "preview.png")                   # PCA of the vectors as RGB (or .tif: a COG)
     report = eoembed.validate("out/product")
     eoembed.import_product("clay", ["tile.gpq"], out="out/clay")     # other systems' embeddings
+    eoembed.subset("out/product", bbox=(-79, 35, -78, 36), out="out/part")  # also merge, append
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ._errors import (
     CoordinateRangeError,
     DamagedProductError,
     DimensionMismatchError,
+    DuplicateChipError,
     EmptySourceError,
     EoembedError,
     ExportError,
@@ -53,6 +55,7 @@ from ._errors import (
     UnsafePathError,
 )
 from ._embed2scale import read_embed2scale, write_embed2scale
+from ._exchange import append, merge, subset
 from ._fewshot import FewShotReport, fewshot, fewshot_product
 from ._grid import get_grid, list_grids
 from .importers import ImportReport, import_product, list_importers
@@ -72,6 +75,7 @@ __all__ = [
     "CoordinateRangeError",
     "DamagedProductError",
     "DimensionMismatchError",
+    "DuplicateChipError",
     "EmptySourceError",
     "EoembedError",
     "ExportError",
@@ -111,6 +115,7 @@ __all__ = [
     "UnknownFieldError",
     "UnknownImporterError",
     "UnsafePathError",
+    "append",
     "chip_id",
     "dequantize",
     "draw_map",
@@ -122,6 +127,7 @@ __all__ = [
     "join_labels",
     "list_grids",
     "list_importers",
+    "merge",
     "neuco_evaluate",
     "open",
     "predict",
@@ -131,6 +137,7 @@ __all__ = [
     "read_footer",
     "read_labels",
     "sql",
+    "subset",
     "validate",
     "write_embed2scale",
     "write_product",

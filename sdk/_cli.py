@@ -525,6 +525,75 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subset(args: argparse.Namespace) -> int:
+    from ._exchange import subset
+
+    out = subset(args.path, out=args.out, bbox=args.bbox, datetime=args.datetime, where=args.where,
+                 params=_param_values(args.param) or None, overwrite=args.overwrite)
+    return _report_product(out, "wrote")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from ._exchange import merge
+
+    return _report_product(merge(args.paths, out=args.out, on_duplicate=args.on_duplicate, overwrite=args.overwrite), "wrote")
+
+
+def _append(args: argparse.Namespace) -> int:
+    from ._exchange import append, append_scenes
+
+    products = [p for p in args.inputs if (Path(p) / "collection.json").is_file()]
+    scenes = expand_inputs([p for p in args.inputs if p not in products])
+    if not (products or scenes):
+        raise SystemExit(f"eoembed append: no product or scene found in {args.inputs}")
+    path = args.path
+    if products:
+        path = append(path, products, on_duplicate=args.on_duplicate)
+    if scenes:
+        path = append_scenes(path, scenes, time=_parse_time(args.datetime), nodata=args.nodata,
+                             on_duplicate=args.on_duplicate, progress=not args.no_progress)
+    return _report_product(path, "appended to")
+
+
+def _report_product(path, verb: str) -> int:
+    from ._read import open_product
+
+    product = open_product(path)
+    print(f"{verb} {product.path}: {product.num_rows} chips in {len(product.files)} data files")
+    return 0
+
+
+def add_exchange_commands(sub) -> None:
+    p = sub.add_parser("subset", help="a new product holding just the chips in a bbox / time / SQL selection")
+    p.add_argument("path")
+    p.add_argument("--out", required=True, help="product folder to write")
+    p.add_argument("--bbox", help="xmin,ymin,xmax,ymax in lon/lat: chips intersecting it")
+    p.add_argument("--datetime", help="ISO time or START/END (.. for open): chips whose time overlaps it")
+    p.add_argument("--where", help="one boolean SQL expression over the embeddings columns, values as ? with --param")
+    p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? in --where; repeat")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.set_defaults(func=_subset)
+
+    p = sub.add_parser("merge", help="combine products of one model contract into one")
+    p.add_argument("paths", nargs="+", metavar="PRODUCT")
+    p.add_argument("--out", required=True, help="product folder to write")
+    p.add_argument("--on-duplicate", choices=["error", "first", "last"], default="error",
+                   help="a chip id in several products: refuse (default), or keep the first / last product's chip")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.set_defaults(func=_merge)
+
+    p = sub.add_parser("append", help="add products, or new scenes produced with the product's recorded settings, "
+                                      "as a new version of the product")
+    p.add_argument("path", metavar="PRODUCT")
+    p.add_argument("inputs", nargs="+", help="products, or scenes (GeoTIFFs, folders, globs, .txt lists) to produce")
+    p.add_argument("--on-duplicate", choices=["error", "first"], default="error",
+                   help="a chip id the product holds: refuse (default), or skip it (keep the product's chip)")
+    p.add_argument("--datetime", help="acquisition time of the new scenes (ISO 8601) or START/END")
+    p.add_argument("--nodata", type=float, help="nodata value overriding the new scenes' own")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_append)
+
+
 def add_search_commands(sub) -> None:
     p = sub.add_parser("search", help="nearest chips to a chip, a place or a vector (under mpirun: files split across ranks)")
     p.add_argument("path")
@@ -654,6 +723,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_completion)
 
     add_search_commands(sub)
+    add_exchange_commands(sub)
     sub.add_parser("grids", help="list the built-in grids").set_defaults(func=_grids)
     sub.add_parser("encoders", help="list the registered encoders").set_defaults(func=_encoders)
     add_fewshot_commands(sub)

@@ -204,3 +204,7 @@ class ExportError(EoembedError, ValueError):
 
 class TimeFormatError(EoembedError, ValueError):
     """A time that is not ISO 8601, or an interval that ends before it starts."""
+
+
+class DuplicateChipError(EoembedError, ValueError):
+    """Products to combine hold the same chip id; the message names one, counts them and gives the rule that resolves them."""

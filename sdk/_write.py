@@ -569,6 +569,21 @@ class ProductWriter:
             return None
         return self._write_file(pa.concat_tables(tables).combine_chunks(), name=f"{name}.parquet", energy=energy)
 
+    def write_stored(self, table: pa.Table, *, name: str) -> "_FileRecord":
+        """Write rows as a product already stores them (stored vector codes, ``bbox``, times...) as
+        one data file ``data/NAME.parquet`` right away: nothing is re-quantised, so each vector stays
+        bit-identical. The codes must be of this writer's quantization (see eoembed._exchange)."""
+        assert self.quantization is not None, "write_stored needs the writer's quantization up front"
+        field = table.schema.field("embedding").type
+        if not pa.types.is_fixed_size_list(field) or field.list_size != self.quantization.stored_width() \
+                or field.value_type != _STORED_TYPES[self.quantization.dtype]:
+            raise DimensionMismatchError(
+                f"stored vectors of type {field} do not fit the quantization of {self.path} "
+                f"(fixed_size_list<{self.quantization.dtype}>[{self.quantization.stored_width()}])"
+            )
+        self._rows_seen += table.num_rows
+        return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
+
     def _write_file(self, table: pa.Table, *, name: str | None = None,
                     energy: Mapping[str, Any] | None = None) -> "_FileRecord":
         bbox = table.column("bbox").combine_chunks()
@@ -661,6 +676,10 @@ class ProductWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         old = None
         if self.path.exists():
+            if (self.path / "collection.json").exists() and self.overwrite and exchange_folders(self.staging, self.path):
+                # One atomic step: the path holds the old product or the new one, never neither.
+                shutil.rmtree(self.staging, ignore_errors=True)
+                return
             if (self.path / "collection.json").exists() and self.overwrite:
                 old = self.path.parent / f".{self.path.name}.eoembed-old-{uuid.uuid4().hex[:12]}"
                 os.rename(self.path, old)
@@ -693,6 +712,25 @@ class ProductWriter:
             self.close()
         else:
             self.abort()
+
+
+def exchange_folders(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic rename (Linux ``renameat2`` with ``RENAME_EXCHANGE``); False
+    where the system cannot, and the caller falls back to two renames."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # an old C library
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def write_product(path: str | os.PathLike, chips: Mapping[str, Any] | Sequence[Mapping[str, Any]], **options: Any) -> Path:

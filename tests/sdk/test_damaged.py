@@ -214,8 +214,10 @@ API = {
     "search": lambda p: eoembed.open(p).search(np.ones(DIM, np.float32), k=5),
     "sql": lambda p: eoembed.open(p).sql("SELECT chip_id, embedding FROM embeddings"),
     "eoembed.sql": lambda p: eoembed.sql("SELECT count(*) FROM a", products={"a": p}),
+    "subset": lambda p: eoembed.subset(p, out=p.parent / "subset", where="true"),
+    "merge": lambda p: eoembed.merge([p, p], out=p.parent / "merged", on_duplicate="first"),
 }
-DECODING = {"to_numpy", "to_torch", "dataset", "dataset streaming", "search"}
+DECODING = {"to_numpy", "to_torch", "dataset", "dataset streaming", "search", "subset", "merge"}
 CLI = {
     "info": lambda p: ["info", str(p)],
     "query": lambda p: ["query", str(p), "SELECT chip_id, embedding FROM embeddings"],
