@@ -235,12 +235,9 @@ def to_pandas(product: "Product", *, columns: list[str] | None = None, dequantiz
 
 def to_geopandas(product: "Product", *, columns: list[str] | None = None, dequantize: bool = True):
     """Every row as a geopandas GeoDataFrame on ``geometry`` in OGC:CRS84 (EPSG:4326 axis order lon/lat)."""
-    from ._errors import MissingDependencyError
+    from ._optional import require
 
-    try:
-        import geopandas
-    except ImportError as error:  # pragma: no cover - geopandas comes with the fewshot extra
-        raise MissingDependencyError("to_geopandas needs geopandas: pip install 'eoembed[fewshot]'") from error
+    geopandas = require("geopandas", extra="fewshot")
     if columns is not None and "geometry" not in columns:
         columns = [*columns, "geometry"]
     frame = to_pandas(product, columns=columns, dequantize=dequantize)
