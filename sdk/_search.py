@@ -667,6 +667,10 @@ def resolve_queries(searcher: Searcher, query: Any) -> tuple[np.ndarray, bool]:
     return combine_queries(searcher.product, items, [local_queries(searcher, items)]), batch
 
 
+#: The package each compressed mode scans with; exact search is numpy alone.
+_MODE_PACKAGE = {"int8": "numkong", "binary": "faiss", "hnsw": "faiss", "ivf": "faiss"}
+
+
 def check_options(product: "Product", *, k: int, metric: str | None, mode: str) -> str:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SearchError(f"k must be a positive integer, got {k!r}")
@@ -675,6 +679,8 @@ def check_options(product: "Product", *, k: int, metric: str | None, mode: str) 
         raise SearchError(f"metric {metric!r} is not one of {list(METRICS)}")
     if mode not in MODES:
         raise SearchError(f"mode {mode!r} is not one of {list(MODES)}")
+    if mode in _MODE_PACKAGE:  # before any index lookup: without the extra, no index helps
+        require(_MODE_PACKAGE[mode], extra="search")
     return metric
 
 
