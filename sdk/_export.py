@@ -225,6 +225,9 @@ def to_pandas(product: "Product", *, columns: list[str] | None = None, dequantiz
     """Every row as a pandas DataFrame; ``embedding`` holds de-quantised float32 arrays (one per row)."""
     import numpy as np
 
+    from ._optional import require
+
+    require("pandas", extra="pandas")  # pyarrow's to_pandas imports it
     table = product.to_arrow(columns=columns).read_all()
     frame = table.drop_columns([c for c in ("embedding",) if c in table.column_names]).to_pandas()
     if "embedding" in table.column_names:

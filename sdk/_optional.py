@@ -21,6 +21,7 @@ EXTRAS = {
     "plot": "maps, previews (PNG and COG) and training curves",
     "fewshot": "label files (vector geometries) and few-shot evaluation",
     "zarr": "Zarr data cubes as producer inputs",
+    "pandas": "pandas DataFrames (to_pandas)",
 }
 
 
@@ -35,7 +36,7 @@ def require(module: str, *, extra: str) -> ModuleType:
         missing = isinstance(error, ModuleNotFoundError) and (error.name or "").partition(".")[0] == top
         state = "is not installed" if missing else f"is installed but cannot be imported ({error})"
         raise MissingDependencyError(
-            f"{EXTRAS[extra]} needs the Python package {top!r}, which {state}: pip install 'eoembed[{extra}]'"
+            f"the Python package {top!r} {state}; it is needed for {EXTRAS[extra]}: pip install 'eoembed[{extra}]'"
         ) from error
 
 

@@ -38,7 +38,7 @@ def product(tmp_path_factory) -> Path:
 def test_require_returns_the_module_or_names_the_extra(monkeypatch):
     assert _optional.require("numpy", extra="search") is np
     monkeypatch.setitem(sys.modules, "faiss", None)
-    with pytest.raises(eoembed.MissingDependencyError, match=r"'faiss', which is not installed: pip install 'eoembed\[search\]'") as caught:
+    with pytest.raises(eoembed.MissingDependencyError, match=r"'faiss' is not installed; it is needed for compressed search .*: pip install 'eoembed\[search\]'") as caught:
         _optional.require("faiss", extra="search")
     assert isinstance(caught.value, ImportError)
     assert _optional.available("faiss") is False and _optional.available("numpy") is True
