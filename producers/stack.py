@@ -48,7 +48,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from eoembed._errors import BandMappingError, ImageryError, MissingDependencyError, TilingError
+from eoembed._errors import BandMappingError, ImageryError, TilingError
+from eoembed._optional import require
 
 from .read import Scene, check_window, open_scene
 from .tile import ChipBatch, ChipWindow, _positive_int, chip_windows, strip_batches
@@ -643,13 +644,7 @@ def _is_zarr(path: Path) -> bool:
 
 
 def _zarr_array(path: Path):
-    try:
-        import zarr  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"{path} is a Zarr store; reading it needs the optional 'zarr' package (pip install zarr), "
-            "or save the cube as .npy/.npz with a JSON sidecar"
-        ) from exc
+    zarr = require("zarr", extra="zarr")  # or save the cube as .npy/.npz with a JSON sidecar
     try:
         return zarr.open_array(str(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - zarr raises many kinds

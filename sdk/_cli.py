@@ -485,7 +485,9 @@ def _search(args: argparse.Namespace) -> int:
         table = product.search(_search_query(args), **options)
         _warn(similarity_messages(product, metric=args.metric))
     else:
-        from mpi4py import MPI
+        from ._optional import require
+
+        MPI = require("mpi4py.MPI", extra="mpi")
 
         from ._errors import EoembedError
         from ._search import distributed_search

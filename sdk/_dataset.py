@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ._damage import reading
 from ._errors import SearchError
+from ._optional import require
+
+torch = require("torch", extra="learn")
+from torch.utils.data import Dataset, IterableDataset, get_worker_info  # noqa: E402  after the install hint
 from ._search import Searcher, _rows_in, metadata_rows, parse_bbox, parse_datetime, where_rows
 
 if TYPE_CHECKING:

@@ -255,6 +255,9 @@ def to_pandas(product: "Product", *, columns: list[str] | None = None, dequantiz
     """Every row as a pandas DataFrame; ``embedding`` holds de-quantised float32 arrays (one per row)."""
     import numpy as np
 
+    from ._optional import require
+
+    require("pandas", extra="pandas")  # pyarrow's to_pandas imports it
     table = product.to_arrow(columns=columns).read_all()
     frame = table.drop_columns([c for c in ("embedding",) if c in table.column_names]).to_pandas()
     if "embedding" in table.column_names:
@@ -265,12 +268,9 @@ def to_pandas(product: "Product", *, columns: list[str] | None = None, dequantiz
 
 def to_geopandas(product: "Product", *, columns: list[str] | None = None, dequantize: bool = True):
     """Every row as a geopandas GeoDataFrame on ``geometry`` in OGC:CRS84 (EPSG:4326 axis order lon/lat)."""
-    from ._errors import MissingDependencyError
+    from ._optional import require
 
-    try:
-        import geopandas
-    except ImportError as error:  # pragma: no cover - geopandas comes with the fewshot extra
-        raise MissingDependencyError("to_geopandas needs geopandas: pip install 'eoembed[fewshot]'") from error
+    geopandas = require("geopandas", extra="fewshot")
     if columns is not None and "geometry" not in columns:
         columns = [*columns, "geometry"]
     frame = to_pandas(product, columns=columns, dequantize=dequantize)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ._errors import EoembedError, FewShotWarning, LabelError
+from ._optional import require
 
 Method = Literal["prototype", "knn", "logreg"]
 METHODS = ("prototype", "knn", "logreg")
@@ -29,7 +30,7 @@ Z95 = 1.959963984540054
 
 
 def pick_device(device: Any = None):
-    import torch
+    torch = require("torch", extra="learn")
 
     if device is not None:
         return torch.device(device)
@@ -37,7 +38,7 @@ def pick_device(device: Any = None):
 
 
 def _as_tensor(features, device):
-    import torch
+    torch = require("torch", extra="learn")
 
     if isinstance(features, torch.Tensor):
         return features.detach().to(device=device, dtype=torch.float32)
@@ -59,7 +60,7 @@ class Classifier:
     """
 
     def __init__(self, method: Method, support_x, support_y, n_classes: int, *, k: int = 5, l2: float | None = None) -> None:
-        import torch
+        torch = require("torch", extra="learn")
 
         if method not in METHODS:
             raise EoembedError(f"unknown few-shot method {method!r}; use one of {list(METHODS)}")
@@ -76,7 +77,7 @@ class Classifier:
             self._fit_logreg(onehot, l2)
 
     def _fit_logreg(self, onehot, l2: float | None) -> None:
-        import torch
+        torch = require("torch", extra="learn")
 
         e, s, d = self.support_x.shape
         # scikit-learn's default C=1 minimises sum(CE) + |W|^2 / 2; per chip that is mean(CE) + |W|^2 / (2 s).
@@ -99,7 +100,7 @@ class Classifier:
         self.weight, self.bias = weight.detach(), bias.detach()
 
     def predict_proba(self, x):
-        import torch
+        torch = require("torch", extra="learn")
 
         if self.method == "prototype":
             d2 = torch.cdist(x, self.centroids) ** 2
@@ -190,7 +191,7 @@ def _episode_indices(class_rows: list[np.ndarray], *, shots: int, queries: list[
 
 def macro_f1(pred, truth, n_classes: int):
     """Macro-F1 per episode of (E, Q) predicted and true class indices."""
-    import torch
+    torch = require("torch", extra="learn")
 
     p = torch.nn.functional.one_hot(pred, n_classes).bool()
     t = torch.nn.functional.one_hot(truth, n_classes).bool()
@@ -226,7 +227,7 @@ def fewshot(
     or fewer is left out of that shot count; both raise a :class:`FewShotWarning`. Features are
     standardised with the mean and std of all the chips given (no label is used for that).
     """
-    import torch
+    torch = require("torch", extra="learn")
 
     if method not in METHODS:
         raise EoembedError(f"unknown few-shot method {method!r}; use one of {list(METHODS)}")

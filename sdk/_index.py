@@ -20,6 +20,7 @@ import numpy as np
 
 from ._damage import damaged, read_json, reading
 from ._errors import SearchError
+from ._optional import require
 from ._paths import inside
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ def int8_codes(vectors: np.ndarray, norms: np.ndarray, metric: str) -> tuple[np.
 
 def binary_flat(bits: np.ndarray):
     """A faiss exact Hamming index over packed sign bits (n, D/8)."""
-    import faiss
+    faiss = require("faiss", extra="search")
 
     index = faiss.IndexBinaryFlat(bits.shape[1] * 8)
     index.add(np.ascontiguousarray(bits))
@@ -65,7 +66,7 @@ def binary_flat(bits: np.ndarray):
 
 
 def _faiss_metric(metric: str) -> int:
-    import faiss
+    faiss = require("faiss", extra="search")
 
     return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
 
@@ -76,7 +77,7 @@ def _unit_if_cosine(vectors: np.ndarray, norms: np.ndarray, metric: str) -> np.n
 
 
 def build_hnsw(vectors: np.ndarray, norms: np.ndarray, metric: str, *, m: int = 32, ef_construction: int = 80):
-    import faiss
+    faiss = require("faiss", extra="search")
 
     index = faiss.IndexHNSWFlat(vectors.shape[1], m, _faiss_metric(metric))
     index.hnsw.efConstruction = ef_construction
@@ -85,7 +86,7 @@ def build_hnsw(vectors: np.ndarray, norms: np.ndarray, metric: str, *, m: int = 
 
 
 def build_ivf(vectors: np.ndarray, norms: np.ndarray, metric: str, *, nlist: int | None = None, seed: int = 0):
-    import faiss
+    faiss = require("faiss", extra="search")
 
     data = _unit_if_cosine(vectors, norms, metric)
     n, dim = data.shape
@@ -155,7 +156,7 @@ def load_index(product: "Product", file_index: int, *, kind: str, metric: str):
                 raise damaged(path, f"holds {codes.dtype} codes of shape {codes.shape}; the {kind} index of "
                               f"{product.files[file_index]} has shape ({rows}, {width})")
             return (codes, float(meta["scale"])) if kind == "int8" else codes
-        import faiss
+        faiss = require("faiss", extra="search")
 
         index = faiss.read_index(str(path))
     if index.ntotal != rows or index.d != product.dim:
@@ -171,7 +172,7 @@ def _write_index(path: Path, kind: str, value: Any) -> None:
         with open(partial, "wb") as handle:
             np.save(handle, value)
     else:
-        import faiss
+        faiss = require("faiss", extra="search")
 
         faiss.write_index(value, str(partial))
     os.replace(partial, path)

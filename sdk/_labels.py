@@ -21,16 +21,12 @@ from ._errors import (
     LabelError,
     LabelFieldError,
     LabelsOutsideProductError,
-    MissingDependencyError,
 )
+from ._optional import require
 
 
 def _geopandas():
-    try:
-        import geopandas
-    except ImportError as error:  # pragma: no cover - geopandas comes with the fewshot extra
-        raise MissingDependencyError("reading label files needs geopandas: pip install 'eoembed[fewshot]'") from error
-    return geopandas
+    return require("geopandas", extra="fewshot")
 
 
 def read_labels(path: str | os.PathLike | Any, *, label_field: str, crs: Any = None):

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._errors import LabelError, TaskConfigError
+from ._optional import require
 
 KINDS = ("classification", "regression")
 
@@ -106,7 +107,7 @@ def _splits(n: int, *, folds: int, test_fraction: float, seed: int) -> list[tupl
 
 
 def _classification(x, y: np.ndarray, splits, device) -> list[float]:
-    import torch
+    torch = require("torch", extra="learn")
 
     from ._fewshot import Classifier, macro_f1
 
@@ -121,7 +122,7 @@ def _classification(x, y: np.ndarray, splits, device) -> list[float]:
 
 
 def _regression(x, y: np.ndarray, splits, device, *, alpha: float = 1.0) -> list[float]:
-    import torch
+    torch = require("torch", extra="learn")
 
     target = torch.as_tensor(y.astype(np.float64), device=device)
     x = x.double()
@@ -141,7 +142,7 @@ def _regression(x, y: np.ndarray, splits, device, *, alpha: float = 1.0) -> list
 
 def neuco_evaluate(embeddings: Any, ids: Sequence[str] | None = None, *, config: str | os.PathLike, device: Any = None) -> NeucoReport:
     """Score ``embeddings`` ((n, D) array with sample ``ids``, a product, or a submission CSV path) on the config's tasks."""
-    import torch
+    torch = require("torch", extra="learn")
 
     from ._fewshot import pick_device, standardizer
     from ._read import Product

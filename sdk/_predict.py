@@ -16,12 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._fewshot import Classifier, Method, pick_device, standardizer
+from ._optional import require
 from ._read import Product
 
 
 def _moments(product: Product, device) -> tuple[Any, Any, tuple[float, float, float, float], list[str]]:
     """Mean and std of the vectors, the extent and geometry types: one streaming pass."""
-    import torch
+    torch = require("torch", extra="learn")
 
     from ._geometry import geometry_types
 
@@ -66,7 +67,7 @@ def predict(
     :class:`LabelledChips`. Features are standardised with the whole product's mean and std.
     ``map_path`` also draws the classes as a PNG map.
     """
-    import torch
+    torch = require("torch", extra="learn")
 
     from ._labels import LabelledChips, join_labels
     from ._write import bbox_type, crs84_projjson

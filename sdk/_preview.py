@@ -140,12 +140,12 @@ def _scale_bar_metres(extent_width_m: float) -> float:
 
 def _draw_png(path: Path, canvas: np.ndarray, extent, *, crs: str, ratios: list[list[float]], title: str,
               subtitle: str, dpi: int) -> None:
-    from matplotlib.patches import Patch
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
     from ._plotting import pyplot
 
     plt = pyplot()
+    from matplotlib.patches import Patch
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
     x0, y0, x1, y1 = extent
     projected = crs != "OGC:CRS84"
     mid_lat = (y0 + y1) / 2
@@ -189,7 +189,9 @@ def _draw_png(path: Path, canvas: np.ndarray, extent, *, crs: str, ratios: list[
 
 
 def _write_cog(path: Path, canvas: np.ndarray, extent, pixel: float, *, crs: str, tags: dict[str, str]) -> None:
-    import rasterio
+    from ._optional import require
+
+    rasterio = require("rasterio", extra="plot")
     from rasterio.io import MemoryFile
     from rasterio.shutil import copy
     from affine import Affine

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from . import _quantize
 from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
+from ._optional import require
 from ._paths import inside, is_url
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
@@ -430,7 +431,7 @@ class Product:
 
     def to_torch(self, *, dequantize: bool = True):
         """All vectors as a torch tensor (shares memory with :meth:`to_numpy`'s array)."""
-        import torch
+        torch = require("torch", extra="learn")
 
         return torch.from_numpy(self.to_numpy(dequantize=dequantize))
 

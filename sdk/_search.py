@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from ._damage import reading
 from ._errors import ChipNotFoundError, DimensionMismatchError, SearchError
+from ._optional import require
 
 if TYPE_CHECKING:
     from ._read import Product
@@ -498,7 +499,7 @@ class Searcher:
             return self._exact(cache, queries, metric, k, rows)
         c = min(max(candidates, k), cache.rows)
         if mode == "int8":
-            import numkong
+            numkong = require("numkong", extra="search")
 
             codes, scale = self._int8_codes(cache, metric)
             query_codes = quantize_queries(queries, scale, metric)
@@ -514,7 +515,7 @@ class Searcher:
             _, ids = self._binary_index(cache).search(bits, c)
             return self._rerank(cache, queries, metric, k, list(ids))
         index_ = self._faiss_index(cache, mode, metric)
-        import faiss
+        faiss = require("faiss", extra="search")
 
         if mode == "ivf":
             faiss.extract_index_ivf(index_).nprobe = nprobe
@@ -666,6 +667,10 @@ def resolve_queries(searcher: Searcher, query: Any) -> tuple[np.ndarray, bool]:
     return combine_queries(searcher.product, items, [local_queries(searcher, items)]), batch
 
 
+#: The package each compressed mode scans with; exact search is numpy alone.
+_MODE_PACKAGE = {"int8": "numkong", "binary": "faiss", "hnsw": "faiss", "ivf": "faiss"}
+
+
 def check_options(product: "Product", *, k: int, metric: str | None, mode: str) -> str:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise SearchError(f"k must be a positive integer, got {k!r}")
@@ -674,6 +679,8 @@ def check_options(product: "Product", *, k: int, metric: str | None, mode: str) 
         raise SearchError(f"metric {metric!r} is not one of {list(METRICS)}")
     if mode not in MODES:
         raise SearchError(f"mode {mode!r} is not one of {list(MODES)}")
+    if mode in _MODE_PACKAGE:  # before any index lookup: without the extra, no index helps
+        require(_MODE_PACKAGE[mode], extra="search")
     return metric
 
 
@@ -743,7 +750,7 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
     Every rank decodes and scans only its own files (so the product may exceed one node's memory),
     resolves the queries it can from them, and sends its top-k to rank 0, which keeps the best k.
     """
-    from mpi4py import MPI
+    MPI = require("mpi4py.MPI", extra="mpi")
 
     comm = comm or MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()

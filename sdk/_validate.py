@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ._errors import ProductNotFoundError, QuantizationError
 from ._geometry import _TYPE_NAMES
+from ._optional import available
 from ._spec import FOOTER_KEY, SPEC_VERSION, footer_errors
 from ._stac import COLLECTION_STATEMENTS, ITEM_STATEMENTS, MODEL_ITEM_STATEMENTS, build_collection, build_item, build_model_item
 
@@ -512,10 +513,10 @@ def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: 
         if bad.any():
             return f"row {int(np.flatnonzero(rows)[np.flatnonzero(bad)[0]])} holds codes the data does not give"
         return None
-    try:
-        import faiss
-    except ImportError:  # without faiss, search cannot use the index either
+    if not available("faiss"):  # without faiss, search cannot use the index either
         return None
+    import faiss
+
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as error:

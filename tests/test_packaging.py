@@ -115,23 +115,44 @@ def _run(cmd: list[str | Path], *, cwd: Path, env: dict[str, str], timeout: floa
     return result
 
 
-@pytest.mark.slow
-def test_wheel_installs_and_validates_outside_the_checkout(tmp_path: Path) -> None:
-    env = _clean_env()
-
-    # 1. Build the wheel offline from a copy of the tree (keeps build/ and *.egg-info out of the
-    #    checkout, which other processes may be using). `wheel` is not needed by setuptools >= 70.1,
-    #    so the dependency check is skipped rather than failing on it.
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built offline from a copy of the tree (keeps build/ and *.egg-info out of
+    the checkout, which other processes may be using). `wheel` is not needed by setuptools >= 70.1,
+    so the dependency check is skipped rather than failing on it."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     source = tmp_path / "src"
     shutil.copytree(REPO, source, ignore=_IGNORE)
     dist = tmp_path / "dist"
     _run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check", "--outdir", dist, source],
-        cwd=tmp_path, env=env, timeout=120,
+        cwd=tmp_path, env=_clean_env(), timeout=120,
     )
     wheels = sorted(dist.glob("eoembed-*.whl"))
     assert len(wheels) == 1, wheels
-    wheel = wheels[0]
+    return wheels[0]
+
+
+def _fresh_venv(root: Path, wheel: Path, *, env: dict[str, str]) -> tuple[Path, Path]:
+    """A venv with the wheel alone installed (no dependencies): its python and its site-packages."""
+    venv = root / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=root, env=env)
+    python = venv / "bin" / "python"
+    _run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "--ignore-installed",
+         "--no-compile", wheel],
+        cwd=root, env=env, timeout=120,
+    )
+    purelib = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=root, env=env).stdout.strip())
+    assert purelib.is_relative_to(venv), purelib
+    return python, purelib
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_validates_outside_the_checkout(tmp_path: Path, wheel: Path) -> None:
+    env = _clean_env()
+
+    # 1. The wheel holds the package, its schemas and the console script, and no source folders.
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         missing = [m for m in WHEEL_MEMBERS if m not in names]
@@ -145,18 +166,8 @@ def test_wheel_installs_and_validates_outside_the_checkout(tmp_path: Path) -> No
 
     # 2. A fresh venv; the wheel is installed before the project's packages become visible, so pip
     #    sees no other eoembed (the checkout's editable dist-info) and can uninstall nothing.
+    python, venv_purelib = _fresh_venv(tmp_path, wheel, env=env)
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path, env=env)
-    python = venv / "bin" / "python"
-    _run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "--ignore-installed",
-         "--no-compile", wheel],
-        cwd=tmp_path, env=env, timeout=120,
-    )
-    venv_purelib = Path(
-        _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, env=env).stdout.strip()
-    )
-    assert venv_purelib.is_relative_to(venv), venv_purelib
     # A plain path line adds the project's site-packages to sys.path without processing the .pth
     # files inside it, so the checkout's editable finder (__editable__.eoembed-*.pth) stays inactive.
     (venv_purelib / "zz_project_site_packages.pth").write_text("\n".join(_purelib_dirs()) + "\n")
@@ -181,3 +192,115 @@ def test_wheel_installs_and_validates_outside_the_checkout(tmp_path: Path) -> No
     assert "valid" in result.stdout and "INVALID" not in result.stdout, result.stdout
     result = _run([console, "validate", "--json", product], cwd=work, env=env)
     assert json.loads(result.stdout)["valid"] is True
+
+
+# -- the core install: `pip install eoembed` without extras ------------------------------------------
+
+# What only extras bring; none may be importable in a core install.
+EXTRA_ONLY = ("torch", "rasterio", "faiss", "mpi4py", "numkong", "matplotlib", "geopandas", "zarr")
+
+# Runs in the core venv: the answers a consumer gets, and the hint a compressed search gives.
+_CORE = textwrap.dedent(
+    """
+    import json, sys
+
+    import eoembed
+
+    product, chip = sys.argv[1], sys.argv[2]
+    report = eoembed.validate(product)
+    opened = eoembed.open(product)
+    rows = opened.sql("SELECT count(*) AS n, min(chip_id) AS first FROM embeddings WHERE bbox.xmin > ?", [-78.7]).to_pylist()
+    hits = opened.search(chip, k=5)
+    try:
+        opened.search(chip, k=5, mode="int8")
+        refused = None
+    except eoembed.MissingDependencyError as error:
+        refused = str(error)
+    print(json.dumps({"valid": report.ok, "rows": rows, "hits": hits.column("chip_id").to_pylist(),
+                      "distances": hits.column("distance").to_pylist(), "refused": refused}))
+    """
+)
+
+
+def _core_distributions(wheel: Path) -> list:
+    """What `pip install eoembed` brings: the wheel's Requires-Dist outside every extra, and theirs in
+    turn, as installed in this (the project's) environment."""
+    import email.parser
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        pending = email.parser.Parser().parsestr(archive.read(name).decode()).get_all("Requires-Dist") or []
+    found: dict[str, metadata.Distribution] = {}
+    while pending:
+        requirement = Requirement(pending.pop())
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        key = canonicalize_name(requirement.name)
+        if key in found:
+            continue
+        dist = metadata.distribution(requirement.name)
+        assert requirement.specifier.contains(dist.version, prereleases=True), (str(requirement), dist.version)
+        found[key] = dist
+        pending.extend(dist.requires or [])
+    return list(found.values())
+
+
+def _install_from_project(purelib: Path, distributions: list) -> None:
+    """Each distribution's top-level files and metadata, linked from the project's site-packages
+    (offline, and nothing but what the distributions' own RECORD lists)."""
+    for dist in distributions:
+        tops = {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")} - {"__pycache__"}
+        for top in sorted(tops):
+            target = purelib / top
+            if not target.exists():
+                target.symlink_to(Path(dist.locate_file(top)))
+
+
+@pytest.mark.slow
+def test_core_install_without_extras_reads_validates_queries_and_searches(tmp_path: Path, wheel: Path) -> None:
+    from tests.factories import write
+
+    import eoembed
+
+    env = _clean_env()
+    python, purelib = _fresh_venv(tmp_path, wheel, env=env)
+    distributions = _core_distributions(wheel)
+    _install_from_project(purelib, distributions)
+    names = sorted(d.metadata["Name"].lower() for d in distributions)
+    present = _run([python, "-c", f"import importlib.util as u; print([m for m in {EXTRA_ONLY!r} if u.find_spec(m)])"],
+                   cwd=tmp_path, env=env).stdout.strip()
+    assert present == "[]", f"a core install can import {present} (core distributions: {names})"
+
+    # A product written by the project's environment (with every extra), read by the core install.
+    product = write(tmp_path / "product", n=300, quantization="int8")
+    chip = "chip-0000042"
+    opened = eoembed.open(product)
+    expected = opened.search(chip, k=5)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "core.py").write_text(_CORE)
+    seen = json.loads(_run([python, work / "core.py", product, chip], cwd=work, env=env, timeout=120).stdout.strip().splitlines()[-1])
+    assert seen["valid"] is True
+    assert seen["rows"] == opened.sql("SELECT count(*) AS n, min(chip_id) AS first FROM embeddings WHERE bbox.xmin > ?",
+                                      [-78.7]).to_pylist()
+    assert seen["rows"][0]["n"] > 0
+    assert seen["hits"] == expected.column("chip_id").to_pylist()
+    assert seen["distances"] == pytest.approx(expected.column("distance").to_pylist(), abs=1e-6)
+    assert seen["refused"] is not None and "pip install 'eoembed[search]'" in seen["refused"], seen["refused"]
+
+    # The console script: verbs of the core work, a compressed search says what to install in one line.
+    console = python.parent / "eoembed"
+    assert "valid" in _run([console, "validate", product], cwd=work, env=env).stdout
+    table = _run([console, "query", product, "SELECT count(*) AS n FROM embeddings", "--format", "csv"], cwd=work, env=env)
+    assert table.stdout.split() == ['"n"', "300"], table.stdout
+    refused = subprocess.run([str(console), "search", str(product), "--chip", chip, "--mode", "int8"], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0 and "pip install 'eoembed[search]'" in refused.stderr, refused.stderr
+    # Measured, not asserted: the core install's size on disk (links followed).
+    size = _run(["du", "-sLm", purelib], cwd=tmp_path, env=env).stdout.split()[0]
+    print(f"core install: {size} MB in {purelib} ({len(names)} distributions: {', '.join(names)})")

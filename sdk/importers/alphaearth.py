@@ -42,7 +42,9 @@ class AlphaEarthImporter(PooledTileImporter):
 
     @contextmanager
     def open_tile(self, path: Path, *, session: ImportSession, datetime: Any) -> Iterator[EmbeddingTile]:
-        import rasterio
+        from eoembed._optional import require
+
+        rasterio = require("rasterio", extra="produce")
         from rasterio.windows import Window
 
         from eoembed._quantize import Quantization, dequantize

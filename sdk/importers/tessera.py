@@ -38,7 +38,9 @@ class TesseraImporter(PooledTileImporter):
     @contextmanager
     def open_tile(self, path: Path, *, session: ImportSession, datetime: Any,
                   reference: str | None = None) -> Iterator[EmbeddingTile]:
-        import rasterio
+        from eoembed._optional import require
+
+        rasterio = require("rasterio", extra="produce")
 
         codes = np.load(path, mmap_mode="r")
         scales_path = path.with_name(f"{path.stem}_scales.npy")

@@ -351,6 +351,6 @@ def test_zarr_cube_needs_zarr(tmp_path: Path, monkeypatch):
     monkeypatch.setitem(sys.modules, "zarr", None)  # zarr is an optional extra: as if it were not installed
     store = tmp_path / "cube.zarr"
     store.mkdir()
-    with pytest.raises(MissingDependencyError, match="pip install zarr"):
+    with pytest.raises(MissingDependencyError, match=r"'zarr' is not installed; .*: pip install 'eoembed\[zarr\]'"):
         open_cube(store)
     assert issubclass(MissingDependencyError, ImportError)
