@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ._damage import reading
 from ._errors import SearchError
+from ._store import open_input
 from ._search import Searcher, _rows_in, metadata_rows, parse_bbox, parse_datetime, where_rows
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class StreamingEmbeddingDataset(IterableDataset):
         from ._search import _as_us, _time_columns
 
         path = self.product.files[index]
-        handle = pq.ParquetFile(path, pre_buffer=False)
+        handle = pq.ParquetFile(open_input(path), pre_buffer=False)
         times = _time_columns(handle.schema_arrow)
         wanted = list(dict.fromkeys(self.product._vector_columns() + ["bbox"] + times + self.columns))
         first = 0

@@ -204,3 +204,7 @@ class ExportError(EoembedError, ValueError):
 
 class TimeFormatError(EoembedError, ValueError):
     """A time that is not ISO 8601, or an interval that ends before it starts."""
+
+
+class StoreError(EoembedError, OSError):
+    """A product location (URL) cannot be reached: unknown scheme, no access, or a failed transfer."""

@@ -21,6 +21,7 @@ from . import _quantize
 from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
 from ._paths import inside, is_url
+from ._store import is_remote, location, open_input
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
@@ -38,7 +39,9 @@ def _compatibility(version: str) -> tuple[str, ...]:
     return tuple(parts[:2]) if parts[0] == "0" else tuple(parts[:1])
 
 
-def _resolve(path: str | os.PathLike) -> Path:
+def _resolve(path: str | os.PathLike):
+    if is_remote(path):
+        return _resolve_remote(location(path))
     path = Path(path)
     if path.is_file() and path.name == "collection.json":
         path = path.parent
@@ -50,6 +53,27 @@ def _resolve(path: str | os.PathLike) -> Path:
         )
     if not (path / "collection.json").exists():
         raise ProductNotFoundError(f"{path} has no collection.json: it is not an eoembed product")
+    return path
+
+
+def _resolve_remote(path):
+    """A product at a URL: folders are only prefixes there, so its collection.json decides."""
+    from ._errors import StoreError
+
+    if path.name == "collection.json":
+        path = path.parent
+    if STAGING_MARK in path.name:
+        raise ProductNotFoundError(f"{path} is a half-written staging folder of an interrupted write, not a product")
+    try:
+        found = (path / "collection.json").is_file()
+    except FileNotFoundError:
+        found = False
+    except Exception as error:  # the store's own errors (access denied, unreachable endpoint...)
+        raise StoreError(f"{path} cannot be reached ({type(error).__name__}: {error}); check the URL, "
+                         "the credentials (AWS_*, profiles) and AWS_ENDPOINT_URL") from error
+    if not found:
+        raise ProductNotFoundError(f"{path} has no collection.json: it is not an eoembed product (or not yet: "
+                                   "a copy writes it last)")
     return path
 
 
@@ -66,9 +90,10 @@ def _footer_of(path: Path, schema: pa.Schema) -> dict[str, Any]:
 
 def read_footer(path: str | os.PathLike) -> dict[str, Any]:
     """The ``eoembed`` footer object of one data file (raises SpecError when absent)."""
+    path = location(path)
     with reading(path):
-        schema = pq.read_schema(path)
-    return _footer_of(Path(path), schema)
+        schema = pq.read_schema(open_input(path))
+    return _footer_of(path, schema)
 
 
 def conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.RecordBatch | pa.Table:
@@ -142,7 +167,7 @@ class Product:
             if verify and sha256_file(path) != expected["sha256"]:
                 raise damaged(path, f"has another SHA-256 than {where} says ({expected['sha256']})")
             with reading(path):
-                handle = pq.ParquetFile(path)
+                handle = pq.ParquetFile(open_input(path))
                 rows, schema = handle.metadata.num_rows, handle.schema_arrow
             if rows != expected["rows"]:
                 raise damaged(path, f"holds {rows} rows, but {where} says {expected['rows']}")
@@ -260,7 +285,7 @@ class Product:
         """One row per data file (path, rows, bytes, sha256...), checked: no nulls, no repeated path."""
         path = self.path / MANIFEST
         with reading(path):
-            table = pq.read_table(path)
+            table = pq.read_table(open_input(path))
         for name, (is_type, spec_type) in _MANIFEST_COLUMNS.items():
             if name not in table.column_names:
                 raise damaged(path, f"lacks the REQUIRED column {name!r}", column=name)
@@ -331,7 +356,7 @@ class Product:
             first = 0
             with reading(path):
                 # No pre-buffering: it would load most of a file at once, and reads must stream.
-                handle = pq.ParquetFile(path, pre_buffer=False)
+                handle = pq.ParquetFile(open_input(path), pre_buffer=False)
                 for batch in handle.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None):
                     yield path, first, batch
                     first += batch.num_rows
@@ -383,7 +408,7 @@ class Product:
         column = batch.column("embedding")
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        _check_vector_type(Path(source), column.type, quant)
+        _check_vector_type(source, column.type, quant)
         values = column.flatten()  # respects a slice's offset, where .values would not
         if column.null_count or values.null_count:
             nulls = np.asarray(column.is_null()) if column.null_count else \

@@ -9,6 +9,9 @@ and valid):
 * ``PARENT/.NAME.eoembed-cache/<key>/`` when the product's parent folder is writable, else
 * ``~/.cache/eoembed/<sha of the product path>/<key>/``;
 
+and for a product at a URL always the user's cache folder (platformdirs:
+``$EOEMBED_CACHE_DIR`` or ``<user cache dir>/eoembed/<sha of the URL>/<key>/``), never the product;
+
 ``<key>`` is the first 16 hex digits of the SHA-256 of ``manifest.parquet``: a rewritten product has
 a new manifest, so its cache is rebuilt (and stale keys are removed).
 
@@ -37,6 +40,7 @@ import pyarrow.parquet as pq
 
 from ._damage import reading
 from ._errors import ChipNotFoundError, DimensionMismatchError, SearchError
+from ._store import open_input
 
 if TYPE_CHECKING:
     from ._read import Product
@@ -53,8 +57,10 @@ _CHUNK_ROWS = 1 << 18  # rows scored at once for batches of queries (bounds the 
 # -- cache --------------------------------------------------------------------------------------
 
 
-def _path_key(path: Path) -> str:
-    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+def _path_key(path) -> str:
+    from ._store import is_remote
+
+    return hashlib.sha256(str(path if is_remote(path) else path.resolve()).encode()).hexdigest()[:16]
 
 
 def cache_dir(product: "Product") -> Path:
@@ -65,6 +71,10 @@ def cache_dir(product: "Product") -> Path:
     env = os.environ.get("EOEMBED_CACHE_DIR")
     if env:
         root = Path(env) / _path_key(product.path)
+    elif not isinstance(product.path, Path):  # at a URL: the user's cache, keyed by the URL
+        import platformdirs
+
+        root = Path(platformdirs.user_cache_dir("eoembed")) / _path_key(product.path)
     elif os.access(product.path.parent, os.W_OK):
         root = product.path.parent / f".{product.path.name}.eoembed-cache"
     else:
@@ -125,7 +135,7 @@ def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
 
 
 def _decode_into(product: "Product", path: Path, target: Path) -> None:
-    handle = pq.ParquetFile(path, pre_buffer=False)
+    handle = pq.ParquetFile(open_input(path), pre_buffer=False)
     rows = handle.metadata.num_rows
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
     vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(rows, product.dim))
@@ -592,7 +602,7 @@ def _chip_rows(searcher: Searcher, chip_ids: Sequence[str]) -> dict[str, tuple[i
     found: dict[str, tuple[int, int]] = {}
     for index in searcher.file_indexes:
         with reading(searcher.product.files[index], column="chip_id"):
-            column = pq.read_table(searcher.product.files[index], columns=["chip_id"]).column("chip_id")
+            column = pq.read_table(open_input(searcher.product.files[index]), columns=["chip_id"]).column("chip_id")
         for row in np.flatnonzero(np.asarray(pc.is_in(column, value_set=wanted))):
             found.setdefault(column[int(row)].as_py(), (index, int(row)))
         if len(found) == len(wanted):

@@ -611,7 +611,8 @@ class _DataFileChecker:
             start = self._times[first][0].astype(datetime).replace(tzinfo=timezone.utc)
             end = self._times[last][1].astype(datetime).replace(tzinfo=timezone.utc)
         return _FileRecord(path=self.name, rows=self.rows, bytes=size, sha256=sha256, bbox=tuple(self._actual_bounds),
-                           start=start, end=end, geometry_types=sorted(self._actual_types), footer=self.footer)
+                           start=start, end=end, geometry_types=sorted(self._actual_types), footer=self.footer,
+                           sources=sorted(self.sources))
 
     def add(self, code: str, message: str, **kw: Any) -> None:
         self.report.add(code, message, file=self.name, **kw)
