@@ -52,6 +52,7 @@ from ._errors import (
     UnknownImporterError,
     UnsafePathError,
 )
+from ._copy import copy
 from ._embed2scale import read_embed2scale, write_embed2scale
 from ._fewshot import FewShotReport, fewshot, fewshot_product
 from ._grid import get_grid, list_grids
@@ -118,6 +119,7 @@ __all__ = [
     "fewshot_product",
     "fit_quantization",
     "get_grid",
+    "copy",
     "import_product",
     "join_labels",
     "list_grids",

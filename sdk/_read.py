@@ -21,7 +21,7 @@ from . import _quantize
 from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
 from ._paths import inside, is_url
-from ._store import is_remote, location, open_input
+from ._store import is_remote, location, open_input, size_of
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
@@ -65,9 +65,7 @@ def _resolve_remote(path):
     if STAGING_MARK in path.name:
         raise ProductNotFoundError(f"{path} is a half-written staging folder of an interrupted write, not a product")
     try:
-        found = (path / "collection.json").is_file()
-    except FileNotFoundError:
-        found = False
+        found = size_of(path / "collection.json") is not None
     except Exception as error:  # the store's own errors (access denied, unreachable endpoint...)
         raise StoreError(f"{path} cannot be reached ({type(error).__name__}: {error}); check the URL, "
                          "the credentials (AWS_*, profiles) and AWS_ENDPOINT_URL") from error
@@ -157,11 +155,11 @@ class Product:
         manifest = self.manifest
         schemas = []
         for index, path in enumerate(self.files):
-            if not path.exists():
+            size = size_of(path)
+            if size is None:
                 raise ProductNotFoundError(f"{path} is listed in the manifest but missing; the product is incomplete")
             expected = {name: manifest.column(name)[index].as_py() for name in ("rows", "bytes", "sha256")}
             where = f"{self.path / MANIFEST} row {index}"
-            size = path.stat().st_size
             if size != expected["bytes"]:
                 raise damaged(path, f"has {size} bytes, but {where} says {expected['bytes']} (truncated or replaced?)")
             if verify and sha256_file(path) != expected["sha256"]:

@@ -76,6 +76,15 @@ def open_input(path: Location) -> str | IO[bytes]:
     return path.fs.open(path.path, "rb", cache_type="none")
 
 
+def size_of(path: Location) -> int | None:
+    """The size of the file ``path`` in bytes, None when there is none: one stat, or one HEAD request
+    at a URL (an HTTP ``exists`` would GET the whole file)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 def url(path: Location) -> str:
     """The URL (or local path) DuckDB reads ``path`` at."""
     if isinstance(path, Path):
