@@ -21,7 +21,7 @@ from . import _quantize
 from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
 from ._paths import inside, is_url
-from ._store import is_remote, location, open_input, size_of
+from ._store import is_remote, location, open_input, read_metadata, size_of
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
@@ -90,7 +90,7 @@ def read_footer(path: str | os.PathLike) -> dict[str, Any]:
     """The ``eoembed`` footer object of one data file (raises SpecError when absent)."""
     path = location(path)
     with reading(path):
-        schema = pq.read_schema(open_input(path))
+        schema = read_metadata(path).schema.to_arrow_schema()
     return _footer_of(path, schema)
 
 
@@ -165,13 +165,13 @@ class Product:
             if verify and sha256_file(path) != expected["sha256"]:
                 raise damaged(path, f"has another SHA-256 than {where} says ({expected['sha256']})")
             with reading(path):
-                handle = pq.ParquetFile(open_input(path))
-                rows, schema = handle.metadata.num_rows, handle.schema_arrow
+                metadata = read_metadata(path)
+                rows, schema = metadata.num_rows, metadata.schema.to_arrow_schema()
             if rows != expected["rows"]:
                 raise damaged(path, f"holds {rows} rows, but {where} says {expected['rows']}")
             footer = _footer_of(path, schema)
             self._check_columns(path, schema)
-            self._check_statistics(path, handle.metadata)
+            self._check_statistics(path, metadata)
             for section in ("spec_version", "license", "model", "embedding", "grid"):
                 if footer.get(section) != self.metadata.get(section):
                     if section == "model":

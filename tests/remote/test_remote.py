@@ -61,7 +61,7 @@ def test_bbox_query_reads_a_small_fraction_of_a_remote_product(remote):
     size = total_bytes(local_path)
     print(f"\n{url}: open {opened} B, open + 1% bbox query {read} B of {size} B ({read / size:.1%}), "
           f"{server.counter.requests} requests")
-    assert read < 0.25 * size
+    assert read < 0.15 * size
 
 
 def test_caches_of_a_remote_product_live_in_the_user_cache_folder(served, tmp_path):
