@@ -314,6 +314,27 @@ class Product:
         return [inside(self.path, rel, where=f"{manifest} row {row}, column 'path'")
                 for row, rel in enumerate(self.manifest.column("path").to_pylist())]
 
+    def files_overlapping(self, bbox: Sequence[float] | None = None,
+                          interval: tuple[int | None, int | None] | None = None) -> list[int]:
+        """Indexes of the data files whose manifest extent meets ``bbox`` (xmin, ymin, xmax, ymax) and
+        ``interval`` (start, end in microseconds since 1970, None open): the only ones a filtered
+        read must open."""
+        keep = np.ones(self.manifest.num_rows, dtype=bool)
+        if bbox is not None and "bbox" in self.manifest.column_names:
+            box = self.manifest.column("bbox").combine_chunks()
+            x0, y0, x1, y1 = (np.asarray(box.field(n).fill_null(np.nan)) for n in ("xmin", "ymin", "xmax", "ymax"))
+            # A file without a stated extent (NaN) is kept: the comparisons below are False for it.
+            keep &= ~((x0 > bbox[2]) | (x1 < bbox[0]) | (y0 > bbox[3]) | (y1 < bbox[1]))
+        if interval is not None and {"start_datetime", "end_datetime"} <= set(self.manifest.column_names):
+            from ._search import _as_us
+
+            start, end = (_as_us(self.manifest.column(n).fill_null(0)) for n in ("start_datetime", "end_datetime"))
+            if interval[0] is not None:
+                keep &= end >= interval[0]
+            if interval[1] is not None:
+                keep &= start <= interval[1]
+        return [int(i) for i in np.flatnonzero(keep)]
+
     @property
     def num_rows(self) -> int:
         return int(sum(self.manifest.column("rows").to_pylist()))

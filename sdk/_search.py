@@ -546,19 +546,24 @@ class Searcher:
             return self.search_file(index, queries, metric=metric, k=k, mode=mode, candidates=candidates,
                                     rows=rows, **options)
 
-        for index in self.file_indexes:  # caches are built one at a time (they write files)
+        # Files whose manifest extent misses the filter are never decoded (nor fetched, at a URL).
+        overlapping = set(self.product.files_overlapping(bbox, interval))
+        indexes = [i for i in self.file_indexes if i in overlapping]
+        for index in indexes:  # caches are built one at a time (they write files)
             self.cache(index)
-        threads = min(len(self.file_indexes), len(os.sched_getaffinity(0)))
+        threads = min(len(indexes), len(os.sched_getaffinity(0)))
         if mode != "int8" or threads < 2:
             # BLAS already spreads an exact scan over the cores; faiss scans measured slower from
             # several Python threads than one after the other.
-            per_file = [one_file(index) for index in self.file_indexes]
+            per_file = [one_file(index) for index in indexes]
         else:
             # numkong's int8 scan runs on one core and releases the GIL: one file a thread.
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(threads) as pool:
-                per_file = list(pool.map(one_file, self.file_indexes))
+                per_file = list(pool.map(one_file, indexes))
+        if not per_file:
+            return [Hits.empty() for _ in range(len(queries))]
         return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests import factories
@@ -15,12 +16,17 @@ from tests.servers import RangeHTTPServer, S3Server, upload
 def served(tmp_path_factory):
     """(local product, {'s3': its s3:// URL, 'http': its http:// URL}, {'s3': server, 'http': server}).
 
-    4,000 chips in 8 data files of 5 row groups each, with an int8 index asset; remote caches go to a
+    4,000 chips in 8 data files (strips west to east) of 5 row groups each, with an int8 index asset; remote caches go to a
     temporary user cache folder (XDG_CACHE_HOME)."""
     import eoembed
 
     root = tmp_path_factory.mktemp("served")
-    local = factories.write(root / "p", n=4000, dim=256, max_rows_per_file=500, row_group_size=100)
+    chips = factories.chips(4000, 256)
+    order = np.argsort(chips["bounds"][:, 0], kind="stable")  # west to east: each data file is a strip
+    chips = {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] if isinstance(v, list) else v
+             for k, v in chips.items()}
+    local = eoembed.write_product(root / "p", chips, model=factories.model_contract(256), normalize=True,
+                                  max_rows_per_file=500, row_group_size=100)
     eoembed.open(local).build_index(kind="int8")
     s3 = S3Server().start()
     http = RangeHTTPServer(root).start()

@@ -64,6 +64,21 @@ def test_bbox_query_reads_a_small_fraction_of_a_remote_product(remote):
     assert read < 0.15 * size
 
 
+def test_bbox_search_fetches_only_the_files_the_manifest_says_meet_it(remote, tmp_path, monkeypatch):
+    local_path, url, server = remote
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a cold cache: what the search fetches is counted
+    local = eoembed.open(local_path)
+    xmin, ymin, xmax, ymax = local.bbox
+    box = (xmin, ymin, xmin + (xmax - xmin) * 0.05, ymax)  # the west strip
+    there = eoembed.open(url)
+    assert there.files_overlapping(box) == local.files_overlapping(box) and len(local.files_overlapping(box)) < 3
+    server.counter.reset()
+    query = local.to_numpy()[0]
+    assert there.search(query, k=5, bbox=box).equals(local.search(query, k=5, bbox=box))
+    print(f"\n{url}: bbox search {server.counter.bytes} B of {total_bytes(local_path)} B")
+    assert server.counter.bytes < 0.3 * total_bytes(local_path)
+
+
 def test_caches_of_a_remote_product_live_in_the_user_cache_folder(served, tmp_path):
     import os
 
@@ -141,3 +156,23 @@ def test_hrefs_of_a_remote_product_stay_inside_its_prefix(served):
     for href in ("../other/collection.json", "data/../../x", "s3://products/x", "/abs"):
         with pytest.raises(UnsafePathError):
             inside(root, href, where="test")
+
+
+@pytest.mark.slow
+def test_fewshot_and_predict_on_a_remote_real_product(served, nc_stats_product, shared_data, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tests.conftest import NC_CHIP_LABELS
+    from tests.servers import upload
+
+    upload(nc_stats_product, "s3://products/nc")
+    labels = dict(label_field="class_name", drop_classes=["agriculture"], shots=[1, 5], episodes=20, seed=0)
+    near = eoembed.fewshot_product(nc_stats_product, shared_data / NC_CHIP_LABELS, **labels)
+    far = eoembed.fewshot_product("s3://products/nc", shared_data / NC_CHIP_LABELS, **labels)
+    assert far.to_dict() == near.to_dict()
+    tables = []
+    for source, name in ((nc_stats_product, "near"), ("s3://products/nc", "far")):
+        product = eoembed.open(source)
+        joined = eoembed.join_labels(product, shared_data / NC_CHIP_LABELS, label_field="class_name")
+        tables.append(pq.read_table(eoembed.predict(product, joined, out=tmp_path / f"{name}.parquet", method="knn")))
+    assert tables[0].select(["chip_id", "class"]).equals(tables[1].select(["chip_id", "class"]))
