@@ -23,24 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the loopback servers of the tests
 
 QUERY = ("SELECT chip_id FROM embeddings WHERE bbox.xmin >= ? AND bbox.xmax <= ? AND bbox.ymin >= ? "
          "AND bbox.ymax <= ?")
-
-
-def write(path: Path, *, rows: int, dim: int, files: int, row_group: int) -> Path:
-    import eoembed
-    from tests import factories
-
-    chips = factories.chips(rows, dim)
-    order = np.argsort(chips["bounds"][:, 0], kind="stable")
-    chips = {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] if isinstance(v, list) else v
-             for k, v in chips.items()}
-    return eoembed.write_product(path, chips, model=factories.model_contract(dim), normalize=True,
-                                 max_rows_per_file=-(-rows // files), row_group_size=row_group)
 
 
 def measure(counter, action) -> tuple[float, int]:
@@ -63,7 +49,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="eoembed-remote-") as folder:
         root = Path(folder)
-        local = write(root / "served" / "p", rows=args.rows, dim=args.dim, files=args.files, row_group=args.row_group)
+        from tests import factories
+
+        local = factories.write_strips(root / "served" / "p", n=args.rows, dim=args.dim, files=args.files,
+                                       row_group_size=args.row_group)
         size = total_bytes(local)
         s3, http = S3Server().start(), RangeHTTPServer(root / "served").start()
         os.environ.update(s3.environment(), XDG_CACHE_HOME=str(root / "cache"))

@@ -32,7 +32,23 @@ class _Counter:
             self.bytes = self.requests = 0
 
 
-class S3Server:
+class _Served:
+    """A server running in a daemon thread: ``start`` returns it, ``stop`` shuts it and its socket."""
+
+    _server: Any
+
+    def start(self):
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+class S3Server(_Served):
     """moto's S3 on 127.0.0.1 (a free port), its responses' body bytes counted by a WSGI wrapper."""
 
     def __init__(self) -> None:
@@ -43,7 +59,6 @@ class S3Server:
         self.counter = _Counter()
         app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", 0, self._counting(app), threaded=True, request_handler=MotoRequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.endpoint = f"http://127.0.0.1:{self._server.server_port}"
 
     def _counting(self, app):
@@ -62,20 +77,10 @@ class S3Server:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def start(self) -> "S3Server":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-class RangeHTTPServer:
+class RangeHTTPServer(_Served):
     """Files of ``root`` over HTTP on 127.0.0.1: GET and HEAD, single byte ranges (206 with
     Content-Range, 416 when unsatisfiable), no directory listings."""
 
@@ -137,17 +142,7 @@ class RangeHTTPServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> "RangeHTTPServer":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 def upload(folder: Path, url: str) -> None:

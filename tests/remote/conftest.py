@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests import factories
@@ -21,12 +20,7 @@ def served(tmp_path_factory):
     import eoembed
 
     root = tmp_path_factory.mktemp("served")
-    chips = factories.chips(4000, 256)
-    order = np.argsort(chips["bounds"][:, 0], kind="stable")  # west to east: each data file is a strip
-    chips = {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] if isinstance(v, list) else v
-             for k, v in chips.items()}
-    local = eoembed.write_product(root / "p", chips, model=factories.model_contract(256), normalize=True,
-                                  max_rows_per_file=500, row_group_size=100)
+    local = factories.write_strips(root / "p", n=4000, dim=256, files=8, row_group_size=100)
     eoembed.open(local).build_index(kind="int8")
     s3 = S3Server().start()
     http = RangeHTTPServer(root).start()
