@@ -21,7 +21,7 @@ from . import _quantize
 from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
 from ._paths import inside, is_url
-from ._store import is_remote, location, open_input, read_metadata, size_of
+from ._store import location, open_input, read_metadata, size_of
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
@@ -40,9 +40,9 @@ def _compatibility(version: str) -> tuple[str, ...]:
 
 
 def _resolve(path: str | os.PathLike):
-    if is_remote(path):
-        return _resolve_remote(location(path))
-    path = Path(path)
+    path = location(path)  # a local Path, or a UPath for a URL (StoreError for an unknown scheme)
+    if not isinstance(path, Path):
+        return _resolve_remote(path)
     if path.is_file() and path.name == "collection.json":
         path = path.parent
     if not path.exists():

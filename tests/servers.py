@@ -145,17 +145,18 @@ class RangeHTTPServer(_Served):
         self.url = f"http://127.0.0.1:{self._server.server_port}"
 
 
-def upload(folder: Path, url: str) -> None:
-    """Put every file of ``folder`` under the s3:// ``url`` (the bucket is created when absent)."""
-    import s3fs
+def upload(folder: Path, url: str, *, public: bool = False) -> None:
+    """Put every file of ``folder`` under the s3:// ``url`` (the bucket is created when absent);
+    ``public`` makes the bucket and its objects readable without credentials."""
+    import boto3
 
-    fs = s3fs.S3FileSystem()
-    bucket = url.split("://", 1)[1].split("/", 1)[0]
-    if not fs.exists(bucket):
-        fs.mkdir(bucket)
+    client = boto3.client("s3")
+    bucket, _, prefix = url.split("://", 1)[1].partition("/")
+    if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=bucket, **({"ACL": "public-read"} if public else {}))
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        fs.put_file(str(path), f"{url.split('://', 1)[1]}/{path.relative_to(folder).as_posix()}")
-    fs.invalidate_cache()
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder).as_posix()}", Body=path.read_bytes(),
+                          **({"ACL": "public-read"} if public else {}))
 
 
 def total_bytes(folder: Path) -> int:

@@ -176,3 +176,29 @@ def test_fewshot_and_predict_on_a_remote_real_product(served, nc_stats_product, 
         joined = eoembed.join_labels(product, shared_data / NC_CHIP_LABELS, label_field="class_name")
         tables.append(pq.read_table(eoembed.predict(product, joined, out=tmp_path / f"{name}.parquet", method="knn")))
     assert tables[0].select(["chip_id", "class"]).equals(tables[1].select(["chip_id", "class"]))
+
+
+def test_a_public_bucket_is_read_anonymously_without_credentials(served, tmp_path, monkeypatch):
+    from tests.servers import upload
+
+    local_path, _, _ = served
+    upload(local_path, "s3://public/p", public=True)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    there = eoembed.open("s3://public/p")
+    assert there.path.storage_options.get("anon") is True
+    assert there.sql("SELECT count(*) AS n FROM embeddings").column("n").to_pylist() == [4000]
+    assert np.array_equal(there.to_numpy()[:10], eoembed.open(local_path).to_numpy()[:10])
+
+
+@pytest.mark.parametrize("url, package", [("gs://bucket/p", "gcsfs"), ("az://container/p", "adlfs")])
+def test_a_store_without_its_package_names_it(url, package):
+    with pytest.raises(eoembed.MissingDependencyError, match=f"pip install {package}"):
+        eoembed.open(url)
+
+
+def test_an_unknown_scheme_is_refused():
+    with pytest.raises(StoreError, match="ftp://host/p"):
+        eoembed.open("ftp://host/p")
