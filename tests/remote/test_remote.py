@@ -133,6 +133,10 @@ def test_cli_copies_and_queries_a_remote_product(served, tmp_path, capsys):
     assert "copied" in capsys.readouterr().out
     assert main(["query", "s3://copies/cli", "SELECT count(*) AS n FROM embeddings"]) == 0
     assert "4000" in capsys.readouterr().out
+    assert main(["info", "s3://copies/cli", "--verify"]) == 0
+    assert "s3://copies/cli" in capsys.readouterr().out
+    assert eoembed.open("s3://copies/cli").model_weights == eoembed.open(local_path).model_weights
+    assert main(["validate", "s3://copies/cli"]) == 0
     assert main(["info", "s3://copies/nothing-here"]) == 2
     assert "not an eoembed product" in capsys.readouterr().err
 
