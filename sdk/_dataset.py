@@ -37,8 +37,9 @@ def _check_columns(product: "Product", columns: Sequence[str]) -> list[str]:
 def _selection(product: "Product", searcher: Searcher, bbox, interval, where, params) -> tuple[np.ndarray, np.ndarray]:
     """(file, row) of every row passing the filters, in product order."""
     where_map = where_rows(product, where, params) if where else None
-    files, rows = [], []
-    for index in searcher.file_indexes:
+    files, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    overlapping = set(product.files_overlapping(bbox, interval))  # the others are never decoded
+    for index in (i for i in searcher.file_indexes if i in overlapping):
         cache = searcher.cache(index)
         selected = _rows_in(cache, bbox, interval)
         if selected is None:
@@ -85,7 +86,7 @@ class StreamingEmbeddingDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
         worker = get_worker_info()
-        indexes = range(len(self.product.files))
+        indexes = self.product.files_overlapping(self.bbox, self.interval)  # the others hold no row to yield
         if worker is not None:
             indexes = indexes[worker.id :: worker.num_workers]
         for index in indexes:

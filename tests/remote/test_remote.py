@@ -64,7 +64,7 @@ def test_bbox_query_reads_a_small_fraction_of_a_remote_product(remote):
     assert read < 0.15 * size
 
 
-def test_bbox_search_fetches_only_the_files_the_manifest_says_meet_it(remote, tmp_path, monkeypatch):
+def test_bbox_search_and_dataset_fetch_only_the_files_the_manifest_says_meet_it(remote, tmp_path, monkeypatch):
     local_path, url, server = remote
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # a cold cache: what the search fetches is counted
     local = eoembed.open(local_path)
@@ -75,7 +75,9 @@ def test_bbox_search_fetches_only_the_files_the_manifest_says_meet_it(remote, tm
     server.counter.reset()
     query = local.to_numpy()[0]
     assert there.search(query, k=5, bbox=box).equals(local.search(query, k=5, bbox=box))
-    print(f"\n{url}: bbox search {server.counter.bytes} B of {total_bytes(local_path)} B")
+    assert len(there.dataset(bbox=box)) == len(local.dataset(bbox=box)) > 0
+    assert len(list(there.dataset(bbox=box, streaming=True))) == len(local.dataset(bbox=box))
+    print(f"\n{url}: bbox search + two datasets {server.counter.bytes} B of {total_bytes(local_path)} B")
     assert server.counter.bytes < 0.3 * total_bytes(local_path)
 
 
