@@ -54,6 +54,7 @@ from ._errors import (
     UnknownImporterError,
     UnsafePathError,
 )
+from ._copy import copy
 from ._embed2scale import read_embed2scale, write_embed2scale
 from ._exchange import append, merge, subset
 from ._fewshot import FewShotReport, fewshot, fewshot_product
@@ -123,6 +124,7 @@ __all__ = [
     "fewshot_product",
     "fit_quantization",
     "get_grid",
+    "copy",
     "import_product",
     "join_labels",
     "list_grids",

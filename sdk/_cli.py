@@ -703,6 +703,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the result to this file")
     p.set_defaults(func=_query)
 
+    p = sub.add_parser("copy", help="copy a product between folders and object stores (s3://...), either way; "
+                       "checksums checked, collection.json written last")
+    p.add_argument("source")
+    p.add_argument("target")
+    p.add_argument("--overwrite", action="store_true", help="replace a product already at the target")
+    p.set_defaults(func=_copy)
+
     p = sub.add_parser("info", help="summarise a product's metadata")
     p.add_argument("path")
     p.add_argument("--verify", action="store_true", help="also check every data file's SHA-256 against the manifest")
@@ -770,6 +777,14 @@ def value_options(parser: argparse.ArgumentParser) -> set[str]:
         elif action.option_strings and action.nargs != 0:
             found.update(action.option_strings)
     return found
+
+
+def _copy(args) -> int:
+    from ._copy import copy
+
+    done = copy(args.source, args.target, overwrite=args.overwrite)
+    print(f"copied {done['files']} files ({done['bytes']} bytes) from {done['source']} to {done['target']}")
+    return 0
 
 
 def join_negative_values(argv: Sequence[str], options: set[str]) -> list[str]:

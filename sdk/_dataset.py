@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 from ._damage import reading
 from ._errors import SearchError
 from ._optional import require
+from ._search import Searcher, _rows_in, metadata_rows, parse_bbox, parse_datetime, where_rows
+from ._store import open_input
 
 torch = require("torch", extra="learn")
 from torch.utils.data import Dataset, IterableDataset, get_worker_info  # noqa: E402  after the install hint
-from ._search import Searcher, _rows_in, metadata_rows, parse_bbox, parse_datetime, where_rows
 
 if TYPE_CHECKING:
     from ._read import Product
@@ -38,8 +39,9 @@ def _check_columns(product: "Product", columns: Sequence[str]) -> list[str]:
 def _selection(product: "Product", searcher: Searcher, bbox, interval, where, params) -> tuple[np.ndarray, np.ndarray]:
     """(file, row) of every row passing the filters, in product order."""
     where_map = where_rows(product, where, params) if where else None
-    files, rows = [], []
-    for index in searcher.file_indexes:
+    files, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    overlapping = set(product.files_overlapping(bbox, interval))  # the others are never decoded
+    for index in (i for i in searcher.file_indexes if i in overlapping):
         cache = searcher.cache(index)
         selected = _rows_in(cache, bbox, interval)
         if selected is None:
@@ -86,7 +88,7 @@ class StreamingEmbeddingDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
         worker = get_worker_info()
-        indexes = range(len(self.product.files))
+        indexes = self.product.files_overlapping(self.bbox, self.interval)  # the others hold no row to yield
         if worker is not None:
             indexes = indexes[worker.id :: worker.num_workers]
         for index in indexes:
@@ -97,7 +99,7 @@ class StreamingEmbeddingDataset(IterableDataset):
         from ._search import _as_us, _time_columns
 
         path = self.product.files[index]
-        handle = pq.ParquetFile(path, pre_buffer=False)
+        handle = pq.ParquetFile(open_input(path), pre_buffer=False)
         times = _time_columns(handle.schema_arrow)
         wanted = list(dict.fromkeys(self.product._vector_columns() + ["bbox"] + times + self.columns))
         first = 0

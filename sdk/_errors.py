@@ -208,3 +208,7 @@ class TimeFormatError(EoembedError, ValueError):
 
 class DuplicateChipError(EoembedError, ValueError):
     """Products to combine hold the same chip id; the message names one, counts them and gives the rule that resolves them."""
+
+
+class StoreError(EoembedError, OSError):
+    """A product location (URL) cannot be reached: unknown scheme, no access, or a failed transfer."""

@@ -141,6 +141,22 @@ def _index_asset(product: "Product", file_index: int, key: str) -> tuple[Path, d
     return inside(product.path, asset.get("href"), base=base, where=f"{item_path} assets.{key}"), asset["eoembed:index"]
 
 
+def _local_copy(product: "Product", path, meta: dict[str, Any]) -> Path:
+    """``path`` itself when local; an index asset of a product at a URL is fetched once into the
+    product's cache in the user's cache folder (keyed by the manifest), never written to the product."""
+    if isinstance(path, Path):
+        return path
+    from ._search import cache_dir
+
+    target = cache_dir(product) / "indexes" / f"{meta.get('data_sha256', '')[:16]}-{path.name}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        path.fs.get_file(path.path, str(partial))
+        os.replace(partial, target)
+    return target
+
+
 def load_index(product: "Product", file_index: int, *, kind: str, metric: str):
     """The index of one data file when its item declares a current one, else None."""
     found = _index_asset(product, file_index, asset_key(kind, metric))
@@ -149,8 +165,9 @@ def load_index(product: "Product", file_index: int, *, kind: str, metric: str):
     path, meta = found
     rows = int(product.manifest.column("rows")[file_index].as_py())
     with reading(path):
+        local = _local_copy(product, path, meta)
         if kind in ("int8", "binary"):
-            codes = np.load(path, mmap_mode="r" if kind == "int8" else None, allow_pickle=False)
+            codes = np.load(local, mmap_mode="r" if kind == "int8" else None, allow_pickle=False)
             width = product.dim if kind == "int8" else product.dim // 8
             if codes.shape != (rows, width) or codes.dtype != (np.int8 if kind == "int8" else np.uint8):
                 raise damaged(path, f"holds {codes.dtype} codes of shape {codes.shape}; the {kind} index of "
@@ -158,7 +175,7 @@ def load_index(product: "Product", file_index: int, *, kind: str, metric: str):
             return (codes, float(meta["scale"])) if kind == "int8" else codes
         faiss = require("faiss", extra="search")
 
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(local))
     if index.ntotal != rows or index.d != product.dim:
         raise damaged(path, f"indexes {index.ntotal} vectors of dimension {index.d}; "
                       f"{product.files[file_index]} holds {rows} of dimension {product.dim}")

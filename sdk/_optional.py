@@ -22,6 +22,7 @@ EXTRAS = {
     "fewshot": "label files (vector geometries) and few-shot evaluation",
     "zarr": "Zarr data cubes as producer inputs",
     "pandas": "pandas DataFrames (to_pandas)",
+    "remote": "products read where they live (s3://, https://)",
 }
 
 

@@ -7,6 +7,7 @@ says, a reader never follows it out of the product folder (spec Section 9).
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -26,7 +27,7 @@ def _real(root: str) -> Path:
     return Path(os.path.realpath(root))  # once per product folder: readers resolve many hrefs in it
 
 
-def inside(root: Path, href: object, *, base: str = "", where: str) -> Path:
+def inside(root, href: object, *, base: str = "", where: str) -> Path:
     """The file ``href`` (written in ``where``, relative to folder ``base`` of the product) names.
 
     Raises UnsafePathError for a non-string or empty href, a scheme, an absolute path, a backslash
@@ -40,6 +41,12 @@ def inside(root: Path, href: object, *, base: str = "", where: str) -> Path:
         raise UnsafePathError(f"{where}: href {href!r} has a scheme, so it points outside the product; {advice}")
     if href.startswith("/") or "\\" in href or "\0" in href:
         raise UnsafePathError(f"{where}: href {href!r} is an absolute or non-POSIX path; {advice}")
+    if not isinstance(root, Path):
+        # A product at a URL has no symbolic links: the normalised relative path is the whole check.
+        rel = posixpath.normpath(posixpath.join(base or ".", href))
+        if rel in (".", "..") or rel.startswith("../"):
+            raise UnsafePathError(f"{where}: href {href!r} leaves the product {root}; {advice}")
+        return root / rel
     real_root = _real(str(root))
     target = Path(os.path.realpath(real_root / base / PurePosixPath(href)))
     if not target.is_relative_to(real_root):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ._errors import MissingDependencyError, QueryError, SqlRefusedError
+from ._store import url
 
 if TYPE_CHECKING:
     import duckdb
@@ -151,7 +152,7 @@ def create_view(con: "duckdb.DuckDBPyConnection", *, name: str, files: Sequence[
     options = ", union_by_name = true" + (", filename = true, file_row_number = true" if row_ids else "")
     con.execute(
         f'CREATE OR REPLACE VIEW "{name}" AS SELECT * EXCLUDE (embedding), {dequantize_sql(quant)} AS embedding, '
-        f"embedding AS embedding_stored FROM read_parquet({_string_list(files)}{options})"
+        f"embedding AS embedding_stored FROM read_parquet({_string_list([url(f) for f in files])}{options})"
     )
 
 
@@ -162,11 +163,14 @@ def open_views(views: Mapping[str, "Product"], *, row_ids: bool = False) -> "duc
     off and the configuration locked: no query reads or writes another file, fetches a URL, loads an
     extension or changes a setting. A product joins an open sandbox only by opening a new one.
     """
+    from ._store import configure_duckdb
+
     con = connect()
     try:
+        configure_duckdb(con, [path for product in views.values() for path in product.files])
         for name, product in views.items():
             create_view(con, name=name, files=product.files, quant=product.quantization, row_ids=row_ids)
-        files = sorted({str(path) for product in views.values() for path in product.files})
+        files = sorted({url(path) for product in views.values() for path in product.files})
         con.execute(f"SET allowed_paths = {_string_list(files)}")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

@@ -22,6 +22,7 @@ from ._damage import damaged, read_json, reading
 from ._errors import ProductNotFoundError, SpecError
 from ._optional import require
 from ._paths import inside, is_url
+from ._store import location, open_input, read_metadata, size_of
 from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
@@ -39,8 +40,10 @@ def _compatibility(version: str) -> tuple[str, ...]:
     return tuple(parts[:2]) if parts[0] == "0" else tuple(parts[:1])
 
 
-def _resolve(path: str | os.PathLike) -> Path:
-    path = Path(path)
+def _resolve(path: str | os.PathLike):
+    path = location(path)  # a local Path, or a UPath for a URL (StoreError for an unknown scheme)
+    if not isinstance(path, Path):
+        return _resolve_remote(path)
     if path.is_file() and path.name == "collection.json":
         path = path.parent
     if not path.exists():
@@ -51,6 +54,25 @@ def _resolve(path: str | os.PathLike) -> Path:
         )
     if not (path / "collection.json").exists():
         raise ProductNotFoundError(f"{path} has no collection.json: it is not an eoembed product")
+    return path
+
+
+def _resolve_remote(path):
+    """A product at a URL: folders are only prefixes there, so its collection.json decides."""
+    from ._errors import StoreError
+
+    if path.name == "collection.json":
+        path = path.parent
+    if STAGING_MARK in path.name:
+        raise ProductNotFoundError(f"{path} is a half-written staging folder of an interrupted write, not a product")
+    try:
+        found = size_of(path / "collection.json") is not None
+    except Exception as error:  # the store's own errors (access denied, unreachable endpoint...)
+        raise StoreError(f"{path} cannot be reached ({type(error).__name__}: {error}); check the URL, "
+                         "the credentials (AWS_*, profiles) and AWS_ENDPOINT_URL") from error
+    if not found:
+        raise ProductNotFoundError(f"{path} has no collection.json: it is not an eoembed product (or not yet: "
+                                   "a copy writes it last)")
     return path
 
 
@@ -67,9 +89,10 @@ def _footer_of(path: Path, schema: pa.Schema) -> dict[str, Any]:
 
 def read_footer(path: str | os.PathLike) -> dict[str, Any]:
     """The ``eoembed`` footer object of one data file (raises SpecError when absent)."""
+    path = location(path)
     with reading(path):
-        schema = pq.read_schema(path)
-    return _footer_of(Path(path), schema)
+        schema = read_metadata(path).schema.to_arrow_schema()
+    return _footer_of(path, schema)
 
 
 def conform(data: pa.RecordBatch | pa.Table, schema: pa.Schema) -> pa.RecordBatch | pa.Table:
@@ -133,23 +156,23 @@ class Product:
         manifest = self.manifest
         schemas = []
         for index, path in enumerate(self.files):
-            if not path.exists():
+            size = size_of(path)
+            if size is None:
                 raise ProductNotFoundError(f"{path} is listed in the manifest but missing; the product is incomplete")
             expected = {name: manifest.column(name)[index].as_py() for name in ("rows", "bytes", "sha256")}
             where = f"{self.path / MANIFEST} row {index}"
-            size = path.stat().st_size
             if size != expected["bytes"]:
                 raise damaged(path, f"has {size} bytes, but {where} says {expected['bytes']} (truncated or replaced?)")
             if verify and sha256_file(path) != expected["sha256"]:
                 raise damaged(path, f"has another SHA-256 than {where} says ({expected['sha256']})")
             with reading(path):
-                handle = pq.ParquetFile(path)
-                rows, schema = handle.metadata.num_rows, handle.schema_arrow
+                metadata = read_metadata(path)
+                rows, schema = metadata.num_rows, metadata.schema.to_arrow_schema()
             if rows != expected["rows"]:
                 raise damaged(path, f"holds {rows} rows, but {where} says {expected['rows']}")
             footer = _footer_of(path, schema)
             self._check_columns(path, schema)
-            self._check_statistics(path, handle.metadata)
+            self._check_statistics(path, metadata)
             for section in ("spec_version", "license", "model", "embedding", "grid"):
                 if footer.get(section) != self.metadata.get(section):
                     if section == "model":
@@ -261,7 +284,7 @@ class Product:
         """One row per data file (path, rows, bytes, sha256...), checked: no nulls, no repeated path."""
         path = self.path / MANIFEST
         with reading(path):
-            table = pq.read_table(path)
+            table = pq.read_table(open_input(path))
         for name, (is_type, spec_type) in _MANIFEST_COLUMNS.items():
             if name not in table.column_names:
                 raise damaged(path, f"lacks the REQUIRED column {name!r}", column=name)
@@ -291,6 +314,27 @@ class Product:
         manifest = self.path / MANIFEST
         return [inside(self.path, rel, where=f"{manifest} row {row}, column 'path'")
                 for row, rel in enumerate(self.manifest.column("path").to_pylist())]
+
+    def files_overlapping(self, bbox: Sequence[float] | None = None,
+                          interval: tuple[int | None, int | None] | None = None) -> list[int]:
+        """Indexes of the data files whose manifest extent meets ``bbox`` (xmin, ymin, xmax, ymax) and
+        ``interval`` (start, end in microseconds since 1970, None open): the only ones a filtered
+        read must open."""
+        keep = np.ones(self.manifest.num_rows, dtype=bool)
+        if bbox is not None and "bbox" in self.manifest.column_names:
+            box = self.manifest.column("bbox").combine_chunks()
+            x0, y0, x1, y1 = (np.asarray(box.field(n).fill_null(np.nan)) for n in ("xmin", "ymin", "xmax", "ymax"))
+            # A file without a stated extent (NaN) is kept: the comparisons below are False for it.
+            keep &= ~((x0 > bbox[2]) | (x1 < bbox[0]) | (y0 > bbox[3]) | (y1 < bbox[1]))
+        if interval is not None and {"start_datetime", "end_datetime"} <= set(self.manifest.column_names):
+            from ._search import _as_us
+
+            start, end = (_as_us(self.manifest.column(n).fill_null(0)) for n in ("start_datetime", "end_datetime"))
+            if interval[0] is not None:
+                keep &= end >= interval[0]
+            if interval[1] is not None:
+                keep &= start <= interval[1]
+        return [int(i) for i in np.flatnonzero(keep)]
 
     @property
     def num_rows(self) -> int:
@@ -332,7 +376,7 @@ class Product:
             first = 0
             with reading(path):
                 # No pre-buffering: it would load most of a file at once, and reads must stream.
-                handle = pq.ParquetFile(path, pre_buffer=False)
+                handle = pq.ParquetFile(open_input(path), pre_buffer=False)
                 for batch in handle.iter_batches(batch_size=batch_size, columns=list(columns) if columns else None):
                     yield path, first, batch
                     first += batch.num_rows
@@ -384,7 +428,7 @@ class Product:
         column = batch.column("embedding")
         if isinstance(column, pa.ChunkedArray):
             column = column.combine_chunks()
-        _check_vector_type(Path(source), column.type, quant)
+        _check_vector_type(source, column.type, quant)
         values = column.flatten()  # respects a slice's offset, where .values would not
         if column.null_count or values.null_count:
             nulls = np.asarray(column.is_null()) if column.null_count else \

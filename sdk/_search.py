@@ -9,6 +9,9 @@ and valid):
 * ``PARENT/.NAME.eoembed-cache/<key>/`` when the product's parent folder is writable, else
 * ``~/.cache/eoembed/<sha of the product path>/<key>/``;
 
+and for a product at a URL always the user's cache folder (platformdirs:
+``$EOEMBED_CACHE_DIR`` or ``<user cache dir>/eoembed/<sha of the URL>/<key>/``), never the product;
+
 ``<key>`` is the first 16 hex digits of the SHA-256 of ``manifest.parquet``: a rewritten product has
 a new manifest, so its cache is rebuilt (and stale keys are removed).
 
@@ -38,6 +41,7 @@ import pyarrow.parquet as pq
 from ._damage import reading
 from ._errors import ChipNotFoundError, DimensionMismatchError, SearchError
 from ._optional import require
+from ._store import open_input
 
 if TYPE_CHECKING:
     from ._read import Product
@@ -54,8 +58,10 @@ _CHUNK_ROWS = 1 << 18  # rows scored at once for batches of queries (bounds the 
 # -- cache --------------------------------------------------------------------------------------
 
 
-def _path_key(path: Path) -> str:
-    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+def _path_key(path) -> str:
+    from ._store import is_remote
+
+    return hashlib.sha256(str(path if is_remote(path) else path.resolve()).encode()).hexdigest()[:16]
 
 
 def cache_dir(product: "Product") -> Path:
@@ -66,6 +72,9 @@ def cache_dir(product: "Product") -> Path:
     env = os.environ.get("EOEMBED_CACHE_DIR")
     if env:
         root = Path(env) / _path_key(product.path)
+    elif not isinstance(product.path, Path):  # at a URL: the user's cache, keyed by the URL
+        platformdirs = require("platformdirs", extra="remote")
+        root = Path(platformdirs.user_cache_dir("eoembed")) / _path_key(product.path)
     elif os.access(product.path.parent, os.W_OK):
         root = product.path.parent / f".{product.path.name}.eoembed-cache"
     else:
@@ -126,7 +135,7 @@ def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
 
 
 def _decode_into(product: "Product", path: Path, target: Path) -> None:
-    handle = pq.ParquetFile(path, pre_buffer=False)
+    handle = pq.ParquetFile(open_input(path), pre_buffer=False)
     rows = handle.metadata.num_rows
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.npy")
     vectors = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(rows, product.dim))
@@ -537,19 +546,24 @@ class Searcher:
             return self.search_file(index, queries, metric=metric, k=k, mode=mode, candidates=candidates,
                                     rows=rows, **options)
 
-        for index in self.file_indexes:  # caches are built one at a time (they write files)
+        # Files whose manifest extent misses the filter are never decoded (nor fetched, at a URL).
+        overlapping = set(self.product.files_overlapping(bbox, interval))
+        indexes = [i for i in self.file_indexes if i in overlapping]
+        for index in indexes:  # caches are built one at a time (they write files)
             self.cache(index)
-        threads = min(len(self.file_indexes), len(os.sched_getaffinity(0)))
+        threads = min(len(indexes), len(os.sched_getaffinity(0)))
         if mode != "int8" or threads < 2:
             # BLAS already spreads an exact scan over the cores; faiss scans measured slower from
             # several Python threads than one after the other.
-            per_file = [one_file(index) for index in self.file_indexes]
+            per_file = [one_file(index) for index in indexes]
         else:
             # numkong's int8 scan runs on one core and releases the GIL: one file a thread.
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(threads) as pool:
-                per_file = list(pool.map(one_file, self.file_indexes))
+                per_file = list(pool.map(one_file, indexes))
+        if not per_file:
+            return [Hits.empty() for _ in range(len(queries))]
         return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]
 
 
@@ -593,7 +607,7 @@ def _chip_rows(searcher: Searcher, chip_ids: Sequence[str]) -> dict[str, tuple[i
     found: dict[str, tuple[int, int]] = {}
     for index in searcher.file_indexes:
         with reading(searcher.product.files[index], column="chip_id"):
-            column = pq.read_table(searcher.product.files[index], columns=["chip_id"]).column("chip_id")
+            column = pq.read_table(open_input(searcher.product.files[index]), columns=["chip_id"]).column("chip_id")
         for row in np.flatnonzero(np.asarray(pc.is_in(column, value_set=wanted))):
             found.setdefault(column[int(row)].as_py(), (index, int(row)))
         if len(found) == len(wanted):

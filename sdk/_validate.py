@@ -105,8 +105,15 @@ class Report:
 def validate(path: str | Path, *, max_errors: int | None = None, check_checksums: bool = True) -> Report:
     """Validate a product folder, its ``collection.json`` or a single data file.
 
-    Raises :class:`ProductNotFoundError` when ``path`` does not exist or is not any of those.
+    Raises :class:`ProductNotFoundError` when ``path`` does not exist or is not any of those. A URL
+    (``s3://``, ``https://``...) is fetched into a temporary folder first: the checks read every byte.
     """
+    from ._store import is_remote
+
+    if is_remote(path):
+        from ._copy import validate_remote
+
+        return validate_remote(path, max_errors=max_errors, check_checksums=check_checksums)
     path = Path(path)
     if not path.exists():
         raise ProductNotFoundError(f"{path} does not exist")

@@ -82,7 +82,7 @@ def crs84_projjson() -> dict[str, Any]:
 
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:  # a local Path or a remote UPath
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -99,3 +99,16 @@ def replace_data_file(root: Path, rel: str, transform: Callable[[pa.Table], pa.T
     item["assets"]["embeddings"].update({"file:size": path.stat().st_size, "file:checksum": "1220" + sha256_of(path)})
     item["properties"]["table:row_count"] = out.num_rows
     item_path.write_text(json.dumps(item))
+
+
+def write_strips(path: Path, *, n: int, dim: int, files: int, row_group_size: int) -> Path:
+    """A product of ``n`` chips in ``files`` data files, each a west-to-east strip (rows sorted by
+    longitude before the writer splits them), as a producer's per-scene files are spatially compact."""
+    import eoembed
+
+    batch = chips(n, dim)
+    order = np.argsort(batch["bounds"][:, 0], kind="stable")
+    batch = {k: v[order] if isinstance(v, np.ndarray) else [v[i] for i in order] if isinstance(v, list) else v
+             for k, v in batch.items()}
+    return eoembed.write_product(path, batch, model=model_contract(dim), normalize=True,
+                                 max_rows_per_file=-(-n // files), row_group_size=row_group_size)
