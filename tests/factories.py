@@ -89,6 +89,8 @@ def set_manifest(root: Path, index: int, **values: Any) -> None:
 def replace_data_file(root: Path, rel: str, transform: Callable[[pa.Table], pa.Table]) -> None:
     """Rewrite one data file through ``transform`` (which keeps the footer metadata unless it means to
     change it) and update the manifest and item to the new file, so only what the transform changed is wrong."""
+    from eoembed._stac import _table_columns as table_columns
+
     path = root / rel
     out = transform(pq.read_table(path))
     pq.write_table(out, path, row_group_size=64)
@@ -98,6 +100,7 @@ def replace_data_file(root: Path, rel: str, transform: Callable[[pa.Table], pa.T
     item = json.loads(item_path.read_text())
     item["assets"]["embeddings"].update({"file:size": path.stat().st_size, "file:checksum": "1220" + sha256_of(path)})
     item["properties"]["table:row_count"] = out.num_rows
+    item["properties"]["table:columns"] = table_columns(out.schema)  # the item states the file's columns
     item_path.write_text(json.dumps(item))
 
 
