@@ -26,7 +26,9 @@ def _sample(product: "Product", rows: int, seed: int, *, groups: int = 4) -> np.
     of a large product, and not only the first (spatially ordered) rows."""
     import pyarrow.parquet as pq
 
-    handles = [pq.ParquetFile(path) for path in product.files]
+    from ._store import open_input
+
+    handles = [pq.ParquetFile(open_input(path), pre_buffer=False) for path in product.files]
     where = [(h, g) for h in handles for g in range(h.metadata.num_row_groups)]
     picks = np.unique(np.linspace(0, len(where) - 1, num=min(groups, len(where))).round().astype(int))
     vectors = np.concatenate([product.decode(where[i][0].read_row_group(where[i][1], columns=product._vector_columns()))

@@ -106,9 +106,10 @@ def _writer(template: "Product", out: str | os.PathLike, *, overwrite: bool, sam
 
 
 def _parquet(path: Any) -> pq.ParquetFile:
-    """One data file, opened for reading its footer and chosen row groups: the one place that opens
-    them, so that a product read from elsewhere than the local disk needs only this changed."""
-    return pq.ParquetFile(path, pre_buffer=False)
+    """One data file, opened for reading its footer and chosen row groups (range reads at a URL)."""
+    from ._store import open_input
+
+    return pq.ParquetFile(open_input(path), pre_buffer=False)
 
 
 def _statistics(metadata: pq.FileMetaData, group: int, column: int | None) -> tuple[Any, Any] | None:
@@ -220,7 +221,7 @@ def _combined_rows(product: "Product", index: int, keep: np.ndarray, target: "Pr
 
 
 def _stem(product: "Product", index: int) -> str:
-    return Path(product.files[index]).stem
+    return product.files[index].stem  # a Path, or a UPath at a URL
 
 
 def subset(product: "Product | str | os.PathLike", *, out: str | os.PathLike, bbox: Any = None, datetime: Any = None,
@@ -239,10 +240,12 @@ def subset(product: "Product | str | os.PathLike", *, out: str | os.PathLike, bb
     source = _open(product)
     box, interval = parse_bbox(bbox), parse_datetime(datetime)
     kept = where_rows(source, where, params) if where else None
+    # Files whose manifest extent misses the bbox are not opened (at a URL, not even their footer).
+    candidates = set(source.files_overlapping(box)) if box is not None else set(range(len(source.files)))
     writer = _writer(source, out, overwrite=overwrite)
     with writer:
         for index in range(len(source.files)):
-            if kept is not None and index not in kept:
+            if index not in candidates or kept is not None and index not in kept:
                 continue
             table = read_selected(source, index, bbox=box, interval=interval, rows=None if kept is None else kept[index])
             if table is not None and table.num_rows:

@@ -59,12 +59,11 @@ def location(path: str | os.PathLike | Any) -> Location:
         return path  # already a UPath
     scheme = urlsplit(path).scheme.lower()
     package = SCHEMES[scheme]
-    require("upath", extra="remote")
+    UPath = require("upath", extra="remote").UPath
     try:
         importlib.import_module(package)
-    except ImportError as error:
-        extra = "remote" if package in ("s3fs", "aiohttp") else None
-        hint = f"pip install 'eoembed[remote]'" if extra else f"pip install 'eoembed[remote]' {package}"
+    except ImportError as error:  # [remote] brings s3fs and aiohttp; gs:// and az:// need one more package
+        hint = "pip install 'eoembed[remote]'" + ("" if package in ("s3fs", "aiohttp") else f" {package}")
         raise MissingDependencyError(f"reading {path} needs the Python package {package!r}: {hint}") from error
     options = _s3_options() if scheme == "s3" else {}
     return UPath(path.rstrip("/"), **options)

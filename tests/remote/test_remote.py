@@ -201,10 +201,30 @@ def test_a_public_bucket_is_read_anonymously_without_credentials(served, tmp_pat
 
 @pytest.mark.parametrize("url, package", [("gs://bucket/p", "gcsfs"), ("az://container/p", "adlfs")])
 def test_a_store_without_its_package_names_it(url, package):
-    with pytest.raises(eoembed.MissingDependencyError, match=f"pip install {package}"):
+    with pytest.raises(eoembed.MissingDependencyError, match=rf"needs the Python package .{package}.: pip install .eoembed\[remote\]. {package}"):
         eoembed.open(url)
 
 
 def test_an_unknown_scheme_is_refused():
     with pytest.raises(StoreError, match="ftp://host/p"):
         eoembed.open("ftp://host/p")
+
+
+def test_subset_of_a_remote_product_equals_the_local_subset_and_reads_only_its_row_groups(remote, tmp_path):
+    local_path, url, server = remote
+    local = eoembed.open(local_path)
+    xmin, ymin, xmax, ymax = local.bbox
+    box = (xmin, ymin, xmin + (xmax - xmin) * 0.1, ymin + (ymax - ymin) * 0.1)
+    near = eoembed.subset(local_path, bbox=box, out=tmp_path / "near")
+    server.counter.reset()
+    far = eoembed.subset(url, bbox=box, out=tmp_path / "far")
+    read, size = server.counter.bytes, total_bytes(local_path)
+    assert eoembed.validate(tmp_path / "far").ok
+    mine, theirs = eoembed.open(tmp_path / "near"), eoembed.open(tmp_path / "far")
+    assert 0 < theirs.num_rows == mine.num_rows < local.num_rows
+    assert np.array_equal(theirs.to_numpy(), mine.to_numpy())
+    ids = "SELECT chip_id FROM embeddings ORDER BY chip_id"
+    assert theirs.sql(ids).equals(mine.sql(ids))
+    print(f"\n{url}: subset of {theirs.num_rows} chips read {read} B of {size} B ({read / size:.1%})")
+    assert read < 0.5 * size
+    del near, far
