@@ -42,7 +42,8 @@ def test_require_returns_the_module_or_names_the_extra(monkeypatch):
         _optional.require("faiss", extra="search")
     assert isinstance(caught.value, ImportError)
     assert _optional.available("faiss") is False and _optional.available("numpy") is True
-    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    for name in ("mpi4py", "mpi4py.MPI"):  # MPI may be imported already by an earlier test
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(eoembed.MissingDependencyError, match=r"'mpi4py'.*eoembed\[mpi\]"):
         _optional.require("mpi4py.MPI", extra="mpi")
 
