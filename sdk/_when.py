@@ -30,6 +30,14 @@ def _instant(text: str, *, end: bool) -> datetime | None:
     return value
 
 
+def parse_instant(text: str) -> datetime:
+    """One ISO 8601 instant in UTC (a time without a zone is UTC, a bare date its first instant)."""
+    value = _instant(text, end=False)
+    if value is None:
+        raise TimeFormatError(f"time {text!r} is empty: give e.g. 2020-05-18T13:30:00Z")
+    return value
+
+
 def parse_interval(text: str) -> tuple[datetime | None, datetime | None]:
     """``text`` as (start, end) in UTC; an instant gives start == end, a bare date its whole day."""
     start, _, stop = text.partition("/") if "/" in text else (text, "", text)

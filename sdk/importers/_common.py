@@ -337,11 +337,12 @@ def time_option(value: Any, *, path: Path, what: str) -> Any:
     """A datetime or (start, end) from an option (datetime, ISO text, 'START/END' or a year)."""
     from datetime import timezone
 
+    from .._when import parse_instant
+
     def one(text: Any) -> datetime:
         if isinstance(text, datetime):
             return text if text.tzinfo else text.replace(tzinfo=timezone.utc)
-        parsed = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return parse_instant(str(text))
 
     if value is None:
         raise SourceFormatError(f"{path} does not say when its {what} were observed; pass datetime=ISO or START/END "

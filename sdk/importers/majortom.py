@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from eoembed._errors import SourceFormatError
+from eoembed._when import parse_instant
 
 from ._common import GEO_REPAIRS, imported_contract, read_geo_source
 from ._registry import Importer, ImportPlan, ImportSession, register_importer
@@ -94,10 +95,11 @@ def _timestamp(path: Path, row: int, value: Any) -> datetime:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     text = str(value)
-    for parse in (lambda t: datetime.fromisoformat(t.replace("Z", "+00:00")), lambda t: datetime.strptime(t, "%Y%m%dT%H%M%S")):
-        try:
-            parsed = parse(text)
-        except ValueError:
-            continue
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-    raise SourceFormatError(f"{path} row {row}: timestamp {text!r} is not a time (expected ISO 8601 or YYYYMMDDTHHMMSS)")
+    try:
+        return parse_instant(text)
+    except ValueError:
+        pass
+    try:  # Major TOM's compact form
+        return datetime.strptime(text, "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise SourceFormatError(f"{path} row {row}: timestamp {text!r} is not a time (expected ISO 8601 or YYYYMMDDTHHMMSS)") from None
