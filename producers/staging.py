@@ -41,13 +41,18 @@ def committed_units(staging: Path) -> list[Path]:
     return sorted((staging / DATA_DIR).glob("u*.parquet"))
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of a process (clock ticks since boot); None where /proc has none."""
+def _process_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first); None where /proc has none."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return fields[19]
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (clock ticks since boot); None where /proc has none."""
+    fields = _process_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
 
 
 def _holder_alive(holder: Mapping[str, Any]) -> bool:
@@ -61,8 +66,11 @@ def _holder_alive(holder: Mapping[str, Any]) -> bool:
         return False
     except PermissionError:
         pass
+    fields = _process_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # a killed rank whose parent (the launcher) is gone stays a zombie until reaped: it runs no more
     recorded = holder.get("process_start")
-    return recorded is None or recorded == _process_start(pid)
+    return recorded is None or (fields is not None and len(fields) > 19 and recorded == fields[19])
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -109,8 +109,26 @@ def _holder(lock: Path) -> int | None:
         return None
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_for_ranks(ranks: dict[int, int], *, timeout_s: float = 60.0) -> None:
+    """The launcher may exit a moment before the ranks it aborted: a user's next command, like the test's,
+    comes after they are gone. A rank outliving its launcher by a minute is a hang, and fails the test."""
+    deadline = time.monotonic() + timeout_s
+    while any(_running(pid) for pid in ranks.values()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"ranks {ranks} still run {timeout_s:.0f} s after their launcher exited")
+        time.sleep(0.02)
+
+
 def run_killed(arguments: list[str], *, kind: str, moment: Moment, lock: Path) -> str:
-    """Run the job and kill it at ``moment``; returns the launcher's stderr once it has exited."""
+    """Run the job and kill it at ``moment``; returns the launcher's stderr once it and its ranks have exited."""
     before, stale = _units(lock.parent), _holder(lock)
     job = _start(arguments)
     while job.poll() is None:
@@ -119,9 +137,11 @@ def run_killed(arguments: list[str], *, kind: str, moment: Moment, lock: Path) -
             break
         time.sleep(0.005)
     time.sleep(moment.delay_s)
+    ranks = rank_pids(job.pid) if job.poll() is None else {}
     if job.poll() is None:
         _kill(job, kind)
     _, stderr = job.communicate(timeout=300)  # a hang here is a failure: one dead rank must not hang the job
+    _wait_for_ranks(ranks)
     return stderr
 
 

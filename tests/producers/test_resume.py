@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,28 @@ def test_a_dead_holder_is_reported_and_taken_over(interrupted, scene, reference)
     run = produce(1, scene, "--out", str(out), *FLAGS, "--resume")
     assert run.returncode == 0, run.stderr
     assert f"taking over {staging / LOCK} from a producer that is gone (pid {dead.pid}" in run.stderr
+    assert_same_product(out, reference)
+
+
+def test_a_zombie_holder_is_taken_over(interrupted, scene, reference):
+    """A rank killed after its launcher exited stays a zombie until reaped: it holds no lock."""
+    out = interrupted[0]
+    if out.exists():
+        shutil.rmtree(out)
+    staging = restore(interrupted)
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    start = Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    (staging / LOCK).write_text(json.dumps({"pid": zombie.pid, "host": os.uname().nodename, "process_start": start}))
+    try:
+        run = produce(1, scene, "--out", str(out), *FLAGS, "--resume")
+    finally:
+        zombie.wait()
+    assert run.returncode == 0, run.stderr
+    assert f"from a producer that is gone (pid {zombie.pid}" in run.stderr
     assert_same_product(out, reference)
 
 
