@@ -13,8 +13,9 @@ import json
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -57,12 +58,28 @@ def int8_codes(vectors: np.ndarray, norms: np.ndarray, metric: str) -> tuple[np.
 
 
 def binary_flat(bits: np.ndarray):
-    """A faiss exact Hamming index over packed sign bits (n, D/8)."""
+    """A faiss exact Hamming index over packed sign bits (n, D/8), selecting by counting."""
     faiss = require("faiss", extra="search")
 
     index = faiss.IndexBinaryFlat(bits.shape[1] * 8)
+    # Counting selection: one counter per Hamming distance (D + 1 of them) instead of a heap of
+    # `candidates`; ties at the cut keep the lowest ids, so the candidates are deterministic.
+    index.use_heap = False
     index.add(np.ascontiguousarray(bits))
     return index
+
+
+@contextmanager
+def faiss_threads(queries: int) -> Iterator[None]:
+    """faiss's OpenMP threads capped at one per query for the block, then restored."""
+    faiss = require("faiss", extra="search")
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, min(queries, before)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _faiss_metric(metric: str) -> int:

@@ -461,11 +461,32 @@ class Searcher:
                 found[q].append(Hits(column[best], np.full(len(best), cache.index), rows[positions] if rows is not None else positions))
         return [Hits.merge(parts, k) for parts in found]
 
-    def _rerank(self, cache: FileCache, queries: np.ndarray, metric: str, k: int, candidates: list[np.ndarray]) -> list[Hits]:
+    def _rerank(self, queries: np.ndarray, metric: str, k: int, candidates: Sequence[np.ndarray],
+                files: Sequence[int], starts: np.ndarray) -> list[Hits]:
+        """Exact top-k of each query among its candidate ids (-1 pads), ids numbering the rows of
+        ``files`` one after the other: file ``files[j]`` holds ids ``starts[j]`` to ``starts[j + 1]``."""
         out = []
-        for q, rows in enumerate(candidates):
-            rows = np.unique(rows[rows >= 0])
-            out.extend(self._exact(cache, queries[q : q + 1], metric, k, rows))
+        for q, ids in enumerate(candidates):
+            ids = np.sort(ids[ids >= 0])  # file order: gathers walk the cache forwards
+            bounds = np.searchsorted(ids, starts)
+            scores, file_of, rows = [], [], []
+            for j, index in enumerate(files):
+                if bounds[j] == bounds[j + 1]:
+                    continue
+                cache = self.cache(index)
+                local = ids[bounds[j] : bounds[j + 1]] - starts[j]
+                scores.append(exact_scores(cache.vectors[local], cache.norms[local], queries[q : q + 1], metric)[:, 0])
+                file_of.append(np.full(len(local), index))
+                rows.append(local)
+            if not scores:
+                out.append(Hits.empty())
+                continue
+            hits = Hits(np.concatenate(scores), np.concatenate(file_of), np.concatenate(rows))
+            keep = ~np.isnan(hits.scores)  # nodata rows (NaN vectors) are never hits
+            if len(hits.scores) > 4 * k:  # every row tied with the k-th best stays, so ties go by file and row
+                kth = hits.scores[keep][top_k(hits.scores[keep], k)].min(initial=np.inf)
+                keep &= hits.scores >= kth
+            out.append(Hits(hits.scores[keep], hits.files[keep], hits.rows[keep]).best(k))
         return out
 
     def _int8_codes(self, cache: FileCache, metric: str) -> tuple[np.ndarray, float]:
@@ -477,14 +498,31 @@ class Searcher:
             self._codes[key] = stored if stored is not None else int8_codes(cache.vectors, cache.norms, metric)
         return self._codes[key]
 
-    def _binary_index(self, cache: FileCache):
-        key = ("binary", "", cache.index)
+    def _binary_index(self):
+        """One faiss Hamming index over the 1-bit codes of all this searcher's files in file order, and
+        the first id of each file: one scan and one candidate count for the whole product (or rank)."""
+        key = ("binary", "", -1)
         if key not in self._codes:
             from ._index import binary_flat, load_index
 
-            stored = load_index(self.product, cache.index, kind="binary", metric="cosine")
-            self._codes[key] = binary_flat(stored if stored is not None else np.packbits(cache.vectors > 0, axis=1))
+            codes = []
+            for index in self.file_indexes:
+                stored = load_index(self.product, index, kind="binary", metric="cosine")
+                codes.append(stored if stored is not None else np.packbits(self.cache(index).vectors > 0, axis=1))
+            starts = np.cumsum([0] + [len(c) for c in codes])
+            self._codes[key] = (binary_flat(np.concatenate(codes)), starts)
         return self._codes[key]
+
+    def _binary_search(self, queries: np.ndarray, *, metric: str, k: int, candidates: int) -> list[Hits]:
+        from ._index import faiss_threads
+
+        index, starts = self._binary_index()
+        bits = np.packbits(queries > 0, axis=1)
+        # faiss parallelises over queries only: for one query every extra OpenMP thread is pure
+        # fork/join overhead (3x slower on two busy cores).
+        with faiss_threads(len(queries)):
+            _, ids = index.search(bits, min(max(candidates, k), index.ntotal))
+        return self._rerank(queries, metric, k, ids, self.file_indexes, starts)
 
     def _faiss_index(self, cache: FileCache, kind: str, metric: str):
         key = (kind, metric, cache.index)
@@ -518,11 +556,7 @@ class Searcher:
             scores = np.asarray(numkong.cdist(query_codes, codes, metric=kind, out_dtype=exact_in))
             if metric == "l2":
                 scores = -scores
-            return self._rerank(cache, queries, metric, k, [top_k(s, c) for s in scores])
-        if mode == "binary":
-            bits = np.packbits(queries > 0, axis=1)
-            _, ids = self._binary_index(cache).search(bits, c)
-            return self._rerank(cache, queries, metric, k, list(ids))
+            return self._rerank(queries, metric, k, [top_k(s, c) for s in scores], [index], np.array([0, cache.rows]))
         index_ = self._faiss_index(cache, mode, metric)
         faiss = require("faiss", extra="search")
 
@@ -532,11 +566,13 @@ class Searcher:
             index_.hnsw.efSearch = max(ef_search, c)
         search_vectors = queries if metric != "cosine" else queries  # cosine queries are unit already
         _, ids = index_.search(np.ascontiguousarray(search_vectors, dtype=np.float32), c)
-        return self._rerank(cache, queries, metric, k, list(ids))
+        return self._rerank(queries, metric, k, ids, [index], np.array([0, cache.rows]))
 
     def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str, candidates: int,
                bbox=None, interval=None, where_map: dict[int, np.ndarray] | None = None, **options: Any) -> list[Hits]:
         """Top-k per query over this searcher's files (scores, file index, row)."""
+        if mode == "binary" and bbox is None and interval is None and where_map is None:
+            return self._binary_search(queries, metric=metric, k=k, candidates=candidates)
         def one_file(index: int) -> list[Hits]:
             cache = self.cache(index)
             rows = _rows_in(cache, bbox, interval)
