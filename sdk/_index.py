@@ -69,6 +69,46 @@ def binary_flat(bits: np.ndarray):
     return index
 
 
+#: The default candidate count of a 1-bit scan is calibrated once on rows of the data used as
+#: queries: for their exact top-k (k up to NEIGHBOURS) it keeps enough candidates that RECALL of
+#: the neighbours make it through the scan, times SAFETY for queries unlike the rows.
+CALIBRATION_QUERIES = 128
+CALIBRATION_NEIGHBOURS = 100
+CALIBRATION_RECALL = 0.999
+CALIBRATION_SAFETY = 1.5
+
+
+def binary_codes(index) -> np.ndarray:
+    """The packed codes (n, D/8) held by a faiss binary flat index (a copy)."""
+    faiss = require("faiss", extra="search")
+
+    return faiss.vector_to_array(index.xb).reshape(index.ntotal, index.code_size)
+
+
+def hamming_ranks(codes: np.ndarray, query_bits: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """For each query (row of ``query_bits``) and each of its neighbours (row ids of ``codes``), the
+    candidates a Hamming scan must keep to include that neighbour: the rows at its distance or closer."""
+    faiss = require("faiss", extra="search")
+
+    codes = np.ascontiguousarray(codes)
+    distances = np.empty(len(codes), dtype=np.int32)
+    out = np.empty(neighbours.shape, dtype=np.int64)
+    for i, bits in enumerate(np.ascontiguousarray(query_bits)):
+        faiss.hammings(faiss.swig_ptr(bits), faiss.swig_ptr(codes), 1, len(codes), codes.shape[1], faiss.swig_ptr(distances))
+        at_or_below = np.cumsum(np.bincount(distances, minlength=8 * codes.shape[1] + 1))
+        out[i] = at_or_below[distances[neighbours[i]]]  # ties counted against the neighbour
+    return out
+
+
+def calibrated_candidates(ranks: np.ndarray, *, k: int, rows: int) -> int | None:
+    """Candidates for a top-``k`` 1-bit scan from :func:`hamming_ranks` of calibration queries; None
+    when the calibration does not reach ``k`` neighbours."""
+    if ranks.size == 0 or k > ranks.shape[1]:
+        return None
+    needed = float(np.quantile(ranks[:, :k], CALIBRATION_RECALL, method="higher"))
+    return int(min(rows, max(100, 10 * k, np.ceil(CALIBRATION_SAFETY * needed))))
+
+
 @contextmanager
 def faiss_threads(queries: int) -> Iterator[None]:
     """faiss's OpenMP threads capped at one per query for the block, then restored."""

@@ -513,10 +513,64 @@ class Searcher:
             self._codes[key] = (binary_flat(np.concatenate(codes)), starts)
         return self._codes[key]
 
-    def _binary_search(self, queries: np.ndarray, *, metric: str, k: int, candidates: int) -> list[Hits]:
+    def _binary_ranks(self, metric: str) -> np.ndarray:
+        """Hamming ranks of the exact neighbours of sample rows (see ``_index.hamming_ranks``), computed
+        once per product version, metric and set of files, and kept in the decoded-vector cache."""
+        key = ("binary-ranks", metric, -1)
+        if key in self._codes:
+            return self._codes[key]
+        from ._index import CALIBRATION_NEIGHBOURS, CALIBRATION_QUERIES, binary_codes, hamming_ranks
+
+        files = hashlib.sha256(",".join(map(str, self.file_indexes)).encode()).hexdigest()[:16]
+        path = self.folder / f"binary-ranks-{metric}-{files}.npy"
+        if path.exists():
+            with reading(path, advice=f"delete the decoded-vector cache {self.folder} to rebuild it"):
+                self._codes[key] = np.load(path, allow_pickle=False)
+            return self._codes[key]
+        index, starts = self._binary_index()
+        rows = int(starts[-1])
+        neighbours = min(CALIBRATION_NEIGHBOURS, rows - 1)
+        # Evenly spaced rows with data, as queries; each one's own row is not its neighbour.
+        picks = np.unique(np.linspace(0, rows - 1, min(CALIBRATION_QUERIES, rows)).astype(np.int64))
+        vectors = self._vectors_at(picks, starts)
+        picks, vectors = picks[np.isfinite(vectors).all(axis=1)], vectors[np.isfinite(vectors).all(axis=1)]
+        ranks = np.zeros((0, 0), dtype=np.int64)
+        if neighbours >= 1 and len(picks):
+            queries = _prepare_queries(vectors, metric)
+            hits = self.search(queries, metric=metric, k=neighbours + 1, mode="exact", candidates=0)
+            ids = np.full((len(picks), neighbours), -1, dtype=np.int64)
+            for i, h in enumerate(hits):
+                found = starts[np.searchsorted(self.file_indexes, h.files)] + h.rows
+                found = found[found != picks[i]][:neighbours]
+                ids[i, : len(found)] = found
+            complete = (ids >= 0).all(axis=1)  # queries with fewer neighbours (nodata rows) drop out
+            ranks = hamming_ranks(binary_codes(index), np.packbits(queries[complete] > 0, axis=1), ids[complete])
+        _save_atomic(path, ranks)
+        self._codes[key] = ranks
+        return ranks
+
+    def _vectors_at(self, ids: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Cached vectors of ids numbered through this searcher's files one after the other."""
+        out = np.empty((len(ids), self.product.dim), dtype=np.float32)
+        which = np.searchsorted(starts, ids, side="right") - 1
+        for j in np.unique(which):
+            out[which == j] = self.cache(self.file_indexes[j]).vectors[ids[which == j] - starts[j]]
+        return out
+
+    def binary_candidates(self, metric: str, k: int) -> int:
+        """The default candidate count of a 1-bit scan for top-k: calibrated on this searcher's data."""
+        from ._index import calibrated_candidates
+
+        _, starts = self._binary_index()
+        count = calibrated_candidates(self._binary_ranks(metric), k=k, rows=int(starts[-1]))
+        return count if count is not None else default_candidates("binary", k)
+
+    def _binary_search(self, queries: np.ndarray, *, metric: str, k: int, candidates: int | None) -> list[Hits]:
         from ._index import faiss_threads
 
         index, starts = self._binary_index()
+        if candidates is None:
+            candidates = self.binary_candidates(metric, k)
         bits = np.packbits(queries > 0, axis=1)
         # faiss parallelises over queries only: for one query every extra OpenMP thread is pure
         # fork/join overhead (3x slower on two busy cores).
@@ -568,11 +622,13 @@ class Searcher:
         _, ids = index_.search(np.ascontiguousarray(search_vectors, dtype=np.float32), c)
         return self._rerank(queries, metric, k, ids, [index], np.array([0, cache.rows]))
 
-    def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str, candidates: int,
+    def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str, candidates: int | None,
                bbox=None, interval=None, where_map: dict[int, np.ndarray] | None = None, **options: Any) -> list[Hits]:
-        """Top-k per query over this searcher's files (scores, file index, row)."""
+        """Top-k per query over this searcher's files (scores, file index, row); ``candidates`` None
+        for the mode's default."""
         if mode == "binary" and bbox is None and interval is None and where_map is None:
             return self._binary_search(queries, metric=metric, k=k, candidates=candidates)
+        candidates = candidates or default_candidates(mode, k)
         def one_file(index: int) -> list[Hits]:
             cache = self.cache(index)
             rows = _rows_in(cache, bbox, interval)
@@ -782,13 +838,14 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
     queries, batch = resolve_queries(searcher, query)
     prepared = _prepare_queries(queries, metric)
     where_map = where_rows(product, where, params) if where else None
-    hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates or default_candidates(mode, k),
+    hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates,
                            bbox=box, interval=interval, where_map=where_map, **options)
     return hits_table(searcher, hits, prepared, metric, batch=batch)
 
 
 def default_candidates(mode: str, k: int) -> int:
-    """Rows re-ranked exactly after a compressed scan: 1-bit codes need more than int8."""
+    """Rows re-ranked exactly after a compressed scan: 1-bit codes need more than int8 (a 1-bit scan
+    calibrates its count on the data, :meth:`Searcher.binary_candidates`; this is its fallback)."""
     return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k)}.get(mode, max(100, 10 * k))
 
 
@@ -823,7 +880,7 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
         where_map = comm.bcast(where_map, root=0)
         if isinstance(where_map, EoembedError):
             raise where_map
-    hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates or default_candidates(mode, k),
+    hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates,
                            bbox=box, interval=interval, where_map=where_map, **options)
     # Each rank attaches the metadata of its own hits, so rank 0 never decodes another rank's files.
     table = hits_table(searcher, hits, prepared, metric, batch=True)
