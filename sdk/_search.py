@@ -370,7 +370,11 @@ def _prepare_queries(queries: np.ndarray, metric: str) -> np.ndarray:
 
 def exact_scores(vectors: np.ndarray, norms: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
     """Scores (higher is better) of ``vectors`` (n, D) against prepared ``queries`` (m, D): (n, m)."""
-    scores = vectors @ queries.T
+    return scores_of_products(vectors @ queries.T, norms, metric)
+
+
+def scores_of_products(scores: np.ndarray, norms: np.ndarray, metric: str) -> np.ndarray:
+    """Scores from the dot products (n, m) of n rows of Euclidean ``norms`` with m prepared queries (in place)."""
     if metric == "cosine":
         scores /= np.maximum(norms, np.float32(1e-30))[:, None]
     elif metric == "l2":
@@ -475,7 +479,10 @@ class Searcher:
                     continue
                 cache = self.cache(index)
                 local = ids[bounds[j] : bounds[j + 1]] - starts[j]
-                scores.append(exact_scores(cache.vectors[local], cache.norms[local], queries[q : q + 1], metric)[:, 0])
+                # einsum, not BLAS: a product this small would wake OpenBLAS's threads, which then
+                # spin on the cores a batch's scan runs on.
+                products = np.einsum("ij,j->i", cache.vectors[local], queries[q])[:, None]
+                scores.append(scores_of_products(products, cache.norms[local], metric)[:, 0])
                 file_of.append(np.full(len(local), index))
                 rows.append(local)
             if not scores:
