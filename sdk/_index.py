@@ -111,7 +111,9 @@ def calibrated_candidates(ranks: np.ndarray, *, k: int, rows: int) -> int | None
 
 @contextmanager
 def faiss_threads(queries: int) -> Iterator[None]:
-    """faiss's OpenMP threads capped at one per query for the block, then restored."""
+    """faiss's OpenMP threads capped at one per query for the block, then restored: faiss's flat and
+    index scans split work by query, so for one query extra threads only add fork/join waits.
+    OpenMP keeps this setting per calling thread, so concurrent searches do not see each other's."""
     faiss = require("faiss", extra="search")
 
     before = faiss.omp_get_max_threads()
