@@ -517,7 +517,8 @@ class Searcher:
                 stored = load_index(self.product, index, kind="binary", metric="cosine")
                 codes.append(stored if stored is not None else np.packbits(self.cache(index).vectors > 0, axis=1))
             starts = np.cumsum([0] + [len(c) for c in codes])
-            self._codes[key] = (binary_flat(np.concatenate(codes)), starts)
+            width = (self.product.dim + 7) // 8
+            self._codes[key] = (binary_flat(np.concatenate(codes) if codes else np.zeros((0, width), np.uint8)), starts)
         return self._codes[key]
 
     def _binary_ranks(self, metric: str) -> np.ndarray:
@@ -576,6 +577,8 @@ class Searcher:
         from ._index import faiss_threads
 
         index, starts = self._binary_index()
+        if index.ntotal == 0:  # an MPI rank without files
+            return [Hits.empty() for _ in queries]
         if candidates is None:
             candidates = self.binary_candidates(metric, k)
         bits = np.packbits(queries > 0, axis=1)

@@ -117,6 +117,12 @@ def test_ties_go_by_file_and_row_whatever_the_split(tmp_path):
     np.testing.assert_allclose(hits[600], hits[2400], atol=1e-6)
 
 
+def test_a_searcher_without_files_finds_nothing(product):
+    hits = _search.Searcher(product, files=[]).search(near_rows(product, 2), metric="cosine", k=3, mode="binary",
+                                                      candidates=None)
+    assert [len(h.rows) for h in hits] == [0, 0]
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_mpirun_binary_search_returns_the_single_process_top_k(product, ranks, tmp_path):
