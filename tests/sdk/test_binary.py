@@ -100,21 +100,37 @@ def test_faiss_threads_are_one_per_query_during_the_scan_and_restored_after(prod
         faiss.omp_set_num_threads(before)
 
 
+def by_file_and_row(product, query: np.ndarray, k: int) -> list[str]:
+    """Chip ids of the k best rows by float64 cosine, equal distances ordered by data file and row."""
+    ids, files, rows, vectors = [], [], [], []
+    searcher = _search.Searcher(product)
+    for index in searcher.file_indexes:
+        cache = searcher.cache(index)
+        ids += cache.metadata.column("chip_id").to_pylist()
+        files.append(np.full(cache.rows, index))
+        rows.append(np.arange(cache.rows))
+        vectors.append(np.asarray(cache.vectors, dtype=np.float64))
+    x = np.concatenate(vectors)
+    distance = 1 - x @ query / (np.linalg.norm(x, axis=1) * np.linalg.norm(query))
+    order = np.lexsort((np.concatenate(rows), np.concatenate(files), np.round(distance, 6)))[:k]
+    return [ids[i] for i in order]
+
+
 def test_ties_go_by_file_and_row_whatever_the_split(tmp_path):
-    # Each vector is written three times, so every hit ties with two copies.
+    # Each vector is written three times, so every hit ties with two copies and k = 8 cuts a tie.
     base = clustered(800, clusters=8, seed=4)
     batch = chips(2400, DIM, seed=4)
     batch["embedding"] = np.concatenate([base, base, base])
-    hits = {}
+    distances = {}
     for rows_per_file in (600, 2400):
         path = eoembed.write_product(tmp_path / f"p{rows_per_file}", batch, model=model_contract(DIM), normalize=True,
                                      max_rows_per_file=rows_per_file)
         product = eoembed.open(path)
-        binary = product.search(base[:5], k=9, mode="binary")
-        exact = product.search(base[:5], k=9)
-        assert binary.column("chip_id").to_pylist() == exact.column("chip_id").to_pylist()
-        hits[rows_per_file] = binary.column("distance").to_numpy()
-    np.testing.assert_allclose(hits[600], hits[2400], atol=1e-6)
+        binary = product.search(base[:5], k=8, mode="binary")
+        expected = [c for q in base[:5] for c in by_file_and_row(product, q, 8)]
+        assert binary.column("chip_id").to_pylist() == expected
+        distances[rows_per_file] = binary.column("distance").to_numpy()
+    np.testing.assert_allclose(distances[600], distances[2400], atol=1e-6)
 
 
 def test_a_searcher_without_files_finds_nothing(product):
