@@ -17,7 +17,9 @@ a new manifest, so its cache is rebuilt (and stale keys are removed).
 
 Kernels are library ones: BLAS (numpy matmul) for float32, numkong (usearch's SIMD kernels) for
 int8 dot products, faiss for Hamming scans of 1-bit codes and for HNSW / IVF indexes. Top-k uses an
-exact threshold from a strided sample, then partitions only the rows above it.
+exact threshold from a strided sample, then partitions only the rows above it. A 1-bit scan covers
+all of a searcher's files in one pass; its default candidate count is calibrated once on the data
+and kept in the cache as ``binary-ranks-<metric>-<files>.npy``.
 
 Distances (smaller is better): cosine ``1 - cos``, l2 the Euclidean distance, ip ``-<x, q>``.
 """
