@@ -609,7 +609,8 @@ def add_search_commands(sub) -> None:
     p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? in --where; repeat")
     p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
     p.add_argument("--mode", choices=["exact", "int8", "binary", "hnsw", "ivf"], default="exact")
-    p.add_argument("--candidates", type=int, help="rows re-ranked exactly after a compressed or index scan")
+    p.add_argument("--candidates", type=int, help="rows re-ranked exactly after a compressed or index scan "
+                   "(binary: calibrated on the product by default)")
     p.add_argument("--format", choices=FORMATS, default="table", help=FORMAT_HELP)
     p.add_argument("--out", help="write the hits to this file")
     p.set_defaults(func=_search)

@@ -562,7 +562,8 @@ class Product:
         ``START/END``, ``..`` open) chips whose time overlaps it, ``where`` a SQL predicate over the
         ``embeddings`` view with bound ``params``. ``metric`` defaults to the product's. ``mode``:
         ``exact`` (one pass over the float32 vectors), ``int8`` / ``binary`` (a compressed scan of
-        ``candidates`` rows, re-ranked exactly), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked).
+        ``candidates`` rows, re-ranked exactly; binary's default count is calibrated once on the
+        product's own rows), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked).
         Distances: cosine ``1 - cos``, l2 Euclidean, ip ``-<x, q>``. Filtered searches are exact.
         """
         from ._search import search
