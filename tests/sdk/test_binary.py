@@ -72,6 +72,30 @@ def test_candidate_count_is_calibrated_once_and_kept_in_the_cache(product):
     assert again.binary_candidates("cosine", 101) == _search.default_candidates("binary", 101)
 
 
+@pytest.mark.parametrize("code_bytes", [3, 8, 16])
+def test_hamming_ranks_count_the_rows_at_or_below_each_neighbours_distance(code_bytes):
+    from eoembed._index import hamming_ranks
+
+    rng = np.random.default_rng(code_bytes)
+    codes = rng.integers(0, 256, size=(500, code_bytes), dtype=np.uint8)
+    neighbours = rng.integers(0, 500, size=(4, 6))
+    distances = np.unpackbits(codes[None] ^ codes[:4, None], axis=2).sum(axis=2)  # (4 queries, 500 rows)
+    expected = [[int((distances[i] <= distances[i, j]).sum()) for j in row] for i, row in enumerate(neighbours)]
+    assert hamming_ranks(codes, codes[:4], neighbours).tolist() == expected
+
+
+def test_calibrated_candidates_keep_the_recall_quantile_times_the_safety_factor():
+    from eoembed._index import CALIBRATION_SAFETY, calibrated_candidates
+
+    ranks = np.tile(np.arange(1, 101), (1000, 1)) * 10  # neighbour j of every query needs 10 (j + 1) rows
+    ranks[0, 1:4] = 10_000  # three outliers among the 1000 x 10 ranks of k = 10 lie beyond the 0.999 quantile
+    assert calibrated_candidates(ranks, k=10, rows=10**6) == int(CALIBRATION_SAFETY * 100)
+    assert calibrated_candidates(ranks, k=1, rows=10**6) == 100  # the floor: max(100, 10 k)
+    assert calibrated_candidates(ranks, k=100, rows=10**6) == int(CALIBRATION_SAFETY * 1000)
+    assert calibrated_candidates(ranks, k=100, rows=1200) == 1200
+    assert calibrated_candidates(ranks, k=101, rows=10**6) is None
+
+
 def test_faiss_threads_are_one_per_query_during_the_scan_and_restored_after(product, monkeypatch):
     seen = []
     original = faiss.IndexBinaryFlat.search
