@@ -284,15 +284,40 @@ def query_error(con: "duckdb.DuckDBPyConnection", error: Exception, query: str) 
     return QueryError(f"{explain_error(error, query)}{note}")
 
 
-def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None):
+def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
+        products: Mapping[str, "Product"] | None = None):
     """Run one read-only query with bound parameters and return a pyarrow Table; errors keep DuckDB's reason.
 
-    Over a sandbox (:func:`open_views`) a file outside the views is refused with SqlRefusedError."""
+    Over a sandbox (:func:`open_views`) a file outside the views is refused with SqlRefusedError.
+    With ``products`` (the connection's views), ``knn(query, k, ...)`` table functions are answered by
+    search (see :mod:`eoembed._knn`)."""
     import duckdb
 
     check_read_only(con, query)
+    statement = _with_knn_answered(con, query, params, products=products)
+    text, values = (statement.query, statement.params) if statement is not None else (query, params)
     try:
-        result = con.execute(query, params) if params is not None else con.execute(query)
+        if statement is not None:
+            check_read_only(con, text)  # the rewritten text passes the same gate
+        result = con.execute(text, values) if values is not None else con.execute(text)
         return result.to_arrow_table()
     except duckdb.Error as error:
         raise query_error(con, error, query) from error
+    finally:
+        if statement is not None:
+            statement.close()
+
+
+def _with_knn_answered(con: "duckdb.DuckDBPyConnection", query: str, params: Any, *,
+                       products: Mapping[str, "Product"] | None):
+    """The statement with its knn calls answered (:func:`eoembed._knn.rewrite`), or None without any."""
+    import duckdb
+
+    from ._knn import calls_knn, rewrite
+
+    if not products or not calls_knn(query):
+        return None
+    if con.extract_statements(query)[0].type == duckdb.StatementType.EXPLAIN:
+        explained = _explained(query)
+        return rewrite(con, explained, params, products=products, prefix=query[: len(query) - len(explained)])
+    return rewrite(con, query, params, products=products)
