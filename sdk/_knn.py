@@ -47,6 +47,17 @@ _ARGUMENT_CLASSES = frozenset({"CONSTANT", "PARAMETER", "FUNCTION", "CAST", "OPE
 _TABLE_PREFIX = "__eoembed_knn_"
 
 
+def define_fallback(con: "duckdb.DuckDBPyConnection") -> None:
+    """A ``knn`` table macro that only explains itself: statements run on the connection directly
+    (``Product.connect().execute``) are not rewritten, and say where knn is answered."""
+    from ._query import _quote
+
+    named = ", ".join(f'"{name}" := NULL' for name in (*_SEARCH_OPTIONS, "view"))
+    message = ("knn(...) is answered by product.sql, eoembed.sql and eoembed query, not by the connection's "
+               "own execute(); run the statement through one of them")
+    con.execute(f"CREATE MACRO knn(query, k, {named}) AS TABLE SELECT error('{_quote(message)}') AS chip_id")
+
+
 def calls_knn(query: str) -> bool:
     """Whether ``query`` names ``knn`` at all (one of DuckDB's tokens: not in a string or a comment)."""
     from ._query import _words

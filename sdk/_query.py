@@ -163,11 +163,13 @@ def open_views(views: Mapping[str, "Product"], *, row_ids: bool = False) -> "duc
     off and the configuration locked: no query reads or writes another file, fetches a URL, loads an
     extension or changes a setting. A product joins an open sandbox only by opening a new one.
     """
+    from ._knn import define_fallback
     from ._store import configure_duckdb
 
     con = connect()
     try:
         configure_duckdb(con, [path for product in views.values() for path in product.files])
+        define_fallback(con)
         for name, product in views.items():
             create_view(con, name=name, files=product.files, quant=product.quantization, row_ids=row_ids)
         files = sorted({url(path) for product in views.values() for path in product.files})
