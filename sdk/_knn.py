@@ -53,8 +53,8 @@ def define_fallback(con: "duckdb.DuckDBPyConnection") -> None:
     from ._query import _quote
 
     named = ", ".join(f'"{name}" := NULL' for name in (*_SEARCH_OPTIONS, "view"))
-    message = ("knn(...) is answered by product.sql, eoembed.sql and eoembed query, not by the connection's "
-               "own execute(); run the statement through one of them")
+    message = ("knn(...) is answered by product.sql, eoembed.sql and eoembed query when it is in the statement "
+               "itself (not by the connection's own execute(), nor inside query('...')); run it through one of them")
     con.execute(f"CREATE MACRO knn(query, k, {named}) AS TABLE SELECT error('{_quote(message)}') AS chip_id")
 
 
