@@ -79,7 +79,9 @@ class Rewritten:
 def rewrite(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | Mapping[str, Any] | None, *,
             products: Mapping[str, "Product"], prefix: str = "") -> Rewritten:
     """``query`` (one SELECT, after ``prefix`` such as ``EXPLAIN``) with every knn call answered."""
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+    from ._query import parse, unparse
+
+    tree = parse(query)
     if tree.get("error"):
         # Not a SELECT DuckDB can serialise, or not SQL at all: DuckDB reports it when it runs.
         return Rewritten(con, prefix + query, params, [])
@@ -98,7 +100,7 @@ def rewrite(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] 
                          "schema_name": "", "table_name": name, "column_name_alias": columns,
                          "catalog_name": "", "at_clause": None})
         bound = _renumber(tree, params)
-        text = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(tree)]).fetchone()[0]
+        text = unparse(tree)
     except BaseException:
         for name in tables:
             con.unregister(name)
@@ -158,52 +160,73 @@ def _renumber(tree: Any, params: Any) -> Any:
 
 def _arguments(con: "duckdb.DuckDBPyConnection", node: dict, params: Any, *, query: str) -> tuple[list, dict]:
     """knn's positional and named argument values: parameters as bound (a numpy array or a tuple
-    stays one), other expressions evaluated by DuckDB in the sandbox."""
+    stays one), other expressions evaluated in the sandbox (:func:`_evaluate`)."""
     from ._query import _expression_classes
 
-    positional, named, pending = [], {}, []
-    for child in node["function"].get("children", []):
+    arguments = []  # (name or None, expression), in the call's order
+    for number, child in enumerate(node["function"].get("children", []), start=1):
         name = child.get("alias") or None
         refused = sorted(_expression_classes(child) - _ARGUMENT_CLASSES)
         if refused:
             what = ", ".join(c.lower().replace("_", " ") for c in refused)
-            label = f"argument {name!r}" if name else f"argument {len(positional) + 1}"
-            raise SqlRefusedError(f"knn's {label} holds {what}; allowed: constants and bound parameters "
-                                  f"(? or $name), e.g. {SIGNATURE}\nquery: {query}")
-        if child.get("class") == "PARAMETER":
-            value = _parameter_value(child, params, query=query)
-        else:
-            value = pending  # evaluated below, all in one statement
-            pending.append(child)
-        if name:
-            if name.lower() in named:
-                raise QueryError(f"knn's argument {name!r} is given twice\nquery: {query}")
-            named[name.lower()] = value
-        else:
+            raise SqlRefusedError(f"knn's argument {repr(name) if name else number} holds {what}; allowed: constants "
+                                  f"and bound parameters (? or $name), e.g. {SIGNATURE}\nquery: {query}")
+        arguments.append((name, child))
+    constants = [child for _, child in arguments if child.get("class") != "PARAMETER"]
+    computed = iter(_evaluate(con, constants, params, query=query) if constants else ())
+    positional, named = [], {}
+    for name, child in arguments:
+        value = _parameter_value(child, params, query=query) if child.get("class") == "PARAMETER" else next(computed)
+        if name is None:
             positional.append(value)
-    if pending:
-        values = _evaluate(con, pending, params, query=query)
-        slots = iter(values)
-        positional = [next(slots) if v is pending else v for v in positional]
-        named = {k: next(slots) if v is pending else v for k, v in named.items()}
+        elif name.lower() in named:
+            raise QueryError(f"knn's argument {name!r} is given twice\nquery: {query}")
+        else:
+            named[name.lower()] = value
     return positional, named
 
 
 def _evaluate(con: "duckdb.DuckDBPyConnection", expressions: list[dict], params: Any, *, query: str) -> list:
-    """Python values of constant expressions, one SELECT over the sandboxed connection."""
+    """Python values of constant expressions: plain numbers and strings as written, others
+    evaluated by DuckDB in one SELECT over the sandboxed connection."""
     import duckdb
 
+    from ._query import parse, unparse
+
+    values = [_literal(e) for e in expressions]
+    computed = [i for i, v in enumerate(values) if v is _COMPUTED]
+    if not computed:
+        return values
     # Copies: the select list gets its own aliases and renumbered parameters.
-    expressions = [dict(json.loads(json.dumps(e)), alias=f"a{i}") for i, e in enumerate(expressions)]
-    template = json.loads(con.execute("SELECT json_serialize_sql('SELECT 1')").fetchone()[0])
-    template["statements"][0]["node"]["select_list"] = expressions
+    template = parse("SELECT 1")
+    template["statements"][0]["node"]["select_list"] = [
+        dict(json.loads(json.dumps(expressions[i])), alias=f"a{i}") for i in computed]
     bound = _renumber(template, params)
-    text = con.execute("SELECT json_deserialize_sql(?)", [json.dumps(template)]).fetchone()[0]
+    text = unparse(template)
     try:
         table = con.execute(text, bound).to_arrow_table() if bound is not None else con.execute(text).to_arrow_table()
     except duckdb.Error as error:
         raise QueryError(f"knn's arguments cannot be evaluated: {str(error).strip()}\nquery: {query}") from None
-    return [_python(table.column(i), query=query) for i in range(table.num_columns)]
+    for column, i in enumerate(computed):
+        values[i] = _python(table.column(column), query=query)
+    return values
+
+
+_COMPUTED = object()  # a value DuckDB must compute
+#: Constants whose JSON value is the Python value (type ids of json_serialize_sql); any other
+#: constant is computed by DuckDB, so an unknown or renamed type only costs a query.
+_PLAIN_CONSTANTS = {"INTEGER": int, "BIGINT": int, "VARCHAR": str}
+
+
+def _literal(expression: dict) -> Any:
+    """The value of a plain constant node (a number or a string as written), else _COMPUTED."""
+    if expression.get("class") != "CONSTANT":
+        return _COMPUTED
+    value = expression.get("value") or {}
+    kind = _PLAIN_CONSTANTS.get(str((value.get("type") or {}).get("id")))
+    if kind is None or value.get("is_null") or not isinstance(value.get("value"), kind) or isinstance(value.get("value"), bool):
+        return _COMPUTED
+    return value["value"]
 
 
 def _python(column: "pa.ChunkedArray", *, query: str) -> Any:

@@ -14,6 +14,8 @@ import functools
 import importlib
 import json
 import math
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -223,7 +225,7 @@ def _explained(query: str) -> str:
     return query[words[position][0]:] if position < len(words) else ""
 
 
-@functools.lru_cache(maxsize=256)  # parsing costs a connection (tens of ms); searches repeat their filters
+@functools.lru_cache(maxsize=256)  # searches repeat their filters
 def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     """``SELECT <select> FROM <view> WHERE (<where>)``, once DuckDB's parser shows that ``where`` is one
     boolean expression over the view's columns (raises SqlRefusedError otherwise).
@@ -232,13 +234,9 @@ def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     built only from :data:`_FILTER_CLASSES`: a ``)`` closing the clause early to add a UNION, a LIMIT
     or a second statement changes the rest of the tree, and a subquery is refused in the clause.
     """
-    import duckdb
-
     base = f'SELECT {select} FROM "{check_view_name(view)}"'
     query = f"{base} WHERE (\n{where}\n)"  # own lines: a trailing -- comment cannot swallow the ')'
-    # Parsing needs no extension, view or file: a bare connection without external access is quick.
-    with duckdb.connect(config={"enable_external_access": False}) as parser:
-        tree, bare = _parse_tree(parser, query, where=where), _parse_tree(parser, base, where=where)
+    tree, bare = _parse_tree(query, where=where), _parse_tree(base, where=where)
     node = tree["statements"][0]["node"] if len(tree.get("statements", ())) == 1 else {}
     clause = node.pop("where_clause", None)
     bare_node = bare["statements"][0]["node"]
@@ -252,8 +250,36 @@ def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     return query
 
 
-def _parse_tree(con: "duckdb.DuckDBPyConnection", query: str, *, where: str) -> dict[str, Any]:
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+_PARSER: dict[int, Any] = {}  # process id -> its parser connection (a forked child opens its own)
+_PARSER_LOCK = threading.Lock()
+
+
+def parse(query: str) -> dict[str, Any]:
+    """DuckDB's parse tree of ``query`` (``json_serialize_sql``; ``error`` set when it is not one
+    or more SELECT statements)."""
+    return json.loads(_parser_call("SELECT json_serialize_sql(?)", query))
+
+
+def unparse(tree: dict[str, Any]) -> str:
+    """The SQL text of a parse tree from :func:`parse` (``json_deserialize_sql``)."""
+    return _parser_call("SELECT json_deserialize_sql(?)", json.dumps(tree))
+
+
+def _parser_call(sql: str, argument: str) -> str:
+    """Parsing needs no extension, view or file: one bare connection per process, without external
+    access, reused (opening one costs tens of ms) under a lock (a connection is not thread-safe)."""
+    import duckdb
+
+    with _PARSER_LOCK:
+        con = _PARSER.get(os.getpid())
+        if con is None:
+            _PARSER.clear()
+            con = _PARSER[os.getpid()] = duckdb.connect(config={"enable_external_access": False, "threads": 1})
+        return con.execute(sql, [argument]).fetchone()[0]
+
+
+def _parse_tree(query: str, *, where: str) -> dict[str, Any]:
+    tree = parse(query)
     if tree.get("error"):
         raise SqlRefusedError(f"where {where!r} does not parse ({tree.get('error_message')}); it must be {FILTER}")
     return tree

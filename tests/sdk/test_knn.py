@@ -37,12 +37,24 @@ def _same_hits(sql_table, search_table) -> None:
     assert sql_table.column("rank").to_pylist() == list(range(1, sql_table.num_rows + 1))
 
 
+def _literal(product) -> str:
+    """A SQL list literal of one stored vector."""
+    return "[" + ", ".join(str(x) for x in product.to_numpy()[42]) + "]"
+
+
+def _as_duckdb_reads(product, literal: str) -> np.ndarray:
+    """The vector DuckDB reads from a literal (its decimal-to-float cast may differ by an ulp)."""
+    return np.asarray(product.sql(f"SELECT {literal}::FLOAT[32] AS v").column("v")[0].as_py(), dtype=np.float32)
+
+
 # Each case: the knn call, its parameters, and the query search gets for the same hits.
 QUERY_FORMS = {
     "numpy vector": ("knn(?, 7)", lambda p, pt: [p.to_numpy()[42]], lambda p, pt: p.to_numpy()[42]),
     "list vector": ("knn(?, 7)", lambda p, pt: [p.to_numpy()[42].tolist()], lambda p, pt: p.to_numpy()[42]),
     "chip id literal": ("knn('chip-0000042', 7)", lambda p, pt: None, lambda p, pt: "chip-0000042"),
     "chip id $name": ("knn($chip, 7)", lambda p, pt: {"chip": "chip-0000042"}, lambda p, pt: "chip-0000042"),
+    "list literal": ("knn({literal}::FLOAT[32], 7)", lambda p, pt: None, lambda p, pt: _as_duckdb_reads(p, _literal(p))),
+    "named argument first": ("knn(mode := 'exact', 'chip-0000042', 7)", lambda p, pt: None, lambda p, pt: "chip-0000042"),
     "point tuple": ("knn(?, 7)", lambda p, pt: [pt], lambda p, pt: pt),
     "ST_Point": ("knn(ST_Point(?, ?), 7)", lambda p, pt: list(pt), lambda p, pt: pt),
     "lon/lat struct": ("knn({'lon': ?, 'lat': ?}, 7)", lambda p, pt: list(pt), lambda p, pt: pt),
@@ -52,7 +64,7 @@ QUERY_FORMS = {
 @pytest.mark.parametrize("form", QUERY_FORMS)
 def test_same_hits_as_search_for_every_query_form(product, point, form):
     call, params, query = QUERY_FORMS[form]
-    table = product.sql(f"SELECT * FROM {call}", params(product, point))
+    table = product.sql(f"SELECT * FROM {call.replace('{literal}', _literal(product))}", params(product, point))
     assert table.column_names == ["chip_id", "rank", "distance"]
     _same_hits(table, product.search(query(product, point), k=7))
 
