@@ -268,7 +268,9 @@ def _search_query(value: Any, *, query: str) -> Any:
                 return (float(keys[x]), float(keys[y]))
         raise QueryError(f"knn's query {value!r} is a struct without just lon/lat (or x/y); give {QUERY_FORMS}"
                          f"\nquery: {query}")
-    if isinstance(value, str) or (isinstance(value, tuple) and len(value) == 2):
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(value, str) or (isinstance(value, tuple) and len(value) == 2
+                                  and all(isinstance(v, numbers) and not isinstance(v, bool) for v in value)):
         return value
     if isinstance(value, (list, tuple, np.ndarray)):
         vector = np.asarray(value, dtype=object if not isinstance(value, np.ndarray) else None)
@@ -297,7 +299,11 @@ def _answer(con: "duckdb.DuckDBPyConnection", node: dict, params: Any, *, produc
     unknown = sorted(set(named) - set(_SEARCH_OPTIONS) - {"view"})
     if unknown:
         raise QueryError(f"knn has no argument {unknown[0]!r}; {SIGNATURE}\nquery: {query}")
-    view = named.pop("view", "embeddings")
+    for name, kind in (("view", str), ("where", str), ("candidates", int)):  # search's own checks take the rest
+        if named.get(name) is not None and (not isinstance(named[name], kind) or isinstance(named[name], bool)):
+            raise QueryError(f"knn's {name} {named[name]!r} must be {'a string' if kind is str else 'an integer'}; "
+                             f"{SIGNATURE}\nquery: {query}")
+    view = named.pop("view", None) or "embeddings"
     if view not in products:
         raise QueryError(f"knn's view {view!r} is not a product of this connection; views: {sorted(products)} "
                          f"(attach a product to search it)\nquery: {query}")
