@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ._read import Product
 
 #: knn's signature, for messages.
-SIGNATURE = ("knn(query, k [, mode := 'exact'|'int8'|'binary'|'hnsw'|'ivf', metric := 'cosine'|'l2'|'ip', "
+SIGNATURE = ("knn(query, k [, mode := 'exact' or another mode search takes, metric := 'cosine'|'l2'|'ip', "
              "candidates := N, bbox := [xmin, ymin, xmax, ymax], datetime := 'START/END', where := 'SQL predicate', "
              "view := 'embeddings'])")
 
