@@ -693,8 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-checksums", action="store_true", help="skip the sha256 of data files")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("query", help="run one read-only SQL query over a product (view `embeddings`); "
-                       "it reads the data files of this product and of attached ones only")
+    p = sub.add_parser("query", help="run one read-only SQL query over a product (view `embeddings`, similarity "
+                       "search as `knn(query, k)`); it reads the data files of this product and of attached ones only")
     p.add_argument("path")
     p.add_argument("sql")
     p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? (JSON or text); repeat")

@@ -14,6 +14,8 @@ import functools
 import importlib
 import json
 import math
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -163,11 +165,13 @@ def open_views(views: Mapping[str, "Product"], *, row_ids: bool = False) -> "duc
     off and the configuration locked: no query reads or writes another file, fetches a URL, loads an
     extension or changes a setting. A product joins an open sandbox only by opening a new one.
     """
+    from ._knn import define_fallback
     from ._store import configure_duckdb
 
     con = connect()
     try:
         configure_duckdb(con, [path for product in views.values() for path in product.files])
+        define_fallback(con)
         for name, product in views.items():
             create_view(con, name=name, files=product.files, quant=product.quantization, row_ids=row_ids)
         files = sorted({url(path) for product in views.values() for path in product.files})
@@ -221,7 +225,7 @@ def _explained(query: str) -> str:
     return query[words[position][0]:] if position < len(words) else ""
 
 
-@functools.lru_cache(maxsize=256)  # parsing costs a connection (tens of ms); searches repeat their filters
+@functools.lru_cache(maxsize=256)  # searches repeat their filters
 def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     """``SELECT <select> FROM <view> WHERE (<where>)``, once DuckDB's parser shows that ``where`` is one
     boolean expression over the view's columns (raises SqlRefusedError otherwise).
@@ -230,13 +234,9 @@ def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     built only from :data:`_FILTER_CLASSES`: a ``)`` closing the clause early to add a UNION, a LIMIT
     or a second statement changes the rest of the tree, and a subquery is refused in the clause.
     """
-    import duckdb
-
     base = f'SELECT {select} FROM "{check_view_name(view)}"'
     query = f"{base} WHERE (\n{where}\n)"  # own lines: a trailing -- comment cannot swallow the ')'
-    # Parsing needs no extension, view or file: a bare connection without external access is quick.
-    with duckdb.connect(config={"enable_external_access": False}) as parser:
-        tree, bare = _parse_tree(parser, query, where=where), _parse_tree(parser, base, where=where)
+    tree, bare = _parse_tree(query, where=where), _parse_tree(base, where=where)
     node = tree["statements"][0]["node"] if len(tree.get("statements", ())) == 1 else {}
     clause = node.pop("where_clause", None)
     bare_node = bare["statements"][0]["node"]
@@ -250,8 +250,36 @@ def filter_query(where: str, *, select: str, view: str = "embeddings") -> str:
     return query
 
 
-def _parse_tree(con: "duckdb.DuckDBPyConnection", query: str, *, where: str) -> dict[str, Any]:
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])
+_PARSER: dict[int, Any] = {}  # process id -> its parser connection (a forked child opens its own)
+_PARSER_LOCK = threading.Lock()
+
+
+def parse(query: str) -> dict[str, Any]:
+    """DuckDB's parse tree of ``query`` (``json_serialize_sql``; ``error`` set when it is not one
+    or more SELECT statements)."""
+    return json.loads(_parser_call("SELECT json_serialize_sql(?)", query))
+
+
+def unparse(tree: dict[str, Any]) -> str:
+    """The SQL text of a parse tree from :func:`parse` (``json_deserialize_sql``)."""
+    return _parser_call("SELECT json_deserialize_sql(?)", json.dumps(tree))
+
+
+def _parser_call(sql: str, argument: str) -> str:
+    """Parsing needs no extension, view or file: one bare connection per process, without external
+    access, reused (opening one costs tens of ms) under a lock (a connection is not thread-safe)."""
+    import duckdb
+
+    with _PARSER_LOCK:
+        con = _PARSER.get(os.getpid())
+        if con is None:
+            _PARSER.clear()
+            con = _PARSER[os.getpid()] = duckdb.connect(config={"enable_external_access": False, "threads": 1})
+        return con.execute(sql, [argument]).fetchone()[0]
+
+
+def _parse_tree(query: str, *, where: str) -> dict[str, Any]:
+    tree = parse(query)
     if tree.get("error"):
         raise SqlRefusedError(f"where {where!r} does not parse ({tree.get('error_message')}); it must be {FILTER}")
     return tree
@@ -284,15 +312,40 @@ def query_error(con: "duckdb.DuckDBPyConnection", error: Exception, query: str) 
     return QueryError(f"{explain_error(error, query)}{note}")
 
 
-def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None):
+def run(con: "duckdb.DuckDBPyConnection", query: str, params: Sequence[Any] | dict[str, Any] | None = None, *,
+        products: Mapping[str, "Product"] | None = None):
     """Run one read-only query with bound parameters and return a pyarrow Table; errors keep DuckDB's reason.
 
-    Over a sandbox (:func:`open_views`) a file outside the views is refused with SqlRefusedError."""
+    Over a sandbox (:func:`open_views`) a file outside the views is refused with SqlRefusedError.
+    With ``products`` (the connection's views), ``knn(query, k, ...)`` table functions are answered by
+    search (see :mod:`eoembed._knn`)."""
     import duckdb
 
     check_read_only(con, query)
+    statement = _with_knn_answered(con, query, params, products=products)
+    text, values = (statement.query, statement.params) if statement is not None else (query, params)
     try:
-        result = con.execute(query, params) if params is not None else con.execute(query)
+        if statement is not None:
+            check_read_only(con, text)  # the rewritten text passes the same gate
+        result = con.execute(text, values) if values is not None else con.execute(text)
         return result.to_arrow_table()
     except duckdb.Error as error:
         raise query_error(con, error, query) from error
+    finally:
+        if statement is not None:
+            statement.close()
+
+
+def _with_knn_answered(con: "duckdb.DuckDBPyConnection", query: str, params: Any, *,
+                       products: Mapping[str, "Product"] | None):
+    """The statement with its knn calls answered (:func:`eoembed._knn.rewrite`), or None without any."""
+    import duckdb
+
+    from ._knn import calls_knn, rewrite
+
+    if not products or not calls_knn(query):
+        return None
+    if con.extract_statements(query)[0].type == duckdb.StatementType.EXPLAIN:
+        explained = _explained(query)
+        return rewrite(con, explained, params, products=products, prefix=query[: len(query) - len(explained)])
+    return rewrite(con, query, params, products=products)

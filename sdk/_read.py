@@ -514,7 +514,7 @@ class Product:
         SqlRefusedError."""
         from ._query import run
 
-        return run(self.connect(), query, params)
+        return run(self.connect(), query, params, products={"embeddings": self, **self._attached})
 
     def attach(self, name: str, other: "Product | str | os.PathLike") -> "Product":
         """Add another product to this one's SQL connection as view ``name`` (join on ``chip_id``).
@@ -609,8 +609,9 @@ def sql(query: str, params: Sequence[Any] | dict[str, Any] | None = None, *, pro
     from ._query import open_views, run
 
     # Open (and so check) every product before paying for a connection.
-    con = open_views({name: path if isinstance(path, Product) else Product(path) for name, path in products.items()})
+    views = {name: path if isinstance(path, Product) else Product(path) for name, path in products.items()}
+    con = open_views(views)
     try:
-        return run(con, query, params)
+        return run(con, query, params, products=views)
     finally:
         con.close()

@@ -83,10 +83,22 @@ STATEMENTS = [
     "USE memory",
     "SELECT getenv('HOME')",
     ".read {csv}",
+    # through knn's arguments and around its rewrite
+    "SELECT * FROM knn((SELECT content FROM read_text('{text}')), 5)",
+    "SELECT * FROM knn('chip-0000001', 5, \"where\" := 'chip_id IN (SELECT content FROM read_text(''{text}''))')",
+    "SELECT * FROM knn('chip-0000001', 5, \"where\" := '1=1; COPY (SELECT 1) TO ''{out}/knn.csv''')",
+    "SELECT * FROM knn('chip-0000001', 5) JOIN read_csv('{csv}') ON true",
+    "WITH n AS (SELECT * FROM knn('chip-0000001', 5)) SELECT * FROM n, read_text('{text}')",
+    "SELECT * FROM knn(getenv('HOME'), 5)",
+    "SELECT * FROM knn('chip-0000001', 5); COPY (SELECT 1) TO '{out}/knn.csv'",
+    "COPY (SELECT * FROM knn('chip-0000001', 5)) TO '{out}/knn.csv'",
+    "EXPLAIN ANALYZE COPY (SELECT * FROM knn('chip-0000001', 5)) TO '{out}/knn.csv'",
+    "SELECT * FROM query('SELECT * FROM knn(''chip-0000001'', 5)')",
 ]
 
 #: Attempts DuckDB itself refuses inside the sandbox, with its own reason (a QueryError, not SqlRefusedError).
-DUCKDB_REFUSES = {"SELECT * FROM query('COPY (SELECT 1) TO ''{out}/nested.csv''')", "SELECT getenv('HOME')", ".read {csv}"}
+DUCKDB_REFUSES = {"SELECT * FROM query('COPY (SELECT 1) TO ''{out}/nested.csv''')", "SELECT getenv('HOME')", ".read {csv}",
+                  "SELECT * FROM knn(getenv('HOME'), 5)", "SELECT * FROM query('SELECT * FROM knn(''chip-0000001'', 5)')"}
 
 #: Attempts through ``search(where=...)``, ``dataset(where=...)`` and ``eoembed search --where``.
 FILTERS = [
