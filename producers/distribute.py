@@ -34,7 +34,7 @@ from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 from .align import align_scenes, grid_section
 from .encode import Encoder, get_encoder, select_device
 from .energy import EnergyMeter
-from .produce import check_drop_options, chip_batches, encode_scene, missing_time_message
+from .produce import check_drop_options, chip_batches, encode_scene, missing_time_message, writer_batches
 from .read import Scene, open_scene
 from .staging import (
     LOCK,  # noqa: F401  (re-exported: the lock file's name belongs to the job's public surface)
@@ -448,10 +448,11 @@ def run_job(config: JobConfig) -> Summary:
             windows_of[unit.scene] = scene_windows(scene, chip_size=config.chip_size, stride=stride)
         windows = windows_of[unit.scene][unit.first : unit.stop]
         dropped: dict[str, dict[str, int]] = {}
-        batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
+        batches = list(writer_batches(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
                                     min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
                                     time=config.time, windows=windows, prefetch_depth=depth, meter=meter,
-                                    empty_chips=config.empty_chips, outside_grid=config.outside_grid, dropped=dropped))
+                                    empty_chips=config.empty_chips, outside_grid=config.outside_grid, dropped=dropped),
+                                     rows=unit.stop - unit.first))
         with writing_output(staging):
             disk_full_fault(done)
             record_dropped(staging, unit.id, dropped)  # before the unit file: a unit that exists has its count
