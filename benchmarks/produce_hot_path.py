@@ -7,15 +7,16 @@ plain rasterio + numpy + pyarrow script that makes the same vectors from the sam
 The minimal loop reads the bands with rasterio in one read, cuts the chips with numpy window views,
 drops chips below the valid fraction, computes the same vectors as the encoder (stats: per band mean,
 std, p10, p50, p90 over the valid pixels; rcf: the kernels fitted on the same first chips, one
-convolution over large batches, ReLU(+-conv - 1) mean-pooled over fully valid windows), and writes
+convolution per 64 chips, ReLU(+-conv - 1) mean-pooled over fully valid windows), and writes
 one table with pyarrow: chip ids, WKB footprints, pixel offsets and the vectors. `eoembed produce`
 runs under `mpirun -n 1` on the same input. Both run in fresh processes with the same thread count,
 alternately, ``--repeat`` times; the best rate of each is compared. chips/s is measured inside each
 process, from opening the scene to the written output (interpreter start-up and imports excluded),
-as the producer's own summary line measures it.
+as the producer's own summary line measures it. Chips per CPU second (same span, one thread each) are
+printed too: on a shared machine the wall-clock rate depends on the other load, the CPU rate hardly.
 
 The vectors of both are joined on the chips' pixel offsets and compared: stats must agree exactly;
-rcf to float32 rounding (one large convolution against the producer's fixed chunks).
+rcf to float32 rounding (other convolution batches than the producer's fixed chunks).
 
 ``--profile`` runs the producer once more in one process under cProfile and prints where its time
 goes.
@@ -47,6 +48,7 @@ NODATA = 0
 MIN_VALID = 0.5
 FIT_CHIPS = 1024  # the producer's default sample for fitting rcf
 BLOCK = 4096  # chips per step of the minimal loop
+CONV_CHIPS = 64  # chips per convolution call of the minimal rcf loop: the fastest of 4 ... 1024 here
 SUMMARY = re.compile(r"produced .*?: (\d+) chips .*?, ([\d.]+) s, (\d+) chips/s")
 
 
@@ -110,10 +112,12 @@ class RcfFeatures:
         if none.any():  # no fully valid window: pool the outputs centred on a valid pixel
             top = (self.k - 1) // 2
             pool[none] = ok[none, top : top + h - self.k + 1, top : top + w - self.k + 1]
+        sums = np.empty((n, self.weight.shape[0]), dtype=np.float32)
+        mask = torch.from_numpy(pool[:, None].astype(np.float32))
         with torch.no_grad():
-            y = F.conv2d(torch.from_numpy(xs), self.weight, self.bias).relu_()
-            y.mul_(torch.from_numpy(pool[:, None].astype(np.float32)))
-            sums = y.sum(dim=(2, 3)).numpy()
+            for i in range(0, n, CONV_CHIPS):
+                y = F.conv2d(torch.from_numpy(xs[i : i + CONV_CHIPS]), self.weight, self.bias).relu_()
+                sums[i : i + CONV_CHIPS] = y.mul_(mask[i : i + CONV_CHIPS]).sum(dim=(2, 3)).numpy()
         return (sums / np.maximum(pool.sum(axis=(1, 2)), 1)[:, None]).astype(np.float32)
 
 
@@ -125,7 +129,7 @@ def minimal_loop(encoder: str, out: Path, chip: int, stride: int) -> dict:
     from numpy.lib.stride_tricks import sliding_window_view
     from pyproj import Transformer
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with rasterio.open(SCENE) as ds:
         raw = ds.read()
         a, b_, c, d, e, f = tuple(ds.transform)[:6]
@@ -172,7 +176,7 @@ def minimal_loop(encoder: str, out: Path, chip: int, stride: int) -> dict:
     })
     pq.write_table(table, out)
     seconds = time.perf_counter() - t0
-    return {"chips": n, "seconds": seconds, "rate": n / seconds}
+    return {"chips": n, "seconds": seconds, "rate": n / seconds, "cpu_rate": n / (time.process_time() - cpu0)}
 
 
 # -- the side-by-side run --------------------------------------------------------------------------
@@ -187,13 +191,28 @@ def run_minimal(encoder: str, out: Path, args: argparse.Namespace, env: dict) ->
 
 
 def run_produce(encoder: str, out: Path, args: argparse.Namespace, env: dict) -> dict:
-    command = [str(BIN / "mpirun"), "-n", "1", *produce_command(encoder, out, args)]
+    command = [str(BIN / "mpirun"), "-n", "1", sys.executable, __file__, TIMED_CLI, *produce_command(encoder, out, args)[1:]]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     found = SUMMARY.search(done.stderr)
     if done.returncode != 0 or found is None:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
     chips, seconds, rate = found.groups()
-    return {"chips": int(chips), "seconds": float(seconds), "rate": float(rate)}
+    cpu = float(done.stdout.strip().splitlines()[-1])
+    return {"chips": int(chips), "seconds": float(seconds), "rate": float(rate), "cpu_rate": int(chips) / cpu}
+
+
+TIMED_CLI = "--timed-cli"
+
+
+def timed_cli(argv: list[str]) -> None:
+    """`eoembed ARGV` in this process; prints its CPU seconds, imports excluded (the chips/s per CPU
+    second does not depend on what else the machine runs, the wall-clock rate does)."""
+    import eoembed.producers.distribute  # noqa: F401  imports before the clock starts, as the job's own does
+    from eoembed._cli import main
+
+    start = time.process_time()
+    _run_cli(main, argv)
+    print(time.process_time() - start)
 
 
 def compare_vectors(product: Path, minimal: Path) -> tuple[int, float, float]:
@@ -239,6 +258,8 @@ def _run_cli(main, argv: list[str]) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == [TIMED_CLI]:
+        return timed_cli(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoders", default="stats,rcf")
     parser.add_argument("--chip-size", type=int, default=16)
@@ -264,8 +285,8 @@ def main() -> None:
                 minimal.append(run_minimal(encoder, Path(tmp) / f"{encoder}-{i}.parquet", args, env))
                 made.append(run_produce(encoder, Path(tmp) / f"{encoder}-{i}", args, env))
             chips, abs_diff, rel_diff = compare_vectors(Path(tmp) / f"{encoder}-0", Path(tmp) / f"{encoder}-0.parquet")
-            best_minimal, best_made = max(r["rate"] for r in minimal), max(r["rate"] for r in made)
-            rows.append((encoder, chips, minimal, made, best_made / best_minimal, abs_diff, rel_diff))
+            ratios = [max(r[key] for r in made) / max(r[key] for r in minimal) for key in ("rate", "cpu_rate")]
+            rows.append((encoder, chips, minimal, made, ratios, abs_diff, rel_diff))
         if args.profile:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)
             for encoder in args.encoders.split(","):
@@ -273,14 +294,16 @@ def main() -> None:
     print(f"\n`{' '.join([Path(sys.executable).name, *sys.argv])}`; scene {SCENE.name}, chip {args.chip_size} px, "
           f"stride {args.stride}, {args.threads} thread(s) each, {args.repeat} alternating runs (best counts); "
           f"{os.cpu_count()} cores, Python {platform.python_version()}\n")
-    print("| encoder | chips | minimal loop chips/s (runs) | eoembed produce -n 1 chips/s (runs) | ratio | max abs diff | max rel diff |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for encoder, chips, minimal, made, ratio, abs_diff, rel_diff in rows:
-        print(f"| {encoder} | {chips} | {_rates(minimal)} | {_rates(made)} | {ratio:.2f}x | {abs_diff:.3g} | {rel_diff:.3g} |")
+    print("| encoder | chips | minimal loop chips/s (runs) | eoembed produce -n 1 chips/s (runs) | ratio | "
+          "minimal loop chips per CPU s | produce chips per CPU s | CPU ratio | max abs diff | max rel diff |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for encoder, chips, minimal, made, (ratio, cpu_ratio), abs_diff, rel_diff in rows:
+        print(f"| {encoder} | {chips} | {_rates(minimal, 'rate')} | {_rates(made, 'rate')} | {ratio:.2f}x | "
+              f"{_rates(minimal, 'cpu_rate')} | {_rates(made, 'cpu_rate')} | {cpu_ratio:.2f}x | {abs_diff:.3g} | {rel_diff:.3g} |")
 
 
-def _rates(results: list[dict]) -> str:
-    rates = [r["rate"] for r in results]
+def _rates(results: list[dict], key: str) -> str:
+    rates = [r[key] for r in results]
     return f"{max(rates):.0f} ({', '.join(f'{r:.0f}' for r in rates)})"
 
 

@@ -7,7 +7,9 @@ into writer batches and knows nothing of where they go.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +25,19 @@ from eoembed._write import ProductWriter
 
 from .encode import Encoder, get_encoder
 from .read import Scene, open_scene
-from .tile import iter_chip_batches
+from .tile import _positive_int, iter_chip_batches
+
+
+@contextlib.contextmanager
+def startup_objects_frozen() -> Iterator[None]:
+    """Within this block the cyclic garbage collector skips every object alive at its start (the
+    modules of torch, GDAL, pyarrow ...: millions of objects). A job's tens of thousands of chips
+    trigger full collections again and again, and each would otherwise walk all of those."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def prefetch(items: Iterator[Any], *, depth: int = 2) -> Iterator[Any]:
@@ -113,8 +127,8 @@ def encode_scene(
         raise ImageryError(missing_time_message([scene.path]))
     grid = get_grid(grid_id)
     source = source_id or Path(scene.path).stem
-    batches = chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
-                           min_valid_fraction=min_valid_fraction, windows=windows)
+    batches = chip_batches(scene, chip_size=chip_size, stride=stride, min_valid_fraction=min_valid_fraction,
+                           windows=windows, batch_size=tiling_batch(batch_size, bands=scene.count, chip_size=chip_size))
     # Overlapping reads with encoding pays when the encoder runs on an accelerator; on a few busy
     # CPU cores the hand-off costs more than it saves (benchmarks/produce_scaling.py).
     stamps = tuple(np.datetime64(_utc_naive(t), "us") for t in (when if isinstance(when, tuple) else (when,)))
@@ -122,7 +136,7 @@ def encode_scene(
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2
         cells = _cells_or_none(grid, lon, lat, refuse=outside_grid == "error", where=scene.path)
-        vectors = meter.measure(encoder.encode, batch.pixels, batch.valid) if meter else encoder.encode(batch.pixels, batch.valid)
+        vectors = _encode(encoder, batch, batch_size=batch_size, meter=meter)
         keep = cells != None  # noqa: E711  (elementwise over an object array)
         _count(dropped, source, DROPPED_OUTSIDE_GRID, int((~keep).sum()))
         if empty_chips == "drop":
@@ -191,6 +205,28 @@ def _join(batches: list[dict[str, Any]]) -> dict[str, Any]:
 def _utc_naive(when: datetime) -> datetime:
     """UTC without a zone, as numpy holds it; a naive time is UTC already (as the writer reads it)."""
     return when.astimezone(timezone.utc).replace(tzinfo=None) if when.tzinfo is not None else when
+
+
+#: float32 pixel bytes of one tiling batch: chips are cut, placed on Earth and named many encoder
+#: batches at a time, since each of those steps costs about as much per call as per chip
+TILING_BYTES = 64 << 20
+
+
+def tiling_batch(batch_size: int, *, bands: int, chip_size: int) -> int:
+    """Chips a tiling batch holds: a whole number of encoder batches within :data:`TILING_BYTES`
+    (at least one), so the encoder sees the same batches whatever the tiling."""
+    batch_size, chip_size = _positive_int("batch_size", batch_size), _positive_int("chip_size", chip_size)
+    per_chip = max(int(bands), 1) * chip_size**2 * 4
+    return batch_size * max(1, TILING_BYTES // (per_chip * batch_size))
+
+
+def _encode(encoder: Encoder, batch, *, batch_size: int, meter: Any) -> np.ndarray:
+    """The vectors of a tiling batch, ``batch_size`` chips an encoder call."""
+    parts = []
+    for start in range(0, len(batch), batch_size):
+        pixels, valid = batch.pixels[start : start + batch_size], batch.valid[start : start + batch_size]
+        parts.append(np.asarray(meter.measure(encoder.encode, pixels, valid) if meter else encoder.encode(pixels, valid)))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 DROPPED_ZERO_VECTOR = "all-zero vector (--empty-chips keep keeps them)"
@@ -285,7 +321,7 @@ def produce(
     stride = stride or chip_size
     contract = model.contract(bands=first.band_names, chip_size=chip_size, stride=stride, gsd=float(abs(first.res[0])),
                               band_sources=band_sources or [Path(first.path).name] * first.count)
-    with ProductWriter(out, model=contract, grid=grid_section(grid, align=align, pixel_size=pixel_size, resampling=resampling),
+    with startup_objects_frozen(), ProductWriter(out, model=contract, grid=grid_section(grid, align=align, pixel_size=pixel_size, resampling=resampling),
                        quantization=quantization, overwrite=overwrite,
                        nodata_zero_vector=writer_options.pop("nodata_zero_vector", False) or empty_chips == "keep",
                        license=license, **writer_options) as writer:

@@ -13,7 +13,6 @@ from functools import lru_cache
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
-import rasterio
 from numpy.lib.stride_tricks import sliding_window_view
 import shapely
 from pyproj import Transformer
@@ -21,7 +20,7 @@ from rasterio.errors import RasterioError
 
 from eoembed._errors import ImageryError, TilingError
 
-from .read import Scene, _band_indexes, _read_open
+from .read import Scene, _band_indexes, _read_open, open_dataset
 
 __all__ = ["ChipWindow", "ChipBatch", "chip_windows", "iter_chip_batches", "footprint_polygons_lonlat"]
 
@@ -135,18 +134,42 @@ def _lonlat_rings(scene: Scene, win: np.ndarray, segments: int = DENSIFY_SEGMENT
     u, v = _unit_ring(segments)
     cols = win[:, :1] + win[:, 2:3] * u[None, :]
     rows = win[:, 1:2] + win[:, 2:3] * v[None, :]
-    a, b, c, d, e, f = scene.transform[:6]
-    xs = a * cols + b * rows + c
-    ys = d * cols + e * rows + f
-    lon, lat = _to_crs84(scene.crs).transform(xs.ravel(), ys.ravel())
-    lon = np.asarray(lon, dtype=np.float64).reshape(xs.shape)
-    lat = np.asarray(lat, dtype=np.float64).reshape(xs.shape)
+    lon, lat = np.empty(cols.shape), np.empty(cols.shape)
+    # Points on the chips' top and bottom edges lie on few rows, those on their left and right edges on
+    # few columns, and neighbouring chips share them: project each point of those two lattices once.
+    edges = [(v == 0) | (v == 1)]
+    edges.append(~edges[0])  # left and right edges (u is 0 or 1)
+    offsets_c, offsets_r, sizes = (np.unique(win[:, i]) for i in range(3))
+
+    def lattice(offsets: np.ndarray, fractions: np.ndarray) -> np.ndarray:  # the same sums as cols and rows above
+        return np.unique(offsets[:, None, None] + sizes[None, :, None] * np.unique(fractions)[None, None, :])
+
+    lattices = [(edge, lattice(offsets_c, u[edge]), lattice(offsets_r, v[edge])) for edge in edges]
+    if sum(len(c) * len(r) for _, c, r in lattices) >= cols.size:  # scattered chips: every point on its own
+        lattices = [(slice(None), None, None)]
+    for edge, lattice_cols, lattice_rows in lattices:
+        if lattice_cols is None:
+            x, y = _to_crs84_points(scene, cols, rows)
+            lon[:], lat[:] = x.reshape(cols.shape), y.reshape(cols.shape)
+            continue
+        x, y = _to_crs84_points(scene, *np.meshgrid(lattice_cols, lattice_rows))
+        at = np.searchsorted(lattice_rows, rows[:, edge]) * len(lattice_cols) + np.searchsorted(lattice_cols, cols[:, edge])
+        lon[:, edge], lat[:, edge] = x[at], y[at]
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise ImageryError(
             f"{scene.path}: some chip corners cannot be projected from {scene.crs} to lon/lat; "
             "check the scene's CRS and geotransform"
         )
     return lon, lat
+
+
+def _to_crs84_points(scene: Scene, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat lon, lat arrays of pixel positions (col, row) of ``scene``."""
+    a, b, c, d, e, f = scene.transform[:6]
+    xs = a * cols + b * rows + c
+    ys = d * cols + e * rows + f
+    lon, lat = _to_crs84(scene.crs).transform(xs.ravel(), ys.ravel())
+    return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
 
 def _lonlat_bounds(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -174,8 +197,8 @@ def footprint_polygons_lonlat(scene: Scene, windows: Sequence[ChipWindow]) -> li
 
 
 def _make_batch(scene: Scene, pixels: np.ndarray, valid: np.ndarray, windows: list[ChipWindow],
-                fractions: np.ndarray) -> ChipBatch:
-    win = _windows_array(windows)
+                fractions: np.ndarray, win: np.ndarray) -> ChipBatch:
+    """The batch of chips ``windows`` (also as an (n, 3) array ``win``)."""
     lon, lat = _lonlat_rings(scene, win)
     size = win[:, 2]
     bbox = np.stack([win[:, 0], win[:, 1], win[:, 0] + size, win[:, 1] + size], axis=1).astype(np.int32)
@@ -209,10 +232,10 @@ def iter_chip_batches(
     """
     indexes = _band_indexes(scene, bands)
     try:
-        ds = rasterio.open(scene.path)
+        opened = open_dataset(scene.path)
     except RasterioError as exc:
         raise ImageryError(f"{scene.path}: rasterio cannot open it ({exc}); check that the file is still there") from exc
-    with ds:
+    with opened as ds:
         def read(*, col_off: int, row_off: int, width: int, height: int):
             return _read_open(ds, scene, col_off=col_off, row_off=row_off, width=width, height=height, indexes=indexes)
 
@@ -266,9 +289,9 @@ def strip_batches(
         chips = views[rows[keep] - r0, cols[keep] - c0]  # (k, bands, size, size), a contiguous copy
         pending.add(chips, chip_valid[keep], index[keep], fractions[keep])
         for part in pending.full_batches():
-            yield _make_batch(grid, *part[:2], [windows[i] for i in part[2]], part[3])
+            yield _make_batch(grid, *part[:2], [windows[i] for i in part[2]], part[3], win[part[2]].astype(np.float64))
     for part in pending.rest():
-        yield _make_batch(grid, *part[:2], [windows[i] for i in part[2]], part[3])
+        yield _make_batch(grid, *part[:2], [windows[i] for i in part[2]], part[3], win[part[2]].astype(np.float64))
 
 
 #: pixels a band read in one block of chip rows (4 MiB a band as float32)
