@@ -46,15 +46,18 @@ def chip_ids(*, grid_id: str, grid_cells: Sequence[str], col_offs: Sequence[int]
     """Chip ids for many chips (same rules as :func:`chip_id`). Each distinct time is formatted once:
     the chips of a scene share one."""
     stamps: dict = {}
-    out = []
-    for cell, col, row, time, source in zip(grid_cells, np.asarray(col_offs).tolist(), np.asarray(row_offs).tolist(),
-                                            times, source_ids):
-        stamp = stamps.get(time)
-        if stamp is None:
-            stamp = stamps[time] = _stamp(time)
-        key = f"eoembed-chip/1|{grid_id}|{cell}|{int(col)}|{int(row)}|{int(chip_size)}|{stamp}|{source}"
-        out.append(hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
-    return out
+
+    def stamp(time) -> str:
+        if time not in stamps:
+            stamps[time] = _stamp(time)
+        return stamps[time]
+
+    sha256, size = hashlib.sha256, int(chip_size)
+    return [
+        sha256(f"eoembed-chip/1|{grid_id}|{cell}|{int(col)}|{int(row)}|{size}|{stamp(time)}|{source}".encode("utf-8")).hexdigest()[:32]
+        for cell, col, row, time, source in zip(grid_cells, np.asarray(col_offs).tolist(), np.asarray(row_offs).tolist(),
+                                                times, source_ids)
+    ]
 
 
 def footprint_chip_ids(*, grid_id: str, grid_cells: Sequence[str], bounds: np.ndarray, times: Sequence,
