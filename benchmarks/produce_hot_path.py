@@ -19,7 +19,7 @@ The vectors of both are joined on the chips' pixel offsets and compared: stats m
 rcf to float32 rounding (other convolution batches than the producer's fixed chunks).
 
 ``--profile`` runs the producer once more in one process under cProfile and prints where its time
-goes.
+goes; ``--other-bin`` runs another installation's producer (an earlier commit) in the same alternation.
 """
 
 from __future__ import annotations
@@ -190,8 +190,9 @@ def run_minimal(encoder: str, out: Path, args: argparse.Namespace, env: dict) ->
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_produce(encoder: str, out: Path, args: argparse.Namespace, env: dict) -> dict:
-    command = [str(BIN / "mpirun"), "-n", "1", sys.executable, __file__, TIMED_CLI, *produce_command(encoder, out, args)[1:]]
+def run_produce(encoder: str, out: Path, args: argparse.Namespace, env: dict, *, bin_dir: Path = BIN) -> dict:
+    command = [str(bin_dir / "mpirun"), "-n", "1", str(bin_dir / "python"), __file__, TIMED_CLI,
+               *produce_command(encoder, out, args)[1:]]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     found = SUMMARY.search(done.stderr)
     if done.returncode != 0 or found is None:
@@ -268,6 +269,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each; the best rate counts")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both (default 1: one core each)")
     parser.add_argument("--profile", action="store_true", help="also profile the producer in this process")
+    parser.add_argument("--other-bin", type=Path, help="bin folder of another eoembed installation (an earlier "
+                        "commit, say) whose producer runs in the same alternation, for a before / after table")
     parser.add_argument("--minimal", help=argparse.SUPPRESS)
     parser.add_argument("--minimal-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -280,13 +283,17 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for encoder in args.encoders.split(","):
-            minimal, made = [], []
+            minimal, made, other = [], [], []
             for i in range(args.repeat):
                 minimal.append(run_minimal(encoder, Path(tmp) / f"{encoder}-{i}.parquet", args, env))
                 made.append(run_produce(encoder, Path(tmp) / f"{encoder}-{i}", args, env))
-            chips, abs_diff, rel_diff = compare_vectors(Path(tmp) / f"{encoder}-0", Path(tmp) / f"{encoder}-0.parquet")
-            ratios = [max(r[key] for r in made) / max(r[key] for r in minimal) for key in ("rate", "cpu_rate")]
-            rows.append((encoder, chips, minimal, made, ratios, abs_diff, rel_diff))
+                if args.other_bin:
+                    other.append(run_produce(encoder, Path(tmp) / f"{encoder}-other-{i}", args, env, bin_dir=args.other_bin))
+            for label, results, product in ((encoder, made, f"{encoder}-0"), (f"{encoder} ({args.other_bin})", other, f"{encoder}-other-0")):
+                if results:
+                    chips, abs_diff, rel_diff = compare_vectors(Path(tmp) / product, Path(tmp) / f"{encoder}-0.parquet")
+                    ratios = [max(r[key] for r in results) / max(r[key] for r in minimal) for key in ("rate", "cpu_rate")]
+                    rows.append((label, chips, minimal, results, ratios, abs_diff, rel_diff))
         if args.profile:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)
             for encoder in args.encoders.split(","):
