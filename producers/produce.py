@@ -137,7 +137,7 @@ def encode_scene(
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2
         cells = _cells_or_none(grid, lon, lat, refuse=outside_grid == "error", where=scene.path)
         vectors = _encode(encoder, batch, batch_size=batch_size, meter=meter)
-        keep = cells != None  # noqa: E711  (elementwise over an object array)
+        keep = np.not_equal(cells, None)  # elementwise over the object array
         _count(dropped, source, DROPPED_OUTSIDE_GRID, int((~keep).sum()))
         if empty_chips == "drop":
             zero = keep & ~np.asarray(vectors).any(axis=1)

@@ -13,8 +13,8 @@ from functools import lru_cache
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 import shapely
+from numpy.lib.stride_tricks import sliding_window_view
 from pyproj import Transformer
 from rasterio.errors import RasterioError
 
@@ -134,7 +134,6 @@ def _lonlat_rings(scene: Scene, win: np.ndarray, segments: int = DENSIFY_SEGMENT
     u, v = _unit_ring(segments)
     cols = win[:, :1] + win[:, 2:3] * u[None, :]
     rows = win[:, 1:2] + win[:, 2:3] * v[None, :]
-    lon, lat = np.empty(cols.shape), np.empty(cols.shape)
     # Points on the chips' top and bottom edges lie on few rows, those on their left and right edges on
     # few columns, and neighbouring chips share them: project each point of those two lattices once.
     edges = [(v == 0) | (v == 1)]
@@ -145,16 +144,14 @@ def _lonlat_rings(scene: Scene, win: np.ndarray, segments: int = DENSIFY_SEGMENT
         return np.unique(offsets[:, None, None] + sizes[None, :, None] * np.unique(fractions)[None, None, :])
 
     lattices = [(edge, lattice(offsets_c, u[edge]), lattice(offsets_r, v[edge])) for edge in edges]
-    if sum(len(c) * len(r) for _, c, r in lattices) >= cols.size:  # scattered chips: every point on its own
-        lattices = [(slice(None), None, None)]
-    for edge, lattice_cols, lattice_rows in lattices:
-        if lattice_cols is None:
-            x, y = _to_crs84_points(scene, cols, rows)
-            lon[:], lat[:] = x.reshape(cols.shape), y.reshape(cols.shape)
-            continue
-        x, y = _to_crs84_points(scene, *np.meshgrid(lattice_cols, lattice_rows))
-        at = np.searchsorted(lattice_rows, rows[:, edge]) * len(lattice_cols) + np.searchsorted(lattice_cols, cols[:, edge])
-        lon[:, edge], lat[:, edge] = x[at], y[at]
+    if sum(len(c) * len(r) for _, c, r in lattices) >= cols.size:  # scattered chips share few points
+        lon, lat = (values.reshape(cols.shape) for values in _to_crs84_points(scene, cols, rows))
+    else:
+        lon, lat = np.empty(cols.shape), np.empty(cols.shape)
+        for edge, lattice_cols, lattice_rows in lattices:
+            x, y = _to_crs84_points(scene, *np.meshgrid(lattice_cols, lattice_rows))
+            at = np.searchsorted(lattice_rows, rows[:, edge]) * len(lattice_cols) + np.searchsorted(lattice_cols, cols[:, edge])
+            lon[:, edge], lat[:, edge] = x[at], y[at]
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise ImageryError(
             f"{scene.path}: some chip corners cannot be projected from {scene.crs} to lon/lat; "
