@@ -34,8 +34,15 @@ from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 from .align import align_scenes, grid_section
 from .encode import Encoder, get_encoder, select_device
 from .energy import EnergyMeter
-from .produce import check_drop_options, chip_batches, encode_scene, missing_time_message
-from .read import Scene, open_scene
+from .produce import (
+    check_drop_options,
+    chip_batches,
+    encode_scene,
+    missing_time_message,
+    startup_objects_frozen,
+    writer_batches,
+)
+from .read import Scene, keep_datasets_open, open_scene
 from .staging import (
     LOCK,  # noqa: F401  (re-exported: the lock file's name belongs to the job's public surface)
     check_output_path,
@@ -371,6 +378,11 @@ def fault_after(variable: str = FAULT_ENV) -> tuple[int, int] | None:
 
 def run_job(config: JobConfig) -> Summary:
     """Run the job on every rank of MPI.COMM_WORLD (one rank without mpirun). Returns rank 0's summary."""
+    with startup_objects_frozen():
+        return _run_job(config)
+
+
+def _run_job(config: JobConfig) -> Summary:
     comm, local_ranks, local_rank = _world()
     rank, size = comm.Get_rank(), comm.Get_size()
     _set_threads(local_ranks)
@@ -436,37 +448,39 @@ def run_job(config: JobConfig) -> Summary:
     progress = _Progress(comm, rank, units, show=config.progress)
     windows_of: dict[int, list] = {}
     written = []  # records of the units this rank wrote: rank 0 need not read those files again
-    for unit in mine:
-        target = staging / DATA_DIR / f"{unit.id}.parquet"
-        if target.exists():
-            skipped += 1
-            progress.unit_done(unit, 0)
-            continue
-        t0 = time.perf_counter()
-        scene = scenes[unit.scene]
-        if unit.scene not in windows_of:  # computed once per scene, not once per unit
-            windows_of[unit.scene] = scene_windows(scene, chip_size=config.chip_size, stride=stride)
-        windows = windows_of[unit.scene][unit.first : unit.stop]
-        dropped: dict[str, dict[str, int]] = {}
-        batches = list(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
-                                    min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
-                                    time=config.time, windows=windows, prefetch_depth=depth, meter=meter,
-                                    empty_chips=config.empty_chips, outside_grid=config.outside_grid, dropped=dropped))
-        with writing_output(staging):
-            disk_full_fault(done)
-            record_dropped(staging, unit.id, dropped)  # before the unit file: a unit that exists has its count
-            record = writer.write_unit(unit.id, batches, energy=meter.take())
-        if record is not None:
-            written.append(record)
-        rows = record.rows if record else 0
-        chips += rows
-        done += 1
-        if config.progress:  # --no-progress and -q silence the per-unit lines too
-            print(f"[rank {rank}] {unit.id}: {rows} chips from {Path(scene.path).name} in {time.perf_counter() - t0:.2f} s",
-                  file=sys.stderr, flush=True)
-        progress.unit_done(unit, rows)
-        if fault and fault[0] == rank and done >= fault[1]:
-            os.kill(os.getpid(), signal.SIGKILL)
+    with keep_datasets_open():  # a scene's units share one open dataset and its decoded blocks
+        for unit in mine:
+            target = staging / DATA_DIR / f"{unit.id}.parquet"
+            if target.exists():
+                skipped += 1
+                progress.unit_done(unit, 0)
+                continue
+            t0 = time.perf_counter()
+            scene = scenes[unit.scene]
+            if unit.scene not in windows_of:  # computed once per scene, not once per unit
+                windows_of[unit.scene] = scene_windows(scene, chip_size=config.chip_size, stride=stride)
+            windows = windows_of[unit.scene][unit.first : unit.stop]
+            dropped: dict[str, dict[str, int]] = {}
+            batches = list(writer_batches(encode_scene(scene, encoder, chip_size=config.chip_size, stride=stride, grid_id=config.grid,
+                                        min_valid_fraction=config.min_valid_fraction, batch_size=config.batch_size,
+                                        time=config.time, windows=windows, prefetch_depth=depth, meter=meter,
+                                        empty_chips=config.empty_chips, outside_grid=config.outside_grid, dropped=dropped),
+                                         rows=unit.stop - unit.first))
+            with writing_output(staging):
+                disk_full_fault(done)
+                record_dropped(staging, unit.id, dropped)  # before the unit file: a unit that exists has its count
+                record = writer.write_unit(unit.id, batches, energy=meter.take())
+            if record is not None:
+                written.append(record)
+            rows = record.rows if record else 0
+            chips += rows
+            done += 1
+            if config.progress:  # --no-progress and -q silence the per-unit lines too
+                print(f"[rank {rank}] {unit.id}: {rows} chips from {Path(scene.path).name} in {time.perf_counter() - t0:.2f} s",
+                      file=sys.stderr, flush=True)
+            progress.unit_done(unit, rows)
+            if fault and fault[0] == rank and done >= fault[1]:
+                os.kill(os.getpid(), signal.SIGKILL)
     progress.finish()
     totals = comm.gather((done, skipped, chips, written), root=0)
 

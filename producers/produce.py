@@ -7,22 +7,37 @@ into writer batches and knows nothing of where they go.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import shapely
 
+from eoembed._chipid import chip_ids
 from eoembed._errors import ImageryError
 from eoembed._grid import get_grid
 from eoembed._write import ProductWriter
 
 from .encode import Encoder, get_encoder
 from .read import Scene, open_scene
-from .tile import iter_chip_batches
+from .tile import _positive_int, iter_chip_batches
+
+
+@contextlib.contextmanager
+def startup_objects_frozen() -> Iterator[None]:
+    """Within this block the cyclic garbage collector skips every object alive at its start (the
+    modules of torch, GDAL, pyarrow ...: millions of objects). A job's tens of thousands of chips
+    trigger full collections again and again, and each would otherwise walk all of those."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def prefetch(items: Iterator[Any], *, depth: int = 2) -> Iterator[Any]:
@@ -112,16 +127,17 @@ def encode_scene(
         raise ImageryError(missing_time_message([scene.path]))
     grid = get_grid(grid_id)
     source = source_id or Path(scene.path).stem
-    batches = chip_batches(scene, chip_size=chip_size, stride=stride, batch_size=batch_size,
-                           min_valid_fraction=min_valid_fraction, windows=windows)
+    batches = chip_batches(scene, chip_size=chip_size, stride=stride, min_valid_fraction=min_valid_fraction,
+                           windows=windows, batch_size=tiling_batch(batch_size, bands=scene.count, chip_size=chip_size))
     # Overlapping reads with encoding pays when the encoder runs on an accelerator; on a few busy
     # CPU cores the hand-off costs more than it saves (benchmarks/produce_scaling.py).
+    stamps = tuple(np.datetime64(_utc_naive(t), "us") for t in (when if isinstance(when, tuple) else (when,)))
     for batch in (prefetch(batches, depth=prefetch_depth) if prefetch_depth > 0 else batches):
         lon = (batch.lonlat_bounds[:, 0] + batch.lonlat_bounds[:, 2]) / 2
         lat = (batch.lonlat_bounds[:, 1] + batch.lonlat_bounds[:, 3]) / 2
         cells = _cells_or_none(grid, lon, lat, refuse=outside_grid == "error", where=scene.path)
-        vectors = meter.measure(encoder.encode, batch.pixels, batch.valid) if meter else encoder.encode(batch.pixels, batch.valid)
-        keep = np.array([c is not None for c in cells])
+        vectors = _encode(encoder, batch, batch_size=batch_size, meter=meter)
+        keep = np.not_equal(cells, None)  # elementwise over the object array
         _count(dropped, source, DROPPED_OUTSIDE_GRID, int((~keep).sum()))
         if empty_chips == "drop":
             zero = keep & ~np.asarray(vectors).any(axis=1)
@@ -130,21 +146,87 @@ def encode_scene(
         if not keep.any():
             continue
         n = int(keep.sum())
+        pixel_bbox = batch.pixel_bbox[keep]
+        grid_cells = cells[keep]
         chips: dict[str, Any] = {
             "embedding": np.asarray(vectors)[keep],
             "bounds": batch.lonlat_bounds[keep],
             "source_id": source,
-            "grid_cell": np.asarray(cells, dtype=object)[keep],
+            "grid_cell": grid_cells,
+            # the writer's own derivation, done here where the time is one value for the whole scene
+            "chip_id": chip_ids(grid_id=grid.id, grid_cells=grid_cells, col_offs=pixel_bbox[:, 0], row_offs=pixel_bbox[:, 1],
+                                chip_size=chip_size, times=[when] * n, source_ids=[source] * n),
             "native_crs": scene.crs,
             "native_footprint": shapely.box(*batch.native_bounds[keep].T),
-            "pixel_bbox": batch.pixel_bbox[keep],
+            "pixel_bbox": pixel_bbox,
             "valid_fraction": np.asarray(batch.valid_fraction)[keep],
         }
+        # times as numpy datetime64 columns: the writer converts those without a Python object per chip
         if isinstance(when, tuple):
-            chips["start_datetime"], chips["end_datetime"] = [when[0]] * n, [when[1]] * n
+            chips["start_datetime"], chips["end_datetime"] = (np.full(n, t) for t in stamps)
         else:
-            chips["datetime"] = [when] * n
+            chips["datetime"] = np.full(n, stamps[0])
         yield chips
+
+
+#: chips a writer batch gathers: the writer's cost per batch (a few ms) then weighs little
+WRITER_BATCH_ROWS = 4096
+
+
+def writer_batches(batches: Iterable[dict[str, Any]], *, rows: int = WRITER_BATCH_ROWS) -> Iterator[dict[str, Any]]:
+    """The batches of :func:`encode_scene` joined, in order, into batches of at least ``rows`` chips
+    (the last one smaller): the same rows, fewer writer calls."""
+    pending: list[dict[str, Any]] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += len(batch["embedding"])
+        if count >= rows:
+            yield _join(pending)
+            pending, count = [], 0
+    if pending:
+        yield _join(pending)
+
+
+def _join(batches: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(batches) == 1:
+        return batches[0]
+    joined: dict[str, Any] = {}
+    for key, first in batches[0].items():
+        if isinstance(first, str):  # one value for the whole scene
+            joined[key] = first
+        elif isinstance(first, list):
+            joined[key] = [v for batch in batches for v in batch[key]]
+        else:
+            joined[key] = np.concatenate([batch[key] for batch in batches])
+    return joined
+
+
+def _utc_naive(when: datetime) -> datetime:
+    """UTC without a zone, as numpy holds it; a naive time is UTC already (as the writer reads it)."""
+    return when.astimezone(timezone.utc).replace(tzinfo=None) if when.tzinfo is not None else when
+
+
+#: float32 pixel bytes of one tiling batch: chips are cut, placed on Earth and named many encoder
+#: batches at a time, since each of those steps costs about as much per call as per chip
+TILING_BYTES = 64 << 20
+
+
+def tiling_batch(batch_size: int, *, bands: int, chip_size: int) -> int:
+    """Chips a tiling batch holds: a whole number of encoder batches within :data:`TILING_BYTES`
+    (at least one), so the encoder sees the same batches whatever the tiling."""
+    batch_size, chip_size = _positive_int("batch_size", batch_size), _positive_int("chip_size", chip_size)
+    per_chip = max(int(bands), 1) * chip_size**2 * 4
+    return batch_size * max(1, TILING_BYTES // (per_chip * batch_size))
+
+
+def _encode(encoder: Encoder, batch, *, batch_size: int, meter: Any) -> np.ndarray:
+    """The vectors of a tiling batch, ``batch_size`` chips an encoder call."""
+    parts = []
+    for start in range(0, len(batch), batch_size):
+        pixels, valid = batch.pixels[start : start + batch_size], batch.valid[start : start + batch_size]
+        parts.append(np.asarray(meter.measure(encoder.encode, pixels, valid) if meter else encoder.encode(pixels, valid)))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 DROPPED_ZERO_VECTOR = "all-zero vector (--empty-chips keep keeps them)"
@@ -167,21 +249,21 @@ def missing_time_message(paths: Sequence[str]) -> str:
             "id in the file name, no MTL file beside it); pass --datetime (ISO 8601, or START/END), or time= in Python")
 
 
-def _cells_or_none(grid, lon: np.ndarray, lat: np.ndarray, *, refuse: bool, where: str) -> list:
+def _cells_or_none(grid, lon: np.ndarray, lat: np.ndarray, *, refuse: bool, where: str) -> np.ndarray:
     """The grid cell of each chip centre; None for a centre outside the grid (or the error, with ``refuse``)."""
     from eoembed._errors import GridError
 
     try:
-        return list(grid.cell_of(lon, lat))
+        return np.asarray(grid.cell_of(lon, lat), dtype=object)
     except GridError as error:
         if refuse:
             raise GridError(f"{where}: {error}; pass --outside-grid drop to leave such chips out") from error
-    cells = []
-    for x, y in zip(lon, lat):  # only a batch that crosses the grid's edge pays for this
+    cells = np.empty(len(lon), dtype=object)
+    for i, (x, y) in enumerate(zip(lon, lat)):  # only a batch that crosses the grid's edge pays for this
         try:
-            cells.append(grid.cell_of(float(x), float(y)))
+            cells[i] = grid.cell_of(float(x), float(y))
         except GridError:
-            cells.append(None)
+            cells[i] = None
     return cells
 
 
@@ -239,7 +321,7 @@ def produce(
     stride = stride or chip_size
     contract = model.contract(bands=first.band_names, chip_size=chip_size, stride=stride, gsd=float(abs(first.res[0])),
                               band_sources=band_sources or [Path(first.path).name] * first.count)
-    with ProductWriter(out, model=contract, grid=grid_section(grid, align=align, pixel_size=pixel_size, resampling=resampling),
+    with startup_objects_frozen(), ProductWriter(out, model=contract, grid=grid_section(grid, align=align, pixel_size=pixel_size, resampling=resampling),
                        quantization=quantization, overwrite=overwrite,
                        nodata_zero_vector=writer_options.pop("nodata_zero_vector", False) or empty_chips == "keep",
                        license=license, **writer_options) as writer:
@@ -249,8 +331,8 @@ def produce(
                     f"{scene.path} has bands {scene.band_names}, but {first.path} has {first.band_names}; "
                     "one product holds one band layout"
                 )
-            for chips in encode_scene(scene, model, chip_size=chip_size, stride=stride, grid_id=grid,
-                                      min_valid_fraction=min_valid_fraction, time=time,
-                                      empty_chips=empty_chips, outside_grid=outside_grid):
+            for chips in writer_batches(encode_scene(scene, model, chip_size=chip_size, stride=stride, grid_id=grid,
+                                                     min_valid_fraction=min_valid_fraction, time=time,
+                                                     empty_chips=empty_chips, outside_grid=outside_grid)):
                 writer.write(chips)
     return writer.path

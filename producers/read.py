@@ -6,11 +6,13 @@ other processes (MPI ranks); :func:`read_window` opens the file for each read.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -149,6 +151,38 @@ def _band_indexes(scene: Scene, bands: Sequence[int] | None) -> list[int]:
                 f"({', '.join(scene.band_names)})"
             )
     return indexes
+
+
+_KEPT = threading.local()  # the datasets a keep_datasets_open() block of this thread holds
+
+
+@contextlib.contextmanager
+def keep_datasets_open() -> Iterator[None]:
+    """Within this block, rasters opened by :func:`open_dataset` in this thread stay open, one handle
+    a file, until the block ends: the work units of one scene then reuse GDAL's cache of decoded
+    blocks instead of decoding the scene's tiles again for every unit."""
+    if getattr(_KEPT, "datasets", None) is not None:  # nested: the outer block owns them
+        yield
+        return
+    _KEPT.datasets = {}
+    try:
+        yield
+    finally:
+        datasets, _KEPT.datasets = _KEPT.datasets, None
+        for ds in datasets.values():
+            ds.close()
+
+
+def open_dataset(path: str) -> contextlib.AbstractContextManager:
+    """``rasterio.open(path)`` to read, as a context manager that closes it, unless a
+    :func:`keep_datasets_open` block of this thread holds it open."""
+    kept = getattr(_KEPT, "datasets", None)
+    if kept is None:
+        return rasterio.open(path)
+    ds = kept.get(path)
+    if ds is None or ds.closed:
+        ds = kept[path] = rasterio.open(path)
+    return contextlib.nullcontext(ds)
 
 
 def check_window(grid, col_off: int, row_off: int, width: int, height: int) -> None:

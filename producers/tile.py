@@ -10,17 +10,17 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
-import rasterio
 import shapely
+from numpy.lib.stride_tricks import sliding_window_view
 from pyproj import Transformer
 from rasterio.errors import RasterioError
 
 from eoembed._errors import ImageryError, TilingError
 
-from .read import Scene, _band_indexes, _read_open
+from .read import Scene, _band_indexes, _read_open, open_dataset
 
 __all__ = ["ChipWindow", "ChipBatch", "chip_windows", "iter_chip_batches", "footprint_polygons_lonlat"]
 
@@ -28,9 +28,11 @@ __all__ = ["ChipWindow", "ChipBatch", "chip_windows", "iter_chip_batches", "foot
 DENSIFY_SEGMENTS = 8
 
 
-@dataclass(frozen=True)
-class ChipWindow:
-    """A ``size`` x ``size`` square whose top-left pixel is (``col_off``, ``row_off``)."""
+class ChipWindow(NamedTuple):
+    """A ``size`` x ``size`` square whose top-left pixel is (``col_off``, ``row_off``).
+
+    A named tuple: a scene has tens of thousands of them, and a list of them converts to an array in
+    one call (:func:`_windows_array`)."""
 
     col_off: int
     row_off: int
@@ -89,9 +91,15 @@ def chip_windows(
         raise TilingError(f"width={width!r} is not a pixel count; pass an integer >= 0")
     if isinstance(height, bool) or not isinstance(height, numbers.Integral) or height < 0:
         raise TilingError(f"height={height!r} is not a pixel count; pass an integer >= 0")
-    cols = _offsets(int(width), chip_size, stride, cover_edges)
-    rows = _offsets(int(height), chip_size, stride, cover_edges)
-    return [ChipWindow(c, r, chip_size) for r in rows for c in cols]
+    return list(_chip_windows(int(width), int(height), chip_size, stride, bool(cover_edges)))
+
+
+@lru_cache(maxsize=16)
+def _chip_windows(width: int, height: int, chip_size: int, stride: int, cover_edges: bool) -> tuple[ChipWindow, ...]:
+    """The windows of one chip grid, made once: planning, each unit and each rank ask for them again."""
+    cols = _offsets(width, chip_size, stride, cover_edges)
+    rows = _offsets(height, chip_size, stride, cover_edges)
+    return tuple(ChipWindow(c, r, chip_size) for r in rows for c in cols)
 
 
 @lru_cache(maxsize=32)
@@ -108,7 +116,7 @@ def _unit_ring(segments: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _windows_array(windows: Sequence[ChipWindow]) -> np.ndarray:
-    return np.array([(w.col_off, w.row_off, w.size) for w in windows], dtype=np.float64).reshape(-1, 3)
+    return np.array(windows, dtype=np.float64).reshape(-1, 3)
 
 
 def _native_bounds(scene: Scene, win: np.ndarray) -> np.ndarray:
@@ -126,18 +134,39 @@ def _lonlat_rings(scene: Scene, win: np.ndarray, segments: int = DENSIFY_SEGMENT
     u, v = _unit_ring(segments)
     cols = win[:, :1] + win[:, 2:3] * u[None, :]
     rows = win[:, 1:2] + win[:, 2:3] * v[None, :]
-    a, b, c, d, e, f = scene.transform[:6]
-    xs = a * cols + b * rows + c
-    ys = d * cols + e * rows + f
-    lon, lat = _to_crs84(scene.crs).transform(xs.ravel(), ys.ravel())
-    lon = np.asarray(lon, dtype=np.float64).reshape(xs.shape)
-    lat = np.asarray(lat, dtype=np.float64).reshape(xs.shape)
+    # Points on the chips' top and bottom edges lie on few rows, those on their left and right edges on
+    # few columns, and neighbouring chips share them: project each point of those two lattices once.
+    edges = [(v == 0) | (v == 1)]
+    edges.append(~edges[0])  # left and right edges (u is 0 or 1)
+    offsets_c, offsets_r, sizes = (np.unique(win[:, i]) for i in range(3))
+
+    def lattice(offsets: np.ndarray, fractions: np.ndarray) -> np.ndarray:  # the same sums as cols and rows above
+        return np.unique(offsets[:, None, None] + sizes[None, :, None] * np.unique(fractions)[None, None, :])
+
+    lattices = [(edge, lattice(offsets_c, u[edge]), lattice(offsets_r, v[edge])) for edge in edges]
+    if sum(len(c) * len(r) for _, c, r in lattices) >= cols.size:  # scattered chips share few points
+        lon, lat = (values.reshape(cols.shape) for values in _to_crs84_points(scene, cols, rows))
+    else:
+        lon, lat = np.empty(cols.shape), np.empty(cols.shape)
+        for edge, lattice_cols, lattice_rows in lattices:
+            x, y = _to_crs84_points(scene, *np.meshgrid(lattice_cols, lattice_rows))
+            at = np.searchsorted(lattice_rows, rows[:, edge]) * len(lattice_cols) + np.searchsorted(lattice_cols, cols[:, edge])
+            lon[:, edge], lat[:, edge] = x[at], y[at]
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise ImageryError(
             f"{scene.path}: some chip corners cannot be projected from {scene.crs} to lon/lat; "
             "check the scene's CRS and geotransform"
         )
     return lon, lat
+
+
+def _to_crs84_points(scene: Scene, cols: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat lon, lat arrays of pixel positions (col, row) of ``scene``."""
+    a, b, c, d, e, f = scene.transform[:6]
+    xs = a * cols + b * rows + c
+    ys = d * cols + e * rows + f
+    lon, lat = _to_crs84(scene.crs).transform(xs.ravel(), ys.ravel())
+    return np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
 
 
 def _lonlat_bounds(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
@@ -164,20 +193,20 @@ def footprint_polygons_lonlat(scene: Scene, windows: Sequence[ChipWindow]) -> li
     return list(shapely.polygons(coords))
 
 
-def _make_batch(scene: Scene, pixels, valid, windows, fractions) -> ChipBatch:
-    win = _windows_array(windows)
+def _make_batch(scene: Scene, pixels: np.ndarray, valid: np.ndarray, windows: list[ChipWindow],
+                fractions: np.ndarray, win: np.ndarray) -> ChipBatch:
+    """The batch of chips ``windows`` (also as an (n, 3) array ``win``)."""
     lon, lat = _lonlat_rings(scene, win)
     size = win[:, 2]
     bbox = np.stack([win[:, 0], win[:, 1], win[:, 0] + size, win[:, 1] + size], axis=1).astype(np.int32)
-    valid_arr = np.stack(valid)
     return ChipBatch(
-        pixels=np.stack(pixels),
-        valid_fraction=np.array(fractions, dtype=np.float32),
-        windows=list(windows),
+        pixels=pixels,
+        valid_fraction=fractions,
+        windows=windows,
         native_bounds=_native_bounds(scene, win),
         lonlat_bounds=_lonlat_bounds(lon, lat),
         pixel_bbox=bbox,
-        valid=valid_arr,
+        valid=valid,
     )
 
 
@@ -200,10 +229,10 @@ def iter_chip_batches(
     """
     indexes = _band_indexes(scene, bands)
     try:
-        ds = rasterio.open(scene.path)
+        opened = open_dataset(scene.path)
     except RasterioError as exc:
         raise ImageryError(f"{scene.path}: rasterio cannot open it ({exc}); check that the file is still there") from exc
-    with ds:
+    with opened as ds:
         def read(*, col_off: int, row_off: int, width: int, height: int):
             return _read_open(ds, scene, col_off=col_off, row_off=row_off, width=width, height=height, indexes=indexes)
 
@@ -221,8 +250,12 @@ def strip_batches(
     min_valid_fraction: float,
     windows: Sequence[ChipWindow] | None = None,
 ) -> Iterator[ChipBatch]:
-    """Chip batches of ``grid`` (anything with width, height, crs and transform), reading one strip
-    per chip row through ``read(col_off=, row_off=, width=, height=) -> (pixels, valid)``."""
+    """Chip batches of ``grid`` (anything with width, height, crs and transform), reading blocks of
+    consecutive chip rows through ``read(col_off=, row_off=, width=, height=) -> (pixels, valid)``.
+
+    Chips come row by row (rows in the order they first appear in ``windows``, chips of a row in the
+    given order). A block holds up to :data:`READ_BLOCK_PIXELS` pixels a band, so the rows that
+    overlapping chip rows share are read once; chips are cut from it with array views, all at once."""
     batch_size = _positive_int("batch_size", batch_size)
     if not 0.0 <= float(min_valid_fraction) <= 1.0:
         raise TilingError(f"min_valid_fraction={min_valid_fraction!r} is outside [0, 1]; pass a fraction of pixels")
@@ -230,30 +263,77 @@ def strip_batches(
         windows = chip_windows(grid.width, grid.height, chip_size=chip_size, stride=stride)
     if not windows:
         return
-    rows: dict[int, list[ChipWindow]] = {}
-    for w in windows:
-        rows.setdefault(w.row_off, []).append(w)
-    size = windows[0].size
-    pend_pixels: list[np.ndarray] = []
-    pend_valid: list[np.ndarray] = []
-    pend_windows: list[ChipWindow] = []
-    pend_fraction: list[np.float32] = []
-    for row_off, row_windows in rows.items():
-        c0 = row_windows[0].col_off
-        c1 = row_windows[-1].col_off + size
-        strip, strip_valid = read(col_off=c0, row_off=row_off, width=c1 - c0, height=size)
-        for w in row_windows:
-            x = w.col_off - c0
-            chip_valid = strip_valid[:, x : x + size]
-            fraction = np.float32(np.count_nonzero(chip_valid) / chip_valid.size)
-            if fraction < min_valid_fraction:
+    windows = list(windows)
+    win = np.array(windows, dtype=np.int64).reshape(-1, 3)
+    size = int(win[0, 2])
+    # chips grouped by row, rows in order of first appearance
+    row_ids, first_seen = np.unique(win[:, 1], return_index=True)
+    rank = np.empty(len(row_ids), dtype=np.int64)
+    rank[np.argsort(first_seen, kind="stable")] = np.arange(len(row_ids))
+    order = np.argsort(rank[np.searchsorted(row_ids, win[:, 1])], kind="stable")
+    pending = _PendingChips(batch_size)
+    for block in _read_blocks(win[order], size):
+        index = order[block]
+        cols, rows = win[index, 0], win[index, 1]
+        c0, r0 = int(cols.min()), int(rows.min())
+        pixels, valid = read(col_off=c0, row_off=r0, width=int(cols.max()) - c0 + size, height=int(rows.max()) - r0 + size)
+        chip_valid = sliding_window_view(valid, (size, size))[rows - r0, cols - c0]  # (k, size, size), a copy
+        fractions = (np.count_nonzero(chip_valid, axis=(1, 2)) / (size * size)).astype(np.float32)
+        keep = np.flatnonzero(fractions >= min_valid_fraction)
+        if not len(keep):
+            continue
+        views = np.moveaxis(sliding_window_view(pixels, (size, size), axis=(1, 2)), 0, 2)  # (h', w', bands, size, size)
+        chips = views[rows[keep] - r0, cols[keep] - c0]  # (k, bands, size, size), a contiguous copy
+        pending.add(chips, chip_valid[keep], index[keep], fractions[keep])
+        for part in pending.full_batches():
+            yield _make_batch(grid, *part[:2], [windows[i] for i in part[2]], part[3], win[part[2]].astype(np.float64))
+    for part in pending.rest():
+        yield _make_batch(grid, *part[:2], [windows[i] for i in part[2]], part[3], win[part[2]].astype(np.float64))
+
+
+#: pixels a band read in one block of chip rows (4 MiB a band as float32)
+READ_BLOCK_PIXELS = 1 << 20
+
+
+def _read_blocks(win: np.ndarray, size: int) -> Iterator[slice]:
+    """Slices of ``win`` (windows grouped by row) whose chip rows are read together: consecutive rows
+    that overlap or touch, while the block stays within :data:`READ_BLOCK_PIXELS` a band."""
+    starts = np.flatnonzero(np.r_[True, win[1:, 1] != win[:-1, 1]]).tolist()
+    first = None
+    for s, e in zip(starts, starts[1:] + [len(win)]):
+        row, lo, hi = int(win[s, 1]), int(win[s:e, 0].min()), int(win[s:e, 0].max())
+        if first is not None:
+            left_, right_ = min(left, lo), max(right, hi)
+            if previous <= row <= previous + size and (row - top + size) * (right_ - left_ + size) <= READ_BLOCK_PIXELS:
+                left, right, previous = left_, right_, row
                 continue
-            pend_pixels.append(strip[:, :, x : x + size])
-            pend_valid.append(chip_valid)
-            pend_windows.append(w)
-            pend_fraction.append(fraction)
-            if len(pend_windows) == batch_size:
-                yield _make_batch(grid, pend_pixels, pend_valid, pend_windows, pend_fraction)
-                pend_pixels, pend_valid, pend_windows, pend_fraction = [], [], [], []
-    if pend_windows:
-        yield _make_batch(grid, pend_pixels, pend_valid, pend_windows, pend_fraction)
+            yield slice(first, s)
+        first, top, left, right, previous = s, row, lo, hi, row
+    yield slice(first, len(win))
+
+
+class _PendingChips:
+    """Chips cut but not yet handed out, in batches of exactly ``batch_size`` (the last one shorter)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.parts: list[tuple[np.ndarray, ...]] = []
+        self.count = 0
+
+    def add(self, *arrays: np.ndarray) -> None:
+        self.parts.append(arrays)
+        self.count += len(arrays[0])
+
+    def full_batches(self) -> Iterator[tuple[np.ndarray, ...]]:
+        if self.count < self.batch_size:
+            return
+        joined = [np.concatenate(a) if len(self.parts) > 1 else a[0] for a in zip(*self.parts)]
+        full = self.count // self.batch_size * self.batch_size
+        for start in range(0, full, self.batch_size):
+            yield tuple(a[start : start + self.batch_size] for a in joined)
+        self.parts = [tuple(a[full:] for a in joined)] if full < self.count else []
+        self.count -= full
+
+    def rest(self) -> Iterator[tuple[np.ndarray, ...]]:
+        if self.count:
+            yield tuple(np.concatenate(a) if len(self.parts) > 1 else a[0] for a in zip(*self.parts))

@@ -29,23 +29,34 @@ def _iso(value) -> str:
     return str(value)
 
 
+def _stamp(time) -> str:
+    """The key's time: ISO 8601 UTC to the second, ``start/end`` for a (start, end) pair."""
+    return f"{_iso(time[0])}/{_iso(time[1])}" if isinstance(time, tuple) else _iso(time)
+
+
 def chip_id(*, grid_id: str, grid_cell: str, col_off: int, row_off: int, chip_size: int,
             time, source_id: str) -> str:
     """The chip id of one chip; ``time`` is a datetime, a (start, end) pair, or None."""
-    if isinstance(time, tuple):
-        stamp = f"{_iso(time[0])}/{_iso(time[1])}"
-    else:
-        stamp = _iso(time)
-    key = f"eoembed-chip/1|{grid_id}|{grid_cell}|{int(col_off)}|{int(row_off)}|{int(chip_size)}|{stamp}|{source_id}"
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+    return chip_ids(grid_id=grid_id, grid_cells=[grid_cell], col_offs=[col_off], row_offs=[row_off],
+                    chip_size=chip_size, times=[time], source_ids=[source_id])[0]
 
 
 def chip_ids(*, grid_id: str, grid_cells: Sequence[str], col_offs: Sequence[int], row_offs: Sequence[int],
              chip_size: int, times: Sequence, source_ids: Sequence[str]) -> list[str]:
-    """Chip ids for many chips (same rules as :func:`chip_id`)."""
+    """Chip ids for many chips (same rules as :func:`chip_id`). Each distinct time is formatted once:
+    the chips of a scene share one."""
+    stamps: dict = {}
+
+    def stamp(time) -> str:
+        if time not in stamps:
+            stamps[time] = _stamp(time)
+        return stamps[time]
+
+    sha256, size = hashlib.sha256, int(chip_size)
     return [
-        chip_id(grid_id=grid_id, grid_cell=c, col_off=x, row_off=y, chip_size=chip_size, time=t, source_id=s)
-        for c, x, y, t, s in zip(grid_cells, col_offs, row_offs, times, source_ids)
+        sha256(f"eoembed-chip/1|{grid_id}|{cell}|{int(col)}|{int(row)}|{size}|{stamp(time)}|{source}".encode("utf-8")).hexdigest()[:32]
+        for cell, col, row, time, source in zip(grid_cells, np.asarray(col_offs).tolist(), np.asarray(row_offs).tolist(),
+                                                times, source_ids)
     ]
 
 
@@ -58,7 +69,7 @@ def footprint_chip_ids(*, grid_id: str, grid_cells: Sequence[str], bounds: np.nd
     """
     out = []
     for cell, box, time, source in zip(grid_cells, np.asarray(bounds, dtype=np.float64), times, source_ids):
-        stamp = f"{_iso(time[0])}/{_iso(time[1])}" if isinstance(time, tuple) else _iso(time)
+        stamp = _stamp(time)
         corners = "|".join(f"{v:.7f}" for v in box)
         key = f"eoembed-chip-footprint/1|{grid_id}|{cell}|{corners}|{stamp}|{source}"
         out.append(hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])

@@ -146,6 +146,18 @@ class Grid(ABC):
         return hash((type(self).__name__, self.id))
 
 
+def _format_cells(format, shape: tuple, *parts: np.ndarray) -> np.ndarray:
+    """Cell ids (dtype object, ``shape``) of points given by their integer index ``parts``; each
+    distinct cell is formatted once (the chips of a scene fall in a handful of cells)."""
+    keys = np.stack([np.asarray(p, dtype=np.int64).ravel() for p in parts], axis=1)
+    if len(keys) == 0:
+        return np.empty(shape, dtype=object)
+    cells, inverse = np.unique(keys, axis=0, return_inverse=True)
+    names = np.empty(len(cells), dtype=object)
+    names[:] = [format(tuple(cell)) for cell in cells.tolist()]
+    return names[inverse.ravel()].reshape(shape)
+
+
 # --------------------------------------------------------------------------------------------- #
 # Major TOM
 # --------------------------------------------------------------------------------------------- #
@@ -265,11 +277,7 @@ class MajorTomGrid(Grid):
         rows_u, cols_r = self.indices_of(lon, lat)
         if np.ndim(rows_u) == 0:
             return self.format((rows_u, cols_r))
-        fmt = self.format
-        ids = [fmt((r, c)) for r, c in zip(rows_u.ravel().tolist(), cols_r.ravel().tolist())]
-        out = np.empty(len(ids), dtype=object)
-        out[:] = ids
-        return out.reshape(rows_u.shape)
+        return _format_cells(self.format, rows_u.shape, rows_u.ravel(), cols_r.ravel())
 
     # -- cell ids -----------------------------------------------------------------------------
 
@@ -393,16 +401,9 @@ class UtmGrid(Grid):
 
     def cell_of(self, lon: Any, lat: Any) -> Any:
         zones, north, cols, rows, scalar = self._locate(lon, lat)
-        fmt = self.format
-        ids = [
-            fmt((z, "N" if n else "S", c, r))
-            for z, n, c, r in zip(zones.tolist(), north.tolist(), cols.tolist(), rows.tolist())
-        ]
-        if scalar:
-            return ids[0]
-        out = np.empty(len(ids), dtype=object)
-        out[:] = ids
-        return out.reshape(np.broadcast_shapes(np.shape(lon), np.shape(lat)))
+        ids = _format_cells(lambda p: self.format((p[0], "N" if p[1] else "S", p[2], p[3])),
+                            np.shape(zones), zones, north.astype(np.int64), cols, rows)
+        return ids[0] if scalar else ids.reshape(np.broadcast_shapes(np.shape(lon), np.shape(lat)))
 
     def parse(self, cell_id: str) -> tuple[int, str, int, int]:
         """``"33N_45E_532N"`` -> ``(33, "N", 45, 532)``."""
