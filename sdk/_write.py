@@ -136,39 +136,119 @@ def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path 
 
 class _DigestingFile:
     """A binary file that takes the SHA-256 of what is written to it, so a data file's checksum
-    comes from the write itself instead of a second pass over the finished file."""
+    comes from the write itself instead of a second pass over the finished file. Hashing and the
+    disk writes run on a thread of their own (both release the GIL), beside the encoding; a write
+    keeps the bytes object it is given, as Arrow's Python file hands over a fresh one each call."""
 
     def __init__(self, path: Path) -> None:
+        import queue
+        import threading
+
         self._file = path.open("wb")
         self._digest = hashlib.sha256()
         self.size = 0
+        self._error: BaseException | None = None
+        self._chunks: "queue.Queue[bytes | None]" = queue.Queue(maxsize=64)  # a few pages in flight
+        self._drainer = threading.Thread(target=self._drain, name=f"eoembed-digest-{path.name}", daemon=True)
+        self._drainer.start()
+
+    def _drain(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._error is None:
+                try:
+                    self._digest.update(chunk)
+                    self._file.write(chunk)
+                except BaseException as error:  # reported to the writing thread
+                    self._error = error
 
     def write(self, data: Any) -> int:
-        self._digest.update(data)
-        self.size += memoryview(data).nbytes
-        return self._file.write(data)
+        if self._error is not None:
+            raise self._error
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        self._chunks.put(chunk)
+        self.size += len(chunk)
+        return len(chunk)
 
     def tell(self) -> int:
         return self.size
 
     def flush(self) -> None:
-        self._file.flush()
+        pass  # the drain thread writes in order; close() waits for it
 
     @property
     def closed(self) -> bool:
         return self._file.closed
 
     def close(self) -> None:
+        if self._file.closed:
+            return
+        self._chunks.put(None)
+        self._drainer.join()
         self._file.close()
+        if self._error is not None:
+            raise self._error
 
     def hexdigest(self) -> str:
         return self._digest.hexdigest()
 
-    def __enter__(self) -> "_DigestingFile":
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+class _FileJob:
+    """One data file on its way to disk. The caller puts its row groups, already in stored order,
+    and gathers the next group while a thread of the job's own encodes the last one as Parquet
+    (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
+    group after group. The last groups are encoded while the writer takes the next batches. The
+    file appears under its name only when complete."""
+
+    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
+        import queue
+        import threading
+
+        self.partial, self.target = partial, target
+        self._schema, self._options = schema, dict(options)
+        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=2)  # bounded: groups in flight reuse memory
+        self._cancelled = False
+        self.error: BaseException | None = None
+        self.size, self.sha256 = 0, ""
+        self._thread = threading.Thread(target=self._run, name=f"eoembed-write-{target.name}", daemon=True)
+        self._thread.start()
+
+    def put(self, group: pa.Table) -> None:
+        self._groups.put(group)
+
+    def _run(self) -> None:
+        ended = False  # the closing None was taken
+        try:
+            sink = _DigestingFile(self.partial)
+            try:
+                with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), self._schema, **self._options) as out:
+                    while (group := self._groups.get()) is not None:
+                        if not self._cancelled:
+                            out.write_table(group, row_group_size=group.num_rows)
+                    ended = True
+            finally:
+                sink.close()
+            if not self._cancelled:
+                self.size, self.sha256 = sink.size, sink.hexdigest()
+                os.replace(self.partial, self.target)
+        except BaseException as error:  # re-raised by finish() in the writer's thread
+            self.error = error
+        finally:
+            while not ended and self._groups.get() is not None:  # drop what is put after a failure
+                pass
+            if self.error is not None or self._cancelled:
+                self.partial.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """Wait until the file is complete; raise what went wrong writing it."""
+        self._groups.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._groups.put(None)
+        self._thread.join()
 
 
 @dataclass
@@ -336,6 +416,7 @@ class ProductWriter:
         self.staging = Path(staging) if staging is not None else self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
         (self.staging / DATA_DIR).mkdir(parents=True, exist_ok=staging is not None)
         self._pending = _RowBuffer()  # rows of write() not yet in a file
+        self._writing: tuple[_FileJob, _FileRecord] | None = None  # the data file being encoded
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
@@ -674,7 +755,7 @@ class ProductWriter:
         limit = self._file_rows()
         full = pending.rows if final else pending.rows // limit * limit
         for start in range(0, full, limit):
-            self._write_file(pending.table(start, min(limit, full - start), where=self.path))
+            self._write_file(pending.table(start, min(limit, full - start), where=self.path), wait=False)
         pending.drop(full)
 
     def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]], *,
@@ -711,8 +792,10 @@ class ProductWriter:
         self._rows_seen += table.num_rows
         return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
 
-    def _write_file(self, table: pa.Table, *, name: str | None = None,
-                    energy: Mapping[str, Any] | None = None) -> "_FileRecord":
+    def _write_file(self, table: pa.Table, *, name: str | None = None, energy: Mapping[str, Any] | None = None,
+                    wait: bool = True) -> "_FileRecord | None":
+        """Write ``table`` as one data file in Hilbert order. ``wait=False`` returns once its rows
+        are taken from ``table`` (the file is recorded when the next one begins, or at close)."""
         import pyarrow.compute as pc
 
         bbox = table.column("bbox").combine_chunks()
@@ -748,29 +831,46 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
+        # One file is encoded at a time, and records keep the order the files were begun in.
+        self._finish_file()
         name = name or f"part-{len(self._files):05d}.parquet"
         target = self.staging / DATA_DIR / name
         partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        job = _FileJob(partial, target, schema, {
+            "compression": self.compression, "write_statistics": True, "store_schema": True,
+            "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
+        })
         sources: dict[str, None] = {}  # distinct source ids in stored order
-        # Rows go out in Hilbert order one row group at a time, so the sorted copy never exceeds a group.
-        with _DigestingFile(partial) as sink, pq.ParquetWriter(
-            pa.PythonFile(sink, mode="w"), schema, compression=self.compression, write_statistics=True,
-            store_schema=True,
-            use_dictionary=[c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-        ) as out:
+        try:
+            # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
+            # (a view of the row buffer) is no longer needed and the buffer can be refilled.
             for start in range(0, table.num_rows, self.row_group_size):
+                if job.error is not None:
+                    break
                 group = table.take(pa.array(order[start : start + self.row_group_size]))
                 sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
-                out.write_table(group.replace_schema_metadata(metadata), row_group_size=self.row_group_size)
-        os.replace(partial, target)
-        # The manifest facts come from what was just written, not from reading the file back.
+                job.put(group.replace_schema_metadata(metadata))
+        except BaseException:
+            job.cancel()
+            raise
+        # The manifest facts come from what is being written, not from reading the file back.
         time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
         record = _FileRecord(
-            path=target.relative_to(self.staging).as_posix(), rows=table.num_rows, bytes=sink.size,
-            sha256=sink.hexdigest(), bbox=file_bbox, start=pc.min(table.column(time_columns[0])).as_py(),
+            path=target.relative_to(self.staging).as_posix(), rows=table.num_rows, bytes=0, sha256="",
+            bbox=file_bbox, start=pc.min(table.column(time_columns[0])).as_py(),
             end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
             footer=json.loads(metadata[FOOTER_KEY]), sources=[str(s) for s in sources],
         )
+        self._writing = (job, record)
+        return self._finish_file() if wait else None
+
+    def _finish_file(self) -> "_FileRecord | None":
+        """Wait for the file being written, if any, and record it (its size and checksum are known now)."""
+        if self._writing is None:
+            return None
+        (job, record), self._writing = self._writing, None
+        job.finish()
+        record.bytes, record.sha256 = job.size, job.sha256
         self._files.append(record)
         return record
 
@@ -781,6 +881,7 @@ class ProductWriter:
         ``before_publish`` runs once the metadata is written, just before the rename (e.g. to remove
         a job's own files from the staging folder as late as possible)."""
         self._before_publish = before_publish
+        self._finish_file()
         self._pending = _RowBuffer()
         self._files = sorted(files, key=lambda f: f.path)
         for record in self._files:
@@ -795,6 +896,7 @@ class ProductWriter:
             return self.path
         try:
             self._flush(final=True)
+            self._finish_file()
             if not self._files:
                 raise SpecError(f"no rows were written to {self.path}; a product needs at least one chip")
             from ._stac import write_metadata
@@ -840,6 +942,9 @@ class ProductWriter:
         was handed in (shared by ranks, resumable) is kept: it holds other writers' finished units."""
         self._closed = True
         self._pending = self._unit_rows = _RowBuffer()
+        if self._writing is not None:
+            self._writing[0].cancel()
+            self._writing = None
         if self._owns_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
 
