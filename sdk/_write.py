@@ -134,64 +134,6 @@ def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path 
     return model, local
 
 
-class _DigestingFile:
-    """A binary file that takes the SHA-256 of what is written to it, so a data file's checksum
-    comes from the write itself instead of a second pass over the finished file. Hashing and the
-    disk writes run on a thread of their own (both release the GIL), beside the encoding; a write
-    keeps the bytes object it is given, as Arrow's Python file hands over a fresh one each call."""
-
-    def __init__(self, path: Path) -> None:
-        import queue
-        import threading
-
-        self._file = path.open("wb")
-        self._digest = hashlib.sha256()
-        self.size = 0
-        self._error: BaseException | None = None
-        self._chunks: "queue.Queue[bytes | None]" = queue.Queue(maxsize=64)  # a few pages in flight
-        self._drainer = threading.Thread(target=self._drain, name=f"eoembed-digest-{path.name}", daemon=True)
-        self._drainer.start()
-
-    def _drain(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            if self._error is None:
-                try:
-                    self._digest.update(chunk)
-                    self._file.write(chunk)
-                except BaseException as error:  # reported to the writing thread
-                    self._error = error
-
-    def write(self, data: Any) -> int:
-        if self._error is not None:
-            raise self._error
-        chunk = data if isinstance(data, bytes) else bytes(data)
-        self._chunks.put(chunk)
-        self.size += len(chunk)
-        return len(chunk)
-
-    def tell(self) -> int:
-        return self.size
-
-    def flush(self) -> None:
-        pass  # the drain thread writes in order; close() waits for it
-
-    @property
-    def closed(self) -> bool:
-        return self._file.closed
-
-    def close(self) -> None:
-        if self._file.closed:
-            return
-        self._chunks.put(None)
-        self._drainer.join()
-        self._file.close()
-        if self._error is not None:
-            raise self._error
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
-
-
 class _FileJob:
     """One data file on its way to disk. The caller puts its row groups, already in stored order,
     and gathers the next group while a thread of the job's own encodes the last one as Parquet
@@ -218,17 +160,16 @@ class _FileJob:
     def _run(self) -> None:
         ended = False  # the closing None was taken
         try:
-            sink = _DigestingFile(self.partial)
-            try:
-                with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), self._schema, **self._options) as out:
-                    while (group := self._groups.get()) is not None:
-                        if not self._cancelled:
-                            out.write_table(group, row_group_size=group.num_rows)
-                    ended = True
-            finally:
-                sink.close()
+            with pq.ParquetWriter(self.partial, self._schema, **self._options) as out:
+                while (group := self._groups.get()) is not None:
+                    if not self._cancelled:
+                        out.write_table(group, row_group_size=group.num_rows)
+                ended = True
             if not self._cancelled:
-                self.size, self.sha256 = sink.size, sink.hexdigest()
+                # Hashing the file just written reads it from the page cache: that costs little
+                # beside the hash itself, less than passing every byte through Python on the way
+                # out; it runs here, beside the writer's next batches.
+                self.size, self.sha256 = self.partial.stat().st_size, sha256_file(self.partial)
                 os.replace(self.partial, self.target)
         except BaseException as error:  # re-raised by finish() in the writer's thread
             self.error = error
@@ -987,3 +928,4 @@ def write_product(path: str | os.PathLike, chips: Mapping[str, Any] | Sequence[M
         for batch in batches:
             writer.write(batch)
     return writer.path
+

@@ -433,23 +433,10 @@ def test_a_failed_disk_write_leaves_no_product_and_no_thread(tmp_path, monkeypat
 
     import eoembed._write as write_module
 
-    class FullDisk:
-        closed = False
+    def full_disk(path, **options):
+        raise OSError(28, "No space left on device", str(path))
 
-        def write(self, data):
-            raise OSError(28, "No space left on device")
-
-        def close(self):
-            self.closed = True
-
-    opened = write_module._DigestingFile.__init__
-
-    def failing_init(self, path):
-        opened(self, path)
-        self._file.close()
-        self._file = FullDisk()
-
-    monkeypatch.setattr(write_module._DigestingFile, "__init__", failing_init)
+    monkeypatch.setattr(write_module, "sha256_file", full_disk)  # the encoder thread's last step
     before = threading.active_count()
     with pytest.raises(OSError, match="No space left"):
         with eoembed.ProductWriter(tmp_path / "p", model=model_contract(16), normalize=True, max_rows_per_file=100) as writer:
