@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from write_read_1m import MODEL, batches, make_batch, peak_rss_mib
+from write_read_1m import MODEL, add_data_options, batches, make_batch, peak_rss_mib
 
 # The writer's Parquet settings (sdk/_write.py, ProductWriter._write_file), given to write_table too.
 ROW_GROUP_SIZE = 65536
@@ -138,13 +138,8 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=50_000)
-    parser.add_argument("--quantization", default="none",
-                        help="none|float16|int8|int8-per-dimension|int8-per-row|sqrt|binary")
+    add_data_options(parser)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each side, alternating")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--side", choices=sorted(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--product", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
