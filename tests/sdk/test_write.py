@@ -443,3 +443,12 @@ def test_a_failed_disk_write_leaves_no_product_and_no_thread(tmp_path, monkeypat
             writer.write(chips(250, 16))
     assert not (tmp_path / "p").exists() and list(tmp_path.iterdir()) == []
     assert threading.active_count() == before
+
+
+def test_normalised_vectors_are_exactly_those_of_numpy_norms(tmp_path):
+    batch = chips(300, 32, seed=9, unit=False)
+    path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(32), normalize=True)
+    stored = pq.read_table(path / "data" / "part-00000.parquet")
+    got = dict(zip(stored.column("chip_id").to_pylist(), np.stack(stored.column("embedding").to_numpy(zero_copy_only=False))))
+    expected = batch["embedding"] / np.linalg.norm(batch["embedding"], axis=1, keepdims=True)
+    np.testing.assert_array_equal(np.stack([got[c] for c in batch["chip_id"]]), expected)
