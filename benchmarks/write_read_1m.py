@@ -93,6 +93,16 @@ def make_batch(index: int, rows: int, first: int, dim: int, seed: int) -> dict:
     }
 
 
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The options that shape the synthetic rows (shared by the benchmarks that stream them)."""
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=50_000)
+    parser.add_argument("--quantization", default="none",
+                        help="none|float16|int8|int8-per-dimension|int8-per-row|sqrt|binary")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def batches(rows: int, batch: int):
     index, first = 0, 0
     while first < rows:
@@ -286,17 +296,12 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=50_000)
+    add_data_options(parser)
     parser.add_argument("--out", default=None, help="folder for the products (kept); default: a temporary folder")
-    parser.add_argument("--quantization", default="none",
-                        help="none|float16|int8|int8-per-dimension|int8-per-row|sqrt|binary")
     parser.add_argument("--max-rows-per-file", type=int, default=None,
                         help="writer bound for the main write (default: the writer's ~256 MiB of vectors)")
     parser.add_argument("--compare-max-rows", type=int, default=262_144,
                         help="also write with this max_rows_per_file to show the memory bound move (0: skip)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     parser.add_argument("--product", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -212,7 +212,7 @@ class Quantization:
         )
 
 
-def _as_float32(vectors: Any, *, dim: int | None = None, what: str = "vectors") -> np.ndarray:
+def _as_float32(vectors: Any, *, dim: int | None = None, what: str = "vectors", check_finite: bool = True) -> np.ndarray:
     """2-D finite float32 view/copy of ``vectors``; errors name the first bad row."""
     arr = np.asarray(vectors)
     if arr.ndim != 2:
@@ -225,6 +225,8 @@ def _as_float32(vectors: Any, *, dim: int | None = None, what: str = "vectors") 
         )
     with np.errstate(over="ignore"):  # float64 beyond float32 range becomes inf, reported below
         out = arr.astype(np.float32, copy=False)
+    if not check_finite:
+        return out
     finite = np.isfinite(out)
     if not finite.all():
         row = int(np.flatnonzero(~finite.all(axis=1))[0])
@@ -299,14 +301,26 @@ def _round_clip_int8(x: np.ndarray) -> np.ndarray:
     return x.astype(np.int8)
 
 
-def quantize(vectors: np.ndarray, quantization: Quantization) -> tuple[np.ndarray, np.ndarray | None]:
+def quantize(vectors: np.ndarray, quantization: Quantization, *, finite: bool = False,
+             out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Encode vectors ``(n, D)`` with frozen parameters.
 
     Returns ``(codes, row_scale)``: codes of shape ``(n, stored_width)`` in the stored dtype, and
-    the float32 per-row scales ``(n,)`` for ``per-row`` (``None`` otherwise).
+    the float32 per-row scales ``(n,)`` for ``per-row`` (``None`` otherwise). ``finite=True``
+    says the caller has already checked that every value is finite (the writer does); ``out``, an
+    array of the codes' shape and dtype, receives the codes (``vectors`` may be ``out`` itself).
     """
+    codes, row_scale = _encode(vectors, quantization, finite=finite)
+    if out is None:
+        return codes, row_scale
+    if codes is not out:
+        np.copyto(out, codes, casting="no")
+    return out, row_scale
+
+
+def _encode(vectors: np.ndarray, quantization: Quantization, *, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
     q = quantization
-    v = _as_float32(vectors, dim=q.dim)
+    v = _as_float32(vectors, dim=q.dim, check_finite=not finite)
     n = len(v)
     if q.method == "none":
         if q.dtype == "float32":

@@ -134,6 +134,64 @@ def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path 
     return model, local
 
 
+class _FileJob:
+    """One data file on its way to disk. The caller puts its row groups, already in stored order,
+    and gathers the next group while a thread of the job's own encodes the last one as Parquet
+    (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
+    group after group. The last groups are encoded while the writer takes the next batches. The
+    file appears under its name only when complete."""
+
+    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
+        import queue
+        import threading
+
+        self.partial, self.target = partial, target
+        self._schema, self._options = schema, dict(options)
+        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=2)  # bounded: groups in flight reuse memory
+        self._cancelled = False
+        self.error: BaseException | None = None
+        self.size, self.sha256 = 0, ""
+        self._thread = threading.Thread(target=self._run, name=f"eoembed-write-{target.name}", daemon=True)
+        self._thread.start()
+
+    def put(self, group: pa.Table) -> None:
+        self._groups.put(group)
+
+    def _run(self) -> None:
+        ended = False  # the closing None was taken
+        try:
+            with pq.ParquetWriter(self.partial, self._schema, **self._options) as out:
+                while (group := self._groups.get()) is not None:
+                    if not self._cancelled:
+                        out.write_table(group, row_group_size=group.num_rows)
+                ended = True
+            if not self._cancelled:
+                # Hashing the file just written reads it from the page cache: that costs little
+                # beside the hash itself, less than passing every byte through Python on the way
+                # out; it runs here, beside the writer's next batches.
+                self.size, self.sha256 = self.partial.stat().st_size, sha256_file(self.partial)
+                os.replace(self.partial, self.target)
+        except BaseException as error:  # re-raised by finish() in the writer's thread
+            self.error = error
+        finally:
+            while not ended and self._groups.get() is not None:  # drop what is put after a failure
+                pass
+            if self.error is not None or self._cancelled:
+                self.partial.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """Wait until the file is complete; raise what went wrong writing it."""
+        self._groups.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._groups.put(None)
+        self._thread.join()
+
+
 @dataclass
 class _FileRecord:
     path: str
@@ -167,6 +225,60 @@ def file_record(path: Path, *, root: Path) -> _FileRecord:
         geometry_types=geo["geometry_types"], footer=footer,
         sources=[str(s) for s in pc.unique(times.column("source_id")).to_pylist()],
     )
+
+
+class _RowBuffer:
+    """Rows waiting to become a data file. The vector codes, the bulk of a row, go straight into
+    one numpy array that is kept and refilled for the next file, so memory is taken (and first
+    touched) once per writer instead of once per batch, and a file's codes need no concatenation.
+    The other columns are kept as one small Arrow table per batch."""
+
+    def __init__(self) -> None:
+        self.codes: np.ndarray | None = None
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+
+    def slot(self, n: int, *, dtype: np.dtype, width: int, capacity: int = 0) -> np.ndarray:
+        """The (n, width) codes array for the next n rows (filled by the caller, counted by append);
+        ``capacity``: the rows the array should hold when it has to be made."""
+        codes = self.codes
+        if codes is None or codes.dtype != dtype or codes.shape[1] != width or len(codes) < self.rows + n:
+            # Grow by doubling, so a long unit costs a few copies; np.empty touches no memory yet.
+            size = max(self.rows + n, capacity, 2 * len(codes) if codes is not None else 0)
+            grown = np.empty((size, width), dtype=dtype)
+            if codes is not None and self.rows:
+                grown[: self.rows] = codes[: self.rows]
+            self.codes = codes = grown
+        return codes[self.rows : self.rows + n]
+
+    def append(self, table: pa.Table) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+
+    def table(self, start: int, rows: int, *, where: Path) -> pa.Table:
+        """Rows ``start .. start + rows`` as one Arrow table; the embedding column is a view of the
+        codes array (valid until the buffer is refilled)."""
+        assert self.codes is not None
+        try:
+            rest = pa.concat_tables(self.tables)
+        except pa.ArrowInvalid as error:
+            raise SpecError(f"batches for {where} do not share one column layout: {error}") from error
+        rest = rest.slice(start, rows).combine_chunks()
+        codes = self.codes[start : start + rows]
+        embedding = pa.FixedSizeListArray.from_arrays(
+            pa.array(codes.reshape(-1), _STORED_TYPES[codes.dtype.name]), codes.shape[1]
+        )
+        return rest.add_column(rest.column_names.index("grid_cell") + 1, "embedding", embedding)
+
+    def drop(self, rows: int) -> None:
+        """Forget the first ``rows`` rows; the rest move to the front of the codes array."""
+        rest = self.rows - rows
+        if rest and self.codes is not None:
+            self.codes[:rest] = self.codes[rows : self.rows]
+            self.tables = [pa.concat_tables(self.tables).slice(rows)]
+        else:
+            self.tables = []
+        self.rows = rest
 
 
 class ProductWriter:
@@ -244,8 +356,9 @@ class ProductWriter:
         self._owns_staging = staging is None
         self.staging = Path(staging) if staging is not None else self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
         (self.staging / DATA_DIR).mkdir(parents=True, exist_ok=staging is not None)
-        self._buffer: list[pa.Table] = []
-        self._buffered_rows = 0
+        self._pending = _RowBuffer()  # rows of write() not yet in a file
+        self._writing: tuple[_FileJob, _FileRecord] | None = None  # the data file being encoded
+        self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
         self._before_publish: Callable[[], None] | None = None
@@ -334,13 +447,9 @@ class ProductWriter:
                     f"batch for {self.path} has a different model contract ({diff}); "
                     "one product holds the vectors of exactly one model: write another product"
                 )
-        table = self._to_table(chips)
-        if table.num_rows == 0:
-            return
-        self._buffer.append(table)
-        self._buffered_rows += table.num_rows
-        self._rows_seen += table.num_rows
-        if self._buffered_rows >= self._file_rows():
+        n = self._convert(chips, self._pending)
+        self._rows_seen += n
+        if self._pending.rows >= self._file_rows():
             self._flush()
 
     def _file_rows(self) -> int:
@@ -354,13 +463,32 @@ class ProductWriter:
 
     def _column(self, chips: Mapping[str, Any], name: str, n: int) -> Any:
         value = chips[name]
-        if isinstance(value, (str, bytes)) or np.ndim(value) == 0:
+        # A scalar is broadcast. np.ndim is not asked of sequences: it would convert a list first.
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or (isinstance(value, np.ndarray) and value.ndim == 0):
             return [value] * n
         if len(value) != n:
             raise DimensionMismatchError(f"column {name!r} has {len(value)} values, but the batch has {n} vectors")
         return value
 
-    def _vectors(self, chips: Mapping[str, Any]) -> np.ndarray:
+    def _strings(self, chips: Mapping[str, Any], name: str, n: int) -> pa.Array:
+        """A string column: values that already are strings go to Arrow in one call; anything else
+        (numbers, bytes, None) is written as its ``str()``."""
+        values = self._column(chips, name, n)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        try:
+            array = values if isinstance(values, pa.Array) else pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types
+            array = None
+        if array is not None and pa.types.is_large_string(array.type):
+            array = array.cast(pa.string())
+        if array is None or not pa.types.is_string(array.type) or array.null_count:
+            array = pa.array([str(v) for v in (values.to_pylist() if isinstance(values, pa.Array) else values)], pa.string())
+        return array
+
+    def _vectors(self, chips: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The batch's vectors, checked, and the norms to divide them by when the writer normalises
+        (None otherwise): the division is left to the caller, who writes its result in place."""
         if "embedding" not in chips:
             raise SpecError("batch has no 'embedding'; give an (n, D) array of vectors")
         vectors = np.asarray(chips["embedding"], dtype=np.float32)
@@ -375,27 +503,38 @@ class ProductWriter:
                 raise DimensionMismatchError(
                     f"vectors from row {first} have dimension {vectors.shape[1]}, but {what} is {expected}"
                 )
-        finite = np.isfinite(vectors).all(axis=1)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
-            col = int(np.flatnonzero(~np.isfinite(vectors[row]))[0])
-            raise NonFiniteEmbeddingError(
-                f"vector of row {first + row} holds {vectors[row, col]} at index {col}; "
-                "drop or fill such chips before writing (NaN and infinity are not valid embeddings)"
-            )
-        if not self.nodata_zero_vector:
-            zero = ~vectors.any(axis=1)
-            if zero.any():
-                row = int(np.flatnonzero(zero)[0])
+        # One pass of squared norms screens every row: NaN and infinity propagate into it and only an
+        # all-zero vector gives 0. Overflow and underflow can only raise false alarms, which the exact
+        # check of the flagged rows clears. The sums are those np.linalg.norm takes (same order), so
+        # normalised vectors are bit-identical to those of the per-row checks this pass replaced.
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            squared = np.add.reduce(vectors * vectors, axis=1)
+        flagged = np.flatnonzero(~(squared > 0) | ~np.isfinite(squared))
+        zero_rows = flagged[:0]
+        if flagged.size:
+            suspects = vectors[flagged]
+            non_finite = ~np.isfinite(suspects).all(axis=1)
+            if non_finite.any():
+                row = int(flagged[np.flatnonzero(non_finite)[0]])
+                col = int(np.flatnonzero(~np.isfinite(vectors[row]))[0])
                 raise NonFiniteEmbeddingError(
-                    f"vector of row {first + row} is all zeros; drop chips without data (e.g. set the scene's nodata), "
-                    "or pass nodata_zero_vector=True if zero vectors mark them"
+                    f"vector of row {first + row} holds {vectors[row, col]} at index {col}; "
+                    "drop or fill such chips before writing (NaN and infinity are not valid embeddings)"
                 )
+            zero_rows = flagged[~suspects.any(axis=1)]
+        if zero_rows.size and not self.nodata_zero_vector:
+            raise NonFiniteEmbeddingError(
+                f"vector of row {first + int(zero_rows[0])} is all zeros; drop chips without data (e.g. set the scene's nodata), "
+                "or pass nodata_zero_vector=True if zero vectors mark them"
+            )
+        if self.normalize or self.normalized:
+            norms = np.sqrt(squared)
+            if flagged.size:  # float32 squares under- or overflowed there: take those norms in float64
+                norms[flagged] = np.linalg.norm(suspects.astype(np.float64), axis=1)
         if self.normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-        elif self.normalized:
-            norms = np.linalg.norm(vectors, axis=1)
+            norms[zero_rows] = 1.0  # a zero vector stays zero
+            return vectors, norms
+        if self.normalized:
             bad = np.abs(norms - 1) > 1e-3
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
@@ -403,7 +542,7 @@ class ProductWriter:
                     f"vector of row {first + row} has norm {norms[row]:.6f} but normalized=True was declared; "
                     "pass normalize=True to have the writer normalise"
                 )
-        return vectors
+        return vectors, None
 
     def _ensure_quantization(self, vectors: np.ndarray) -> _quantize.Quantization:
         if self.quantization is None:
@@ -418,7 +557,9 @@ class ProductWriter:
             )
         return self.quantization
 
-    def _to_table(self, chips: Mapping[str, Any]) -> pa.Table:
+    def _convert(self, chips: Mapping[str, Any], rows: "_RowBuffer") -> int:
+        """Check a batch and add it to ``rows``: its vector codes straight into the buffer's array,
+        its other columns as one Arrow table. Returns the number of rows added."""
         unknown = sorted(set(chips) - BATCH_KEYS)
         if unknown:
             raise UnknownFieldError(
@@ -427,10 +568,19 @@ class ProductWriter:
             )
         if "scale" in chips or "content_hash" in chips:
             raise SpecError("'scale' and 'content_hash' are computed by the writer; do not pass them")
-        vectors = self._vectors(chips)
+        vectors, norms = self._vectors(chips)
         n = len(vectors)
+        if self.quantization is None and norms is not None:
+            vectors, norms = vectors / norms[:, None], None  # fitted parameters see normalised vectors
         quant = self._ensure_quantization(vectors)
-        codes, row_scale = _quantize.quantize(vectors, quant)
+        # write() fills files of _file_rows(); a batch may overshoot the file it completes.
+        capacity = self._file_rows() + n if rows is self._pending else 0
+        slot = rows.slot(n, dtype=np.dtype(quant.dtype), width=quant.stored_width(), capacity=capacity)
+        if norms is not None:
+            # Stored float32 codes are the vectors themselves: normalise straight into the buffer.
+            direct = quant.method == "none" and quant.dtype == "float32"
+            vectors = np.divide(vectors, norms[:, None], out=slot if direct else None)
+        codes, row_scale = _quantize.quantize(vectors, quant, finite=True, out=slot)  # checked above
         first = self._rows_seen
 
         if "geometry" in chips:
@@ -448,38 +598,34 @@ class ProductWriter:
 
         columns: dict[str, pa.Array] = {}
         times = self._times(chips, n)
-        source_ids = [str(s) for s in self._column(chips, "source_id", n)] if "source_id" in chips else None
-        grid_cells = [str(c) for c in self._column(chips, "grid_cell", n)] if "grid_cell" in chips else None
-        if source_ids is None or grid_cells is None:
+        if "source_id" not in chips or "grid_cell" not in chips:
             raise SpecError("batch needs 'source_id' and 'grid_cell' for every chip")
+        source_ids = self._strings(chips, "source_id", n)
+        grid_cells = self._strings(chips, "grid_cell", n)
         pixel_bbox = None
         if "pixel_bbox" in chips:
             pixel_bbox = np.asarray(chips["pixel_bbox"], dtype=np.int32).reshape(-1, 4)
         if "chip_id" in chips:
-            ids = [str(c) for c in self._column(chips, "chip_id", n)]
+            ids = self._strings(chips, "chip_id", n)
         elif pixel_bbox is not None:
             size = int(self.model["input"]["chip_size_px"])
             ids = _chip_ids(
-                grid_id=self.grid["id"], grid_cells=grid_cells, col_offs=pixel_bbox[:, 0],
-                row_offs=pixel_bbox[:, 1], chip_size=size, source_ids=source_ids,
+                grid_id=self.grid["id"], grid_cells=grid_cells.to_pylist(), col_offs=pixel_bbox[:, 0],
+                row_offs=pixel_bbox[:, 1], chip_size=size, source_ids=source_ids.to_pylist(),
                 times=times["datetime"].to_pylist() if "datetime" in times
                 else list(zip(times["start_datetime"].to_pylist(), times["end_datetime"].to_pylist())),
             )
         else:
             raise SpecError("batch needs 'chip_id', or 'pixel_bbox' so the writer can derive chip ids")
 
-        columns["chip_id"] = pa.array(ids, pa.string())
-        columns["geometry"] = pa.array(wkb, pa.binary())
+        columns["chip_id"] = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
+        columns["geometry"] = wkb if isinstance(wkb, pa.Array) else pa.array(wkb, pa.binary())
         columns["bbox"] = pa.StructArray.from_arrays(
             [pa.array(bounds[:, i], pa.float64()) for i in range(4)], fields=list(bbox_type())
         )
         columns.update(times)
-        columns["source_id"] = pa.array(source_ids, pa.string())
-        columns["grid_cell"] = pa.array(grid_cells, pa.string())
-        stored = _STORED_TYPES[quant.dtype]
-        columns["embedding"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(np.ascontiguousarray(codes).reshape(-1), stored), quant.stored_width()
-        )
+        columns["source_id"] = source_ids
+        columns["grid_cell"] = grid_cells  # the embedding column follows: the buffer adds it
         if row_scale is not None:
             columns[quant.scale_column or "scale"] = pa.array(np.asarray(row_scale, np.float32), pa.float32())
         if "native_crs" in chips:
@@ -503,7 +649,8 @@ class ProductWriter:
                 hashlib.sha256(r.tobytes() + (scales[i].tobytes() if scales is not None else b"")).hexdigest()
                 for i, r in enumerate(raw)
             ], pa.string())
-        return pa.table(columns)
+        rows.append(pa.table(columns))
+        return n
 
     def _times(self, chips: Mapping[str, Any], n: int) -> dict[str, pa.Array]:
         utc = pa.timestamp("us", tz="UTC")
@@ -512,14 +659,18 @@ class ProductWriter:
             values = self._column(chips, name, n)
             if isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.datetime64):
                 return pa.array(values.astype("datetime64[us]"), pa.timestamp("us")).cast(utc)
-            out = []
-            for v in values:
-                if isinstance(v, str):
-                    v = datetime.fromisoformat(v.replace("Z", "+00:00"))
-                if isinstance(v, datetime) and v.tzinfo is None:
-                    v = v.replace(tzinfo=timezone.utc)
-                out.append(v)
-            array = pa.array(out, utc)
+            try:
+                # Datetimes in one call: Arrow converts aware ones to UTC and reads naive ones as UTC.
+                array = pa.array(values, utc)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # ISO strings among them
+                out = []
+                for v in values:
+                    if isinstance(v, str):
+                        v = datetime.fromisoformat(v.replace("Z", "+00:00"))
+                    if isinstance(v, datetime) and v.tzinfo is None:
+                        v = v.replace(tzinfo=timezone.utc)
+                    out.append(v)
+                array = pa.array(out, utc)
             if array.null_count:
                 row = int(np.flatnonzero(np.asarray(array.is_null()))[0])
                 raise SpecError(f"{name} of row {self._rows_seen + row} is missing; every chip needs a time")
@@ -540,19 +691,14 @@ class ProductWriter:
 
     def _flush(self, *, final: bool = False) -> None:
         """Write full data files from the buffer; the remainder stays buffered unless ``final``."""
-        if not self._buffer:
+        pending = self._pending
+        if not pending.rows:
             return
-        try:
-            table = pa.concat_tables(self._buffer)
-        except pa.ArrowInvalid as error:
-            raise SpecError(f"batches for {self.path} do not share one column layout: {error}") from error
         limit = self._file_rows()
-        full = table.num_rows if final else table.num_rows // limit * limit
+        full = pending.rows if final else pending.rows // limit * limit
         for start in range(0, full, limit):
-            self._write_file(table.slice(start, min(limit, full - start)).combine_chunks())
-        rest = table.slice(full)
-        self._buffer = [rest] if rest.num_rows else []
-        self._buffered_rows = rest.num_rows
+            self._write_file(pending.table(start, min(limit, full - start), where=self.path), wait=False)
+        pending.drop(full)
 
     def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]], *,
                    energy: Mapping[str, Any] | None = None) -> "_FileRecord | None":
@@ -562,12 +708,16 @@ class ProductWriter:
         exists complete or not at all; a restarted job skips units whose file exists. ``energy``
         (what encoding the unit cost) goes into the file's footer provenance.
         """
-        tables = [t for t in (self._to_table(b) for b in batches) if t.num_rows]
-        for t in tables:
-            self._rows_seen += t.num_rows
-        if not tables:
+        rows = self._unit_rows
+        rows.drop(rows.rows)
+        for batch in batches:
+            self._rows_seen += self._convert(batch, rows)
+        if not rows.rows:
             return None
-        return self._write_file(pa.concat_tables(tables).combine_chunks(), name=f"{name}.parquet", energy=energy)
+        try:
+            return self._write_file(rows.table(0, rows.rows, where=self.path), name=f"{name}.parquet", energy=energy)
+        finally:
+            rows.drop(rows.rows)
 
     def write_stored(self, table: pa.Table, *, name: str) -> "_FileRecord":
         """Write rows as a product already stores them (stored vector codes, ``bbox``, times...) as
@@ -584,8 +734,12 @@ class ProductWriter:
         self._rows_seen += table.num_rows
         return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
 
-    def _write_file(self, table: pa.Table, *, name: str | None = None,
-                    energy: Mapping[str, Any] | None = None) -> "_FileRecord":
+    def _write_file(self, table: pa.Table, *, name: str | None = None, energy: Mapping[str, Any] | None = None,
+                    wait: bool = True) -> "_FileRecord | None":
+        """Write ``table`` as one data file in Hilbert order. ``wait=False`` returns once its rows
+        are taken from ``table`` (the file is recorded when the next one begins, or at close)."""
+        import pyarrow.compute as pc
+
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
@@ -619,19 +773,46 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
+        # One file is encoded at a time, and records keep the order the files were begun in.
+        self._finish_file()
         name = name or f"part-{len(self._files):05d}.parquet"
         target = self.staging / DATA_DIR / name
         partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
-        # Rows go out in Hilbert order one row group at a time, so the sorted copy never exceeds a group.
-        with pq.ParquetWriter(
-            partial, schema, compression=self.compression, write_statistics=True, store_schema=True,
-            use_dictionary=[c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-        ) as out:
+        job = _FileJob(partial, target, schema, {
+            "compression": self.compression, "write_statistics": True, "store_schema": True,
+            "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
+        })
+        sources: dict[str, None] = {}  # distinct source ids in stored order
+        try:
+            # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
+            # (a view of the row buffer) is no longer needed and the buffer can be refilled.
             for start in range(0, table.num_rows, self.row_group_size):
+                if job.error is not None:
+                    break
                 group = table.take(pa.array(order[start : start + self.row_group_size]))
-                out.write_table(group.replace_schema_metadata(metadata), row_group_size=self.row_group_size)
-        os.replace(partial, target)
-        record = file_record(target, root=self.staging)
+                sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
+                job.put(group.replace_schema_metadata(metadata))
+        except BaseException:
+            job.cancel()
+            raise
+        # The manifest facts come from what is being written, not from reading the file back.
+        time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
+        record = _FileRecord(
+            path=target.relative_to(self.staging).as_posix(), rows=table.num_rows, bytes=0, sha256="",
+            bbox=file_bbox, start=pc.min(table.column(time_columns[0])).as_py(),
+            end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
+            footer=json.loads(metadata[FOOTER_KEY]), sources=[str(s) for s in sources],
+        )
+        self._writing = (job, record)
+        return self._finish_file() if wait else None
+
+    def _finish_file(self) -> "_FileRecord | None":
+        """Wait for the file being written, if any, and record it (its size and checksum are known now)."""
+        if self._writing is None:
+            return None
+        (job, record), self._writing = self._writing, None
+        job.finish()
+        record.bytes, record.sha256 = job.size, job.sha256
         self._files.append(record)
         return record
 
@@ -642,7 +823,8 @@ class ProductWriter:
         ``before_publish`` runs once the metadata is written, just before the rename (e.g. to remove
         a job's own files from the staging folder as late as possible)."""
         self._before_publish = before_publish
-        self._buffer = []
+        self._finish_file()
+        self._pending = _RowBuffer()
         self._files = sorted(files, key=lambda f: f.path)
         for record in self._files:
             diff = contract_difference(self.model, record.footer["model"])
@@ -656,6 +838,7 @@ class ProductWriter:
             return self.path
         try:
             self._flush(final=True)
+            self._finish_file()
             if not self._files:
                 raise SpecError(f"no rows were written to {self.path}; a product needs at least one chip")
             from ._stac import write_metadata
@@ -700,7 +883,10 @@ class ProductWriter:
         """Drop everything written so far; the target path is left as it was. A staging folder that
         was handed in (shared by ranks, resumable) is kept: it holds other writers' finished units."""
         self._closed = True
-        self._buffer = []
+        self._pending = self._unit_rows = _RowBuffer()
+        if self._writing is not None:
+            self._writing[0].cancel()
+            self._writing = None
         if self._owns_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
 
@@ -743,3 +929,4 @@ def write_product(path: str | os.PathLike, chips: Mapping[str, Any] | Sequence[M
         for batch in batches:
             writer.write(batch)
     return writer.path
+

@@ -349,3 +349,21 @@ def test_property_per_row_error_bound(v: np.ndarray) -> None:
     assert np.allclose(rs, np.where(maxabs == 0, 1.0, maxabs / 127), rtol=1e-6, atol=1e-44)
     err = np.abs(dequantize(codes, q, row_scale=rs).astype(np.float64) - v64)
     assert np.all(err <= rs.astype(np.float64)[:, None] / 2 * (1 + 1e-5) + 1e-37)
+
+
+@pytest.mark.parametrize("method, dtype", [("none", "float32"), ("none", "float16"), ("linear", None), ("per-row", None),
+                                           ("sqrt", None), ("binary", None)])
+def test_codes_written_into_a_given_array_are_the_returned_codes(method, dtype) -> None:
+    v = np.random.default_rng(5).normal(size=(40, 24)).astype(np.float32)
+    q = fit(v, method=method, **({"dtype": dtype} if dtype else {}))
+    codes, scale = quantize(v, q)
+    out = np.full(codes.shape, 7, dtype=codes.dtype)
+    got, got_scale = quantize(v, q, out=out, finite=True)
+    assert got is out
+    np.testing.assert_array_equal(out, codes)
+    np.testing.assert_array_equal(got_scale, scale)
+    # In place: the vectors may be the output array itself (stored float32).
+    if q.dtype == "float32":
+        same = v.copy()
+        assert quantize(same, q, out=same)[0] is same
+        np.testing.assert_array_equal(same, v)
