@@ -12,6 +12,7 @@ import pytest
 import rasterio
 from affine import Affine
 
+import eoembed
 from eoembed._write import ProductWriter
 from eoembed.producers import produce as produce_module
 from eoembed.producers.encode import StatsEncoder
@@ -152,15 +153,14 @@ def test_encoder_batches_do_not_depend_on_the_tiling(nc_scene, monkeypatch):
 def test_chip_ids_given_to_the_writer_are_the_ones_it_derives(nc_scene, tmp_path):
     (batch,) = list(writer_batches(encode_scene(nc_scene, StatsEncoder(), chip_size=32, time=WHEN), rows=10**6))
     contract = StatsEncoder().contract(bands=nc_scene.band_names, chip_size=32, stride=32, gsd=28.5)
-    writer = ProductWriter(tmp_path / "p", model=contract, grid="majortom-10km")
-    try:
-        given = writer._to_table(batch)
-        derived = writer._to_table({k: v for k, v in batch.items() if k != "chip_id"})
-    finally:
-        writer.abort()
-    assert given.column("chip_id").equals(derived.column("chip_id"))
-    assert given.column("datetime").equals(derived.column("datetime"))
-    assert given.column("datetime")[0].as_py() == WHEN
+    written = {}
+    for name, chips in (("given", batch), ("derived", {k: v for k, v in batch.items() if k != "chip_id"})):
+        with ProductWriter(tmp_path / name, model=contract, grid="majortom-10km") as writer:
+            writer.write(chips)
+        written[name] = eoembed.open(tmp_path / name).sql("SELECT chip_id, datetime FROM embeddings ORDER BY chip_id")
+    assert written["given"].column("chip_id").equals(written["derived"].column("chip_id"))
+    assert written["given"].column("datetime").equals(written["derived"].column("datetime"))
+    assert written["given"].column("datetime")[0].as_py() == WHEN
 
 
 def test_start_up_objects_are_frozen_for_the_job_only():
