@@ -536,6 +536,12 @@ class Product:
         return Searcher(self)
 
     @cached_property
+    def _archive_searcher(self):
+        from ._archive import ArchiveSearcher
+
+        return ArchiveSearcher(self)
+
+    @cached_property
     def _item_paths(self) -> dict[str, Path]:
         from ._index import _items_by_file
 
@@ -551,7 +557,7 @@ class Product:
         where: str | None = None,
         params: Sequence[Any] | dict[str, Any] | None = None,
         metric: Literal["cosine", "l2", "ip"] | None = None,
-        mode: Literal["exact", "int8", "binary", "hnsw", "ivf"] = "exact",
+        mode: Literal["exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq"] = "exact",
         candidates: int | None = None,
     ) -> pa.Table:
         """The k nearest chips: a pyarrow Table with ``chip_id``, ``distance``, then the metadata, best first.
@@ -562,20 +568,22 @@ class Product:
         ``START/END``, ``..`` open) chips whose time overlaps it, ``where`` a SQL predicate over the
         ``embeddings`` view with bound ``params``. ``metric`` defaults to the product's. ``mode``:
         ``exact`` (one pass over the float32 vectors), ``int8`` / ``binary`` (a compressed scan of
-        ``candidates`` rows, re-ranked exactly), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked).
-        Distances: cosine ``1 - cos``, l2 Euclidean, ip ``-<x, q>``. Filtered searches are exact.
+        ``candidates`` rows, re-ranked exactly), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked), ``ivf-rabitq`` (the archive index: memory-mapped
+        RaBitQ codes and float16 re-rank rows, no decoded cache; filters become ID selectors).
+        Distances: cosine ``1 - cos``, l2 Euclidean, ip ``-<x, q>``. Filtered searches are exact but for ``ivf-rabitq``.
         """
         from ._search import search
 
         return search(self, query, k=k, bbox=bbox, datetime=datetime, where=where, params=params,
                       metric=metric, mode=mode, candidates=candidates)
 
-    def build_index(self, *, kind: Literal["int8", "binary", "hnsw", "ivf"], metric: str | None = None, **options: Any) -> dict[str, Any]:
+    def build_index(self, *, kind: Literal["int8", "binary", "hnsw", "ivf", "ivf-rabitq"], metric: str | None = None, **options: Any) -> dict[str, Any]:
         """Build a search index asset for every data file; returns build time and measured recall@10."""
         from ._index import build_index
 
         report = build_index(self, kind=kind, metric=metric, **options)
         self.__dict__.pop("_searcher", None)
+        self.__dict__.pop("_archive_searcher", None)
         return report
 
     def dataset(self, *, bbox=None, datetime=None, where: str | None = None, params=None,

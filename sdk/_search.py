@@ -47,9 +47,9 @@ if TYPE_CHECKING:
     from ._read import Product
 
 Metric = Literal["cosine", "l2", "ip"]
-Mode = Literal["exact", "int8", "binary", "hnsw", "ivf"]
+Mode = Literal["exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq"]
 METRICS = ("cosine", "l2", "ip")
-MODES = ("exact", "int8", "binary", "hnsw", "ivf")
+MODES = ("exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq")  # ivf-rabitq: sdk/_archive.py
 _PRODUCT_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip", "hamming": "cosine"}
 BLOCK_ROWS = 1024  # rows per bbox/time summary block; rows are Hilbert-sorted, so blocks are compact
 _CHUNK_ROWS = 1 << 18  # rows scored at once for batches of queries (bounds the score matrix)
@@ -682,7 +682,7 @@ def resolve_queries(searcher: Searcher, query: Any) -> tuple[np.ndarray, bool]:
 
 
 #: The package each compressed mode scans with; exact search is numpy alone.
-_MODE_PACKAGE = {"int8": "numkong", "binary": "faiss", "hnsw": "faiss", "ivf": "faiss"}
+_MODE_PACKAGE = {"int8": "numkong", "binary": "faiss", "hnsw": "faiss", "ivf": "faiss", "ivf-rabitq": "faiss"}
 
 
 def check_options(product: "Product", *, k: int, metric: str | None, mode: str) -> str:
@@ -742,7 +742,8 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
     """See :meth:`eoembed.Product.search`."""
     metric = check_options(product, k=k, metric=metric, mode=mode)
     box, interval = parse_bbox(bbox), parse_datetime(datetime)
-    searcher = searcher or product._searcher
+    # The archive index answers from memory-mapped shards, never the decoded-vector cache.
+    searcher = searcher or (product._archive_searcher.using(metric) if mode == "ivf-rabitq" else product._searcher)
     queries, batch = resolve_queries(searcher, query)
     prepared = _prepare_queries(queries, metric)
     where_map = where_rows(product, where, params) if where else None
@@ -753,7 +754,7 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
 
 def default_candidates(mode: str, k: int) -> int:
     """Rows re-ranked exactly after a compressed scan: 1-bit codes need more than int8."""
-    return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k)}.get(mode, max(100, 10 * k))
+    return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k), "ivf-rabitq": max(200, 20 * k)}.get(mode, max(100, 10 * k))
 
 
 def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10, bbox=None, datetime=None,
@@ -770,7 +771,12 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
     rank, size = comm.Get_rank(), comm.Get_size()
     metric = check_options(product, k=k, metric=metric, mode=mode)
     box, interval = parse_bbox(bbox), parse_datetime(datetime)
-    searcher = Searcher(product, files=assign_files(product, rank, size))
+    if mode == "ivf-rabitq":  # each rank opens only its own shards
+        from ._archive import ArchiveSearcher
+
+        searcher = ArchiveSearcher(product, files=assign_files(product, rank, size), metric=metric)
+    else:
+        searcher = Searcher(product, files=assign_files(product, rank, size))
     items, batch = _split_items(query, product.dim)
     local = local_queries(searcher, items)
     queries = combine_queries(product, items, comm.allgather(local))
