@@ -313,7 +313,8 @@ class Shard:
             raise damaged(index_path, f"indexes {self.ivf.ntotal} vectors of dimension {self.ivf.d}; "
                           f"{self.path} holds {rows} of dimension {product.dim}; {KIND} indexes must be rebuilt")
         with reading(rerank_path):
-            self.vectors = np.load(rerank_path, mmap_mode="r", allow_pickle=False)
+            # A plain array over the mapping: np.memmap's own indexing costs more than the gather.
+            self.vectors = np.asarray(np.load(rerank_path, mmap_mode="r", allow_pickle=False))
         if self.vectors.shape != (rows, product.dim) or self.vectors.dtype != np.float16:
             raise damaged(rerank_path, f"holds {self.vectors.dtype} rows of shape {self.vectors.shape}; the re-rank "
                           f"file of {self.path} is float16 ({rows}, {product.dim}); rebuild the {KIND} index")

@@ -559,6 +559,7 @@ class Product:
         metric: Literal["cosine", "l2", "ip"] | None = None,
         mode: Literal["exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq"] = "exact",
         candidates: int | None = None,
+        nprobe: int | None = None,
     ) -> pa.Table:
         """The k nearest chips: a pyarrow Table with ``chip_id``, ``distance``, then the metadata, best first.
 
@@ -575,7 +576,8 @@ class Product:
         from ._search import search
 
         return search(self, query, k=k, bbox=bbox, datetime=datetime, where=where, params=params,
-                      metric=metric, mode=mode, candidates=candidates)
+                      metric=metric, mode=mode, candidates=candidates,
+                      **({} if nprobe is None else {"nprobe": nprobe}))  # lists probed by ivf / ivf-rabitq
 
     def build_index(self, *, kind: Literal["int8", "binary", "hnsw", "ivf", "ivf-rabitq"], metric: str | None = None, **options: Any) -> dict[str, Any]:
         """Build a search index asset for every data file; returns build time and measured recall@10."""
