@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from ._damage import damaged, read_json, reading
 from ._errors import SearchError
 from ._optional import require
-from ._search import Hits, _as_us, _blocks, _rows_in, _time_columns, cache_dir, exact_scores, top_k
+from ._search import FileRows, Hits, _as_us, _blocks, _rows_in, _time_columns, cache_dir, exact_scores, top_k
 
 if TYPE_CHECKING:
     from ._read import Product
@@ -293,7 +293,7 @@ def _metadata_table(product: "Product", file_index: int, folder: Path) -> pa.Tab
         return pa.ipc.open_file(pa.memory_map(str(target))).read_all()
 
 
-class Shard:
+class Shard(FileRows):
     """One data file's archive index, re-rank rows and metadata, all memory-mapped.
 
     Offers what the shared query and result code reads of a decoded-vector cache (``vectors``,
@@ -319,15 +319,6 @@ class Shard:
             raise damaged(rerank_path, f"holds {self.vectors.dtype} rows of shape {self.vectors.shape}; the re-rank "
                           f"file of {self.path} is float16 ({rows}, {product.dim}); rebuild the {KIND} index")
         self.metadata = _metadata_table(product, index, folder)
-
-    @property
-    def rows(self) -> int:
-        return len(self.vectors)
-
-    @cached_property
-    def metadata_batches(self) -> tuple[list[pa.RecordBatch], np.ndarray]:
-        batches = self.metadata.to_batches()
-        return batches, np.cumsum([0] + [b.num_rows for b in batches[:-1]])
 
     @cached_property
     def bbox(self) -> np.ndarray:

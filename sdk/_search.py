@@ -102,8 +102,26 @@ def _as_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()), dtype=np.int64)
 
 
+class FileRows:
+    """What the shared query and result code reads of one data file's search state: its row count
+    (``vectors``' length) and its metadata's record batches."""
+
+    vectors: np.ndarray
+    metadata: pa.Table
+
+    @property
+    def rows(self) -> int:
+        return len(self.vectors)
+
+    @cached_property
+    def metadata_batches(self) -> tuple[list[pa.RecordBatch], np.ndarray]:
+        """The metadata's record batches and the first row of each."""
+        batches = self.metadata.to_batches()
+        return batches, np.cumsum([0] + [b.num_rows for b in batches[:-1]])
+
+
 @dataclass
-class FileCache:
+class FileCache(FileRows):
     """The decoded rows of one data file: vectors (memory-mapped), bbox, times and block summaries."""
 
     index: int
@@ -116,16 +134,6 @@ class FileCache:
     block_times: np.ndarray  # (blocks, 2): earliest start, latest end
     metadata: pa.Table  # every stored column but the vector, memory-mapped Arrow IPC
     searchable: np.ndarray | None = None  # rows without nodata (NaN, sqrt's -128); None when all are
-
-    @property
-    def rows(self) -> int:
-        return len(self.vectors)
-
-    @cached_property
-    def metadata_batches(self) -> tuple[list[pa.RecordBatch], np.ndarray]:
-        """The metadata's record batches and the first row of each."""
-        batches = self.metadata.to_batches()
-        return batches, np.cumsum([0] + [b.num_rows for b in batches[:-1]])
 
 
 def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
