@@ -186,25 +186,30 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         built.append((file_index, index_path, rerank_path))
 
     add_started = time.perf_counter()
-    for file_index, first, vectors in _stream(product, batch_size=batch_size):
-        if file_index not in shards:
-            for done in list(shards):
-                finish(done)
-            stem = Path(product.manifest.column("path")[file_index].as_py()).stem
-            folder = product.path / "index"
-            folder.mkdir(exist_ok=True)
-            paths[file_index] = (folder / f"{stem}.{KIND}-{metric}.faiss", folder / f"{stem}.{RERANK_KIND}-{metric}.npy")
-            shards[file_index] = faiss.deserialize_index(trained)
-            partial = paths[file_index][1].with_name(f".{paths[file_index][1].name}.partial.npy")
-            reranks[file_index] = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
-                                                            shape=(int(rows_of[file_index]), dim))
-        prepared = _prepared(vectors, metric)
-        truth.update(prepared, file_index, first)
-        reranks[file_index][first : first + len(prepared)] = prepared  # nodata stays NaN: never re-ranked
-        ids = np.arange(first, first + len(prepared), dtype=np.int64)
-        shards[file_index].add_with_ids(_no_nodata(prepared), ids)
-    for done in list(shards):
-        finish(done)
+    try:
+        for file_index, first, vectors in _stream(product, batch_size=batch_size):
+            if file_index not in shards:
+                for done in list(shards):
+                    finish(done)
+                stem = Path(product.manifest.column("path")[file_index].as_py()).stem
+                folder = product.path / "index"
+                folder.mkdir(exist_ok=True)
+                paths[file_index] = (folder / f"{stem}.{KIND}-{metric}.faiss", folder / f"{stem}.{RERANK_KIND}-{metric}.npy")
+                shards[file_index] = faiss.deserialize_index(trained)
+                partial = paths[file_index][1].with_name(f".{paths[file_index][1].name}.partial.npy")
+                reranks[file_index] = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
+                                                                shape=(int(rows_of[file_index]), dim))
+            prepared = _prepared(vectors, metric)
+            truth.update(prepared, file_index, first)
+            reranks[file_index][first : first + len(prepared)] = prepared  # nodata stays NaN: never re-ranked
+            ids = np.arange(first, first + len(prepared), dtype=np.int64)
+            shards[file_index].add_with_ids(_no_nodata(prepared), ids)
+        for done in list(shards):
+            finish(done)
+    except BaseException:
+        for _, rerank_path in paths.values():  # a failed build leaves no half-written file behind
+            rerank_path.with_name(f".{rerank_path.name}.partial.npy").unlink(missing_ok=True)
+        raise
     add_seconds = time.perf_counter() - add_started
 
     metas = {}
@@ -216,6 +221,11 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
                              {"kind": RERANK_KIND, **base})
         _declare(item_paths[rel], asset_key(RERANK_KIND, metric), _asset(item_paths[rel], rerank_path, metas[file_index][1]))
         _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, metas[file_index][0]))
+    report = {"kind": KIND, "metric": metric, "files": len(built), "rows": total, "nlist": nlist, "sample": sample,
+              "train_seconds": train_seconds, "add_seconds": add_seconds, "build_seconds": train_seconds + add_seconds,
+              "peak_rss_bytes": peak_rss_bytes(), "bytes": int(sum(p.stat().st_size for _, a, b in built for p in (a, b)))}
+    if not len(queries):
+        return report
     found = ArchiveSearcher(product).search(queries, metric=metric, k=k, mode=KIND, candidates=default_candidates(k),
                                             nprobe=nprobe)
     recall = recall_of(truth.hits, found)
@@ -224,12 +234,7 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         rel = product.manifest.column("path")[file_index].as_py()
         meta = {**metas[file_index][0], key: recall, "recall_queries": len(queries)}
         _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, meta))
-    return {
-        "kind": KIND, "metric": metric, "files": len(built), "rows": total, "nlist": nlist, "sample": sample,
-        "train_seconds": train_seconds, "add_seconds": add_seconds, "build_seconds": train_seconds + add_seconds,
-        "peak_rss_bytes": peak_rss_bytes(), key: recall, "recall_queries": len(queries), "nprobe": nprobe,
-        "bytes": int(sum(p.stat().st_size for _, a, b in built for p in (a, b))),
-    }
+    return {**report, key: recall, "recall_queries": len(queries), "nprobe": nprobe}
 
 
 def peak_rss_bytes() -> int:
