@@ -400,6 +400,13 @@ class ArchiveSearcher:
         self.metric = metric or _PRODUCT_METRIC.get(self.product.embedding.get("metric", "cosine"), "cosine")
         return self
 
+    def for_files(self, files: Sequence[int]) -> "ArchiveSearcher":
+        """A searcher over ``files`` only (one MPI rank's) sharing this one's open shards, so repeated
+        searches do not reopen them."""
+        other = ArchiveSearcher(self.product, files=files, metric=self.metric)
+        other._shards = self._shards
+        return other
+
     def cache(self, index: int, metric: str | None = None) -> Shard:
         metric = metric or self.metric
         if (index, metric) not in self._shards:

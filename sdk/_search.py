@@ -779,10 +779,8 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
     rank, size = comm.Get_rank(), comm.Get_size()
     metric = check_options(product, k=k, metric=metric, mode=mode)
     box, interval = parse_bbox(bbox), parse_datetime(datetime)
-    if mode == "ivf-rabitq":  # each rank opens only its own shards
-        from ._archive import ArchiveSearcher
-
-        searcher = ArchiveSearcher(product, files=assign_files(product, rank, size), metric=metric)
+    if mode == "ivf-rabitq":  # each rank opens only its own shards, once per product
+        searcher = product._archive_searcher.for_files(assign_files(product, rank, size)).using(metric)
     else:
         searcher = Searcher(product, files=assign_files(product, rank, size))
     items, batch = _split_items(query, product.dim)
