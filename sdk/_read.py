@@ -571,6 +571,7 @@ class Product:
         ``exact`` (one pass over the float32 vectors), ``int8`` / ``binary`` (a compressed scan of
         ``candidates`` rows, re-ranked exactly), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked), ``ivf-rabitq`` (the archive index: memory-mapped
         RaBitQ codes and float16 re-rank rows, no decoded cache; filters become ID selectors).
+        ``nprobe``: lists probed by ``ivf`` / ``ivf-rabitq`` (default 16).
         Distances: cosine ``1 - cos``, l2 Euclidean, ip ``-<x, q>``. Filtered searches are exact but for ``ivf-rabitq``.
         """
         from ._search import search
@@ -580,7 +581,10 @@ class Product:
                       **({} if nprobe is None else {"nprobe": nprobe}))  # lists probed by ivf / ivf-rabitq
 
     def build_index(self, *, kind: Literal["int8", "binary", "hnsw", "ivf", "ivf-rabitq"], metric: str | None = None, **options: Any) -> dict[str, Any]:
-        """Build a search index asset for every data file; returns build time and measured recall@10."""
+        """Build a search index asset for every data file; returns build time and measured recall@10.
+
+        ``ivf-rabitq`` (the archive index, streamed over the stored rows) takes ``nlist``, ``sample``
+        (training rows drawn from the whole product) and ``batch_size`` (rows decoded at a time)."""
         from ._index import build_index
 
         report = build_index(self, kind=kind, metric=metric, **options)
