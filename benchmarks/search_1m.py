@@ -42,14 +42,15 @@ MODEL = {
 }
 
 
-def write_product(path: Path, *, rows: int, dim: int, clusters: int, seed: int = 0, batch: int = 100_000) -> None:
+def write_product(path: Path, *, rows: int, dim: int, clusters: int, seed: int = 0, batch: int = 100_000,
+                  **writer_options) -> None:
     import eoembed
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     model = dict(MODEL, output={"dim": dim})
-    with eoembed.ProductWriter(path, model=model, normalize=True) as writer:
+    with eoembed.ProductWriter(path, model=model, normalize=True, **writer_options) as writer:
         for first in range(0, rows, batch):
             n = min(batch, rows - first)
             labels = rng.integers(0, clusters, n)

@@ -479,7 +479,8 @@ def _search(args: argparse.Namespace) -> int:
 
     options = dict(k=args.k, bbox=args.bbox, datetime=args.datetime, where=args.where,
                    params=_param_values(args.param) or None,
-                   metric=args.metric, mode=args.mode, candidates=args.candidates)
+                   metric=args.metric, mode=args.mode, candidates=args.candidates,
+                   **({"nprobe": args.nprobe} if args.nprobe is not None else {}))
     product = open_product(args.path)
     if not _under_mpi():
         table = product.search(_search_query(args), **options)
@@ -518,10 +519,16 @@ def _index(args: argparse.Namespace) -> int:
             print(json.dumps({k: v for k, v in entry.items() if k != "scale"}))
         return 0
     if not args.kind:
-        raise SystemExit("eoembed index build: give --kind int8|binary|hnsw|ivf")
+        raise SystemExit("eoembed index build: give --kind int8|binary|hnsw|ivf|ivf-rabitq")
     from ._diagnose import recall_messages
 
-    report = product.build_index(kind=args.kind, metric=args.metric, recall_queries=args.recall_queries)
+    given = {"nlist": args.nlist, "sample": args.sample, "batch_size": args.batch_size}
+    options = {name: value for name, value in given.items() if value is not None}
+    unused = sorted(set(options) - {"ivf": {"nlist"}, "ivf-rabitq": set(given)}.get(args.kind, set()))
+    if unused:
+        raise SystemExit(f"eoembed index build: --{', --'.join(o.replace('_', '-') for o in unused)} "
+                         f"does not apply to --kind {args.kind}")
+    report = product.build_index(kind=args.kind, metric=args.metric, recall_queries=args.recall_queries, **options)
     print(json.dumps(report, indent=1))
     _warn(recall_messages(report))
     return 0
@@ -608,7 +615,8 @@ def add_search_commands(sub) -> None:
     p.add_argument("--where", help="one boolean SQL expression over the embeddings columns, values as ? with --param")
     p.add_argument("--param", action="append", default=[], help="a bound parameter for each ? in --where; repeat")
     p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
-    p.add_argument("--mode", choices=["exact", "int8", "binary", "hnsw", "ivf"], default="exact")
+    p.add_argument("--mode", choices=["exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq"], default="exact")
+    p.add_argument("--nprobe", type=int, help="ivf / ivf-rabitq: inverted lists probed per query (default 16)")
     p.add_argument("--candidates", type=int, help="rows re-ranked exactly after a compressed or index scan "
                    "(binary: calibrated on the product by default)")
     p.add_argument("--format", choices=FORMATS, default="table", help=FORMAT_HELP)
@@ -618,7 +626,10 @@ def add_search_commands(sub) -> None:
     p = sub.add_parser("index", help="build or list search indexes (assets of the product's items)")
     p.add_argument("action", choices=["build", "list"])
     p.add_argument("path")
-    p.add_argument("--kind", choices=["int8", "binary", "hnsw", "ivf"])
+    p.add_argument("--kind", choices=["int8", "binary", "hnsw", "ivf", "ivf-rabitq"])
+    p.add_argument("--nlist", type=int, help="ivf / ivf-rabitq: inverted lists (default about 2 sqrt(rows) for ivf-rabitq)")
+    p.add_argument("--sample", type=int, help="ivf-rabitq: rows drawn from the whole product to train the lists")
+    p.add_argument("--batch-size", type=int, help="ivf-rabitq: rows decoded at a time while streaming (bounds memory)")
     p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
     p.add_argument("--recall-queries", type=int, default=100, help="rows used as queries to measure recall@10")
     p.set_defaults(func=_index)

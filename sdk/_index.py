@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from ._read import Product
 
 INDEX_DIR = "index"
-KINDS = ("int8", "binary", "hnsw", "ivf")
+KINDS = ("int8", "binary", "hnsw", "ivf", "ivf-rabitq")  # ivf-rabitq: sdk/_archive.py
+LISTED_KINDS = KINDS + ("float16",)  # float16 re-rank rows are built with ivf-rabitq
 _EXTENSIONS = {"int8": "npy", "binary": "npy", "hnsw": "faiss", "ivf": "faiss"}
 _MEDIA_TYPES = {"npy": "application/x-npy", "faiss": "application/octet-stream"}
 
@@ -274,6 +275,10 @@ def build_index(product: "Product", *, kind: str, metric: str | None = None, rec
 
     if kind not in KINDS:
         raise SearchError(f"index kind {kind!r} is not one of {list(KINDS)}")
+    if kind == "ivf-rabitq":  # streamed over the stored rows: no decoded cache
+        from ._archive import build_archive_index
+
+        return build_archive_index(product, metric=metric, recall_queries=recall_queries, k=k, seed=seed, **options)
     metric = check_options(product, k=k, metric=metric, mode="exact")
     searcher = Searcher(product)
     searcher.warm()
@@ -356,7 +361,7 @@ def recall_at_k(exact, approx) -> float:
     return float(np.mean([len(truth[q] & got.get(q, set())) / len(truth[q]) for q in truth]))
 
 
-def list_indexes(product: "Product", kinds: Sequence[str] = KINDS) -> list[dict[str, Any]]:
+def list_indexes(product: "Product", kinds: Sequence[str] = LISTED_KINDS) -> list[dict[str, Any]]:
     """The current index assets of the product (one entry per data file and asset)."""
     out = []
     for rel, item_path in product._item_paths.items():

@@ -536,6 +536,12 @@ class Product:
         return Searcher(self)
 
     @cached_property
+    def _archive_searcher(self):
+        from ._archive import ArchiveSearcher
+
+        return ArchiveSearcher(self)
+
+    @cached_property
     def _item_paths(self) -> dict[str, Path]:
         from ._index import _items_by_file
 
@@ -551,8 +557,9 @@ class Product:
         where: str | None = None,
         params: Sequence[Any] | dict[str, Any] | None = None,
         metric: Literal["cosine", "l2", "ip"] | None = None,
-        mode: Literal["exact", "int8", "binary", "hnsw", "ivf"] = "exact",
+        mode: Literal["exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq"] = "exact",
         candidates: int | None = None,
+        nprobe: int | None = None,
     ) -> pa.Table:
         """The k nearest chips: a pyarrow Table with ``chip_id``, ``distance``, then the metadata, best first.
 
@@ -563,20 +570,27 @@ class Product:
         ``embeddings`` view with bound ``params``. ``metric`` defaults to the product's. ``mode``:
         ``exact`` (one pass over the float32 vectors), ``int8`` / ``binary`` (a compressed scan of
         ``candidates`` rows, re-ranked exactly; binary's default count is calibrated once on the
-        product's own rows), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked).
-        Distances: cosine ``1 - cos``, l2 Euclidean, ip ``-<x, q>``. Filtered searches are exact.
+        product's own rows), ``hnsw`` / ``ivf`` (a built faiss index, re-ranked), ``ivf-rabitq`` (the
+        archive index: memory-mapped RaBitQ codes and float16 re-rank rows, no decoded cache; filters
+        become ID selectors). ``nprobe``: lists probed by ``ivf`` / ``ivf-rabitq`` (default 16).
+        Distances: cosine ``1 - cos``, l2 Euclidean, ip ``-<x, q>``. Filtered searches are exact but for ``ivf-rabitq``.
         """
         from ._search import search
 
         return search(self, query, k=k, bbox=bbox, datetime=datetime, where=where, params=params,
-                      metric=metric, mode=mode, candidates=candidates)
+                      metric=metric, mode=mode, candidates=candidates,
+                      **({} if nprobe is None else {"nprobe": nprobe}))  # lists probed by ivf / ivf-rabitq
 
-    def build_index(self, *, kind: Literal["int8", "binary", "hnsw", "ivf"], metric: str | None = None, **options: Any) -> dict[str, Any]:
-        """Build a search index asset for every data file; returns build time and measured recall@10."""
+    def build_index(self, *, kind: Literal["int8", "binary", "hnsw", "ivf", "ivf-rabitq"], metric: str | None = None, **options: Any) -> dict[str, Any]:
+        """Build a search index asset for every data file; returns build time and measured recall@10.
+
+        ``ivf-rabitq`` (the archive index, streamed over the stored rows) takes ``nlist``, ``sample``
+        (training rows drawn from the whole product) and ``batch_size`` (rows decoded at a time)."""
         from ._index import build_index
 
         report = build_index(self, kind=kind, metric=metric, **options)
         self.__dict__.pop("_searcher", None)
+        self.__dict__.pop("_archive_searcher", None)
         return report
 
     def dataset(self, *, bbox=None, datetime=None, where: str | None = None, params=None,

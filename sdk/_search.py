@@ -49,9 +49,9 @@ if TYPE_CHECKING:
     from ._read import Product
 
 Metric = Literal["cosine", "l2", "ip"]
-Mode = Literal["exact", "int8", "binary", "hnsw", "ivf"]
+Mode = Literal["exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq"]
 METRICS = ("cosine", "l2", "ip")
-MODES = ("exact", "int8", "binary", "hnsw", "ivf")
+MODES = ("exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq")  # ivf-rabitq: sdk/_archive.py
 _PRODUCT_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip", "hamming": "cosine"}
 BLOCK_ROWS = 1024  # rows per bbox/time summary block; rows are Hilbert-sorted, so blocks are compact
 _CHUNK_ROWS = 1 << 18  # rows scored at once for batches of queries (bounds the score matrix)
@@ -104,8 +104,26 @@ def _as_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()), dtype=np.int64)
 
 
+class FileRows:
+    """What the shared query and result code reads of one data file's search state: its row count
+    (``vectors``' length) and its metadata's record batches."""
+
+    vectors: np.ndarray
+    metadata: pa.Table
+
+    @property
+    def rows(self) -> int:
+        return len(self.vectors)
+
+    @cached_property
+    def metadata_batches(self) -> tuple[list[pa.RecordBatch], np.ndarray]:
+        """The metadata's record batches and the first row of each."""
+        batches = self.metadata.to_batches()
+        return batches, np.cumsum([0] + [b.num_rows for b in batches[:-1]])
+
+
 @dataclass
-class FileCache:
+class FileCache(FileRows):
     """The decoded rows of one data file: vectors (memory-mapped), bbox, times and block summaries."""
 
     index: int
@@ -118,16 +136,6 @@ class FileCache:
     block_times: np.ndarray  # (blocks, 2): earliest start, latest end
     metadata: pa.Table  # every stored column but the vector, memory-mapped Arrow IPC
     searchable: np.ndarray | None = None  # rows without nodata (NaN, sqrt's -128); None when all are
-
-    @property
-    def rows(self) -> int:
-        return len(self.vectors)
-
-    @cached_property
-    def metadata_batches(self) -> tuple[list[pa.RecordBatch], np.ndarray]:
-        """The metadata's record batches and the first row of each."""
-        batches = self.metadata.to_batches()
-        return batches, np.cumsum([0] + [b.num_rows for b in batches[:-1]])
 
 
 def _build_file_cache(product: "Product", path: Path, target: Path) -> None:
@@ -787,7 +795,7 @@ def resolve_queries(searcher: Searcher, query: Any) -> tuple[np.ndarray, bool]:
 
 
 #: The package each compressed mode scans with; exact search is numpy alone.
-_MODE_PACKAGE = {"int8": "numkong", "binary": "faiss", "hnsw": "faiss", "ivf": "faiss"}
+_MODE_PACKAGE = {"int8": "numkong", "binary": "faiss", "hnsw": "faiss", "ivf": "faiss", "ivf-rabitq": "faiss"}
 
 
 def check_options(product: "Product", *, k: int, metric: str | None, mode: str) -> str:
@@ -847,7 +855,8 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
     """See :meth:`eoembed.Product.search`."""
     metric = check_options(product, k=k, metric=metric, mode=mode)
     box, interval = parse_bbox(bbox), parse_datetime(datetime)
-    searcher = searcher or product._searcher
+    # The archive index answers from memory-mapped shards, never the decoded-vector cache.
+    searcher = searcher or (product._archive_searcher.using(metric) if mode == "ivf-rabitq" else product._searcher)
     queries, batch = resolve_queries(searcher, query)
     prepared = _prepare_queries(queries, metric)
     where_map = where_rows(product, where, params) if where else None
@@ -859,7 +868,7 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
 def default_candidates(mode: str, k: int) -> int:
     """Rows re-ranked exactly after a compressed scan: 1-bit codes need more than int8 (a 1-bit scan
     calibrates its count on the data, :meth:`Searcher.binary_candidates`; this is its fallback)."""
-    return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k)}.get(mode, max(100, 10 * k))
+    return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k), "ivf-rabitq": max(200, 20 * k)}.get(mode, max(100, 10 * k))
 
 
 def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10, bbox=None, datetime=None,
@@ -876,7 +885,10 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
     rank, size = comm.Get_rank(), comm.Get_size()
     metric = check_options(product, k=k, metric=metric, mode=mode)
     box, interval = parse_bbox(bbox), parse_datetime(datetime)
-    searcher = Searcher(product, files=assign_files(product, rank, size))
+    if mode == "ivf-rabitq":  # each rank opens only its own shards, once per product
+        searcher = product._archive_searcher.for_files(assign_files(product, rank, size)).using(metric)
+    else:
+        searcher = Searcher(product, files=assign_files(product, rank, size))
     items, batch = _split_items(query, product.dim)
     local = local_queries(searcher, items)
     queries = combine_queries(product, items, comm.allgather(local))

@@ -493,12 +493,12 @@ def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: 
         return f"rows is {meta.get('rows')}, the data file holds {record.rows}"
     sample = checker.sample
     dim = int(record.footer["embedding"]["dim"])
-    if kind in ("int8", "binary"):
+    if kind in ("int8", "binary", "float16"):
         try:
             stored = np.load(path, mmap_mode="r")
         except (ValueError, OSError) as error:
             return f"it cannot be read as a NumPy array ({error})"
-        width, dtype = (dim, np.int8) if kind == "int8" else (dim // 8, np.uint8)
+        width, dtype = {"int8": (dim, np.int8), "binary": (dim // 8, np.uint8), "float16": (dim, np.float16)}[kind]
         if stored.shape != (record.rows, width) or stored.dtype != dtype:
             return f"it is a {stored.dtype} array of shape {stored.shape}, expected {np.dtype(dtype)} ({record.rows}, {width})"
         if sample is None:
@@ -508,6 +508,11 @@ def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: 
         if kind == "binary":
             again = np.packbits(vectors > 0, axis=1)
             bad = (again != stored[: len(sample)][rows]).any(axis=1)
+        elif kind == "float16":  # the re-rank rows of ivf-rabitq: unit vectors for cosine
+            if metric == "cosine":
+                vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1), 1e-30)[:, None]
+            held = stored[: len(sample)][rows].astype(np.float64)
+            bad = (np.abs(held - vectors) > 1e-3 * np.maximum(1.0, np.abs(vectors))).any(axis=1)
         else:
             if metric == "cosine":
                 vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1), 1e-30)[:, None]
@@ -525,7 +530,7 @@ def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: 
     import faiss
 
     try:
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)  # archive indexes may exceed memory
     except RuntimeError as error:
         return f"faiss cannot read it ({str(error).splitlines()[0]})"
     if index.ntotal != record.rows or index.d != dim:

@@ -1,0 +1,296 @@
+"""Archive-scale search: the ivf-rabitq index against a streaming exact top-10, faiss side by side.
+
+    .venv/bin/python benchmarks/search_archive.py --rows 1000000 --dim 128 [--out DIR] [--mpi]
+        [--rows-per-file 1000000] [--clusters 1000] [--queries 100] [--nprobe 16] [--candidates N]
+        [--nlist N] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000] [--json FILE]
+
+One run, one table:
+
+* write     a real product of clustered unit vectors (int8 codes, ``--rows-per-file`` rows a data
+            file = a shard) with eoembed's writer, streamed in batches: time and size on disk;
+* build     ``eoembed index build --kind ivf-rabitq`` in its own process: time and its peak RSS;
+* truth     exact top-10 of ``--queries`` queries (product rows plus noise) by one streaming brute
+            force over the stored vectors;
+* serve     in a fresh process (under ``mpirun -n 2`` with ``--mpi``: each rank its own shards, top-k
+            merged on rank 0): single-query p50 / p99 of ``Product.search(mode="ivf-rabitq")`` (the
+            full result table), batch-of-100 throughput, recall@10, resident memory while serving;
+* faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
+            index re-ranks over all shards) and HNSW32 (efSearch 64) in memory, where the
+            float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size.
+
+Timings on a shared 2-core machine are noisy; compare the rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def rss() -> dict[str, int]:
+    """This process's resident memory now and at its peak (bytes), from /proc."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(seconds) * 1e3, q))
+
+
+# -- serving (its own process, so its memory is its own) -----------------------------------------
+
+
+def serve(args: argparse.Namespace) -> None:
+    import eoembed
+    from eoembed._search import distributed_search
+
+    data = np.load(args.serve_queries)
+    queries, truth = data["queries"], data["truth"]
+    options = {"k": 10, "mode": "ivf-rabitq", "nprobe": args.nprobe}
+    if args.candidates:
+        options["candidates"] = args.candidates
+    product = eoembed.open(args.serve)
+    comm = None
+    if args.mpi:
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+
+    def search(q):
+        if comm is None:
+            return product.search(q, **options)
+        return distributed_search(product, q, comm=comm, **options)
+
+    started = time.perf_counter()
+    search(queries[0])  # opens the shards (and writes their metadata cache on a first run)
+    open_seconds = time.perf_counter() - started
+    single = []
+    for q in queries:
+        if comm is not None:
+            comm.Barrier()
+        started = time.perf_counter()
+        search(q)
+        single.append(time.perf_counter() - started)
+    batch = min(100, len(queries))
+    started = time.perf_counter()
+    search(queries[:batch])
+    batch_seconds = time.perf_counter() - started
+    table = search(queries)  # every query's hits, for recall
+    memory = rss() if comm is None else comm.gather(rss(), root=0)
+    if comm is not None and comm.Get_rank() != 0:
+        return
+    got: dict[int, set] = {}
+    for q, chip in zip(table.column("query").to_pylist(), table.column("chip_id").to_pylist()):
+        got.setdefault(q, set()).add(chip)
+    recall = float(np.mean([len(set(truth[q]) & got.get(q, set())) / 10 for q in range(len(queries))]))
+    memory = [memory] if isinstance(memory, dict) else memory
+    Path(args.serve_json).write_text(json.dumps({
+        "open_seconds": open_seconds, "p50_ms": percentile_ms(single, 50), "p99_ms": percentile_ms(single, 99),
+        "batch_qps": batch / batch_seconds, "recall_at_10": recall, "ranks": len(memory), "rss": memory,
+    }))
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def du(paths) -> int:
+    return int(sum(p.stat().st_size for p in paths))
+
+
+def query_set(product, count: int, seed: int = 1) -> np.ndarray:
+    """``count`` product rows plus a little noise (near-duplicates of real chips), unit length."""
+    from eoembed._archive import _gather
+
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(product.num_rows, size=count, replace=False))
+    queries = _gather(product, picks, batch_size=65536)
+    queries = queries + 0.05 / np.sqrt(product.dim) * rng.normal(size=queries.shape).astype(np.float32)
+    return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+
+
+def chip_ids(product, hits) -> np.ndarray:
+    """The chip ids of each query's exact hits (files read one column at a time)."""
+    import pyarrow.parquet as pq
+
+    wanted = {int(f) for h in hits for f in h.files}
+    columns = {f: pq.read_table(product.files[f], columns=["chip_id"]).column("chip_id") for f in sorted(wanted)}
+    return np.array([[columns[int(f)][int(r)].as_py() for f, r in zip(h.files, h.rows)] for h in hits])
+
+
+def faiss_baselines(product, queries: np.ndarray, truth_ids: np.ndarray, args, nlist: int) -> list[dict]:
+    """faiss IVF-PQ (+ float32 re-rank) and HNSW32 over the whole matrix in memory, where it fits."""
+    import faiss
+
+    from eoembed._archive import default_candidates
+
+    out = []
+    if product.num_rows > max(args.ivfpq_max_rows, args.hnsw_max_rows):
+        return out
+    vectors = product.to_numpy()  # the product is unit-normalised: inner product = cosine
+    ids = np.asarray(product.to_arrow(columns=["chip_id"]).read_all().column("chip_id").to_pylist())  # product order
+    dim = vectors.shape[1]
+
+    def measure(name, index, build_seconds, setup):
+        setup(index)
+        index.search(queries[:1], 10)
+        single = []
+        for q in queries:
+            started = time.perf_counter()
+            index.search(q[None], 10)
+            single.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        _, found = index.search(queries[:100], 10)
+        qps = min(100, len(queries)) / (time.perf_counter() - started)
+        _, found = index.search(queries, 10)
+        recall = float(np.mean([len(set(ids[f[f >= 0]]) & set(t)) / 10 for f, t in zip(found, truth_ids)]))
+        out.append({"name": name, "build_seconds": build_seconds, "p50_ms": percentile_ms(single, 50),
+                    "p99_ms": percentile_ms(single, 99), "batch_qps": qps, "recall_at_10": recall,
+                    "memory_bytes": len(faiss.serialize_index(index))})
+
+    if product.num_rows <= args.ivfpq_max_rows:
+        started = time.perf_counter()
+        base = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, dim // 4, 8, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        base.train(vectors[np.sort(rng.choice(len(vectors), min(len(vectors), 40 * nlist), replace=False))])
+        index = faiss.IndexRefineFlat(base)
+        index.add(vectors)
+        # As many rows re-ranked per query as the archive index re-ranks over all its shards.
+        reranked = (args.candidates or default_candidates(10)) * len(product.files)
+        measure(f"faiss IVF{nlist},PQ{dim // 4}, nprobe {args.nprobe}, float32 re-rank of {reranked}", index,
+                time.perf_counter() - started,
+                lambda i: (setattr(faiss.extract_index_ivf(i.base_index), "nprobe", args.nprobe), setattr(i, "k_factor", reranked / 10)))
+        del index, base
+    if product.num_rows <= args.hnsw_max_rows:
+        started = time.perf_counter()
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.add(vectors)
+        measure("faiss HNSW32 efSearch 64", index, time.perf_counter() - started,
+                lambda i: setattr(i.hnsw, "efSearch", 64))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--rows-per-file", type=int, default=1_000_000, help="rows a data file (= a shard)")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--nlist", type=int, help="default: the index's own (about 2 sqrt(rows))")
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--candidates", type=int, help="rows re-ranked per shard (default: the index's own)")
+    parser.add_argument("--mpi", action="store_true", help="serve under mpirun -n 2 (each rank its own shards)")
+    parser.add_argument("--ivfpq-max-rows", type=int, default=10_000_000)
+    parser.add_argument("--hnsw-max-rows", type=int, default=1_000_000)
+    parser.add_argument("--out", help="product folder (kept and reused); default a temporary folder")
+    parser.add_argument("--reuse-index", action="store_true", help="serve the product's existing ivf-rabitq index")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-queries", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args)
+
+    import eoembed
+    from eoembed._archive import default_nlist, exact_top_k
+
+    sys.path.insert(0, str(HERE))
+    from search_1m import write_product
+
+    folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="archive-bench-")) / "product"
+    figures: dict = {"rows": args.rows, "dim": args.dim, "rows_per_file": args.rows_per_file, "queries": args.queries}
+    if not (folder / "collection.json").exists():
+        started = time.perf_counter()
+        write_product(folder, rows=args.rows, dim=args.dim, clusters=args.clusters, quantization="int8",
+                      max_rows_per_file=args.rows_per_file)
+        figures["write_seconds"] = time.perf_counter() - started
+    product = eoembed.open(folder)
+    figures["data_bytes"] = du(product.files)
+    figures["files"] = len(product.files)
+
+    build = [str(BIN / "eoembed"), "index", "build", str(folder), "--kind", "ivf-rabitq", "--metric", "cosine"]
+    if args.nlist:
+        build += ["--nlist", str(args.nlist)]
+    if not args.reuse_index:
+        run = subprocess.run(build, capture_output=True, text=True)
+        if run.returncode:
+            sys.exit(f"index build failed:\n{run.stderr}")
+        figures["build"] = json.loads(run.stdout)
+    index_files = [p for p in (folder / "index").glob("*") if "ivf-rabitq" in p.name or "float16" in p.name]
+    figures["index_bytes"] = {kind: du(p for p in index_files if kind in p.name) for kind in ("ivf-rabitq", "float16")}
+
+    product = eoembed.open(folder)
+    queries = query_set(product, args.queries)
+    started = time.perf_counter()
+    truth = exact_top_k(product, queries, k=10, metric="cosine")
+    figures["truth_seconds"] = time.perf_counter() - started
+    truth_ids = chip_ids(product, truth)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        np.savez(Path(scratch) / "q.npz", queries=queries, truth=truth_ids)
+        command = [sys.executable, __file__, "--serve", str(folder), "--serve-queries", str(Path(scratch) / "q.npz"),
+                   "--serve-json", str(Path(scratch) / "serve.json"), "--nprobe", str(args.nprobe)]
+        command += ["--candidates", str(args.candidates)] if args.candidates else []
+        env = dict(os.environ)
+        if args.mpi:
+            command = [str(BIN / "mpirun"), "-n", "2"] + command + ["--mpi"]
+            env["OMP_NUM_THREADS"] = "1"  # two ranks on two cores
+        run = subprocess.run(command, capture_output=True, text=True, env=env)
+        if run.returncode:
+            sys.exit(f"serving failed:\n{run.stderr}")
+        figures["serve"] = json.loads((Path(scratch) / "serve.json").read_text())
+    figures["baselines"] = [] if args.mpi else faiss_baselines(product, queries, truth_ids, args,
+                                                               args.nlist or default_nlist(product.num_rows))
+    report(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
+
+
+def report(f: dict) -> None:
+    gb = 1e9
+    rows = f["rows"]
+    build, serve = f.get("build"), f["serve"]
+    print(f"\n## search_archive: {rows:,} x {f['dim']} in {f['files']} data files (shards)"
+          f"{', mpirun -n ' + str(serve['ranks']) if serve['ranks'] > 1 else ''}\n")
+    if "write_seconds" in f:
+        print(f"write (eoembed writer, streamed, int8): {f['write_seconds']:.1f} s, {f['data_bytes'] / gb:.2f} GB on disk "
+              f"({f['data_bytes'] / rows:.0f} B/row)")
+    else:
+        print(f"product reused: {f['data_bytes'] / gb:.2f} GB on disk ({f['data_bytes'] / rows:.0f} B/row)")
+    idx = f["index_bytes"]
+    if build:
+        print(f"build ivf-rabitq (nlist {build['nlist']}, sample {build['sample']:,}): {build['build_seconds']:.1f} s "
+              f"(train {build['train_seconds']:.1f} s, codes {build['add_seconds']:.1f} s), peak RSS {build['peak_rss_bytes'] / gb:.2f} GB")
+    print(f"index {idx['ivf-rabitq'] / rows:.1f} B/row + re-rank {idx['float16'] / rows:.1f} B/row")
+    print(f"streaming exact top-10 of {f['queries']} queries: {f['truth_seconds']:.1f} s")
+    print(f"first search (opens the shards): {serve['open_seconds']:.2f} s\n")
+    print("| method | p50 ms | p99 ms | batch-100 q/s | recall@10 | resident memory |")
+    print("|---|---:|---:|---:|---:|---|")
+    memory = ", ".join(f"rank {i}: {m['VmRSS'] / gb:.2f} GB (anon {m['RssAnon'] / gb:.2f}, file {m['RssFile'] / gb:.2f})"
+                       for i, m in enumerate(serve["rss"]))
+    print(f"| eoembed ivf-rabitq (table of hits) | {serve['p50_ms']:.2f} | {serve['p99_ms']:.2f} | {serve['batch_qps']:.0f} | "
+          f"{serve['recall_at_10']:.3f} | {memory} |")
+    for b in f["baselines"]:
+        print(f"| {b['name']} (build {b['build_seconds']:.0f} s) | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | {b['batch_qps']:.0f} | "
+              f"{b['recall_at_10']:.3f} | index {b['memory_bytes'] / gb:.2f} GB in memory |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""Archive-scale search: per data file (shard) an IVF + RaBitQ index and a float16 re-rank file.
+
+Search with ``mode="ivf-rabitq"`` never decodes a data file's vectors. Per shard it memory-maps
+
+* ``index/{stem}.ivf-rabitq-{metric}.faiss``: a faiss ``IndexIVFRaBitQ`` whose ids are row numbers;
+  every shard of a product shares one coarse quantiser (trained once on a sample of the whole
+  product), so a query's nearest lists are found once and probed in every shard;
+* ``index/{stem}.float16-{metric}.npy``: the rows (unit vectors for cosine) as float16, read only at
+  the candidates' rows to re-rank them (1-bit RaBitQ estimates alone miss close neighbours);
+
+and keeps the non-vector columns as memory-mapped Arrow IPC beside the product (the search cache
+folder), for the hits' metadata and bbox / time filters. A filter becomes a faiss ID selector over
+the selected rows (a selection no larger than the candidate pool is re-ranked whole).
+
+Each shard keeps its own ``candidates`` rows before re-ranking, so any split of the files across
+MPI ranks re-ranks the same rows and gives the same hits. Building streams over the stored rows
+in batches (two passes: the training sample, then the codes); memory is bounded by one shard's
+codes, never the product's float32 vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import time
+import uuid
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._damage import damaged, read_json, reading
+from ._errors import SearchError
+from ._optional import require
+from ._search import FileRows, Hits, _as_us, _blocks, _rows_in, _time_columns, cache_dir, exact_scores, top_k
+
+if TYPE_CHECKING:
+    from ._read import Product
+
+KIND = "ivf-rabitq"
+RERANK_KIND = "float16"
+
+
+def default_nlist(rows: int) -> int:
+    """Inverted lists for ``rows`` vectors: about 2 sqrt(n), at least 39 training rows a list."""
+    return int(max(1, min(round(2 * np.sqrt(rows)), rows // 39)))
+
+
+def default_candidates(k: int) -> int:
+    """Rows re-ranked per shard: 1-bit estimates need about 20k candidates for recall@k >= 0.99."""
+    return max(200, 20 * k)
+
+
+def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """What the index holds: unit vectors for cosine, the vectors themselves otherwise."""
+    if metric != "cosine":
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-30)).astype(np.float32)
+
+
+def _stream(product: "Product", *, batch_size: int):
+    """(file index, first row of the batch, decoded float32 vectors) over the stored rows, batch by batch."""
+    numbers = {str(path): i for i, path in enumerate(product.files)}
+    for path, first, batch in product._file_batches(columns=product._vector_columns(), batch_size=batch_size):
+        yield numbers[str(path)], first, product.decode(batch, source=path, first_row=first)
+
+
+class StreamingTopK:
+    """Exact top-k of prepared queries, fed block by block (a brute force that never holds the product)."""
+
+    def __init__(self, queries: np.ndarray, *, k: int, metric: str) -> None:
+        self.queries, self.k, self.metric = queries, k, metric
+        self.hits = [Hits.empty() for _ in queries]
+
+    def update(self, vectors: np.ndarray, file_index: int, first_row: int) -> None:
+        norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32)
+        scores = exact_scores(vectors, norms, self.queries, self.metric)
+        scores[~np.isfinite(scores)] = -np.inf  # nodata rows are never hits
+        for q in range(len(self.queries)):
+            column = np.ascontiguousarray(scores[:, q])
+            best = top_k(column, self.k)
+            best = best[np.isfinite(column[best])]
+            found = Hits(column[best], np.full(len(best), file_index), first_row + best)
+            self.hits[q] = Hits.merge([self.hits[q], found], self.k)
+
+
+def exact_top_k(product: "Product", queries: np.ndarray, *, k: int, metric: str, batch_size: int = 65536) -> list[Hits]:
+    """Exact top-k of prepared ``queries`` by one streaming pass over the stored vectors."""
+    truth = StreamingTopK(queries, k=k, metric=metric)
+    for file_index, first, vectors in _stream(product, batch_size=batch_size):
+        truth.update(vectors, file_index, first)
+    return truth.hits
+
+
+# -- build --------------------------------------------------------------------------------------
+
+
+def _faiss_metric(faiss, metric: str) -> int:
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def _gather(product: "Product", picks: np.ndarray, *, batch_size: int) -> np.ndarray:
+    """The float32 vectors of the product rows ``picks`` (sorted global row numbers), decoding only them."""
+    out = np.empty((len(picks), product.dim), dtype=np.float32)
+    starts = np.concatenate([[0], np.cumsum(np.asarray(product.manifest.column("rows"), dtype=np.int64))])
+    numbers = {str(path): i for i, path in enumerate(product.files)}
+    done = 0
+    for path, first, batch in product._file_batches(columns=product._vector_columns(), batch_size=batch_size):
+        start = starts[numbers[str(path)]] + first
+        stop = np.searchsorted(picks, start + batch.num_rows)
+        if stop > done:
+            local = pa.array(picks[done:stop] - start)
+            out[done:stop] = product.decode(batch.take(local), source=path, first_row=first)
+            done = stop
+    return out
+
+
+def _no_nodata(vectors: np.ndarray) -> np.ndarray:
+    """Rows without data (NaN, the sqrt method's nodata) as zero vectors: indexed, never hits."""
+    return np.nan_to_num(vectors, nan=0.0, copy=False)
+
+
+def build_archive_index(product: "Product", *, metric: str | None = None, nlist: int | None = None,
+                        sample: int | None = None, batch_size: int = 65536, recall_queries: int = 100,
+                        k: int = 10, seed: int = 0, nprobe: int = 16) -> dict[str, Any]:
+    """Build the ``ivf-rabitq`` index and ``float16`` re-rank file of every data file, streaming.
+
+    The coarse quantiser is trained on ``sample`` rows drawn uniformly from the whole product; recall@k
+    is measured on ``recall_queries`` product rows against a streaming exact top-k made during the
+    same pass that writes the codes.
+    """
+    faiss = require("faiss", extra="search")
+    from ._index import _asset, _declare, _write_index, asset_key
+    from ._search import check_options
+
+    metric = check_options(product, k=k, metric=metric, mode="exact")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SearchError(f"batch_size must be a positive integer, got {batch_size!r}")
+    total, dim = product.num_rows, product.dim
+    nlist = default_nlist(total) if nlist is None else nlist
+    if isinstance(nlist, bool) or not isinstance(nlist, int) or not 1 <= nlist <= total:
+        raise SearchError(f"nlist {nlist!r} must be an integer from 1 to the product's {total} rows; "
+                          f"the default for {total} rows is {default_nlist(total)}")
+    sample = min(total, max(40 * nlist, 10_000)) if sample is None else sample
+    if isinstance(sample, bool) or not isinstance(sample, int) or not nlist <= sample <= total:
+        raise SearchError(f"sample {sample!r} must be an integer from nlist ({nlist}) to the product's {total} rows")
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(total, size=sample, replace=False))
+    query_rows = np.sort(rng.choice(total, size=min(recall_queries, total), replace=False))
+
+    started = time.perf_counter()
+    union = np.union1d(picks, query_rows)
+    gathered = _gather(product, union, batch_size=batch_size)
+    training = _no_nodata(_prepared(gathered[np.isin(union, picks)], metric))
+    queries = _prepared(gathered[np.isin(union, query_rows)], metric)
+    queries = queries[np.isfinite(queries).all(axis=1)]
+    del gathered
+    quantizer = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+    template = faiss.IndexIVFRaBitQ(quantizer, dim, nlist, _faiss_metric(faiss, metric))
+    template.cp.seed, template.cp.niter = seed, 10
+    template.train(training)
+    del training
+    trained = faiss.serialize_index(template)
+    quantizer_id = hashlib.sha256(trained.tobytes()).hexdigest()[:16]
+    train_seconds = time.perf_counter() - started
+
+    truth = StreamingTopK(queries, k=k, metric=metric)
+    shards: dict[int, Any] = {}
+    reranks: dict[int, np.ndarray] = {}
+    paths: dict[int, tuple[Path, Path]] = {}
+    rows_of = np.asarray(product.manifest.column("rows"), dtype=np.int64)
+    item_paths = product._item_paths
+    built = []
+
+    def finish(file_index: int) -> None:
+        """Write one shard's two files (the codes of one shard are all this build holds)."""
+        index_path, rerank_path = paths.pop(file_index)
+        reranks.pop(file_index).flush()
+        os.replace(rerank_path.with_name(f".{rerank_path.name}.partial.npy"), rerank_path)
+        _write_index(index_path, KIND, shards.pop(file_index))
+        built.append((file_index, index_path, rerank_path))
+
+    add_started = time.perf_counter()
+    try:
+        for file_index, first, vectors in _stream(product, batch_size=batch_size):
+            if file_index not in shards:
+                for done in list(shards):
+                    finish(done)
+                stem = Path(product.manifest.column("path")[file_index].as_py()).stem
+                folder = product.path / "index"
+                folder.mkdir(exist_ok=True)
+                paths[file_index] = (folder / f"{stem}.{KIND}-{metric}.faiss", folder / f"{stem}.{RERANK_KIND}-{metric}.npy")
+                shards[file_index] = faiss.deserialize_index(trained)
+                partial = paths[file_index][1].with_name(f".{paths[file_index][1].name}.partial.npy")
+                reranks[file_index] = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
+                                                                shape=(int(rows_of[file_index]), dim))
+            prepared = _prepared(vectors, metric)
+            truth.update(prepared, file_index, first)
+            reranks[file_index][first : first + len(prepared)] = prepared  # nodata stays NaN: never re-ranked
+            ids = np.arange(first, first + len(prepared), dtype=np.int64)
+            shards[file_index].add_with_ids(_no_nodata(prepared), ids)
+        for done in list(shards):
+            finish(done)
+    except BaseException:
+        for _, rerank_path in paths.values():  # a failed build leaves no half-written file behind
+            rerank_path.with_name(f".{rerank_path.name}.partial.npy").unlink(missing_ok=True)
+        raise
+    add_seconds = time.perf_counter() - add_started
+
+    metas = {}
+    for file_index, index_path, rerank_path in built:
+        rel = product.manifest.column("path")[file_index].as_py()
+        base = {"metric": metric, "data_sha256": product.manifest.column("sha256")[file_index].as_py(),
+                "rows": int(rows_of[file_index])}
+        metas[file_index] = ({"kind": KIND, **base, "nlist": nlist, "sample": sample, "quantizer": quantizer_id},
+                             {"kind": RERANK_KIND, **base})
+        _declare(item_paths[rel], asset_key(RERANK_KIND, metric), _asset(item_paths[rel], rerank_path, metas[file_index][1]))
+        _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, metas[file_index][0]))
+    report = {"kind": KIND, "metric": metric, "files": len(built), "rows": total, "nlist": nlist, "sample": sample,
+              "train_seconds": train_seconds, "add_seconds": add_seconds, "build_seconds": train_seconds + add_seconds,
+              "peak_rss_bytes": peak_rss_bytes(), "bytes": int(sum(p.stat().st_size for _, a, b in built for p in (a, b)))}
+    if not len(queries):
+        return report
+    found = ArchiveSearcher(product).search(queries, metric=metric, k=k, mode=KIND, candidates=default_candidates(k),
+                                            nprobe=nprobe)
+    recall = recall_of(truth.hits, found)
+    key = "recall_at_10" if k == 10 else f"recall_at_{k}"
+    for file_index, index_path, _ in built:
+        rel = product.manifest.column("path")[file_index].as_py()
+        meta = {**metas[file_index][0], key: recall, "recall_queries": len(queries)}
+        _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, meta))
+    return {**report, key: recall, "recall_queries": len(queries), "nprobe": nprobe}
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory so far (Linux reports kilobytes)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def recall_of(truth: Sequence[Hits], found: Sequence[Hits]) -> float:
+    """Mean share of each query's exact top-k (file, row) pairs that ``found`` also holds."""
+    shares = []
+    for exact, approx in zip(truth, found):
+        want = set(zip(exact.files.tolist(), exact.rows.tolist()))
+        got = set(zip(approx.files.tolist(), approx.rows.tolist()))
+        shares.append(len(want & got) / max(len(want), 1))
+    return float(np.mean(shares)) if shares else 1.0
+
+
+# -- search -------------------------------------------------------------------------------------
+
+
+def _current_asset(product: "Product", file_index: int, key: str) -> tuple[Path, dict[str, Any]]:
+    """The asset ``key`` of one data file, refused with what to do when absent or stale."""
+    from ._index import _index_asset, _local_copy
+
+    found = _index_asset(product, file_index, key)
+    rebuild = f"build it with `eoembed index build {product.path} --kind {KIND}`"
+    if found is None:
+        rel = product.manifest.column("path")[file_index].as_py()
+        item_path = product._item_paths.get(rel)
+        asset = read_json(item_path).get("assets", {}).get(key) if item_path else None
+        if asset:
+            raise SearchError(f"the {key} asset of {product.files[file_index]} was built from an earlier version of "
+                              f"that data file (data_sha256 {asset.get('eoembed:index', {}).get('data_sha256')!r}, "
+                              f"the manifest says {product.manifest.column('sha256')[file_index].as_py()!r}); {rebuild} again")
+        raise SearchError(f"{product.files[file_index]} has no {key} asset; {rebuild}")
+    path, meta = found
+    with reading(path):
+        return _local_copy(product, path, meta), meta
+
+
+def _metadata_table(product: "Product", file_index: int, folder: Path) -> pa.Table:
+    """The data file's non-vector columns as memory-mapped Arrow IPC in the cache folder (written
+    once, from those columns alone; the exact search's cache writes the same file)."""
+    target = folder / f"{file_index:05d}.metadata.arrow"
+    path = product.files[file_index]
+    if not target.exists():
+        with reading(path):
+            handle = pq.ParquetFile(path, pre_buffer=False)
+            vector_columns = product._vector_columns()
+            names = [n for n in handle.schema_arrow.names if n not in vector_columns]
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.arrow")
+            try:
+                with pa.ipc.new_file(str(partial), pa.schema([handle.schema_arrow.field(n) for n in names])) as out:
+                    for batch in handle.iter_batches(batch_size=65536, columns=names):
+                        out.write_batch(batch)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            os.replace(partial, target)
+    with reading(target, advice=f"delete the search cache {folder} to rebuild it"):
+        return pa.ipc.open_file(pa.memory_map(str(target))).read_all()
+
+
+class Shard(FileRows):
+    """One data file's archive index, re-rank rows and metadata, all memory-mapped.
+
+    Offers what the shared query and result code reads of a decoded-vector cache (``vectors``,
+    ``metadata``, ``bbox``, ``times`` and block summaries); bbox and times are built on first use."""
+
+    def __init__(self, product: "Product", index: int, *, metric: str, folder: Path) -> None:
+        from ._index import asset_key
+
+        faiss = require("faiss", extra="search")
+        self.index, self.path, self.metric = index, product.files[index], metric
+        rows = int(product.manifest.column("rows")[index].as_py())
+        index_path, self.meta = _current_asset(product, index, asset_key(KIND, metric))
+        rerank_path, _ = _current_asset(product, index, asset_key(RERANK_KIND, metric))
+        with reading(index_path):
+            self.ivf = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)
+        if self.ivf.ntotal != rows or self.ivf.d != product.dim:
+            raise damaged(index_path, f"indexes {self.ivf.ntotal} vectors of dimension {self.ivf.d}; "
+                          f"{self.path} holds {rows} of dimension {product.dim}; {KIND} indexes must be rebuilt")
+        with reading(rerank_path):
+            # A plain array over the mapping: np.memmap's own indexing costs more than the gather.
+            self.vectors = np.asarray(np.load(rerank_path, mmap_mode="r", allow_pickle=False))
+        if self.vectors.shape != (rows, product.dim) or self.vectors.dtype != np.float16:
+            raise damaged(rerank_path, f"holds {self.vectors.dtype} rows of shape {self.vectors.shape}; the re-rank "
+                          f"file of {self.path} is float16 ({rows}, {product.dim}); rebuild the {KIND} index")
+        self.metadata = _metadata_table(product, index, folder)
+
+    @cached_property
+    def bbox(self) -> np.ndarray:
+        box = self.metadata.column("bbox")
+        return np.stack([np.asarray(box.combine_chunks().field(n), dtype=np.float64)
+                         for n in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+
+    @cached_property
+    def times(self) -> np.ndarray:
+        names = _time_columns(self.metadata.schema)
+        return np.stack([_as_us(self.metadata.column(names[0])), _as_us(self.metadata.column(names[-1]))], axis=1)
+
+    @cached_property
+    def block_bbox(self) -> np.ndarray:
+        return _blocks(self.bbox, (True, True, False, False))
+
+    @cached_property
+    def block_times(self) -> np.ndarray:
+        return _blocks(self.times, (True, False))
+
+    def candidates(self, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], *, count: int,
+                   rows: np.ndarray | None, nprobe: int, qb: int) -> list[np.ndarray]:
+        """Row numbers of the ``count`` best RaBitQ estimates per query, among ``rows`` when given."""
+        faiss = require("faiss", extra="search")
+
+        if rows is not None and len(rows) <= count:
+            return [rows] * len(queries)  # the whole selection is the candidate pool
+        params = faiss.IVFRaBitQSearchParameters()
+        params.nprobe, params.qb = nprobe, qb
+        if rows is not None:
+            selected = np.zeros(self.rows, dtype=bool)
+            selected[rows] = True
+            bitmap = np.packbits(selected, bitorder="little")  # faiss reads bit (id & 7) of byte id >> 3
+            params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bitmap))
+        distances, lists = coarse
+        count = min(count, self.rows)
+        scores = np.empty((len(queries), count), dtype=np.float32)
+        found = np.empty((len(queries), count), dtype=np.int64)
+        # The C++ call: faiss's Python wrapper of search_preassigned takes no search parameters.
+        self.ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
+                                      faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
+        return list(found)
+
+    def rerank(self, queries: np.ndarray, candidates: list[np.ndarray], *, k: int) -> list[Hits]:
+        """Exact scores of the float16 rows at the candidates only."""
+        out = []
+        for q, rows in enumerate(candidates):
+            rows = np.unique(rows[rows >= 0])
+            vectors = np.asarray(self.vectors[rows], dtype=np.float32)
+            norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+            scores = exact_scores(vectors, norms, queries[q : q + 1], self.metric)[:, 0]
+            keep = np.isfinite(scores)
+            rows, scores = rows[keep], scores[keep]
+            best = top_k(scores, k)
+            out.append(Hits(scores[best], np.full(len(best), self.index), rows[best]).best(k))
+        return out
+
+
+class ArchiveSearcher:
+    """Search state over the shards of a product (or of one MPI rank's files); the same interface as
+    :class:`eoembed._search.Searcher`, with no decoded-vector cache."""
+
+    def __init__(self, product: "Product", *, files: Sequence[int] | None = None, metric: str | None = None) -> None:
+        self.product = product
+        self.file_indexes = list(range(len(product.files))) if files is None else list(files)
+        self._shards: dict[tuple[int, str], Shard] = {}
+        self._folder: Path | None = None
+        self.using(metric)
+
+    def using(self, metric: str | None) -> "ArchiveSearcher":
+        """This searcher with ``metric`` (default the product's) for the shards that :meth:`cache` opens."""
+        from ._search import _PRODUCT_METRIC
+
+        self.metric = metric or _PRODUCT_METRIC.get(self.product.embedding.get("metric", "cosine"), "cosine")
+        return self
+
+    def for_files(self, files: Sequence[int]) -> "ArchiveSearcher":
+        """A searcher over ``files`` only (one MPI rank's) sharing this one's open shards, so repeated
+        searches do not reopen them."""
+        other = ArchiveSearcher(self.product, files=files, metric=self.metric)
+        other._shards = self._shards
+        return other
+
+    def cache(self, index: int, metric: str | None = None) -> Shard:
+        metric = metric or self.metric
+        if (index, metric) not in self._shards:
+            if self._folder is None:
+                self._folder = cache_dir(self.product)
+            self._shards[(index, metric)] = Shard(self.product, index, metric=metric, folder=self._folder)
+        return self._shards[(index, metric)]
+
+    def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str = KIND, candidates: int | None = None,
+               bbox=None, interval=None, where_map: dict[int, np.ndarray] | None = None, nprobe: int = 16,
+               qb: int = 8) -> list[Hits]:
+        """Top-k per prepared query over this searcher's shards (scores, file index, row)."""
+        if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
+            raise SearchError(f"nprobe must be a positive integer, got {nprobe!r}")
+        overlapping = set(self.product.files_overlapping(bbox, interval))
+        indexes = [i for i in self.file_indexes if i in overlapping and (where_map is None or i in where_map)]
+        if not indexes:
+            return [Hits.empty() for _ in queries]
+        shards = [self.cache(i, metric) for i in indexes]
+        mixed = sorted({s.meta.get("quantizer") for s in shards})
+        if len(mixed) > 1:
+            raise SearchError(f"the {KIND} indexes of {self.product.path} were trained separately (quantisers {mixed}); "
+                              f"rebuild them together with `eoembed index build {self.product.path} --kind {KIND}`")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        nprobe = min(int(nprobe), shards[0].ivf.nlist)
+        distances, lists = shards[0].ivf.quantizer.search(queries, nprobe)  # shared by every shard
+        coarse = (np.ascontiguousarray(distances, dtype=np.float32), np.ascontiguousarray(lists, dtype=np.int64))
+        count = candidates or default_candidates(k)
+        per_file = []
+        for shard in shards:
+            rows = _rows_in(shard, bbox, interval)
+            if where_map is not None:
+                selected = where_map[shard.index]
+                rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
+            if rows is not None and len(rows) == 0:
+                continue
+            found = shard.candidates(queries, coarse, count=count, rows=rows, nprobe=nprobe, qb=qb)
+            per_file.append(shard.rerank(queries, found, k=k))
+        if not per_file:
+            return [Hits.empty() for _ in queries]
+        return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]

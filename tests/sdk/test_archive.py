@@ -1,0 +1,175 @@
+"""The archive index (ivf-rabitq): recall against exact search, filters as ID selectors, no decoded
+cache, stale shards refused, the same hits under mpirun -n 1 and -n 2, builds in small batches."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+import eoembed
+from eoembed._archive import exact_top_k, recall_of
+from eoembed._errors import SearchError
+from eoembed._index import list_indexes, recall_at_k
+from eoembed._search import _prepare_queries
+from tests.factories import chips, model_contract, replace_data_file
+
+BIN = Path(sys.executable).parent
+DIM = 32
+
+
+def clustered(path: Path, *, n: int = 3000, clusters: int = 30, seed: int = 0) -> Path:
+    """A product of ``n`` chips whose vectors lie in tight Gaussian clusters (as embeddings do), in 3 files."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, DIM)).astype(np.float32)
+    batch = chips(n, DIM, seed=seed)
+    batch["embedding"] = centres[rng.integers(0, clusters, n)] + 0.3 / np.sqrt(DIM) * rng.normal(size=(n, DIM)).astype(np.float32)
+    return eoembed.write_product(path, batch, model=model_contract(DIM), normalize=True,
+                                 max_rows_per_file=n // 3, row_group_size=250)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    product = eoembed.open(clustered(tmp_path_factory.mktemp("archive") / "p"))
+    report = product.build_index(kind="ivf-rabitq", nlist=16, recall_queries=40, batch_size=300)
+    return product, report
+
+
+def queries_of(product, count: int = 20, *, seed: int = 1) -> np.ndarray:
+    vectors = product.to_numpy()
+    rng = np.random.default_rng(seed)
+    picks = vectors[rng.choice(len(vectors), count, replace=False)]
+    return (picks + 0.05 / np.sqrt(DIM) * rng.normal(size=picks.shape)).astype(np.float32)
+
+
+def test_build_reports_recall_and_declares_valid_assets(built):
+    product, report = built
+    assert report["files"] == 3 and report["rows"] == 3000 and report["nlist"] == 16
+    assert report["recall_at_10"] >= 0.95 and report["peak_rss_bytes"] > 0 and report["bytes"] > 0
+    kinds = [e["kind"] for e in list_indexes(product)]
+    assert kinds.count("ivf-rabitq") == 3 and kinds.count("float16") == 3
+    quantizers = {e["quantizer"] for e in list_indexes(product) if e["kind"] == "ivf-rabitq"}
+    assert len(quantizers) == 1  # every shard shares the coarse quantiser
+    assert eoembed.validate(product.path).findings == []
+
+
+def test_recall_against_exact_search(built):
+    product, _ = built
+    queries = queries_of(product)
+    exact = product.search(queries, k=10)
+    assert recall_at_k(exact, product.search(queries, k=10, mode="ivf-rabitq")) >= 0.95
+    # The streaming brute force (the benchmark's ground truth) agrees with exact search.
+    truth = exact_top_k(eoembed.open(product.path), _prepare_queries(queries, "cosine"), k=10, metric="cosine", batch_size=128)
+    hits = product._searcher.search(_prepare_queries(queries, "cosine"), metric="cosine", k=10, mode="exact", candidates=100)
+    assert recall_of(truth, hits) == 1.0
+
+
+def test_search_builds_no_decoded_cache(built, tmp_path, monkeypatch):
+    product, _ = built
+    monkeypatch.setenv("EOEMBED_CACHE_DIR", str(tmp_path / "cache"))
+    fresh = eoembed.open(product.path)
+    table = fresh.search("chip-0000010", k=5, mode="ivf-rabitq", bbox=(-78.8, 35.6, -78.7, 35.8))
+    assert table.column("chip_id")[0].as_py() == "chip-0000010"
+    files = sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert files and all(name.endswith(".metadata.arrow") for name in files), files
+    assert "_searcher" not in fresh.__dict__
+
+
+@pytest.mark.parametrize("filters", [
+    {"bbox": (-78.72, 35.62, -78.68, 35.66)},  # a few dozen rows: the selection is re-ranked whole
+    {"datetime": "2020-05-20/2020-05-30"},
+    {"where": "valid_fraction > ?", "params": [0.7]},
+    {"bbox": (-78.8, 35.6, -78.7, 35.8), "where": "source_id = ?", "params": ["scene-1"]},
+])
+def test_filters_give_the_ids_of_exact_filtered_search(built, filters):
+    product, _ = built
+    queries = queries_of(product, 10, seed=2)
+    exact = product.search(queries, k=10, **filters)
+    archive = product.search(queries, k=10, mode="ivf-rabitq", **filters)
+    assert recall_at_k(exact, archive) >= 0.95
+    selected = set(product.search(queries[:1], k=product.num_rows, **filters).column("chip_id").to_pylist())
+    assert set(archive.column("chip_id").to_pylist()) <= selected
+
+
+def test_filter_is_a_selector_inside_the_index_not_a_post_filter(built):
+    product, _ = built
+    queries = queries_of(product, 10, seed=3)
+    # 50 candidates per shard, a selection of about 1000 rows: only faiss's selector keeps every
+    # candidate inside it (a post-filter would return fewer than k, or rows outside it).
+    archive = product.search(queries, k=10, mode="ivf-rabitq", candidates=50, where="valid_fraction > ?", params=[0.75])
+    assert archive.num_rows == 100
+    assert pc.min(archive.column("valid_fraction")).as_py() > 0.75
+
+
+def test_batch_size_does_not_change_the_index(built, tmp_path):
+    product, _ = built
+    copy = Path(shutil.copytree(product.path, tmp_path / "p"))
+    small = eoembed.open(copy)
+    small.build_index(kind="ivf-rabitq", nlist=16, recall_queries=5, batch_size=64)  # bounded memory: 64 rows at a time
+    queries = queries_of(product, 10, seed=4)
+    a = product.search(queries, k=10, mode="ivf-rabitq")
+    b = small.search(queries, k=10, mode="ivf-rabitq")
+    assert a.column("chip_id").to_pylist() == b.column("chip_id").to_pylist()
+
+
+def test_stale_shard_is_refused_with_what_to_do(built, tmp_path, capsys):
+    product, _ = built
+    copy = Path(shutil.copytree(product.path, tmp_path / "p"))
+    rel = eoembed.open(copy).manifest.column("path")[1].as_py()
+    replace_data_file(copy, rel, lambda table: table.slice(0, table.num_rows - 1))
+    with pytest.raises(SearchError, match=r"earlier version of .*eoembed index build .* --kind ivf-rabitq"):
+        eoembed.open(copy).search("chip-0000010", k=5, mode="ivf-rabitq")
+    from eoembed._cli import main
+
+    assert main(["search", str(copy), "--chip", "chip-0000010", "--mode", "ivf-rabitq"]) == 2
+    err = capsys.readouterr().err
+    assert "earlier version" in err and "Traceback" not in err
+
+
+def test_unbuilt_product_and_bad_options_are_refused(tmp_path):
+    product = eoembed.open(clustered(tmp_path / "p", n=300))
+    with pytest.raises(SearchError, match="has no index-ivf-rabitq-cosine asset; build it with"):
+        product.search("chip-0000001", mode="ivf-rabitq")
+    with pytest.raises(SearchError, match="nlist 301 must be an integer from 1"):
+        product.build_index(kind="ivf-rabitq", nlist=301)
+    with pytest.raises(SearchError, match="batch_size must be a positive integer, got 0"):
+        product.build_index(kind="ivf-rabitq", batch_size=0)
+
+
+def test_cli_builds_and_lists_the_archive_index(tmp_path, capsys):
+    from eoembed._cli import main
+
+    path = clustered(tmp_path / "p", n=600)
+    assert main(["index", "build", str(path), "--kind", "ivf-rabitq", "--nlist", "8", "--sample", "400",
+                 "--batch-size", "100", "--recall-queries", "10"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "ivf-rabitq" and report["sample"] == 400 and report["build_seconds"] > 0
+    assert main(["index", "list", str(path)]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted({e["kind"] for e in listed}) == ["float16", "ivf-rabitq"]
+    with pytest.raises(SystemExit, match="--sample does not apply to --kind int8"):
+        main(["index", "build", str(path), "--kind", "int8", "--sample", "10"])
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_mpirun_shards_give_the_hits_of_one_process(built, ranks, tmp_path):
+    product, _ = built
+    expected = product.search(["chip-0000042", "chip-0002999"], k=6, mode="ivf-rabitq", bbox=(-78.8, 35.6, -78.65, 35.8))
+    out = tmp_path / "hits.json"
+    command = [str(BIN / "mpirun"), "-n", str(ranks), str(BIN / "eoembed"), "search", str(product.path),
+               "--chip", "chip-0000042", "--chip", "chip-0002999", "-k", "6", "--bbox=-78.8,35.6,-78.65,35.8",
+               "--mode", "ivf-rabitq", "--format", "json", "--out", str(out)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    got = json.loads(out.read_text())
+    assert [(r["query"], r["chip_id"]) for r in got] == list(zip(expected.column("query").to_pylist(),
+                                                                   expected.column("chip_id").to_pylist()))
+    np.testing.assert_allclose([r["distance"] for r in got], expected.column("distance").to_numpy(), atol=1e-6)
