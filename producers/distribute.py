@@ -624,6 +624,16 @@ def run_or_abort(work, *, command: str) -> tuple[Any, int | None]:
         if comm.Get_size() > 1:
             comm.Abort(130)
         return None, 130
+    except MPI.Exception as error:
+        # A failed collective means a peer rank died (killed, out of memory, its node lost): the
+        # staging folder keeps every committed unit, so the job resumes where it stopped.
+        print(f"eoembed {command} [rank {comm.Get_rank()}]: lost contact with another rank of this job "
+              f"(MPI error class {error.Get_error_class()}); it has probably died (killed, or out of memory). "
+              f"Re-run the same command with --resume to finish", file=sys.stderr)
+        sys.stderr.flush()
+        if comm.Get_size() > 1:
+            comm.Abort(1)
+        return None, 1
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()

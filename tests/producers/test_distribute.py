@@ -351,3 +351,19 @@ def test_prefetching_reads_gives_the_same_product(tmp_path, reference, nc_scene)
     assert list(one) == list(two)
     for name in one:
         assert one[name].equals(two[name]), name
+
+
+@pytest.mark.mpi
+def test_a_lost_rank_is_an_error_that_says_to_resume_not_a_traceback(capsys):
+    """A collective that fails because a peer rank died raises MPI.Exception on the survivors."""
+    from mpi4py import MPI
+
+    from eoembed.producers.distribute import run_or_abort
+
+    def work():
+        raise MPI.Exception(MPI.ERR_OTHER)
+
+    assert run_or_abort(work, command="produce") == (None, 1)
+    message = capsys.readouterr().err
+    assert "lost contact with another rank" in message and "--resume" in message
+    assert "Traceback" not in message
