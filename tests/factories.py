@@ -115,3 +115,11 @@ def write_strips(path: Path, *, n: int, dim: int, files: int, row_group_size: in
              for k, v in batch.items()}
     return eoembed.write_product(path, batch, model=model_contract(dim), normalize=True,
                                  max_rows_per_file=-(-n // files), row_group_size=row_group_size)
+
+
+def assert_cli_hits_match(out: Path, expected: pa.Table) -> None:
+    """Hits that ``eoembed search --format json --out OUT`` wrote are the ``expected`` search table's."""
+    got = json.loads(out.read_text())
+    assert [(r["query"], r["chip_id"]) for r in got] == list(zip(expected.column("query").to_pylist(),
+                                                                 expected.column("chip_id").to_pylist()))
+    np.testing.assert_allclose([r["distance"] for r in got], expected.column("distance").to_numpy(), atol=1e-6)

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from eoembed.producers.staging import _process_stat
+
 BIN = Path(sys.executable).parent
 KINDS = ("kill9-rank1", "kill9-both", "sigint-mpirun", "sigterm-mpirun")
 
@@ -110,11 +112,8 @@ def _holder(lock: Path) -> int | None:
 
 
 def _running(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    fields = _process_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
 
 
 def _wait_for_ranks(ranks: dict[int, int], *, timeout_s: float = 60.0) -> None:

@@ -21,7 +21,7 @@ from rasterio.windows import Window
 
 import eoembed
 from eoembed.producers.distribute import FAULT_ENV, LOCK, staging_folder
-from eoembed.producers.staging import FAULT_DISK_FULL_ENV, JOB
+from eoembed.producers.staging import FAULT_DISK_FULL_ENV, JOB, _process_stat
 
 from .test_distribute import data_tables, produce
 from .test_read import write_tif
@@ -148,10 +148,10 @@ def test_a_zombie_holder_is_taken_over(interrupted, scene, reference):
     staging = restore(interrupted)
     zombie = subprocess.Popen(["true"])
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while (fields := _process_stat(zombie.pid))[0] != "Z":
         assert time.monotonic() < deadline, "the child did not exit"
         time.sleep(0.01)
-    start = Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    start = fields[19]
     (staging / LOCK).write_text(json.dumps({"pid": zombie.pid, "host": os.uname().nodename, "process_start": start}))
     try:
         run = produce(1, scene, "--out", str(out), *FLAGS, "--resume")

@@ -19,7 +19,7 @@ from eoembed._archive import exact_top_k, recall_of
 from eoembed._errors import SearchError
 from eoembed._index import list_indexes, recall_at_k
 from eoembed._search import _prepare_queries
-from tests.factories import chips, model_contract, replace_data_file
+from tests.factories import assert_cli_hits_match, chips, model_contract, replace_data_file
 
 BIN = Path(sys.executable).parent
 DIM = 32
@@ -169,7 +169,4 @@ def test_mpirun_shards_give_the_hits_of_one_process(built, ranks, tmp_path):
                "--mode", "ivf-rabitq", "--format", "json", "--out", str(out)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
-    got = json.loads(out.read_text())
-    assert [(r["query"], r["chip_id"]) for r in got] == list(zip(expected.column("query").to_pylist(),
-                                                                   expected.column("chip_id").to_pylist()))
-    np.testing.assert_allclose([r["distance"] for r in got], expected.column("distance").to_numpy(), atol=1e-6)
+    assert_cli_hits_match(out, expected)

@@ -3,7 +3,6 @@ thread settings left as found, ties by file and row, and the same answer under M
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import eoembed
 from eoembed import _search
 from eoembed._index import recall_at_k
-from tests.factories import chips, model_contract
+from tests.factories import assert_cli_hits_match, chips, model_contract
 
 BIN = Path(sys.executable).parent
 DIM = 64
@@ -174,7 +173,4 @@ def test_mpirun_binary_search_returns_the_single_process_top_k(product, ranks, t
                "--vector", str(tmp_path / "q.npy"), "-k", "6", "--mode", "binary", "--format", "json", "--out", str(out)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
-    got = json.loads(out.read_text())
-    assert [(r["query"], r["chip_id"]) for r in got] == list(zip(expected.column("query").to_pylist(),
-                                                                 expected.column("chip_id").to_pylist()))
-    np.testing.assert_allclose([r["distance"] for r in got], expected.column("distance").to_numpy(), atol=1e-6)
+    assert_cli_hits_match(out, expected)
