@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/search_archive.py --rows 1000000 --dim 128 [--out DIR] [--mpi]
         [--rows-per-file 1000000] [--clusters 1000] [--queries 100] [--nprobe 16] [--candidates N]
-        [--nlist N] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000] [--json FILE]
+        [--nlist N] [--bits 1] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000]
+        [--usearch-max-rows 1000000] [--json FILE]
 
 One run, one table:
 
@@ -16,7 +17,8 @@ One run, one table:
             full result table), batch-of-100 throughput, recall@10, resident memory while serving;
 * faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
             index re-ranks over all shards) and HNSW32 (efSearch 64) in memory, where the
-            float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size.
+            float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size;
+* usearch   its HNSW (int8 vectors, connectivity 16, expansion 64) in memory (``--usearch-max-rows``).
 
 Timings on a shared 2-core machine are noisy; compare the rows of one run.
 """
@@ -133,19 +135,20 @@ def chip_ids(product, hits) -> np.ndarray:
 
 
 def faiss_baselines(product, queries: np.ndarray, truth_ids: np.ndarray, args, nlist: int) -> list[dict]:
-    """faiss IVF-PQ (+ float32 re-rank) and HNSW32 over the whole matrix in memory, where it fits."""
+    """faiss IVF-PQ (+ float32 re-rank), faiss HNSW32 and usearch's HNSW over the whole matrix in
+    memory, each where it fits."""
     import faiss
 
     from eoembed._archive import default_candidates
 
     out = []
-    if product.num_rows > max(args.ivfpq_max_rows, args.hnsw_max_rows):
+    if product.num_rows > max(args.ivfpq_max_rows, args.hnsw_max_rows, args.usearch_max_rows):
         return out
     vectors = product.to_numpy()  # the product is unit-normalised: inner product = cosine
     ids = np.asarray(product.to_arrow(columns=["chip_id"]).read_all().column("chip_id").to_pylist())  # product order
     dim = vectors.shape[1]
 
-    def measure(name, index, build_seconds, setup):
+    def measure(name, index, build_seconds, setup, memory_bytes=None):
         setup(index)
         index.search(queries[:1], 10)
         single = []
@@ -160,7 +163,7 @@ def faiss_baselines(product, queries: np.ndarray, truth_ids: np.ndarray, args, n
         recall = float(np.mean([len(set(ids[f[f >= 0]]) & set(t)) / 10 for f, t in zip(found, truth_ids)]))
         out.append({"name": name, "build_seconds": build_seconds, "p50_ms": percentile_ms(single, 50),
                     "p99_ms": percentile_ms(single, 99), "batch_qps": qps, "recall_at_10": recall,
-                    "memory_bytes": len(faiss.serialize_index(index))})
+                    "memory_bytes": memory_bytes or len(faiss.serialize_index(index))})
 
     if product.num_rows <= args.ivfpq_max_rows:
         started = time.perf_counter()
@@ -182,7 +185,28 @@ def faiss_baselines(product, queries: np.ndarray, truth_ids: np.ndarray, args, n
         index.add(vectors)
         measure("faiss HNSW32 efSearch 64", index, time.perf_counter() - started,
                 lambda i: setattr(i.hnsw, "efSearch", 64))
+        del index
+    if product.num_rows <= args.usearch_max_rows:
+        from usearch.index import Index
+
+        started = time.perf_counter()
+        graph = Index(ndim=dim, metric="ip", dtype="i8", connectivity=16, expansion_add=128, expansion_search=64)
+        graph.add(np.arange(len(vectors)), vectors)
+        measure("usearch HNSW (i8, connectivity 16, expansion 64)", UsearchAsFaiss(graph), time.perf_counter() - started,
+                lambda i: None, memory_bytes=graph.memory_usage)
     return out
+
+
+class UsearchAsFaiss:
+    """A usearch index behind faiss's ``search(queries, k) -> (distances, ids)``, for one measuring loop."""
+
+    def __init__(self, graph) -> None:
+        self.graph = graph
+
+    def search(self, queries: np.ndarray, k: int):
+        matches = self.graph.search(queries, k)
+        keys = np.asarray(matches.keys, dtype=np.int64).reshape(len(queries), -1)
+        return None, keys
 
 
 def main() -> None:
@@ -194,10 +218,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--nlist", type=int, help="default: the index's own (about 2 sqrt(rows))")
     parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--bits", type=int, default=1, help="bits a dimension in the RaBitQ codes (1 to 8)")
     parser.add_argument("--candidates", type=int, help="rows re-ranked per shard (default: the index's own)")
     parser.add_argument("--mpi", action="store_true", help="serve under mpirun -n 2 (each rank its own shards)")
     parser.add_argument("--ivfpq-max-rows", type=int, default=10_000_000)
     parser.add_argument("--hnsw-max-rows", type=int, default=1_000_000)
+    parser.add_argument("--usearch-max-rows", type=int, default=1_000_000)
     parser.add_argument("--out", help="product folder (kept and reused); default a temporary folder")
     parser.add_argument("--reuse-index", action="store_true", help="serve the product's existing ivf-rabitq index")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -228,6 +254,7 @@ def main() -> None:
     build = [str(BIN / "eoembed"), "index", "build", str(folder), "--kind", "ivf-rabitq", "--metric", "cosine"]
     if args.nlist:
         build += ["--nlist", str(args.nlist)]
+    build += ["--bits", str(args.bits)]
     if not args.reuse_index:
         run = subprocess.run(build, capture_output=True, text=True)
         if run.returncode:

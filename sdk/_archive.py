@@ -50,9 +50,15 @@ def default_nlist(rows: int) -> int:
     return int(max(1, min(round(2 * np.sqrt(rows)), rows // 39)))
 
 
-def default_candidates(k: int) -> int:
-    """Rows re-ranked per shard: 1-bit estimates need about 20k candidates for recall@k >= 0.99."""
-    return max(200, 20 * k)
+# Above this many lists a flat coarse quantiser costs more than the lists it finds (every stored
+# row is compared with every centroid while building): an HNSW graph over the centroids instead.
+FLAT_COARSE_MAX_LISTS = 4096
+
+
+def default_candidates(k: int, bits: int = 1) -> int:
+    """Rows re-ranked per shard: 1-bit estimates need about 20k candidates for recall@k >= 0.99;
+    finer codes (``bits`` per dimension) rank well enough that fewer suffice."""
+    return max(200, 20 * k) if bits == 1 else max(50, 5 * k)
 
 
 def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -125,14 +131,25 @@ def _no_nodata(vectors: np.ndarray) -> np.ndarray:
     return np.nan_to_num(vectors, nan=0.0, copy=False)
 
 
+def _coarse_quantizer(faiss, dim: int, nlist: int, metric: str):
+    """The index's coarse quantiser: exact (flat) up to :data:`FLAT_COARSE_MAX_LISTS` lists, an HNSW
+    graph over the centroids above (k-means itself still trains against a flat index)."""
+    if nlist <= FLAT_COARSE_MAX_LISTS:
+        return "flat", (faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim))
+    graph = faiss.IndexHNSWFlat(dim, 32, _faiss_metric(faiss, metric))
+    graph.hnsw.efConstruction, graph.hnsw.efSearch = 80, 64
+    return "hnsw32", graph
+
+
 def build_archive_index(product: "Product", *, metric: str | None = None, nlist: int | None = None,
-                        sample: int | None = None, batch_size: int = 65536, recall_queries: int = 100,
-                        k: int = 10, seed: int = 0, nprobe: int = 16) -> dict[str, Any]:
+                        sample: int | None = None, bits: int = 1, batch_size: int = 65536,
+                        recall_queries: int = 100, k: int = 10, seed: int = 0, nprobe: int = 16) -> dict[str, Any]:
     """Build the ``ivf-rabitq`` index and ``float16`` re-rank file of every data file, streaming.
 
-    The coarse quantiser is trained on ``sample`` rows drawn uniformly from the whole product; recall@k
-    is measured on ``recall_queries`` product rows against a streaming exact top-k made during the
-    same pass that writes the codes.
+    The coarse quantiser is trained on ``sample`` rows drawn uniformly from the whole product; the
+    codes hold ``bits`` bits a dimension (1: RaBitQ's binary codes; up to 8: its extended codes, whose
+    finer estimates let fewer candidates be re-ranked). Recall@k is measured on ``recall_queries``
+    product rows against a streaming exact top-k made during the same pass that writes the codes.
     """
     faiss = require("faiss", extra="search")
     from ._index import _asset, _declare, _write_index, asset_key
@@ -149,6 +166,8 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
     sample = min(total, max(40 * nlist, 10_000)) if sample is None else sample
     if isinstance(sample, bool) or not isinstance(sample, int) or not nlist <= sample <= total:
         raise SearchError(f"sample {sample!r} must be an integer from nlist ({nlist}) to the product's {total} rows")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+        raise SearchError(f"bits {bits!r} must be an integer from 1 to 8 (bits a dimension in the codes)")
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(total, size=sample, replace=False))
     query_rows = np.sort(rng.choice(total, size=min(recall_queries, total), replace=False))
@@ -160,10 +179,13 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
     queries = _prepared(gathered[np.isin(union, query_rows)], metric)
     queries = queries[np.isfinite(queries).all(axis=1)]
     del gathered
-    quantizer = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
-    template = faiss.IndexIVFRaBitQ(quantizer, dim, nlist, _faiss_metric(faiss, metric))
+    coarse, quantizer = _coarse_quantizer(faiss, dim, nlist, metric)
+    template = faiss.IndexIVFRaBitQ(quantizer, dim, nlist, _faiss_metric(faiss, metric), True, bits)
     template.cp.seed, template.cp.niter = seed, 10
+    flat = faiss.IndexFlatL2(dim) if metric == "l2" else faiss.IndexFlatIP(dim)
+    template.clustering_index = flat  # k-means against exact distances, whatever the quantiser
     template.train(training)
+    template.clustering_index = None
     del training
     trained = faiss.serialize_index(template)
     quantizer_id = hashlib.sha256(trained.tobytes()).hexdigest()[:16]
@@ -217,17 +239,18 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         rel = product.manifest.column("path")[file_index].as_py()
         base = {"metric": metric, "data_sha256": product.manifest.column("sha256")[file_index].as_py(),
                 "rows": int(rows_of[file_index])}
-        metas[file_index] = ({"kind": KIND, **base, "nlist": nlist, "sample": sample, "quantizer": quantizer_id},
+        metas[file_index] = ({"kind": KIND, **base, "nlist": nlist, "sample": sample, "bits": bits, "coarse": coarse,
+                              "quantizer": quantizer_id},
                              {"kind": RERANK_KIND, **base})
         _declare(item_paths[rel], asset_key(RERANK_KIND, metric), _asset(item_paths[rel], rerank_path, metas[file_index][1]))
         _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, metas[file_index][0]))
     report = {"kind": KIND, "metric": metric, "files": len(built), "rows": total, "nlist": nlist, "sample": sample,
+              "bits": bits, "coarse": coarse,
               "train_seconds": train_seconds, "add_seconds": add_seconds, "build_seconds": train_seconds + add_seconds,
               "peak_rss_bytes": peak_rss_bytes(), "bytes": int(sum(p.stat().st_size for _, a, b in built for p in (a, b)))}
     if not len(queries):
         return report
-    found = ArchiveSearcher(product).search(queries, metric=metric, k=k, mode=KIND, candidates=default_candidates(k),
-                                            nprobe=nprobe)
+    found = ArchiveSearcher(product).search(queries, metric=metric, k=k, mode=KIND, nprobe=nprobe)
     recall = recall_of(truth.hits, found)
     key = "recall_at_10" if k == 10 else f"recall_at_{k}"
     for file_index, index_path, _ in built:
@@ -344,6 +367,14 @@ class Shard(FileRows):
     def block_times(self) -> np.ndarray:
         return _blocks(self.times, (True, False))
 
+    def coarse_search(self, queries: np.ndarray, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``nprobe`` nearest lists of each query (an HNSW quantiser looks wider than it probes)."""
+        faiss = require("faiss", extra="search")
+        quantizer = faiss.downcast_index(self.ivf.quantizer)
+        if hasattr(quantizer, "hnsw"):
+            quantizer.hnsw.efSearch = max(64, 2 * nprobe)
+        return quantizer.search(queries, nprobe)
+
     def candidates(self, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], *, count: int,
                    rows: np.ndarray | None, nprobe: int, qb: int) -> list[np.ndarray]:
         """Row numbers of the ``count`` best RaBitQ estimates per query, among ``rows`` when given."""
@@ -432,19 +463,40 @@ class ArchiveSearcher:
                               f"rebuild them together with `eoembed index build {self.product.path} --kind {KIND}`")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         nprobe = min(int(nprobe), shards[0].ivf.nlist)
-        distances, lists = shards[0].ivf.quantizer.search(queries, nprobe)  # shared by every shard
+        distances, lists = shards[0].coarse_search(queries, nprobe)  # shared by every shard
         coarse = (np.ascontiguousarray(distances, dtype=np.float32), np.ascontiguousarray(lists, dtype=np.int64))
-        count = candidates or default_candidates(k)
-        per_file = []
-        for shard in shards:
+        count = candidates or default_candidates(k, int(shards[0].meta.get("bits", 1)))
+
+        def one(shard: Shard) -> list[Hits] | None:
             rows = _rows_in(shard, bbox, interval)
             if where_map is not None:
                 selected = where_map[shard.index]
                 rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
             if rows is not None and len(rows) == 0:
-                continue
+                return None
             found = shard.candidates(queries, coarse, count=count, rows=rows, nprobe=nprobe, qb=qb)
-            per_file.append(shard.rerank(queries, found, k=k))
+            return shard.rerank(queries, found, k=k)
+
+        per_file = [hits for hits in self._map(one, shards, len(queries)) if hits is not None]
         if not per_file:
             return [Hits.empty() for _ in queries]
         return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]
+
+    @staticmethod
+    def _map(work, shards: list[Shard], queries: int) -> list:
+        """``work`` over the shards: a few queries take one shard a thread, one faiss thread each
+        (faiss parallelises over queries, so one query would use one core); a batch takes the shards
+        in turn, faiss spreading its queries over the cores."""
+        from ._index import faiss_threads
+
+        workers = min(len(shards), os.cpu_count() or 1)
+        if queries > workers or workers == 1:
+            return [work(shard) for shard in shards]
+        from concurrent.futures import ThreadPoolExecutor
+
+        def alone(shard: Shard):
+            with faiss_threads(1):  # OpenMP's thread count is per calling thread
+                return work(shard)
+
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(alone, shards))

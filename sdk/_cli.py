@@ -522,7 +522,7 @@ def _index(args: argparse.Namespace) -> int:
         raise SystemExit("eoembed index build: give --kind int8|binary|hnsw|ivf|ivf-rabitq")
     from ._diagnose import recall_messages
 
-    given = {"nlist": args.nlist, "sample": args.sample, "batch_size": args.batch_size}
+    given = {"nlist": args.nlist, "sample": args.sample, "bits": args.bits, "batch_size": args.batch_size}
     options = {name: value for name, value in given.items() if value is not None}
     unused = sorted(set(options) - {"ivf": {"nlist"}, "ivf-rabitq": set(given)}.get(args.kind, set()))
     if unused:
@@ -629,6 +629,8 @@ def add_search_commands(sub) -> None:
     p.add_argument("--kind", choices=["int8", "binary", "hnsw", "ivf", "ivf-rabitq"])
     p.add_argument("--nlist", type=int, help="ivf / ivf-rabitq: inverted lists (default about 2 sqrt(rows) for ivf-rabitq)")
     p.add_argument("--sample", type=int, help="ivf-rabitq: rows drawn from the whole product to train the lists")
+    p.add_argument("--bits", type=int, help="ivf-rabitq: bits a dimension in the codes, 1 to 8 (default 1; more "
+                   "bits rank better, so fewer candidates are re-ranked)")
     p.add_argument("--batch-size", type=int, help="ivf-rabitq: rows decoded at a time while streaming (bounds memory)")
     p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
     p.add_argument("--recall-queries", type=int, default=100, help="rows used as queries to measure recall@10")

@@ -141,6 +141,36 @@ def test_unbuilt_product_and_bad_options_are_refused(tmp_path):
         product.build_index(kind="ivf-rabitq", nlist=301)
     with pytest.raises(SearchError, match="batch_size must be a positive integer, got 0"):
         product.build_index(kind="ivf-rabitq", batch_size=0)
+    with pytest.raises(SearchError, match="bits 9 must be an integer from 1 to 8"):
+        product.build_index(kind="ivf-rabitq", bits=9)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_finer_codes_reach_the_recall_with_fewer_candidates(tmp_path, bits):
+    from eoembed._archive import default_candidates
+
+    product = eoembed.open(clustered(tmp_path / "p"))
+    report = product.build_index(kind="ivf-rabitq", nlist=16, bits=bits, recall_queries=40)
+    assert report["bits"] == bits and {e.get("bits") for e in list_indexes(product) if e["kind"] == "ivf-rabitq"} == {bits}
+    assert default_candidates(10, bits) < default_candidates(10)
+    queries = queries_of(product)
+    exact = product.search(queries, k=10)
+    assert recall_at_k(exact, product.search(queries, k=10, mode="ivf-rabitq")) >= 0.95
+    assert eoembed.validate(product.path).findings == []
+
+
+def test_many_lists_are_found_through_an_hnsw_graph_over_the_centroids(tmp_path, monkeypatch):
+    import eoembed._archive as archive
+
+    monkeypatch.setattr(archive, "FLAT_COARSE_MAX_LISTS", 8)  # the graph path, on a product small enough to test
+    product = eoembed.open(clustered(tmp_path / "p"))
+    report = product.build_index(kind="ivf-rabitq", nlist=16, recall_queries=40)
+    assert report["coarse"] == "hnsw32" and report["recall_at_10"] >= 0.95
+    queries = queries_of(product)
+    assert recall_at_k(product.search(queries, k=10), product.search(queries, k=10, mode="ivf-rabitq")) >= 0.95
+    one = product.search(queries[:1], k=10, mode="ivf-rabitq")  # one query: shards searched on threads
+    assert one.column("chip_id").to_pylist() == product.search(queries, k=10, mode="ivf-rabitq").column("chip_id").to_pylist()[:10]
+    assert eoembed.validate(product.path).findings == []
 
 
 def test_cli_builds_and_lists_the_archive_index(tmp_path, capsys):
