@@ -146,7 +146,7 @@ def minimal_loop(encoder: str, out: Path, chip: int, stride: int) -> dict:
     vectors = []
     features = None
     if encoder == "rcf":
-        from eoembed.producers.rcf import RcfEncoder
+        from eoembed.producers.encoders.rcf import RcfEncoder
 
         first = slice(0, min(FIT_CHIPS, n))
         sample = np.moveaxis(pixel_views[:, row_off[first], col_off[first]], 0, 1)

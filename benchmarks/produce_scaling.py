@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--unit-chips", type=int, default=2048)
     parser.add_argument("--encoders", default="stats,rcf")
     args = parser.parse_args()
-    from eoembed.producers.encode import list_encoders
+    from eoembed.producers.encoders import list_encoders
 
     known = {e["name"] for e in list_encoders()}
     rows = []

@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--max-chips", type=int, default=8192)
     args = parser.parse_args()
     import eoembed
-    from eoembed.producers.encode import get_encoder
+    from eoembed.producers.encoders import get_encoder
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,7 @@ import numpy as np
 
 from eoembed._errors import CheckpointError, EncoderError
 
-from .encode import Encoder, _band_inputs, _check_geometry
+from .encoders.base import Encoder, _band_inputs, _check_geometry
 
 CHECKPOINT_FORMAT = "eoembed.checkpoint"
 CHECKPOINT_VERSION = 1

@@ -32,7 +32,7 @@ from eoembed._errors import EoembedError, ImageryError, ProductExistsError
 from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 
 from .align import align_scenes, grid_section
-from .encode import Encoder, get_encoder, select_device
+from .encoders import Encoder, get_encoder, select_device
 from .energy import EnergyMeter
 from .produce import (
     check_drop_options,

@@ -23,7 +23,7 @@ from eoembed._errors import ImageryError
 from eoembed._grid import get_grid
 from eoembed._write import ProductWriter
 
-from .encode import Encoder, get_encoder
+from .encoders import Encoder, get_encoder
 from .read import Scene, open_scene
 from .tile import _positive_int, iter_chip_batches
 

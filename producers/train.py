@@ -144,7 +144,7 @@ class _Teacher:
     with statistics of the un-augmented sample. Fitted teachers (rcf) are fitted once on rank 0."""
 
     def __init__(self, comm, config: TrainConfig, sample: ChipSample, device: str) -> None:
-        from .encode import get_encoder
+        from .encoders import get_encoder
 
         encoder = get_encoder(config.teacher, **config.teacher_options)
         needs_fit = hasattr(encoder, "fit") and hasattr(encoder, "state")
@@ -211,7 +211,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     """Train on every rank of MPI.COMM_WORLD (one rank without mpirun). Returns the summary on rank 0."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; read at CUDA start
     from .distribute import _set_threads, _world, fault_after
-    from .encode import select_device
+    from .encoders import select_device
 
     comm, local_ranks, local_rank = _world()
     rank, size = comm.Get_rank(), comm.Get_size()

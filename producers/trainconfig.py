@@ -105,7 +105,7 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.objective == "distill":
         if not isinstance(config.teacher, str) or not config.teacher:
             raise _fail("teacher", config.teacher, "distill needs a teacher encoder name, e.g. teacher = \"rcf\"")
-        from .encode import list_encoders
+        from .encoders import list_encoders
 
         known = [e["name"] for e in list_encoders()]
         if config.teacher not in known:

@@ -123,7 +123,7 @@ def _grids(args: argparse.Namespace) -> int:
 
 
 def _encoders(args: argparse.Namespace) -> int:
-    from eoembed.producers.encode import list_encoders
+    from eoembed.producers.encoders import list_encoders
 
     for entry in list_encoders():
         print(json.dumps(entry))

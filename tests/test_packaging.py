@@ -37,7 +37,8 @@ WHEEL_MEMBERS = (
     "eoembed/spec/external/stac-extensions.github.io/embeddings/v0.0.1/schema.json",
     "eoembed/spec/external/schemas.stacspec.org/v1.1.0/collection-spec/json-schema/collection.json",
     "eoembed/spec/external/schemas.stacspec.org/v1.1.0/item-spec/json-schema/item.json",
-    "eoembed/producers/encode.py",
+    "eoembed/producers/encoders/registry.py",
+    "eoembed/producers/encoders/stats.py",
 )
 
 # Runs in the fresh venv, with the wheel installed, from a folder outside the repository.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eoembed.producers.encode import get_encoder, select_device
+from eoembed.producers.encoders import get_encoder, select_device
 from tests.producers.toy_models import build
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -15,7 +15,7 @@ from affine import Affine
 import eoembed
 from eoembed._write import ProductWriter
 from eoembed.producers import produce as produce_module
-from eoembed.producers.encode import StatsEncoder
+from eoembed.producers.encoders.stats import StatsEncoder
 from eoembed.producers.produce import encode_scene, startup_objects_frozen, writer_batches
 from eoembed.producers.read import keep_datasets_open, open_dataset, open_scene, read_window
 from eoembed.producers.tile import ChipWindow, _lonlat_rings, _to_crs84, chip_windows, strip_batches

@@ -16,7 +16,7 @@ import torch
 import eoembed
 from eoembed._errors import CheckpointError, EncoderError, TrainingConfigError
 from eoembed.producers.compressor import load_checkpoint
-from eoembed.producers.encode import get_encoder
+from eoembed.producers.encoders import get_encoder
 from eoembed.producers.train import DIGEST_ENV, FAULT_ENV
 from eoembed.producers.trainconfig import config_from_dict
 from eoembed.producers.trainset import apply_transforms, epoch_transforms

@@ -48,7 +48,7 @@ def build_bases(folder: Path, shared_data: Path) -> dict[str, Path]:
     from rasterio.windows import Window
 
     from eoembed.producers.produce import produce
-    from eoembed.producers.rcf import RcfEncoder
+    from eoembed.producers.encoders.rcf import RcfEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
     crop = folder / "nc-crop.tif"

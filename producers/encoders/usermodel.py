@@ -25,7 +25,7 @@ import numpy as np
 
 from eoembed._errors import EncoderError
 
-from .encode import Encoder, _band_inputs, _check_geometry
+from .base import Encoder, _band_inputs, _check_geometry
 
 PREFIXES = ("torchscript", "module")
 

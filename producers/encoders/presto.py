@@ -40,7 +40,8 @@ from torch import nn
 
 from eoembed._errors import EncoderError
 
-from .encode import Encoder, _band_inputs, _check_geometry, register_encoder
+from .base import Encoder, _band_inputs, _check_geometry
+from .registry import register_encoder
 
 __all__ = [
     "PrestoEncoder",

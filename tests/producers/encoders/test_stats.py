@@ -1,4 +1,4 @@
-"""eoembed.producers.encode: the encoder registry and the ``stats`` encoder."""
+"""eoembed.producers.encoders.stats: the ``stats`` encoder (and the base class's input checks)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from eoembed._errors import EncoderError, UnknownEncoderError
-from eoembed.producers import encode as encode_module
-from eoembed.producers.encode import Encoder, StatsEncoder, get_encoder, list_encoders, register_encoder
+from eoembed._errors import EncoderError
+from eoembed.producers.encoders import get_encoder
+from eoembed.producers.encoders.stats import StatsEncoder
 from eoembed.producers.read import open_scene
 from eoembed.producers.tile import iter_chip_batches
 
@@ -116,43 +116,6 @@ def test_stats_on_real_nc_chips(shared_data):
     full = np.flatnonzero(batch.valid_fraction == 1)[0]
     np.testing.assert_allclose(out[full, 0::5], batch.pixels[full].mean(axis=(1, 2)), rtol=1e-6)
     assert (out[:, 0::5] >= 0).all() and (out[:, 0::5] <= 255).all()  # Landsat DN
-
-
-def test_unknown_encoder_lists_known_names():
-    with pytest.raises(UnknownEncoderError) as info:
-        get_encoder("prestoo")
-    assert isinstance(info.value, KeyError)
-    assert str(info.value) == "no encoder named 'prestoo'; registered encoders: presto, rcf, stats"
-    with pytest.raises(EncoderError, match="does not take options"):
-        get_encoder("stats", weights="x.pt")
-
-
-def test_register_encoder(monkeypatch):
-    monkeypatch.setattr(encode_module, "_REGISTRY", dict(encode_module._REGISTRY))
-
-    @register_encoder
-    class MeanEncoder(Encoder):
-        name, version, description, dim_rule = "mean", "0", "band means", "n_bands"
-
-        def dim(self, n_bands):
-            return n_bands
-
-        def encode(self, pixels, valid=None):
-            return pixels.mean(axis=(2, 3))
-
-        def contract(self, **kw):
-            return {}
-
-    assert isinstance(get_encoder("mean"), MeanEncoder)
-    assert [e["name"] for e in list_encoders()] == ["mean", "presto", "rcf", "stats"]
-
-    class Clash(MeanEncoder):
-        name = "stats"
-
-    with pytest.raises(EncoderError, match="'stats' is already taken"):
-        register_encoder(Clash)
-    with pytest.raises(EncoderError, match="not an Encoder subclass"):
-        register_encoder(dict)
 
 
 def test_bad_input_shapes():

@@ -17,8 +17,8 @@ import torch
 import eoembed
 from eoembed._errors import EncoderError
 from eoembed._spec import spec_schema
-from eoembed.producers.encode import get_encoder, list_encoders
-from eoembed.producers.rcf import RcfEncoder
+from eoembed.producers.encoders import get_encoder, list_encoders
+from eoembed.producers.encoders.rcf import RcfEncoder
 from eoembed.producers.read import open_scene
 from eoembed.producers.tile import iter_chip_batches
 
@@ -147,7 +147,7 @@ def test_fresh_process_gets_the_same_hash_and_vectors(tmp_path, chips):
     script = textwrap.dedent(
         f"""
         import hashlib, pickle, numpy as np
-        from eoembed.producers.rcf import RcfEncoder
+        from eoembed.producers.encoders.rcf import RcfEncoder
         chips = np.load({str(tmp_path / "chips.npy")!r})
         rebuilt = RcfEncoder.from_state(pickle.loads(open({str(tmp_path / "state.pkl")!r}, "rb").read()))
         refit = RcfEncoder(features=32, seed=9, pca_dim=4).fit(chips)

@@ -15,7 +15,7 @@ import torch
 
 import eoembed
 from eoembed._errors import EncoderError
-from eoembed.producers.encode import get_encoder
+from eoembed.producers.encoders import get_encoder
 from tests.producers.toy_models import build
 
 BIN = Path(sys.executable).parent

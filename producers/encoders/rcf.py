@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from eoembed._errors import EncoderError
 
-from .encode import Encoder, _band_inputs, _check_geometry, register_encoder
+from .base import Encoder, _band_inputs, _check_geometry
+from .registry import register_encoder
 
 __all__ = ["RcfEncoder", "CHUNK", "BIAS", "ZCA_EPS"]
 

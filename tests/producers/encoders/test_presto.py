@@ -12,9 +12,9 @@ import torch
 
 import eoembed
 from eoembed._errors import EncoderError
-from eoembed.producers import presto as presto_module
-from eoembed.producers.encode import get_encoder, list_encoders
-from eoembed.producers.presto import (
+from eoembed.producers.encoders import presto as presto_module
+from eoembed.producers.encoders import get_encoder, list_encoders
+from eoembed.producers.encoders.presto import (
     CHANNEL_GROUPS,
     DW_MISSING,
     LANDSAT7_BAND_MAP,
