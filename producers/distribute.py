@@ -204,7 +204,7 @@ def _prepare(config: JobConfig) -> tuple[list[Scene], list[dict[str, str]], floa
             if isinstance(path, dict):
                 opened = [_open_temporal_stack(path, config)]
             else:
-                opened = open_item_collection(path) if str(path).endswith(".json") else [open_input(path, s1_root=config.s1_root)]
+                opened = open_inputs(path, s1_root=config.s1_root)
         except EoembedError as error:
             errors.append({"input": str(path.get("files") if isinstance(path, dict) else path), "reason": str(error)})
             continue
@@ -248,6 +248,19 @@ def _open_temporal_stack(entry: dict[str, Any], config: JobConfig):
                            f"{'unknown: ' + ', '.join(unknown) if unknown else 'files is missing'}")
     return temporal_stack(entry["files"], times=entry.get("times"), labels=entry.get("labels"),
                           resampling=config.resampling, nodata=config.nodata)
+
+
+def open_inputs(path: str, *, s1_root: str | None = None) -> list:
+    """Every scene one input path holds: one per item of a STAC ItemCollection (``{"input", "reason"}``
+    dicts for items that cannot be opened), one per sample of Embed2Scale ``.zarr.zip`` files (a file
+    with its sibling modality files, or a folder of modality folders), else :func:`open_input`'s one."""
+    from .embed2scale import is_embed2scale, open_embed2scale
+
+    if str(path).endswith(".json"):
+        return open_item_collection(path)
+    if is_embed2scale(path):
+        return list(open_embed2scale(path))
+    return [open_input(path, s1_root=s1_root)]
 
 
 def open_input(path: str, *, s1_root: str | None = None):
@@ -318,6 +331,8 @@ def select_bands(scene, wanted: Sequence[str]):
 
     from .stack import BandSource, Stack, build_stack
 
+    if hasattr(scene, "select"):  # a scene that reads its own bands (an Embed2Scale sample)
+        return scene.select(wanted)
     if isinstance(scene, Stack):
         available = {b.name: b for b in scene.bands}
     else:

@@ -45,12 +45,13 @@ class ChipSample:
 
 
 def open_training_inputs(config: TrainConfig) -> list:
-    """The inputs as scenes, stacks or cubes, with the band selection and nodata of the config applied."""
-    from .distribute import open_input, select_bands
+    """The inputs as scenes, stacks, cubes or samples, with the band selection and nodata of the config applied."""
+    from .distribute import open_inputs, select_bands
 
     scenes = []
-    for path in config.inputs:
-        scene = open_input(path, s1_root=config.s1_root)
+    for scene in (s for path in config.inputs for s in open_inputs(path, s1_root=config.s1_root)):
+        if isinstance(scene, dict):  # an item of a collection that could not be opened
+            raise ImageryError(f"{scene['input']}: {scene['reason']}")
         if config.bands:
             scene = select_bands(scene, config.bands)
         if config.nodata is not None:
