@@ -152,18 +152,25 @@ class SampleScene:
 
 
 def is_embed2scale(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a ``.zarr.zip`` file or a folder holding modality folders of them."""
+    """Whether ``path`` is a ``.zarr.zip`` file, a modality folder of them or a folder of modality folders."""
     p = Path(path)
     if p.name.endswith(SUFFIX):
         return True
-    return p.is_dir() and any(any((p / m).glob(f"*{SUFFIX}")) for m in MODALITIES if (p / m).is_dir())
+    return p.is_dir() and (_is_modality_folder(p) or any(_is_modality_folder(p / m) for m in MODALITIES))
+
+
+def _is_modality_folder(p: Path) -> bool:
+    return p.name in MODALITIES and p.is_dir() and any(p.glob(f"*{SUFFIX}"))
 
 
 def file_sets(path: str | os.PathLike) -> list[tuple[tuple[str, str], ...]]:
     """The modality files of each file set under ``path``: a file (and the files of the same name in
     its sibling modality folders) or a folder of modality folders (every file name found there). A
-    file set must have its file in every modality folder present."""
+    file set must have its file in every modality folder present. A modality folder gives the sets
+    of its files."""
     p = Path(path)
+    if _is_modality_folder(p):
+        return [files for f in sorted(p.glob(f"*{SUFFIX}")) for files in file_sets(f)]
     if p.name.endswith(SUFFIX):
         if not p.is_file():
             raise ImageryError(f"{p}: no such file; check the path")
@@ -174,7 +181,7 @@ def file_sets(path: str | os.PathLike) -> list[tuple[tuple[str, str], ...]]:
         folders = [m for m in MODALITIES if (root / m).is_dir()]
     else:
         root = p
-        folders = [m for m in MODALITIES if (p / m).is_dir() and any((p / m).glob(f"*{SUFFIX}"))]
+        folders = [m for m in MODALITIES if _is_modality_folder(p / m)]
         if not folders:
             raise ImageryError(f"{p}: no modality folder ({', '.join(MODALITIES)}) with {SUFFIX} files; "
                                "pass the folder holding them, or the files")

