@@ -369,6 +369,10 @@ class _LastFileSet:
                 self.key = files
             return self.arrays
 
+    def clear(self) -> None:
+        with self.lock:
+            self.key, self.arrays = None, []
+
 
 def _decode(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """``bands`` (and ``cloud_mask`` where present) of a whole file, as stored."""

@@ -25,7 +25,7 @@ import shapely
 from affine import Affine
 
 import eoembed
-from eoembed._errors import ImageryError
+from eoembed._errors import BandMappingError, ImageryError
 from eoembed.producers.embed2scale import S2_OFFSET, open_embed2scale, read_sample
 from eoembed.producers.stack import S1_SOURCE, S2_BANDS_12, S2_SOURCE, BandSource, build_stack, read_stack_window
 from tests.embed2scale_files import (
@@ -127,6 +127,18 @@ def test_clouds_and_nodata_are_invalid_pixels(tmp_path, ben_samples):
     assert (~valid).sum() == 1 and not valid[5, 7]
     # choosing bands leaves the masks of the others out
     assert read_sample(first.select(["S2L2A:B04@t0", "S1GRD:VV@t1"]))[1].all()
+
+
+def test_bands_are_chosen_by_name_or_index(ben_root):
+    scene = open_embed2scale(ben_root)[0]
+    chosen = scene.select(["S2L2A:B04@t1", "3"])
+    assert chosen.band_names == ("S2L2A:B04@t1", "S2L2A:B01@t0") and chosen.band_sources == (S2_SOURCE, S2_SOURCE)
+    np.testing.assert_array_equal(read_sample(chosen)[0], read_sample(scene)[0][[19, 2]])
+    assert chosen.select(["2"]).band_names == ("S2L2A:B01@t0",)
+    with pytest.raises(BandMappingError, match=rf"band 'S2L2A:B13@t0' is not in .*{NAME}#0000001 \(it has S1GRD:VV@t0, "):
+        scene.select(["S2L2A:B13@t0"])
+    with pytest.raises(BandMappingError, match="cannot be renamed"):
+        scene.select(["red=S2L2A:B04@t0"])
 
 
 def test_the_s2_offset_is_an_option(ben_root):
