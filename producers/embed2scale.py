@@ -212,7 +212,8 @@ def _open_dataset(path: str):
     zarr = require("zarr", extra="zarr")
     store = zarr.storage.ZipStore(path, mode="r")
     try:
-        return xr.open_zarr(store, chunks=None, zarr_format=2, consolidated=None)
+        # values as stored (no fill value turned into NaN, no scale): the reader applies the layout's own rules
+        return xr.open_zarr(store, chunks=None, zarr_format=2, consolidated=None, mask_and_scale=False)
     except Exception as exc:  # noqa: BLE001 - zarr and xarray raise many kinds
         store.close()
         raise ImageryError(f"{path}: cannot be read as a Zarr v2 store ({type(exc).__name__}: {exc}); "
