@@ -49,7 +49,9 @@ def open_training_inputs(config: TrainConfig) -> list:
     from .distribute import open_inputs, select_bands
 
     scenes = []
-    for scene in (s for path in config.inputs for s in open_inputs(path, s1_root=config.s1_root)):
+    opened = (open_inputs(path, s1_root=config.s1_root, s2_offset=config.s2_offset, mask_clouds=config.mask_clouds)
+              for path in config.inputs)
+    for scene in (s for scenes_of_path in opened for s in scenes_of_path):
         if isinstance(scene, dict):  # an item of a collection that could not be opened
             raise ImageryError(f"{scene['input']}: {scene['reason']}")
         if config.bands:

@@ -237,6 +237,23 @@ def test_a_product_from_the_files_is_valid_and_the_same_on_one_and_two_ranks(tmp
 
 
 @pytest.mark.mpi
+def test_one_chip_a_sample_and_the_reading_options_on_the_command_line(tmp_path, ben_root, ben_samples):
+    out = tmp_path / "p"
+    run = produce(1, str(ben_root), "--out", str(out), "--chip-size", "120", "--s2-offset", "0", "--keep-clouds",
+                  "--bands", "S2L2A:B04@t0,S1GRD:VV@t1")
+    assert run.returncode == 0, run.stderr
+    product = eoembed.open(out)
+    assert {k: product.collection["eoembed:provenance"]["config"][k] for k in ("s2_offset", "mask_clouds")} == \
+        {"s2_offset": 0, "mask_clouds": False}
+    rows = product.sql("SELECT source_id, embedding FROM embeddings ORDER BY source_id").to_pylist()
+    assert [r["source_id"] for r in rows] == [s.id for s in ben_samples]
+    for row, scene in zip(rows, open_embed2scale(ben_root, s2_offset=0)):
+        pixels = read_sample(scene.select(["S2L2A:B04@t0", "S1GRD:VV@t1"]))[0]
+        assert row["embedding"][0] == pytest.approx(pixels[0].mean(dtype=np.float64), rel=1e-6)  # stats: mean first
+        assert row["embedding"][5] == pytest.approx(pixels[1].mean(dtype=np.float64), rel=1e-6)
+
+
+@pytest.mark.mpi
 def test_training_reads_the_samples(tmp_path, ben_root):
     from eoembed.producers.trainconfig import config_from_dict
     from eoembed.producers.trainset import sample_chips
