@@ -3,7 +3,7 @@
 The layout, as its authors publish it (github.com/DLR-MF-DAS/SSL4EO-S12-v1.1, ``README.md`` and
 ``zarr_dataset.py``; github.com/DLR-MF-DAS/embed2scale-challenge-supplement, ``README_base.md``):
 
-* one Zarr v2 store per file, zipped (``*.zarr.zip``, consolidated metadata), written by xarray; one
+* one Zarr v2 store per file, zipped (``*.zarr.zip``, consolidated metadata), an xarray Dataset; one
   folder per modality (``S1GRD``, ``S2L1C``, ``S2L2A``, ``S2RGB``), the files of one set of samples
   named alike in every folder; 64 samples (locations) a file, four timestamps (seasons) each;
 * data variable ``bands`` with dims ``(sample, time, band, y, x)``: ``int16`` for S2 (the S2 values
@@ -12,11 +12,14 @@ The layout, as its authors publish it (github.com/DLR-MF-DAS/SSL4EO-S12-v1.1, ``
   offset is an option), ``float16`` dB for S1; timestamps chunked separately;
 * coordinates ``band`` (``B01`` ... ``B12``; ``vv``, ``vh``), ``sample`` (the location's id, e.g.
   ``0080717``), ``time`` (0..3), ``y``/``x`` (pixel indexes 0..263);
-* per-sample variables ``crs`` (EPSG code), ``x_`` ``(sample, x)`` and ``y_`` ``(sample, y)`` (the
-  projected coordinates of the pixel centres, as rioxarray gives them), ``time_`` ``(sample, time)``
-  (acquisition times), ``file_id`` and ``sample_id`` ``(sample, time)``, ``center_lat`` /
-  ``center_lon``, and for S2 ``cloud_mask`` ``(sample, time, y, x)`` (uint8, 0 = clear; the cloud
-  and shadow classes of CloudSEN12 otherwise).
+* per-sample variables ``crs`` (EPSG code), ``x_`` ``(sample, x)`` and ``y_`` ``(sample, y)``
+  (projected coordinates, taken here as pixel centres: the convention of xarray coordinates read
+  from GeoTIFFs by rioxarray), ``time_`` ``(sample, time)`` (acquisition times), ``file_id`` and
+  ``sample_id`` ``(sample, time)``, ``center_lat`` / ``center_lon``, and for S2 ``cloud_mask``
+  ``(sample, time, y, x)`` (uint8; 0 is clear, any other value a cloud or shadow class).
+
+The files are opened read-only with zarr 3 (``zarr.storage.ZipStore(path, mode="r")``, Zarr format 2)
+and xarray (``open_zarr``, which decodes ``time_``).
 
 :func:`open_embed2scale` opens a file (with its sibling modality files) or a folder of modality
 folders and returns one :class:`SampleScene` per sample: the modalities fused into one cube of
@@ -178,7 +181,7 @@ def file_sets(path: str | os.PathLike) -> list[tuple[tuple[str, str], ...]]:
             raise ImageryError(f"{p}: the file is not in a modality folder ({', '.join(MODALITIES)}), so what it "
                                "holds is unknown; keep the layout's folders (ROOT/S2L2A/NAME.zarr.zip)")
         root, names = p.parent.parent, [p.name]
-        folders = [m for m in MODALITIES if (root / m).is_dir()]
+        folders = [m for m in MODALITIES if _is_modality_folder(root / m)]
     else:
         root = p
         folders = [m for m in MODALITIES if _is_modality_folder(p / m)]
@@ -196,7 +199,6 @@ def file_sets(path: str | os.PathLike) -> list[tuple[tuple[str, str], ...]]:
                                "the same files (complete the download, or move the folder aside)")
         sets.append(tuple((m, str(root / m / name)) for m in folders))
     return sets
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,10 +272,10 @@ def _check_same_samples(metas: Sequence[_FileMeta]) -> None:
     for other in metas[1:]:
         what = None
         if other.samples != first.samples:
-            diff = next((i for i, (a, b) in enumerate(zip(first.samples, other.samples)) if a != b), min(len(first.samples), len(other.samples)))
-            shown = lambda m: m.samples[diff] if diff < len(m.samples) else "(none)"  # noqa: E731
-            what = (f"holds other samples than {first.path} ({len(other.samples)} vs {len(first.samples)}; at position {diff}: "
-                    f"{shown(other)} vs {shown(first)})")
+            at = next((i for i, (a, b) in enumerate(zip(first.samples, other.samples)) if a != b),
+                      min(len(first.samples), len(other.samples)))
+            what = (f"holds other samples than {first.path} ({len(other.samples)} vs {len(first.samples)}; at position {at}: "
+                    f"{_sample_at(other, at)} vs {_sample_at(first, at)})")
         elif (other.height, other.width, other.times) != (first.height, first.width, first.times):
             what = (f"has {other.times} timestamps of {other.height}x{other.width} px, {first.path} "
                     f"{first.times} of {first.height}x{first.width} px")
@@ -282,6 +284,10 @@ def _check_same_samples(metas: Sequence[_FileMeta]) -> None:
         if what:
             raise ImageryError(f"{other.path} {what}; the modality files of one set must hold the same samples on the "
                                "same grids, in the same order: take every modality folder from one download")
+
+
+def _sample_at(meta: _FileMeta, position: int) -> str:
+    return meta.samples[position] if position < len(meta.samples) else "(none)"
 
 
 def _transform(meta: _FileMeta, s: int) -> Affine:

@@ -163,10 +163,15 @@ def _other_samples(ds):
     return ds.assign_coords(sample=[f"9{s[1:]}" for s in ds["sample"].values])
 
 
+def _fewer_samples(ds):
+    return ds.isel(sample=slice(0, 1))
+
+
 @pytest.mark.parametrize(("modality", "edit", "message"), [
     ("S2L2A", _drop_time, r"S2L2A/ssl4eos12_val_seasonal_data_000001\.zarr\.zip: variable\(s\) time_ missing .*check that it is one"),
     ("S1GRD", _swap_dims, r"S1GRD/.*\.zarr\.zip: variable 'bands' has dims \('sample', 'band', 'time', 'y', 'x'\); the layout is .*transpose"),
     ("S2L2A", _other_samples, r"S2L2A/.*\.zarr\.zip holds other samples than .*S1GRD/.*: 9000001 vs 0000001\).*take every modality folder from one download"),
+    ("S2L2A", _fewer_samples, r"S2L2A/.*\.zarr\.zip holds other samples than .*S1GRD/.* \(1 vs 2; at position 1: \(none\) vs 0000002\)"),
 ])
 def test_a_broken_file_is_named_with_what_to_do(tmp_path, ben_samples, modality, edit, message):
     root = write_bigearthnet(tmp_path, ben_samples[:2], edits={modality: edit})
