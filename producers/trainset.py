@@ -48,10 +48,10 @@ def open_training_inputs(config: TrainConfig) -> list:
     """The inputs as scenes, stacks, cubes or samples, with the band selection and nodata of the config applied."""
     from .distribute import open_inputs, select_bands
 
+    opened = [scene for path in config.inputs for scene in open_inputs(
+        path, s1_root=config.s1_root, s2_offset=config.s2_offset, mask_clouds=config.mask_clouds)]
     scenes = []
-    opened = (open_inputs(path, s1_root=config.s1_root, s2_offset=config.s2_offset, mask_clouds=config.mask_clouds)
-              for path in config.inputs)
-    for scene in (s for scenes_of_path in opened for s in scenes_of_path):
+    for scene in opened:
         if isinstance(scene, dict):  # an item of a collection that could not be opened
             raise ImageryError(f"{scene['input']}: {scene['reason']}")
         if config.bands:
