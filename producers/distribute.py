@@ -32,6 +32,7 @@ from eoembed._errors import EoembedError, ImageryError, ProductExistsError
 from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 
 from .align import align_scenes, grid_section
+from .embed2scale import S2_OFFSET
 from .encoders import Encoder, get_encoder, select_device
 from .energy import EnergyMeter
 from .produce import (
@@ -101,6 +102,10 @@ class JobConfig:
     stacks: list[dict[str, Any]] = field(default_factory=list)
     empty_chips: str = "drop"  # a chip whose vector is all zeros: "drop" (counted) or "keep" (declares nodata_zero_vector)
     outside_grid: str = "drop"  # a chip outside the grid's latitude range: "drop" (counted) or "error"
+    # Embed2Scale files: S2 stored this far above reflectance x 10 000 (0 for the challenge's downstream files);
+    # whether pixels the cloud mask does not call clear are invalid
+    s2_offset: int = S2_OFFSET
+    mask_clouds: bool = True
 
 
 # Settings that change how a job runs, not what it makes: a resume may change them.
@@ -204,7 +209,8 @@ def _prepare(config: JobConfig) -> tuple[list[Scene], list[dict[str, str]], floa
             if isinstance(path, dict):
                 opened = [_open_temporal_stack(path, config)]
             else:
-                opened = open_item_collection(path) if str(path).endswith(".json") else [open_input(path, s1_root=config.s1_root)]
+                opened = open_inputs(path, s1_root=config.s1_root, s2_offset=config.s2_offset,
+                                     mask_clouds=config.mask_clouds)
         except EoembedError as error:
             errors.append({"input": str(path.get("files") if isinstance(path, dict) else path), "reason": str(error)})
             continue
@@ -248,6 +254,20 @@ def _open_temporal_stack(entry: dict[str, Any], config: JobConfig):
                            f"{'unknown: ' + ', '.join(unknown) if unknown else 'files is missing'}")
     return temporal_stack(entry["files"], times=entry.get("times"), labels=entry.get("labels"),
                           resampling=config.resampling, nodata=config.nodata)
+
+
+def open_inputs(path: str, *, s1_root: str | None = None, s2_offset: int = S2_OFFSET, mask_clouds: bool = True) -> list:
+    """Every scene one input path holds: one per item of a STAC ItemCollection (``{"input", "reason"}``
+    dicts for items that cannot be opened), one per sample of Embed2Scale ``.zarr.zip`` files (a file
+    with its sibling modality files, or a folder of modality folders; ``s2_offset`` and
+    ``mask_clouds`` as :func:`~.embed2scale.open_embed2scale` takes them), else :func:`open_input`'s one."""
+    from .embed2scale import is_embed2scale, open_embed2scale
+
+    if str(path).endswith(".json"):
+        return open_item_collection(path)
+    if is_embed2scale(path):
+        return list(open_embed2scale(path, s2_offset=s2_offset, mask_clouds=mask_clouds))
+    return [open_input(path, s1_root=s1_root)]
 
 
 def open_input(path: str, *, s1_root: str | None = None):
@@ -318,6 +338,8 @@ def select_bands(scene, wanted: Sequence[str]):
 
     from .stack import BandSource, Stack, build_stack
 
+    if hasattr(scene, "select"):  # a scene that reads its own bands (an Embed2Scale sample)
+        return scene.select(wanted)
     if isinstance(scene, Stack):
         available = {b.name: b for b in scene.bands}
     else:

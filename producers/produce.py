@@ -85,10 +85,13 @@ def prefetch(items: Iterator[Any], *, depth: int = 2) -> Iterator[Any]:
 
 
 def chip_batches(scene, **options: Any):
-    """Chip batches of a Scene (one file), a Stack (bands from several files or sensors on one grid)
-    or a CubeScene (time x channel), all cut the same way."""
+    """Chip batches of a Scene (one file), a Stack (bands from several files or sensors on one grid),
+    a CubeScene (time x channel) or a SampleScene (one sample of Embed2Scale files), all cut the same way."""
+    from .embed2scale import SampleScene, iter_sample_chip_batches
     from .stack import CubeScene, Stack, iter_cube_scene_batches, iter_stack_chip_batches
 
+    if isinstance(scene, SampleScene):
+        return iter_sample_chip_batches(scene, **options)
     if isinstance(scene, Stack):
         return iter_stack_chip_batches(scene, **options)
     if isinstance(scene, CubeScene):
@@ -126,7 +129,8 @@ def encode_scene(
     if when is None:
         raise ImageryError(missing_time_message([scene.path]))
     grid = get_grid(grid_id)
-    source = source_id or Path(scene.path).stem
+    # a scene that is one sample of a file names its chips by the sample's id, not the file's
+    source = source_id or getattr(scene, "source_id", None) or Path(scene.path).stem
     batches = chip_batches(scene, chip_size=chip_size, stride=stride, min_valid_fraction=min_valid_fraction,
                            windows=windows, batch_size=tiling_batch(batch_size, bands=scene.count, chip_size=chip_size))
     # Overlapping reads with encoding pays when the encoder runs on an accelerator; on a few busy

@@ -23,6 +23,8 @@ from typing import Any
 
 from eoembed._errors import TrainingConfigError
 
+from .embed2scale import S2_OFFSET
+
 OBJECTIVES = ("autoencoder", "masked-autoencoder", "distill")
 PRECISIONS = ("auto", "none", "bf16", "fp16")
 # Keys that may change between a run and its resumption (the rest must match the checkpoint's).
@@ -38,6 +40,8 @@ class TrainConfig:
     bands: list[str] | None = None  # encoder inputs: band names or 1-based indexes, "new=old" renames
     nodata: float | None = None
     s1_root: str | None = None
+    s2_offset: int = S2_OFFSET  # Embed2Scale files: S2 stored this far above reflectance x 10 000
+    mask_clouds: bool = True  # Embed2Scale files: pixels the cloud mask does not call clear are invalid
     min_valid_fraction: float = 0.9
     max_chips: int = 4096  # chips sampled from the inputs (a seeded draw of chip windows)
     objective: str = "autoencoder"
@@ -119,8 +123,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
     config.weight_decay = _float("weight_decay", config.weight_decay, 0.0, 1.0)
     config.min_valid_fraction = _float("min_valid_fraction", config.min_valid_fraction, 0.0, 1.0)
     config.seed = _int("seed", config.seed, 0)
-    if not isinstance(config.augment, bool):
-        raise _fail("augment", config.augment, "give true or false")
+    config.s2_offset = _int("s2_offset", config.s2_offset, 0)
+    for key in ("augment", "mask_clouds"):
+        if not isinstance(getattr(config, key), bool):
+            raise _fail(key, getattr(config, key), "give true or false")
     if config.mixed_precision not in PRECISIONS:
         raise _fail("mixed_precision", config.mixed_precision, f"give one of {', '.join(PRECISIONS)}")
     if config.bands is not None and (not isinstance(config.bands, list) or not all(isinstance(b, str) for b in config.bands)):

@@ -45,12 +45,15 @@ class ChipSample:
 
 
 def open_training_inputs(config: TrainConfig) -> list:
-    """The inputs as scenes, stacks or cubes, with the band selection and nodata of the config applied."""
-    from .distribute import open_input, select_bands
+    """The inputs as scenes, stacks, cubes or samples, with the band selection and nodata of the config applied."""
+    from .distribute import open_inputs, select_bands
 
+    opened = [scene for path in config.inputs for scene in open_inputs(
+        path, s1_root=config.s1_root, s2_offset=config.s2_offset, mask_clouds=config.mask_clouds)]
     scenes = []
-    for path in config.inputs:
-        scene = open_input(path, s1_root=config.s1_root)
+    for scene in opened:
+        if isinstance(scene, dict):  # an item of a collection that could not be opened
+            raise ImageryError(f"{scene['input']}: {scene['reason']}")
         if config.bands:
             scene = select_bands(scene, config.bands)
         if config.nodata is not None:

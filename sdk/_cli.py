@@ -139,6 +139,8 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
         path = Path(item)
         if path.suffix == ".zarr":
             out.append(str(path))  # a cube store is a folder, but one input
+        elif path.is_dir() and (any(path.glob("*.zarr.zip")) or any(path.glob("*/*.zarr.zip"))):
+            out.append(str(path))  # Embed2Scale files in modality folders: the reader pairs them
         elif path.is_dir() and list(path.glob("*_B02.tif")):
             out.append(str(path))  # one patch stored one band per file
         elif path.is_dir() and any(list(d.glob("*_B02.tif")) for d in path.iterdir() if d.is_dir()):
@@ -209,7 +211,8 @@ def _produce(args: argparse.Namespace) -> int:
         "s1_root": args.s1_root,
         "bands": args.bands.split(",") if args.bands else None,
         "prefetch": args.prefetch, "align": args.align, "resolution": args.resolution, "resampling": args.resampling,
-        "empty_chips": args.empty_chips, "outside_grid": args.outside_grid,
+        "empty_chips": args.empty_chips, "outside_grid": args.outside_grid, "s2_offset": args.s2_offset,
+        "mask_clouds": False if args.keep_clouds else None,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
@@ -680,6 +683,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bands", help="encoder inputs in order: source band names or 1-based indexes, NEW=OLD renames "
                    "(e.g. red=3,green=2,blue=1)")
     p.add_argument("--prefetch", type=int, help="chip batches read ahead while encoding (default: 2 on a GPU, 0 on the CPU)")
+    p.add_argument("--s2-offset", type=int, help="Embed2Scale files: S2 values stored this far above reflectance x 10000 "
+                   "(default 1000, as SSL4EO-S12 v1.1; 0 for the challenge's downstream files)")
+    p.add_argument("--keep-clouds", action="store_true", help="Embed2Scale files: pixels the cloud mask marks stay valid")
     p.add_argument("--stack", action="append", default=[], metavar="A.tif,B.tif",
                    help="scenes of one place at several dates (or sensors) stacked into one input, bands named "
                         "BAND@DATE; repeat for more places (times and labels in a TOML [[stacks]] table)")

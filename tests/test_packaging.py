@@ -198,7 +198,7 @@ def test_wheel_installs_and_validates_outside_the_checkout(tmp_path: Path, wheel
 # -- the core install: `pip install eoembed` without extras ------------------------------------------
 
 # What only extras bring; none may be importable in a core install.
-EXTRA_ONLY = ("torch", "rasterio", "faiss", "mpi4py", "numkong", "matplotlib", "geopandas", "zarr")
+EXTRA_ONLY = ("torch", "rasterio", "faiss", "mpi4py", "numkong", "matplotlib", "geopandas", "zarr", "xarray")
 
 # Runs in the core venv: the answers a consumer gets, and the hint a compressed search gives.
 _CORE = textwrap.dedent(

@@ -21,7 +21,7 @@ from tests.factories import write
 
 REPO = Path(__file__).resolve().parents[2]
 # What the core install must not pull in: each comes with an extra.
-HEAVY = ("torch", "rasterio", "mpi4py", "faiss", "numkong", "matplotlib", "geopandas", "zarr")
+HEAVY = ("torch", "rasterio", "mpi4py", "faiss", "numkong", "matplotlib", "geopandas", "zarr", "xarray")
 
 # Runs the command line in a child process in which the packages named in argv[1] are missing.
 _CLI_WITHOUT = (
