@@ -42,6 +42,8 @@ DATA_DIR = "data"
 ITEMS_DIR = "items"
 MODELS_DIR = "models"
 STAGING_MARK = ".eoembed-staging-"
+# Row groups gathered ahead of the one being encoded, at most.
+GROUPS_QUEUED = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
@@ -147,7 +149,7 @@ class _FileJob:
 
         self.partial, self.target = partial, target
         self._schema, self._options = schema, dict(options)
-        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=2)  # bounded: groups in flight reuse memory
+        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=GROUPS_QUEUED)  # bounded: see _GroupCodes
         self._cancelled = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
@@ -281,6 +283,53 @@ class _RowBuffer:
         self.rows = rest
 
 
+class _GroupCodes:
+    """The arrays the vector codes of row groups are gathered into, reused group after group and
+    file after file: a fresh array for every group would be fresh pages every time, and faulting
+    them in costs the kernel as much as the gather itself. The arrays are handed out in turn; one is
+    refilled only once the group it held is encoded, as long as at most ``GROUPS_QUEUED`` groups
+    wait in a file job's queue and a file's groups are gathered only after the last file is done
+    (the group refilled is then the fourth one back: one is being gathered, two wait, one is being
+    encoded)."""
+
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray] = []
+        self._turn = 0
+
+    def gather(self, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``codes[rows]``, in the next array of the round."""
+        turn, self._turn = self._turn, (self._turn + 1) % (GROUPS_QUEUED + 2)
+        if turn == len(self._arrays):
+            self._arrays.append(codes[:0])
+        held = self._arrays[turn]
+        if held.dtype != codes.dtype or held.shape[1:] != codes.shape[1:] or len(held) < len(rows):
+            self._arrays[turn] = held = np.empty((len(rows), *codes.shape[1:]), dtype=codes.dtype)
+        return np.take(codes, rows, axis=0, out=held[: len(rows)], mode="clip")  # clip: no checks, rows are valid
+
+
+def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _GroupCodes):
+    """The rows of ``table`` in ``order``, as tables of ``rows`` rows each, one made at a time.
+
+    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into the
+    arrays of ``into``: Arrow's take of a fixed-size list goes through one index per element,
+    several times slower. The other columns are gathered by Arrow."""
+    embedding = table.column("embedding")
+    embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
+    values = embedding.flatten()
+    if embedding.null_count or values.null_count:  # a null has no place in a numpy array of codes
+        for start in range(0, table.num_rows, rows):
+            yield table.take(pa.array(order[start : start + rows]))
+        return
+    codes = values.to_numpy().reshape(len(embedding), -1)
+    position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
+    others = table.drop_columns(["embedding"])
+    for start in range(0, table.num_rows, rows):
+        taken = order[start : start + rows]
+        gathered = into.gather(codes, taken)
+        flat = pa.Array.from_buffers(field.type.value_type, gathered.size, [None, pa.py_buffer(gathered)])
+        yield others.take(pa.array(taken)).add_column(position, field, pa.FixedSizeListArray.from_arrays(flat, type=field.type))
+
+
 class ProductWriter:
     """Stream batches of chips into a new product; publish it atomically on :meth:`close`.
 
@@ -359,6 +408,7 @@ class ProductWriter:
         self._pending = _RowBuffer()  # rows of write() not yet in a file
         self._writing: tuple[_FileJob, _FileRecord] | None = None  # the data file being encoded
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
+        self._group_codes = _GroupCodes()  # the codes of the row groups in flight
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
         self._before_publish: Callable[[], None] | None = None
@@ -743,7 +793,6 @@ class ProductWriter:
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
-        bounds = bounds[order]
         types = _geometry.geometry_types(table.column("geometry"))
         file_bbox = (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max()))
         geo = {
@@ -786,10 +835,9 @@ class ProductWriter:
         try:
             # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
             # (a view of the row buffer) is no longer needed and the buffer can be refilled.
-            for start in range(0, table.num_rows, self.row_group_size):
+            for group in _ordered_groups(table, order, rows=self.row_group_size, into=self._group_codes):
                 if job.error is not None:
                     break
-                group = table.take(pa.array(order[start : start + self.row_group_size]))
                 sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
                 job.put(group.replace_schema_metadata(metadata))
         except BaseException:
