@@ -140,8 +140,9 @@ class _FileJob:
     """One data file on its way to disk. The caller puts its row groups, already in stored order,
     and gathers the next group while a thread of the job's own encodes the last one as Parquet
     (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
-    group after group. The last groups are encoded while the writer takes the next batches. The
-    file appears under its name only when complete."""
+    group after group. The last groups are encoded while the writer takes the next batches, and
+    the file's checksum is taken while the next file is encoded (:attr:`encoded` tells when that
+    may begin). The file appears under its name only when complete."""
 
     def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
         import queue
@@ -150,9 +151,10 @@ class _FileJob:
         self.partial, self.target = partial, target
         self._schema, self._options = schema, dict(options)
         self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=GROUPS_QUEUED)  # bounded: see _GroupCodes
-        self._cancelled = False
+        self._cancelled = self._ending = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
+        self.encoded = threading.Event()  # set once every group is written (or the job failed)
         self._thread = threading.Thread(target=self._run, name=f"eoembed-write-{target.name}", daemon=True)
         self._thread.start()
 
@@ -167,30 +169,40 @@ class _FileJob:
                     if not self._cancelled:
                         out.write_table(group, row_group_size=group.num_rows)
                 ended = True
+            self.encoded.set()
             if not self._cancelled:
                 # Hashing the file just written reads it from the page cache: that costs little
                 # beside the hash itself, less than passing every byte through Python on the way
-                # out; it runs here, beside the writer's next batches.
-                self.size, self.sha256 = self.partial.stat().st_size, sha256_file(self.partial)
-                os.replace(self.partial, self.target)
+                # out (measured); it runs here, beside the encoding of the next file.
+                size, digest = self.partial.stat().st_size, sha256_file(self.partial)
+                if not self._cancelled:  # asked again: the hash takes a while
+                    self.size, self.sha256 = size, digest
+                    os.replace(self.partial, self.target)
         except BaseException as error:  # re-raised by finish() in the writer's thread
             self.error = error
         finally:
+            self.encoded.set()
             while not ended and self._groups.get() is not None:  # drop what is put after a failure
                 pass
             if self.error is not None or self._cancelled:
                 self.partial.unlink(missing_ok=True)
 
+    def end(self) -> None:
+        """No more groups: the file is closed once those put are encoded."""
+        if not self._ending:
+            self._ending = True
+            self._groups.put(None)
+
     def finish(self) -> None:
         """Wait until the file is complete; raise what went wrong writing it."""
-        self._groups.put(None)
+        self.end()
         self._thread.join()
         if self.error is not None:
             raise self.error
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._groups.put(None)
+        self.end()
         self._thread.join()
 
 
@@ -406,7 +418,7 @@ class ProductWriter:
         self.staging = Path(staging) if staging is not None else self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
         (self.staging / DATA_DIR).mkdir(parents=True, exist_ok=staging is not None)
         self._pending = _RowBuffer()  # rows of write() not yet in a file
-        self._writing: tuple[_FileJob, _FileRecord] | None = None  # the data file being encoded
+        self._writing: list[tuple[_FileJob, _FileRecord]] = []  # data files begun, not yet recorded; oldest first
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
         self._group_codes = _GroupCodes()  # the codes of the row groups in flight
         self._rows_seen = 0
@@ -822,9 +834,15 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
-        # One file is encoded at a time, and records keep the order the files were begun in.
-        self._finish_file()
-        name = name or f"part-{len(self._files):05d}.parquet"
+        # One file is encoded at a time (its groups reuse the arrays of the last one's); the last
+        # one's checksum may still be taken meanwhile. Records keep the order files were begun in.
+        self._finish_file(keep=1)
+        if self._writing:
+            job = self._writing[-1][0]
+            job.encoded.wait()
+            if job.error is not None:
+                self._finish_file()  # raises it
+        name = name or f"part-{len(self._files) + len(self._writing):05d}.parquet"
         target = self.staging / DATA_DIR / name
         partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         job = _FileJob(partial, target, schema, {
@@ -840,6 +858,7 @@ class ProductWriter:
                     break
                 sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
                 job.put(group.replace_schema_metadata(metadata))
+            job.end()
         except BaseException:
             job.cancel()
             raise
@@ -851,17 +870,19 @@ class ProductWriter:
             end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
             footer=json.loads(metadata[FOOTER_KEY]), sources=[str(s) for s in sources],
         )
-        self._writing = (job, record)
-        return self._finish_file() if wait else None
+        self._writing.append((job, record))
+        self._finish_file(keep=0 if wait else 1)  # the last file is complete by now, most likely
+        return record if wait else None
 
-    def _finish_file(self) -> "_FileRecord | None":
-        """Wait for the file being written, if any, and record it (its size and checksum are known now)."""
-        if self._writing is None:
-            return None
-        (job, record), self._writing = self._writing, None
-        job.finish()
-        record.bytes, record.sha256 = job.size, job.sha256
-        self._files.append(record)
+    def _finish_file(self, *, keep: int = 0) -> "_FileRecord | None":
+        """Wait for the files being written, oldest first, until ``keep`` are left, and record each
+        (its size and checksum are known now). Returns the last one recorded."""
+        record = None
+        while len(self._writing) > keep:
+            job, record = self._writing.pop(0)
+            job.finish()
+            record.bytes, record.sha256 = job.size, job.sha256
+            self._files.append(record)
         return record
 
     # -- publication ------------------------------------------------------------------------------
@@ -932,9 +953,8 @@ class ProductWriter:
         was handed in (shared by ranks, resumable) is kept: it holds other writers' finished units."""
         self._closed = True
         self._pending = self._unit_rows = _RowBuffer()
-        if self._writing is not None:
-            self._writing[0].cancel()
-            self._writing = None
+        while self._writing:
+            self._writing.pop(0)[0].cancel()
         if self._owns_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
 
