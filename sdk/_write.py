@@ -327,12 +327,7 @@ def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _Gro
     several times slower. The other columns are gathered by Arrow."""
     embedding = table.column("embedding")
     embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
-    values = embedding.flatten()
-    if embedding.null_count or values.null_count:  # a null has no place in a numpy array of codes
-        for start in range(0, table.num_rows, rows):
-            yield table.take(pa.array(order[start : start + rows]))
-        return
-    codes = values.to_numpy().reshape(len(embedding), -1)
+    codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
     position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
     others = table.drop_columns(["embedding"])
     for start in range(0, table.num_rows, rows):
@@ -792,6 +787,12 @@ class ProductWriter:
             raise DimensionMismatchError(
                 f"stored vectors of type {field} do not fit the quantization of {self.path} "
                 f"(fixed_size_list<{self.quantization.dtype}>[{self.quantization.stored_width()}])"
+            )
+        embedding = table.column("embedding")
+        if embedding.null_count or any(chunk.flatten().null_count for chunk in embedding.chunks):
+            raise SpecError(
+                f"stored vectors for {self.path / DATA_DIR / name}.parquet hold nulls; every row of a product "
+                "has a vector: drop those rows first"
             )
         self._rows_seen += table.num_rows
         return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
