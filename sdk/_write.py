@@ -637,7 +637,9 @@ class ProductWriter:
             # Stored float32 codes are the vectors themselves: normalise straight into the buffer.
             direct = quant.method == "none" and quant.dtype == "float32"
             vectors = np.divide(vectors, norms[:, None], out=slot if direct else None)
-        codes, row_scale = _quantize.quantize(vectors, quant, finite=True, out=slot)  # checked above
+        # Checked above; the normalised vectors, when not already the codes, are a copy of the writer's own.
+        codes, row_scale = _quantize.quantize(vectors, quant, finite=True, out=slot,
+                                              overwrite_input=norms is not None and not direct)
         first = self._rows_seen
 
         if "geometry" in chips:
