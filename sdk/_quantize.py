@@ -294,33 +294,40 @@ def fit(
     )
 
 
-def _round_clip_int8(x: np.ndarray) -> np.ndarray:
-    """In place: round half to even, clip to [-127, 127], then cast to int8."""
+def _round_clip_int8(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """In place: round half to even, clip to [-127, 127], then cast to int8 (into ``out`` if given)."""
     np.rint(x, out=x)
     np.clip(x, -INT8_MAX, INT8_MAX, out=x)
-    return x.astype(np.int8)
+    if out is None:
+        return x.astype(np.int8)
+    np.copyto(out, x, casting="unsafe")  # whole numbers within int8: the cast astype would make
+    return out
 
 
 def quantize(vectors: np.ndarray, quantization: Quantization, *, finite: bool = False,
-             out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+             out: np.ndarray | None = None, overwrite_input: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Encode vectors ``(n, D)`` with frozen parameters.
 
     Returns ``(codes, row_scale)``: codes of shape ``(n, stored_width)`` in the stored dtype, and
     the float32 per-row scales ``(n,)`` for ``per-row`` (``None`` otherwise). ``finite=True``
     says the caller has already checked that every value is finite (the writer does); ``out``, an
-    array of the codes' shape and dtype, receives the codes (``vectors`` may be ``out`` itself).
+    array of the codes' shape and dtype, receives the codes (``vectors`` may be ``out`` itself);
+    ``overwrite_input=True`` lets the int8 forms work in ``vectors`` (float32, no longer needed)
+    instead of in a copy.
     """
-    codes, row_scale = _encode(vectors, quantization, finite=finite)
-    if out is None:
+    codes, row_scale = _encode(vectors, quantization, finite=finite, out=out, overwrite_input=overwrite_input)
+    if out is None or codes is out:
         return codes, row_scale
-    if codes is not out:
-        np.copyto(out, codes, casting="no")
+    np.copyto(out, codes, casting="no")
     return out, row_scale
 
 
-def _encode(vectors: np.ndarray, quantization: Quantization, *, finite: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _encode(vectors: np.ndarray, quantization: Quantization, *, finite: bool, out: np.ndarray | None,
+            overwrite_input: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The codes, written into ``out`` where the form allows (every form but binary)."""
     q = quantization
     v = _as_float32(vectors, dim=q.dim, check_finite=not finite)
+    work = v if overwrite_input and v is vectors and v.flags.writeable else None  # float32 scratch, or None: copy
     n = len(v)
     if q.method == "none":
         if q.dtype == "float32":
@@ -331,24 +338,30 @@ def _encode(vectors: np.ndarray, quantization: Quantization, *, finite: bool) ->
                 f"vectors reach magnitude {maxabs!r}, beyond the float16 maximum {FLOAT16_MAX}; "
                 "store float32 or rescale"
             )
-        return v.astype(np.float16), None
+        if out is None:
+            return v.astype(np.float16), None
+        np.copyto(out, v, casting="same_kind")  # the rounding astype makes
+        return out, None
     if q.method == "binary":
         return np.packbits(v > 0, axis=1), None
     # over/under: a subnormal scale may push |v / scale| to inf; clipping makes that 127 anyway.
     with np.errstate(over="ignore", under="ignore"):
         if q.method == "linear":
-            work = v - q._offset32 if np.any(q._offset32) else v.copy()
+            if np.any(q._offset32):
+                work = np.subtract(v, q._offset32, out=work)
+            elif work is None:
+                work = v.copy()
             work /= q._scale32
-            return _round_clip_int8(work), None
+            return _round_clip_int8(work, out), None
         if q.method == "per-row":
             row_scale = _safe_scale(np.abs(v).max(axis=1))
-            work = v / row_scale[:, None]
-            return _round_clip_int8(work), row_scale
+            work = np.divide(v, row_scale[:, None], out=work)
+            return _round_clip_int8(work, out), row_scale
     # sqrt
-    work = np.sqrt(np.abs(v))
+    work = np.sqrt(np.abs(v))  # not in v: copysign needs its signs
     work *= np.float32(SQRT_SCALE)
     np.copysign(work, v, out=work)
-    return _round_clip_int8(work), None
+    return _round_clip_int8(work, out), None
 
 
 @lru_cache(maxsize=1)

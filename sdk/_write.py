@@ -42,6 +42,8 @@ DATA_DIR = "data"
 ITEMS_DIR = "items"
 MODELS_DIR = "models"
 STAGING_MARK = ".eoembed-staging-"
+# Row groups gathered ahead of the one being encoded, at most.
+GROUPS_QUEUED = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
@@ -138,8 +140,9 @@ class _FileJob:
     """One data file on its way to disk. The caller puts its row groups, already in stored order,
     and gathers the next group while a thread of the job's own encodes the last one as Parquet
     (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
-    group after group. The last groups are encoded while the writer takes the next batches. The
-    file appears under its name only when complete."""
+    group after group. The last groups are encoded while the writer takes the next batches, and
+    the file's checksum is taken while the next file is encoded (:attr:`encoded` tells when that
+    may begin). The file appears under its name only when complete."""
 
     def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
         import queue
@@ -147,10 +150,11 @@ class _FileJob:
 
         self.partial, self.target = partial, target
         self._schema, self._options = schema, dict(options)
-        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=2)  # bounded: groups in flight reuse memory
-        self._cancelled = False
+        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=GROUPS_QUEUED)  # bounded: see _GroupCodes
+        self._cancelled = self._ending = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
+        self.encoded = threading.Event()  # set once every group is written (or the job failed)
         self._thread = threading.Thread(target=self._run, name=f"eoembed-write-{target.name}", daemon=True)
         self._thread.start()
 
@@ -165,30 +169,40 @@ class _FileJob:
                     if not self._cancelled:
                         out.write_table(group, row_group_size=group.num_rows)
                 ended = True
+            self.encoded.set()
             if not self._cancelled:
                 # Hashing the file just written reads it from the page cache: that costs little
                 # beside the hash itself, less than passing every byte through Python on the way
-                # out; it runs here, beside the writer's next batches.
-                self.size, self.sha256 = self.partial.stat().st_size, sha256_file(self.partial)
-                os.replace(self.partial, self.target)
+                # out (measured); it runs here, beside the encoding of the next file.
+                size, digest = self.partial.stat().st_size, sha256_file(self.partial)
+                if not self._cancelled:  # asked again: the hash takes a while
+                    self.size, self.sha256 = size, digest
+                    os.replace(self.partial, self.target)
         except BaseException as error:  # re-raised by finish() in the writer's thread
             self.error = error
         finally:
+            self.encoded.set()
             while not ended and self._groups.get() is not None:  # drop what is put after a failure
                 pass
             if self.error is not None or self._cancelled:
                 self.partial.unlink(missing_ok=True)
 
+    def end(self) -> None:
+        """No more groups: the file is closed once those put are encoded."""
+        if not self._ending:
+            self._ending = True
+            self._groups.put(None)
+
     def finish(self) -> None:
         """Wait until the file is complete; raise what went wrong writing it."""
-        self._groups.put(None)
+        self.end()
         self._thread.join()
         if self.error is not None:
             raise self.error
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._groups.put(None)
+        self.end()
         self._thread.join()
 
 
@@ -281,6 +295,48 @@ class _RowBuffer:
         self.rows = rest
 
 
+class _GroupCodes:
+    """The arrays the vector codes of row groups are gathered into, reused group after group and
+    file after file: a fresh array for every group would be fresh pages every time, and faulting
+    them in costs the kernel as much as the gather itself. The arrays are handed out in turn; one is
+    refilled only once the group it held is encoded, as long as at most ``GROUPS_QUEUED`` groups
+    wait in a file job's queue and a file's groups are gathered only after the last file is done
+    (the group refilled is then the fourth one back: one is being gathered, two wait, one is being
+    encoded)."""
+
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray] = []
+        self._turn = 0
+
+    def gather(self, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``codes[rows]``, in the next array of the round."""
+        turn, self._turn = self._turn, (self._turn + 1) % (GROUPS_QUEUED + 2)
+        if turn == len(self._arrays):
+            self._arrays.append(codes[:0])
+        held = self._arrays[turn]
+        if held.dtype != codes.dtype or held.shape[1:] != codes.shape[1:] or len(held) < len(rows):
+            self._arrays[turn] = held = np.empty((len(rows), *codes.shape[1:]), dtype=codes.dtype)
+        return np.take(codes, rows, axis=0, out=held[: len(rows)], mode="clip")  # clip: no checks, rows are valid
+
+
+def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _GroupCodes):
+    """The rows of ``table`` in ``order``, as tables of ``rows`` rows each, one made at a time.
+
+    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into the
+    arrays of ``into``: Arrow's take of a fixed-size list goes through one index per element,
+    several times slower. The other columns are gathered by Arrow."""
+    embedding = table.column("embedding")
+    embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
+    codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
+    position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
+    others = table.drop_columns(["embedding"])
+    for start in range(0, table.num_rows, rows):
+        taken = order[start : start + rows]
+        gathered = into.gather(codes, taken)
+        flat = pa.Array.from_buffers(field.type.value_type, gathered.size, [None, pa.py_buffer(gathered)])
+        yield others.take(pa.array(taken)).add_column(position, field, pa.FixedSizeListArray.from_arrays(flat, type=field.type))
+
+
 class ProductWriter:
     """Stream batches of chips into a new product; publish it atomically on :meth:`close`.
 
@@ -357,8 +413,9 @@ class ProductWriter:
         self.staging = Path(staging) if staging is not None else self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
         (self.staging / DATA_DIR).mkdir(parents=True, exist_ok=staging is not None)
         self._pending = _RowBuffer()  # rows of write() not yet in a file
-        self._writing: tuple[_FileJob, _FileRecord] | None = None  # the data file being encoded
+        self._writing: list[tuple[_FileJob, _FileRecord]] = []  # data files begun, not yet recorded; oldest first
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
+        self._group_codes = _GroupCodes()  # the codes of the row groups in flight
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
         self._before_publish: Callable[[], None] | None = None
@@ -580,7 +637,9 @@ class ProductWriter:
             # Stored float32 codes are the vectors themselves: normalise straight into the buffer.
             direct = quant.method == "none" and quant.dtype == "float32"
             vectors = np.divide(vectors, norms[:, None], out=slot if direct else None)
-        codes, row_scale = _quantize.quantize(vectors, quant, finite=True, out=slot)  # checked above
+        # Checked above; the normalised vectors, when not already the codes, are a copy of the writer's own.
+        codes, row_scale = _quantize.quantize(vectors, quant, finite=True, out=slot,
+                                              overwrite_input=norms is not None and not direct)
         first = self._rows_seen
 
         if "geometry" in chips:
@@ -731,6 +790,12 @@ class ProductWriter:
                 f"stored vectors of type {field} do not fit the quantization of {self.path} "
                 f"(fixed_size_list<{self.quantization.dtype}>[{self.quantization.stored_width()}])"
             )
+        embedding = table.column("embedding")
+        if embedding.null_count or any(chunk.flatten().null_count for chunk in embedding.chunks):
+            raise SpecError(
+                f"stored vectors for {self.path / DATA_DIR / name}.parquet hold nulls; every row of a product "
+                "has a vector: drop those rows first"
+            )
         self._rows_seen += table.num_rows
         return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
 
@@ -743,7 +808,6 @@ class ProductWriter:
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
-        bounds = bounds[order]
         types = _geometry.geometry_types(table.column("geometry"))
         file_bbox = (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max()))
         geo = {
@@ -773,9 +837,15 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
-        # One file is encoded at a time, and records keep the order the files were begun in.
-        self._finish_file()
-        name = name or f"part-{len(self._files):05d}.parquet"
+        # One file is encoded at a time (its groups reuse the arrays of the last one's); the last
+        # one's checksum may still be taken meanwhile. Records keep the order files were begun in.
+        self._finish_file(keep=1)
+        if self._writing:
+            job = self._writing[-1][0]
+            job.encoded.wait()
+            if job.error is not None:
+                self._finish_file()  # raises it
+        name = name or f"part-{len(self._files) + len(self._writing):05d}.parquet"
         target = self.staging / DATA_DIR / name
         partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         job = _FileJob(partial, target, schema, {
@@ -786,12 +856,12 @@ class ProductWriter:
         try:
             # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
             # (a view of the row buffer) is no longer needed and the buffer can be refilled.
-            for start in range(0, table.num_rows, self.row_group_size):
+            for group in _ordered_groups(table, order, rows=self.row_group_size, into=self._group_codes):
                 if job.error is not None:
                     break
-                group = table.take(pa.array(order[start : start + self.row_group_size]))
                 sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
                 job.put(group.replace_schema_metadata(metadata))
+            job.end()
         except BaseException:
             job.cancel()
             raise
@@ -803,17 +873,19 @@ class ProductWriter:
             end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
             footer=json.loads(metadata[FOOTER_KEY]), sources=[str(s) for s in sources],
         )
-        self._writing = (job, record)
-        return self._finish_file() if wait else None
+        self._writing.append((job, record))
+        self._finish_file(keep=0 if wait else 1)  # the last file is complete by now, most likely
+        return record if wait else None
 
-    def _finish_file(self) -> "_FileRecord | None":
-        """Wait for the file being written, if any, and record it (its size and checksum are known now)."""
-        if self._writing is None:
-            return None
-        (job, record), self._writing = self._writing, None
-        job.finish()
-        record.bytes, record.sha256 = job.size, job.sha256
-        self._files.append(record)
+    def _finish_file(self, *, keep: int = 0) -> "_FileRecord | None":
+        """Wait for the files being written, oldest first, until ``keep`` are left, and record each
+        (its size and checksum are known now). Returns the last one recorded."""
+        record = None
+        while len(self._writing) > keep:
+            job, record = self._writing.pop(0)
+            job.finish()
+            record.bytes, record.sha256 = job.size, job.sha256
+            self._files.append(record)
         return record
 
     # -- publication ------------------------------------------------------------------------------
@@ -884,9 +956,8 @@ class ProductWriter:
         was handed in (shared by ranks, resumable) is kept: it holds other writers' finished units."""
         self._closed = True
         self._pending = self._unit_rows = _RowBuffer()
-        if self._writing is not None:
-            self._writing[0].cancel()
-            self._writing = None
+        while self._writing:
+            self._writing.pop(0)[0].cancel()
         if self._owns_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
 

@@ -367,3 +367,9 @@ def test_codes_written_into_a_given_array_are_the_returned_codes(method, dtype) 
         same = v.copy()
         assert quantize(same, q, out=same)[0] is same
         np.testing.assert_array_equal(same, v)
+    # Working in the input instead of a copy gives the same codes.
+    scratch = v.copy()
+    worked, worked_scale = quantize(scratch, q, out=np.empty_like(codes), overwrite_input=True)
+    np.testing.assert_array_equal(worked, codes)
+    np.testing.assert_array_equal(worked_scale, scale)
+    assert np.array_equal(scratch, v) == (method in ("none", "binary", "sqrt"))  # the int8 forms worked in it

@@ -452,3 +452,47 @@ def test_normalised_vectors_are_exactly_those_of_numpy_norms(tmp_path):
     got = dict(zip(stored.column("chip_id").to_pylist(), np.stack(stored.column("embedding").to_numpy(zero_copy_only=False))))
     expected = batch["embedding"] / np.linalg.norm(batch["embedding"], axis=1, keepdims=True)
     np.testing.assert_array_equal(np.stack([got[c] for c in batch["chip_id"]]), expected)
+
+
+def test_row_groups_keep_their_own_rows_while_the_encoder_lags(tmp_path, monkeypatch):
+    # The codes of each row group are gathered into one of a few arrays reused in turn: an array
+    # must not be refilled before its group is encoded, nor the next file begun before the last
+    # one is. A slow encoder lets the gathering run as far ahead as it may.
+    import time
+
+    from eoembed._geometry import hilbert_order
+
+    class SlowEncoder(pq.ParquetWriter):
+        def write_table(self, table, row_group_size=None):
+            time.sleep(0.02)
+            super().write_table(table, row_group_size)
+
+    monkeypatch.setattr(pq, "ParquetWriter", SlowEncoder)
+    batch = chips(900, 16, seed=11, unit=False)
+    path = eoembed.write_product(tmp_path / "p", split_batch(batch, [250, 650]), model=model_contract(16),
+                                 normalize=True, max_rows_per_file=400, row_group_size=16)
+    expected = dict(zip(batch["chip_id"], batch["embedding"] / np.linalg.norm(batch["embedding"], axis=1, keepdims=True)))
+    files = sorted((path / "data").glob("*.parquet"))
+    assert len(files) == 3
+    for file in files:
+        stored = pq.read_table(file)
+        vectors = np.stack(stored.column("embedding").to_numpy(zero_copy_only=False))
+        np.testing.assert_array_equal(vectors, np.stack([expected[c] for c in stored.column("chip_id").to_pylist()]))
+        bbox = stored.column("bbox").combine_chunks()
+        bounds = np.stack([bbox.field(k).to_numpy() for k in range(4)], axis=1)
+        np.testing.assert_array_equal(hilbert_order(bounds), np.arange(len(bounds)))  # stored in Hilbert order
+    assert eoembed.validate(path).findings == []
+
+
+def test_stored_rows_with_null_vectors_are_refused_by_file_name(tmp_path):
+    source = write(tmp_path / "source", n=50, dim=16)
+    table = pq.read_table(source / "data" / "part-00000.parquet")
+    vectors = table.column("embedding").combine_chunks()
+    holed = pa.FixedSizeListArray.from_arrays(vectors.flatten(), type=vectors.type, mask=pa.array([i == 7 for i in range(len(vectors))]))
+    table = table.set_column(table.schema.get_field_index("embedding"), "embedding", holed)
+    quantization = eoembed.open(source).quantization
+    with eoembed.ProductWriter(tmp_path / "copy", model=model_contract(16), quantization=quantization, normalize=True) as writer:
+        with pytest.raises(eoembed.SpecError, match=r"data/part-00000\.parquet hold nulls"):
+            writer.write_stored(table, name="part-00000")
+        writer.write_stored(pq.read_table(source / "data" / "part-00000.parquet"), name="part-00000")
+    assert eoembed.validate(tmp_path / "copy").findings == []
