@@ -87,7 +87,7 @@ class Blocks:
         return Blocks(ids.astype(np.int64), self.size, self.metres, self.cell, self.crs)
 
     def describe(self) -> str:
-        return f"blocked, {self.size} blocks" + (f" ({self.metres / 1000:g} km)" if self.size.unit == "cells" else "")
+        return f"blocked, {self.size} blocks" + (f" ({self.metres / 1000:.2g} km)" if self.size.unit == "cells" else "")
 
 
 def grid_blocks(x: np.ndarray, y: np.ndarray, *, edge: float, origin: tuple[float, float]) -> np.ndarray:

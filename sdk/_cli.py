@@ -339,8 +339,9 @@ def _neuco(args: argparse.Namespace) -> int:
     given = {"k_folds": args.k_folds, "epochs": args.epochs, "batch_size": args.batch_size,
              "learning_rate": args.learning_rate, "task_filter": args.task}
     settings = {key: value for key, value in given.items() if value is not None}
+    # The blocked run goes first so that a block that cannot be used fails before the long random run.
     reports = [neuco_evaluate(args.embeddings, tasks=args.annotation_path, config=args.config, block=block, **settings)
-               for block in ([None, args.block] if args.block else [None])]
+               for block in ([args.block, None] if args.block else [None])][::-1]
     if args.json:
         print(json.dumps(reports[0].to_dict() if len(reports) == 1 else {"splits": [r.to_dict() for r in reports]}, indent=2))
     else:
