@@ -9,14 +9,15 @@ product's own CRS (the chips' ``native_crs`` when they share one projected CRS i
 an azimuthal equidistant projection centred on the product, so that a lon/lat product is blocked in
 metres too.
 
-Default block (``DEFAULT_BLOCK``): 2 km. On the NC Landsat-7 scene the excess probability that two
-28.5 m pixels of the wall-to-wall land-cover raster share a class (over the chance of two random
-pixels) falls from 0.48 at 228 m (one 8 px chip) to 0.05 at 1.5 km and 0.02 at 2 km, and the
-correlation of two 8 px chips' band-statistics features falls below 0.1 beyond about 1.5 km (both
-measured by ``benchmarks/fewshot_nc.py --autocorrelation``): blocks of 2 km put chips that still
-share their neighbourhood on the same side. A larger block costs classes with few chips (NC water
-lies in few blocks); pass a smaller block where a class has too few blocks, a larger one for data
-whose autocorrelation reaches further.
+Default block (``DEFAULT_BLOCK``): 2 km, from the spatial autocorrelation of the NC Landsat-7 scene
+(``benchmarks/fewshot_nc.py --autocorrelation``). The mean correlation of two 8 px chips'
+standardised band-statistics vectors is 0.51 for adjacent chips (230 m apart), 0.14 at 1-1.5 km,
+0.08 at 1.5-2 km, 0.04 at 2.5-3.5 km and about 0 beyond 3.5 km; the excess chance that two pixels of
+the land-cover raster share a class falls from 0.28 at 228 m to 0.08 at 2 km. At 2 km most of the
+likeness of neighbours is gone (a sixth of the adjacent chips' correlation is left) while the scene
+still holds 42 blocks, enough for its rarest class (water, 26 chips) to keep its support and query
+chips apart; larger blocks remove the rest of the likeness at the cost of the rare classes. Data
+whose autocorrelation reaches further (coarser pixels, larger fields) needs a larger block.
 """
 
 from __future__ import annotations

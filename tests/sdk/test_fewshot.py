@@ -217,3 +217,26 @@ def test_cli_on_the_land_cover_raster_prints_both_splits(nc_stats_product, share
     assert "smaller block" in capsys.readouterr().err
     assert main(["fewshot", *args[:-2], "--split", "random", "--json"]) == 0
     assert [s["split"] for s in json.loads(capsys.readouterr().out)["splits"]] == ["random"]
+
+
+@pytest.mark.parametrize("native_crs,metric", [("EPSG:32617", "EPSG:32617"), ("EPSG:4326", "aeqd")])
+def test_blocks_are_squares_in_metres_whatever_the_crs(tmp_path, native_crs, metric):
+    import pyproj
+    import shapely
+
+    from tests.factories import chips, model_contract
+
+    batch = {**chips(400, 8), "native_crs": native_crs}
+    product = eoembed.open(eoembed.write_product(tmp_path / "p", batch, model=model_contract(8)))
+    blocks = eoembed.spatial_blocks(product, block="5km")
+    assert metric in blocks.crs  # UTM chips in their own CRS; lon/lat chips in a local equidistant one
+    _, footprints = eoembed._labels.chip_footprints(product)
+    centres = shapely.centroid(footprints)
+    lon, lat = shapely.get_x(centres), shapely.get_y(centres)
+    geod = pyproj.Geod(ellps="WGS84")
+    for block in range(blocks.count):
+        members = np.flatnonzero(blocks.ids == block)
+        a, b = np.meshgrid(members, members)
+        _, _, distance = geod.inv(lon[a.ravel()], lat[a.ravel()], lon[b.ravel()], lat[b.ravel()])
+        assert distance.max() < 5000 * np.sqrt(2) * 1.01  # within one 5 km square (1 % for the projection's scale)
+    assert 4 <= blocks.count <= 36  # chips over about 18 x 22 km
