@@ -46,6 +46,12 @@ class BlockSize:
             return f"{self.value:g} cells"
         return f"{self.value / 1000:g} km" if self.value >= 1000 else f"{self.value:g} m"
 
+    def option(self) -> str:
+        """The size as an option value: ``2km``, ``500m``, ``8cells``."""
+        if self.unit == "cells":
+            return f"{self.value:g}cells"
+        return f"{self.value / 1000:g}km" if self.value >= 1000 else f"{self.value:g}m"
+
     def metres(self, cell: float) -> float:
         """The edge in metres for chips ``cell`` metres wide."""
         return self.value * cell if self.unit == "cells" else self.value

@@ -23,7 +23,6 @@ over the queries it has, and the report gives the mean queries per class.
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from ._blocks import DEFAULT_BLOCK, Blocks
+from ._blocks import DEFAULT_BLOCK, Blocks, BlockSize
 from ._errors import EoembedError, FewShotWarning, LabelError, SpatialBlockError
 from ._optional import require
 
@@ -235,7 +234,8 @@ def _episode_indices(class_rows: list[np.ndarray], chip_blocks: np.ndarray, *, s
     return support.reshape(episodes, -1), query.reshape(episodes, -1)
 
 
-def _check_blocks(class_rows: list[np.ndarray], chip_blocks: np.ndarray, *, shots: int, classes: list[str], split: str) -> None:
+def _check_blocks(class_rows: list[np.ndarray], chip_blocks: np.ndarray, *, shots: int, classes: list[str], split: str,
+                  smaller: str) -> None:
     """A class needs its shots outside at least one block of its own that can give the query."""
     for name, rows in zip(classes, class_rows):
         held, per_block = np.unique(chip_blocks[rows], return_counts=True)
@@ -243,15 +243,7 @@ def _check_blocks(class_rows: list[np.ndarray], chip_blocks: np.ndarray, *, shot
             raise SpatialBlockError(
                 f"{shots}-shot, {split}: class {name!r} has {len(rows)} chips in {len(held)} block(s) "
                 f"(at most {len(rows) - per_block.min()} outside its smallest block), too few for {shots} support chips "
-                f"and a query chip in different blocks; use a smaller block (e.g. --block {_smaller(split)}) or fewer --shots")
-
-
-def _smaller(split: str) -> str:
-    match = re.search(r"([\d.]+) (km|m|cells)", split)
-    if not match:
-        return "1km"
-    value, unit = float(match[1]), match[2]
-    return f"{value / 2:g}{unit}"
+                f"and a query chip in different blocks; use a smaller block (e.g. --block {smaller}) or fewer --shots")
 
 
 def macro_f1(pred, truth, n_classes: int, valid=None):
@@ -309,7 +301,7 @@ def fewshot(
     labels = np.asarray([str(v) for v in np.asarray(labels, dtype=object).tolist()], dtype=object)
     if x.ndim != 2 or len(x) != len(labels):
         raise LabelError(f"features have shape {tuple(x.shape)} but there are {len(labels)} labels; give (n, D) features and n labels")
-    split, chip_blocks = _split(blocks, len(labels))
+    split, chip_blocks, smaller = _split(blocks, len(labels))
     if standardize:
         mean, std = standardizer(x)
         x = (x - mean) / std
@@ -337,7 +329,7 @@ def fewshot(
             report.warnings.append(message)
         class_rows_used = [class_rows[classes.index(c)] for c in used]
         if blocks is not None:
-            _check_blocks(class_rows_used, chip_blocks, shots=s, classes=used, split=split)
+            _check_blocks(class_rows_used, chip_blocks, shots=s, classes=used, split=split, smaller=smaller)
         support, query = _episode_indices(class_rows_used, chip_blocks, shots=s, queries=queries, episodes=episodes,
                                           seed=seed, classes=used)
         support_y = torch.arange(len(used), device=device).repeat_interleave(s).expand(episodes, -1)
@@ -356,18 +348,20 @@ def fewshot(
     return report
 
 
-def _split(blocks, n: int) -> tuple[str, np.ndarray]:
-    """The split's name and each chip's block; the random split puts every chip in a block of its own."""
+def _split(blocks, n: int) -> tuple[str, np.ndarray, str]:
+    """The split's name, each chip's block and a smaller block to suggest; the random split puts
+    every chip in a block of its own."""
     if blocks is None:
-        return "random", np.arange(n, dtype=np.int64)
+        return "random", np.arange(n, dtype=np.int64), ""
     if isinstance(blocks, Blocks):
         name, ids = blocks.describe(), blocks.ids
+        smaller = BlockSize(blocks.size.value / 2, blocks.size.unit).option()
     else:
-        name, ids = "blocked", np.asarray(blocks)
+        name, ids, smaller = "blocked", np.asarray(blocks), "1km"
     if ids.shape != (n,):
         raise SpatialBlockError(f"blocks give {ids.shape[0] if ids.ndim else 0} chips a block but there are {n} labels; give one block per chip")
     _, ids = np.unique(ids, return_inverse=True)
-    return name, ids.reshape(-1).astype(np.int64)
+    return name, ids.reshape(-1).astype(np.int64), smaller
 
 
 def splits_table(reports: Sequence[FewShotReport]) -> str:

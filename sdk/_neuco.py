@@ -96,7 +96,7 @@ def read_tasks(folder: str | os.PathLike) -> list[Task]:
         tasks.append(Task(name, TASK_TYPES[kind], ids, labels))
     if not tasks:
         raise TaskConfigError(f"{folder} holds no <task>__<type>.csv file")
-    return tasks
+    return sorted(tasks, key=lambda task: task.name)  # their groupby("task_name") order
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
