@@ -208,6 +208,7 @@ def _episode_indices(class_rows: list[np.ndarray], chip_blocks: np.ndarray, *, s
     for e in range(episodes):
         for _ in range(tries):
             state[:] = 0
+            query[e] = -1  # a failed try must leave no query behind
             failed = None
             for c in order:
                 permutation = rng.permutation(len(class_rows[c]))

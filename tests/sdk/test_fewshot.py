@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import eoembed
@@ -120,23 +120,30 @@ def _shared_blocks(chip_blocks, support, query):
             if set(chip_blocks[support[e]].tolist()) & set(chip_blocks[query[e][query[e] >= 0]].tolist())]
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(2, 4), st.integers(1, 5), st.integers(0, 2**16))
-def test_blocked_episodes_never_share_a_block(classes, shots, seed):
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 5), st.integers(1, 30), st.integers(3, 12), st.integers(0, 2**16))
+@example(classes=3, shots=3, queries=30, n_blocks=6, seed=141)  # drawn again after a failed try, which once left its queries behind
+def test_blocked_episodes_never_share_a_block(classes, shots, queries, n_blocks, seed):
     rng = np.random.default_rng(seed)
     n = 40 * classes
     labels = rng.integers(0, classes, n)
-    chip_blocks = rng.integers(0, 12, n)
+    chip_blocks = rng.integers(0, n_blocks, n)
     rows = [np.flatnonzero(labels == c) for c in range(classes)]
     try:
-        support, query = _episode_indices(rows, chip_blocks, shots=shots, queries=6, episodes=20, seed=seed,
+        support, query = _episode_indices(rows, chip_blocks, shots=shots, queries=queries, episodes=20, seed=seed,
                                           classes=[str(c) for c in range(classes)])
     except eoembed.SpatialBlockError:
         return  # a draw this crowded may find no episode; the NC test below needs one
     assert not _shared_blocks(chip_blocks, support, query)
     per_class = support.reshape(20, classes, shots)
     assert all((labels[per_class[:, c]] == c).all() for c in range(classes))  # every class has its shots
-    assert (query.reshape(20, classes, 6)[:, :, 0] >= 0).all()  # and at least one query
+    asked = query.reshape(20, classes, queries)
+    assert (asked[:, :, 0] >= 0).all()  # and at least one query
+    for e in range(20):
+        for c in range(classes):
+            chips = asked[e, c][asked[e, c] >= 0]
+            assert (labels[chips] == c).all() and len(set(chips.tolist())) == len(chips)
+            assert not set(chips.tolist()) & set(per_class[e, c].tolist())
 
 
 @pytest.fixture(scope="module")
