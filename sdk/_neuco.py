@@ -150,7 +150,7 @@ class NeucoReport:
         return {"split": self.split, "settings": self.settings, "tasks": [asdict(t) for t in self.tasks], "mean_q": self.mean_q}
 
     def table(self) -> str:
-        lines = [f"NeuCo-Bench, {self.split} folds ({self.settings.get('k_folds')} x {TEST_SIZE:.0%} held out)",
+        lines = [f"NeuCo-Bench, {self.split} split: {self.settings.get('k_folds')} folds of {TEST_SIZE:.0%} held out",
                  f"{'task':<24} {'type':<14} {'n':>6} {'metric':>6} {'mean':>7} {'std':>7} {'Q':>8}"]
         for t in self.tasks:
             lines.append(f"{t.name:<24} {t.kind:<14} {t.samples:>6} {t.metric:>6} {t.mean:>7.3f} {t.std:>7.3f} {t.q:>8.2f}")
