@@ -239,18 +239,18 @@ def _probe_fold(x, y, train, test, *, kind: str, settings: dict[str, Any], gener
         torch.nn.init.kaiming_uniform_(probe.weight, a=math.sqrt(5), generator=generator)
         torch.nn.init.uniform_(probe.bias, -1 / math.sqrt(dim), 1 / math.sqrt(dim), generator=generator)
     probe = probe.to(device)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=settings["learning_rate"])
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=float(settings["learning_rate"]))  # YAML reads 1e-3 as text
     loss_fn = torch.nn.BCEWithLogitsLoss() if kind == "classification" else torch.nn.MSELoss()
     score = _f1 if kind == "classification" else _r2
     data = _Rows(x, y)
 
     def loader(rows):
-        return DataLoader(data, batch_size=settings["batch_size"], sampler=SubsetRandomSampler(rows.tolist(), generator=generator),
+        return DataLoader(data, batch_size=int(settings["batch_size"]), sampler=SubsetRandomSampler(rows.tolist(), generator=generator),
                           generator=generator, collate_fn=lambda batch: batch)
 
     train_loader, test_loader = loader(train), loader(test)
     best = float("-inf")
-    for _ in range(settings["epochs"]):
+    for _ in range(int(settings["epochs"])):
         probe.train()
         for features, target in train_loader:
             loss = loss_fn(probe(features).view(-1), target)

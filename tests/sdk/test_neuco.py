@@ -141,7 +141,7 @@ def test_cli_in_the_authors_form(nc_tasks, tmp_path, capsys):
     product, folder = nc_tasks
     csv_path = eoembed.write_embed2scale(product, tmp_path / "submission.csv")
     config = tmp_path / "config.yaml"  # their sample config's keys, plots and leaderboard off
-    config.write_text("embedding_dim: 1024\nbatch_size: 64\nepochs: 2\nlearning_rate: 0.001\nk_folds: 2\n"
+    config.write_text("embedding_dim: 1024\nbatch_size: 64\nepochs: 2\nlearning_rate: 1e-3\nk_folds: 2\n"  # YAML: 1e-3 is text
                       "standardize_embeddings: true\nnormalize_labels: true\nenable_plots: false\n"
                       "update_leaderboard: false\ntask_filter: false\n")
     assert main(["neuco", str(csv_path), "--annotation-path", str(folder), "--config", str(config)]) == 0
