@@ -46,6 +46,7 @@ from ._errors import (
     SourceDefectError,
     SourceFormatError,
     SourceNotFoundError,
+    SpatialBlockError,
     SpecError,
     SqlRefusedError,
     SubmissionFormatError,
@@ -57,10 +58,11 @@ from ._errors import (
 from ._copy import copy
 from ._embed2scale import read_embed2scale, write_embed2scale
 from ._exchange import append, merge, subset
-from ._fewshot import FewShotReport, fewshot, fewshot_product
+from ._blocks import spatial_blocks
+from ._fewshot import FewShotReport, fewshot, fewshot_product, fewshot_splits, splits_table
 from ._grid import get_grid, list_grids
 from .importers import ImportReport, import_product, list_importers
-from ._labels import LabelledChips, join_labels, read_labels
+from ._labels import LabelledChips, join_labels, raster_labels, read_labels
 from ._neuco import NeucoReport, neuco_evaluate
 from ._predict import draw_map, predict
 from ._preview import Preview, preview
@@ -109,6 +111,7 @@ __all__ = [
     "SourceDefectError",
     "SourceFormatError",
     "SourceNotFoundError",
+    "SpatialBlockError",
     "SpecError",
     "SqlRefusedError",
     "SubmissionFormatError",
@@ -122,6 +125,7 @@ __all__ = [
     "draw_map",
     "fewshot",
     "fewshot_product",
+    "fewshot_splits",
     "fit_quantization",
     "get_grid",
     "copy",
@@ -135,9 +139,12 @@ __all__ = [
     "predict",
     "preview",
     "quantize",
+    "raster_labels",
     "read_embed2scale",
     "read_footer",
     "read_labels",
+    "spatial_blocks",
+    "splits_table",
     "sql",
     "subset",
     "validate",

@@ -273,28 +273,41 @@ def _shot_list(text: str) -> list[int]:
     return shots
 
 
+def _class_names(text: str) -> dict[int, str]:
+    names = {}
+    for item in text.split(","):
+        code, sep, name = item.partition("=")
+        if not sep or not code.strip().lstrip("-").isdigit() or not name.strip():
+            raise argparse.ArgumentTypeError(f"--classes takes CODE=NAME pairs such as 1=developed,5=forest, not {item!r}")
+        names[int(code)] = name.strip()
+    return names
+
+
 def _fewshot(args: argparse.Namespace) -> int:
     import json
     import warnings
 
     from ._errors import FewShotWarning
-    from ._fewshot import fewshot_product
+    from ._fewshot import fewshot_splits, splits_table
 
+    splits = {"both": [args.block, None], "blocked": [args.block], "random": [None]}[args.split]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FewShotWarning)
-        report = fewshot_product(args.product, args.labels, label_field=args.label_field, min_overlap=args.min_overlap,
-                                 drop_classes=args.drop, labels_crs=args.labels_crs, shots=args.shots, method=args.method,
-                                 episodes=args.episodes, queries=args.queries, seed=args.seed, k=args.k)
+        reports = fewshot_splits(args.product, args.labels, label_field=args.label_field, min_overlap=args.min_overlap,
+                                 drop_classes=args.drop, labels_crs=args.labels_crs, purity=args.purity, classes=args.classes,
+                                 splits=splits, shots=args.shots, method=args.method, episodes=args.episodes,
+                                 queries=args.queries, seed=args.seed, k=args.k)
+    told = {w for report in reports for w in report.warnings}
     for warning in caught:
-        if issubclass(warning.category, FewShotWarning) and str(warning.message) not in report.warnings:
+        if issubclass(warning.category, FewShotWarning) and str(warning.message) not in told:
             print(f"warning: {warning.message}", file=sys.stderr)
     if args.plot:
-        report.plot(args.plot)
+        reports[0].plot(args.plot)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({"splits": [report.to_dict() for report in reports]}, indent=2))
     else:
-        print(_without_warnings(report.table()))
-        for message in report.warnings:
+        print(_without_warnings(splits_table(reports)))
+        for message in dict.fromkeys(w for report in reports for w in report.warnings):
             print(f"warning: {message}", file=sys.stderr)
     return 0
 
@@ -313,7 +326,7 @@ def _predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always", FewShotWarning)
         out = predict(args.product, args.labels, out=args.out, label_field=args.label_field, method=args.method,
                       min_overlap=args.min_overlap, drop_classes=args.drop, labels_crs=args.labels_crs,
-                      map_path=args.map, k=args.k)
+                      purity=args.purity, classes=args.classes, map_path=args.map, k=args.k)
     for warning in caught:
         if issubclass(warning.category, FewShotWarning):
             print(f"warning: {warning.message}", file=sys.stderr)
@@ -326,8 +339,16 @@ def _neuco(args: argparse.Namespace) -> int:
 
     from ._neuco import neuco_evaluate
 
-    report = neuco_evaluate(args.embeddings, config=args.config)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+    given = {"k_folds": args.k_folds, "epochs": args.epochs, "batch_size": args.batch_size,
+             "learning_rate": args.learning_rate, "task_filter": args.task}
+    settings = {key: value for key, value in given.items() if value is not None}
+    # The blocked run goes first so that a block that cannot be used fails before the long random run.
+    reports = [neuco_evaluate(args.embeddings, tasks=args.annotation_path, config=args.config, block=block, **settings)
+               for block in ([args.block, None] if args.block else [None])][::-1]
+    if args.json:
+        print(json.dumps(reports[0].to_dict() if len(reports) == 1 else {"splits": [r.to_dict() for r in reports]}, indent=2))
+    else:
+        print("\n\n".join(report.table() for report in reports))
     return 0
 
 
@@ -400,10 +421,17 @@ def add_import_commands(sub) -> None:
 
 
 def add_fewshot_commands(sub) -> None:
+    from ._blocks import DEFAULT_BLOCK
+
     def labels_options(p) -> None:
         p.add_argument("product", help="product folder")
-        p.add_argument("--labels", required=True, help="GeoJSON, GeoPackage, shapefile or GeoParquet of points or polygons")
-        p.add_argument("--label-field", required=True, help="the column holding the class")
+        p.add_argument("--labels", required=True, help="GeoJSON, GeoPackage, shapefile or GeoParquet of points or polygons, "
+                                                      "or a single-band class raster (GeoTIFF)")
+        p.add_argument("--label-field", help="the column holding the class (vector labels)")
+        p.add_argument("--purity", type=float, default=0.6,
+                       help="class raster: least share of a chip's pixels in its majority class (default: %(default)s)")
+        p.add_argument("--classes", type=_class_names, metavar="CODE=NAME,...",
+                       help="class raster: names of the codes (default: the raster's category names, else the codes)")
         p.add_argument("--labels-crs", help="CRS of the label file when it declares none (e.g. EPSG:32119)")
         p.add_argument("--min-overlap", type=float, default=0.5, help="fraction of a chip a polygon must cover (default: %(default)s)")
         p.add_argument("--drop", action="append", default=[], metavar="CLASS", help="leave out a class; repeat")
@@ -416,7 +444,12 @@ def add_fewshot_commands(sub) -> None:
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--queries", type=int, default=15, help="query chips per class and episode (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", metavar="FILE.png", help="also draw accuracy (and macro-F1) against shots here")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw accuracy (and macro-F1) against shots here (first split)")
+    p.add_argument("--block", default=DEFAULT_BLOCK, metavar="SIZE",
+                   help="spatial block edge, e.g. 2km, 500m or 8cells (chips); support and query chips never share a "
+                        "block (default: %(default)s, the NC scene's autocorrelation range)")
+    p.add_argument("--split", choices=["both", "blocked", "random"], default="both",
+                   help="blocked split, random split, or both side by side (default: %(default)s)")
     p.set_defaults(func=_fewshot)
 
     p = sub.add_parser("predict", help="train on the labelled chips and map a class onto every chip")
@@ -428,7 +461,16 @@ def add_fewshot_commands(sub) -> None:
 
     p = sub.add_parser("neuco", help="NeuCo-Bench (Embed2Scale) linear-probe scores of a product or submission CSV")
     p.add_argument("embeddings", help="product folder or submission CSV")
-    p.add_argument("--config", required=True, help="TOML task file (see eoembed._neuco)")
+    p.add_argument("--annotation-path", required=True, metavar="FOLDER",
+                   help="folder of <task>__<type>.csv task files (columns id, label; type classification or regression)")
+    p.add_argument("--config", metavar="CONFIG.yaml", help="NeuCo-Bench YAML config (k_folds, epochs, batch_size, learning_rate, ...)")
+    p.add_argument("--k-folds", type=int, help="shuffle-split folds (NeuCo-Bench: 40)")
+    p.add_argument("--epochs", type=int, help="probe epochs per fold (NeuCo-Bench: 20)")
+    p.add_argument("--batch-size", type=int, help="probe batch size (NeuCo-Bench: 64)")
+    p.add_argument("--learning-rate", type=float, help="AdamW learning rate (NeuCo-Bench: 0.001)")
+    p.add_argument("--task", action="append", metavar="NAME", help="score only this task; repeat (NeuCo-Bench's task_filter)")
+    p.add_argument("--block", metavar="SIZE", help="products: also score folds that hold out spatial blocks of SIZE "
+                                                   "(e.g. 2km, 8cells) beside NeuCo-Bench's random folds")
     p.set_defaults(func=_neuco)
 
     p = sub.add_parser("embed2scale", help="export a product to an Embed2Scale submission CSV, or import one")

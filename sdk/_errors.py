@@ -108,6 +108,11 @@ class LabelsOutsideProductError(LabelError):
     """No label geometry lies inside the product's extent; the message gives both extents."""
 
 
+class SpatialBlockError(LabelError):
+    """A block size that cannot be read, or blocks too large for a split: a class whose chips lie in
+    too few blocks to keep its support and query chips apart; the message names the class."""
+
+
 class LabelFieldError(EoembedError, KeyError):
     """A label column that the label file does not have; the message lists the columns it has."""
 

@@ -1,12 +1,20 @@
-"""Labels from vector files, joined spatially to the chips of a product.
+"""Labels for the chips of a product: from vector files joined spatially, or from a class raster.
 
 Points label the chip that contains them; polygons label every chip whose area they cover by at
 least ``min_overlap`` (a fraction of the chip). Labels in any CRS are reprojected to OGC:CRS84, the
 CRS of every product's geometry column, before joining.
+
+A class raster (any single-band GeoTIFF of class codes, e.g. a wall-to-wall land-cover map) labels
+every chip it covers with the majority class of the pixels whose centres lie in the chip's footprint
+(the footprint reprojected to the raster's CRS, the raster read in one window over the product):
+when at least ``min_valid`` of those pixels hold a class (not nodata) and the majority class holds
+at least ``purity`` of them. Class names come from ``classes`` (code -> name) or from the raster's
+GDAL category names (its ``.aux.xml``), else the codes themselves.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -75,8 +83,9 @@ class LabelledChips:
     rows: np.ndarray  # int64 positions in product order (the order of Product.to_numpy())
     chip_ids: np.ndarray  # object array of str
     labels: np.ndarray  # object array of str
-    joined_labels: int  # label geometries that reached at least one chip
-    total_labels: int
+    joined_labels: int  # label geometries that reached at least one chip (raster: chips labelled)
+    total_labels: int  # raster: chips the raster covers
+    purity: np.ndarray | None = None  # raster: share of the majority class in each labelled chip
 
     @property
     def classes(self) -> list[str]:
@@ -88,7 +97,8 @@ class LabelledChips:
 
     def without(self, classes: Sequence[str]) -> "LabelledChips":
         keep = ~np.isin(self.labels.astype(str), [str(c) for c in classes])
-        return LabelledChips(self.rows[keep], self.chip_ids[keep], self.labels[keep], self.joined_labels, self.total_labels)
+        return LabelledChips(self.rows[keep], self.chip_ids[keep], self.labels[keep], self.joined_labels, self.total_labels,
+                             None if self.purity is None else self.purity[keep])
 
 
 def chip_footprints(product) -> tuple[np.ndarray, np.ndarray]:
@@ -174,3 +184,140 @@ def join_labels(product, labels, *, label_field: str = "label", min_overlap: flo
     return LabelledChips(rows=rows, chip_ids=ids[rows], labels=np.array([labelled[r] for r in rows.tolist()], dtype=object),
                          joined_labels=int(reached.sum()), total_labels=len(geoms))
 
+
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
+
+
+def is_raster(labels: Any) -> bool:
+    return isinstance(labels, (str, os.PathLike)) and Path(labels).suffix.lower() in RASTER_SUFFIXES
+
+
+def label_chips(product, labels, *, label_field: str | None = None, min_overlap: float = 0.5, crs: Any = None,
+                purity: float = 0.6, min_valid: float = 0.9, classes: dict[Any, str] | None = None) -> LabelledChips:
+    """Labels of ``product``'s chips from a class raster (:func:`raster_labels`) or a vector file (:func:`join_labels`)."""
+    if is_raster(labels):
+        return raster_labels(product, labels, purity=purity, min_valid=min_valid, classes=classes)
+    if label_field is None:
+        raise LabelFieldError(f"{labels} is a vector label file: name the column holding the class (--label-field NAME)")
+    return join_labels(product, labels, label_field=label_field, min_overlap=min_overlap, crs=crs)
+
+
+def category_names(path: str | os.PathLike, *, band: int = 1) -> dict[int, str]:
+    """GDAL's category names of ``band`` (from the raster's ``.aux.xml``), code -> name; empty when it has none."""
+    import xml.etree.ElementTree as ElementTree
+
+    aux = Path(f"{path}.aux.xml")
+    if not aux.exists():
+        return {}
+    try:
+        root = ElementTree.parse(aux).getroot()
+    except ElementTree.ParseError as error:
+        raise LabelError(f"{aux} is not valid XML ({error}); fix or delete it, or name the classes (--classes)") from error
+    for element in root.iter("PAMRasterBand"):
+        if int(element.get("band", "1")) == band:
+            names = [c.text or "" for c in element.iter("Category")]
+            return {code: name for code, name in enumerate(names) if name}
+    return {}
+
+
+def _class_names(path, classes: dict[Any, str] | None) -> dict[int, str]:
+    if classes is None:
+        return category_names(path)
+    try:
+        return {int(code): str(name) for code, name in classes.items()}
+    except (TypeError, ValueError):
+        raise LabelError(f"classes must map integer class codes to names, e.g. {{1: 'developed'}}, got {classes!r}") from None
+
+
+def raster_labels(product, raster: str | os.PathLike, *, purity: float = 0.6, min_valid: float = 0.9,
+                  classes: dict[Any, str] | None = None) -> LabelledChips:
+    """Label every chip of ``product`` by the majority class of a single-band class raster under its footprint.
+
+    ``purity``: the least share of the majority class among the chip's class pixels (0.6, as the
+    shipped NC chip set used); ``min_valid``: the least share of the chip's pixels that hold a class;
+    ``classes``: code -> name (default: the raster's category names, else the codes).
+    """
+    import pyproj
+    import shapely
+
+    rasterio = require("rasterio", extra="fewshot")
+    from rasterio.windows import Window, from_bounds
+
+    if not 0 < purity <= 1 or not 0 <= min_valid <= 1:
+        raise LabelError(f"purity must lie in (0, 1] and min_valid in [0, 1], got {purity} and {min_valid}")
+    path = Path(raster)
+    if not path.exists():
+        raise LabelError(f"class raster {path} does not exist")
+    names = _class_names(path, classes)
+    ids, footprints = chip_footprints(product)
+    if not len(footprints):
+        raise LabelError(f"{product.path} holds no chips to label")
+    with rasterio.open(path) as src:
+        if src.count != 1:
+            raise LabelError(f"{path} has {src.count} bands; a class raster has one band of class codes")
+        if src.crs is None:
+            raise LabelCRSError(f"{path} declares no CRS; set it (e.g. rio edit-info --crs EPSG:32119 {path.name})")
+        if src.transform.b or src.transform.d:
+            raise LabelError(f"{path} is rotated (its geotransform has shear terms); warp it north-up first")
+        to_raster = pyproj.Transformer.from_crs("OGC:CRS84", src.crs.to_wkt(), always_xy=True)
+        local = shapely.transform(footprints, lambda xy: np.stack(to_raster.transform(xy[:, 0], xy[:, 1]), axis=1))
+        bounds = shapely.bounds(local)
+        extent = (bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max())
+        wanted = from_bounds(*extent, transform=src.transform)
+        col0, row0 = max(0, math.floor(wanted.col_off)), max(0, math.floor(wanted.row_off))
+        col1 = min(src.width, math.ceil(wanted.col_off + wanted.width))
+        row1 = min(src.height, math.ceil(wanted.row_off + wanted.height))
+        if col1 <= col0 or row1 <= row0:
+            raise LabelsOutsideProductError(f"{path} does not cover {product.path}: the chips lie at {tuple(round(v, 1) for v in extent)} "
+                                            f"in {src.crs.to_string()}, the raster at {tuple(round(v, 1) for v in src.bounds)}")
+        window = Window(col0, row0, col1 - col0, row1 - row0)
+        codes = src.read(1, window=window, masked=True)
+        t = src.transform
+        grid = (t.a, t.e, t.c + col0 * t.a, t.f + row0 * t.e)  # pixel size and the window's corner (north-up)
+    code, share, covered = _majorities(codes, grid, local, bounds, min_valid=min_valid)
+    rows = np.flatnonzero(covered & (share >= purity))
+    if not len(rows):
+        raise LabelError(f"no chip of {product.path} has a class covering {purity:.0%} of its pixels in {path}"
+                         + ("; lower purity" if covered.any() else f" (none has {min_valid:.0%} of its pixels classed: lower min_valid)"))
+    return LabelledChips(rows=rows.astype(np.int64), chip_ids=ids[rows],
+                         labels=np.array([names.get(int(c), str(int(c))) for c in code[rows]], dtype=object),
+                         joined_labels=len(rows), total_labels=int(covered.sum()), purity=share[rows])
+
+
+def _majorities(codes, grid: tuple[float, float, float, float], footprints, bounds, *, min_valid: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(majority code, its share of the class pixels, enough class pixels) of each footprint, pixels counted by centre."""
+    import shapely
+
+    values = np.ma.getdata(codes).astype(np.int64)
+    classed = ~np.ma.getmaskarray(codes)
+    height, width = values.shape
+    a, e, x0, y0 = grid
+    # Pixel j's centre is x0 + (j + 0.5) a: the columns (rows) whose centres lie within each footprint's bounds.
+    cols = np.sort(np.stack([(bounds[:, 0] - x0) / a - 0.5, (bounds[:, 2] - x0) / a - 0.5], axis=1), axis=1)
+    rows = np.sort(np.stack([(bounds[:, 1] - y0) / e - 0.5, (bounds[:, 3] - y0) / e - 0.5], axis=1), axis=1)
+    j0, j1 = np.ceil(cols[:, 0]).astype(np.int64), np.floor(cols[:, 1]).astype(np.int64) + 1
+    i0, i1 = np.ceil(rows[:, 0]).astype(np.int64), np.floor(rows[:, 1]).astype(np.int64) + 1
+    # Pixels outside the raster hold no class: they count towards min_valid as unclassed.
+    expected = np.clip(j1 - j0, 0, None) * np.clip(i1 - i0, 0, None)
+    j0, j1, i0, i1 = np.clip(j0, 0, width), np.clip(j1, 0, width), np.clip(i0, 0, height), np.clip(i1, 0, height)
+    rectangles = np.isclose(shapely.area(footprints), (bounds[:, 2] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 1]), rtol=1e-6)
+    code = np.zeros(len(footprints), dtype=np.int64)
+    share = np.zeros(len(footprints))
+    covered = np.zeros(len(footprints), dtype=bool)
+    for n in range(len(footprints)):
+        if j1[n] <= j0[n] or i1[n] <= i0[n]:
+            continue
+        within, pixels = np.ones((i1[n] - i0[n], j1[n] - j0[n]), dtype=bool), expected[n]
+        if not rectangles[n]:  # a footprint skewed by the reprojection: only the centres inside it count
+            jj, ii = np.meshgrid(np.arange(j0[n], j1[n]), np.arange(i0[n], i1[n]))
+            within = shapely.contains_xy(footprints[n], x0 + (jj + 0.5) * a, y0 + (ii + 0.5) * e)
+            pixels = within.sum()
+        inside = within & classed[i0[n]:i1[n], j0[n]:j1[n]]
+        found = values[i0[n]:i1[n], j0[n]:j1[n]][inside]
+        if not len(found) or len(found) < min_valid * pixels:
+            continue
+        classes, counts = np.unique(found, return_counts=True)
+        best = int(counts.argmax())  # a tie goes to the smallest code
+        code[n], share[n], covered[n] = classes[best], counts[best] / len(found), True
+    return code, share, covered

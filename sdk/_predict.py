@@ -56,6 +56,8 @@ def predict(
     min_overlap: float = 0.5,
     drop_classes: Sequence[str] = (),
     labels_crs: Any = None,
+    purity: float = 0.6,
+    classes: dict[Any, str] | None = None,
     map_path: str | os.PathLike | None = None,
     k: int = 5,
     batch_size: int = 65536,
@@ -63,18 +65,18 @@ def predict(
 ) -> Path:
     """Fit ``method`` on every labelled chip and write the class of every chip of ``product`` to ``out``.
 
-    ``labels`` is a label file or GeoDataFrame (joined with :func:`join_labels`) or a
-    :class:`LabelledChips`. Features are standardised with the whole product's mean and std.
+    ``labels`` is a label file or GeoDataFrame (joined with :func:`join_labels`), a class raster
+    (:func:`~eoembed._labels.raster_labels`, ``purity`` and ``classes``) or a :class:`LabelledChips`. Features are standardised with the whole product's mean and std.
     ``map_path`` also draws the classes as a PNG map.
     """
     torch = require("torch", extra="learn")
 
-    from ._labels import LabelledChips, join_labels
+    from ._labels import LabelledChips, label_chips
     from ._write import bbox_type, crs84_projjson
 
     product = product if isinstance(product, Product) else Product(product)
-    joined = labels if isinstance(labels, LabelledChips) else join_labels(
-        product, labels, label_field=label_field, min_overlap=min_overlap, crs=labels_crs)
+    joined = labels if isinstance(labels, LabelledChips) else label_chips(
+        product, labels, label_field=label_field, min_overlap=min_overlap, crs=labels_crs, purity=purity, classes=classes)
     joined = joined.without(drop_classes)
     classes = joined.classes
     device = pick_device(device)

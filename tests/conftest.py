@@ -44,6 +44,9 @@ def stac_mirror(shared: Path) -> Path:
 NC_SCENE = "imagery/nc_landsat7_landclass96/landsat_multiband.tif"
 NC_CHIP_LABELS = "fewshot/nc_landclass96/chips.parquet"
 NC_POINTS = "imagery/nc_landsat7_landclass96/landsat96_points.shp"
+NC_STRATA = "imagery/nc_landsat7_landclass96/strata.tif"
+# The landclass96 classes of strata.tif (MANIFEST of ../shared/data).
+NC_STRATA_CLASSES = {1: "developed", 2: "agriculture", 3: "herbaceous", 4: "shrubland", 5: "forest", 6: "water", 7: "sediment"}
 
 
 @pytest.fixture(scope="session")

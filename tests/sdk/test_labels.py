@@ -1,4 +1,5 @@
-"""Labels from vector files joined to the chips of a real product (NC Landsat-7, stats encoder)."""
+"""Labels from vector files joined to the chips of a real product (NC Landsat-7, stats encoder), and
+from the scene's wall-to-wall land-cover raster."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import shapely
 
 import eoembed
-from tests.conftest import NC_CHIP_LABELS, NC_POINTS
+from tests.conftest import NC_CHIP_LABELS, NC_POINTS, NC_SCENE, NC_STRATA, NC_STRATA_CLASSES
 
 # Majority classes of the 2,255 labelled chips (MANIFEST of fewshot/nc_landclass96).
 CHIP_COUNTS = {"developed": 746, "herbaceous": 235, "shrubland": 61, "forest": 1180, "water": 26, "agriculture": 7}
@@ -99,3 +100,101 @@ def test_missing_and_contradicting_crs(product, points, tmp_path):
     with pytest.raises(eoembed.LabelCRSError, match="not degrees"):
         eoembed.join_labels(product, wrong, label_field="label")
     assert np.isfinite(points.total_bounds).all()
+
+
+# -- labels from the wall-to-wall land-cover raster -------------------------------------------------
+
+
+def _majority(codes: np.ndarray, *, purity: float, min_valid: float):
+    """make_chips.py's rule on one chip's pixels (nodata as NaN): majority class, or None."""
+    classed = codes[np.isfinite(codes)]
+    if not len(classed) or len(classed) < min_valid * codes.size:
+        return None
+    values, counts = np.unique(classed.astype(int), return_counts=True)
+    return int(values[counts.argmax()]) if counts.max() / len(classed) >= purity else None
+
+
+def _pixel_boxes(product):
+    return np.concatenate([np.asarray(b.column("pixel_bbox").flatten()).reshape(-1, 4) for b in product.iter_batches(columns=["pixel_bbox"])])
+
+
+def test_strata_labels_every_chip_and_agrees_with_the_shipped_chips(product, shared_data):
+    import rasterio
+
+    labelled = eoembed.raster_labels(product, shared_data / NC_STRATA, classes=NC_STRATA_CLASSES)
+    shipped = eoembed.join_labels(product, shared_data / NC_CHIP_LABELS, label_field="class_name")
+    assert labelled.total_labels == product.num_rows  # the raster covers every chip
+    by_chip = dict(zip(labelled.chip_ids.tolist(), labelled.labels.tolist()))
+    assert all(by_chip[c] == label for c, label in zip(shipped.chip_ids.tolist(), shipped.labels.tolist()))
+    # The chips beyond the shipped 2,255 are those whose imagery has nodata, which make_chips.py skipped.
+    extra = labelled.rows[~np.isin(labelled.chip_ids, shipped.chip_ids)]
+    with rasterio.open(shared_data / NC_SCENE) as src:
+        nodata = src.read(masked=True).mask.any(axis=0)
+    boxes = _pixel_boxes(product)
+    assert len(extra) > 0 and all(nodata[y0:y1, x0:x1].any() for x0, y0, x1, y1 in boxes[extra])
+    assert (labelled.purity >= 0.6).all()
+
+
+def test_strata_labels_on_another_chip_grid(shared_data, tmp_path):
+    """A 12 px product of a crop of the scene, 5 px off the shipped chips' grid: labels from its own footprints."""
+    import rasterio
+    from datetime import datetime, timezone
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from eoembed.producers.produce import produce
+
+    window = Window(5, 5, 200, 160)
+    with rasterio.open(shared_data / NC_SCENE) as src:
+        t = src.transform
+        profile = {**src.profile, "width": window.width, "height": window.height,
+                   "transform": Affine(t.a, 0, t.c + 5 * t.a, 0, t.e, t.f + 5 * t.e)}
+        crop = tmp_path / "crop.tif"
+        with rasterio.open(crop, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+    path = produce([crop], out=tmp_path / "stats12", encoder="stats", chip_size=12, time=datetime(2000, 6, 1, tzinfo=timezone.utc))
+    product = eoembed.open(path)
+    labelled = eoembed.raster_labels(product, shared_data / NC_STRATA, purity=0.7)
+    with rasterio.open(shared_data / NC_STRATA) as src:
+        strata = src.read(1, masked=True).filled(np.nan)
+    expected = {}
+    for row, (x0, y0, x1, y1) in enumerate(_pixel_boxes(product)):
+        code = _majority(strata[y0 + 5:y1 + 5, x0 + 5:x1 + 5], purity=0.7, min_valid=0.9)
+        if code is not None:
+            expected[row] = str(code)  # no names given and none in the raster: the codes
+    assert dict(zip(labelled.rows.tolist(), labelled.labels.tolist())) == expected
+    assert 0 < len(expected) < product.num_rows
+
+
+def test_purity_threshold_and_category_names(product, shared_data, tmp_path):
+    loose = eoembed.raster_labels(product, shared_data / NC_STRATA, purity=0.6)
+    strict = eoembed.raster_labels(product, shared_data / NC_STRATA, purity=0.9)
+    assert set(strict.chip_ids.tolist()) < set(loose.chip_ids.tolist()) and (strict.purity >= 0.9).all()
+    # GDAL keeps category names in the raster's .aux.xml: code i is the i-th <Category>.
+    raster = tmp_path / "strata.tif"
+    raster.write_bytes((shared_data / NC_STRATA).read_bytes())
+    categories = "".join(f"<Category>{NC_STRATA_CLASSES.get(code, '')}</Category>" for code in range(8))
+    (tmp_path / "strata.tif.aux.xml").write_text(f'<PAMDataset><PAMRasterBand band="1"><CategoryNames>{categories}'
+                                                 "</CategoryNames></PAMRasterBand></PAMDataset>")
+    named = eoembed.raster_labels(product, raster, purity=0.9)
+    assert named.counts() == {NC_STRATA_CLASSES[int(code)]: n for code, n in strict.counts().items()}
+    renamed = eoembed.raster_labels(product, raster, purity=0.9, classes={5: "woods"})
+    assert "woods" in renamed.counts() and "forest" not in renamed.counts()
+
+
+def test_bad_class_rasters(product, shared_data, tmp_path):
+    import rasterio
+    from affine import Affine
+
+    with pytest.raises(eoembed.LabelError, match="has 5 bands; a class raster has one band"):
+        eoembed.raster_labels(product, shared_data / NC_SCENE)
+    far = tmp_path / "far.tif"
+    with rasterio.open(far, "w", driver="GTiff", width=20, height=20, count=1, dtype="uint8", crs="EPSG:32119",
+                       transform=Affine(30, 0, 100_000, 0, -30, 100_000)) as dst:
+        dst.write(np.ones((1, 20, 20), dtype=np.uint8))
+    with pytest.raises(eoembed.LabelsOutsideProductError, match="does not cover"):
+        eoembed.raster_labels(product, far)
+    with pytest.raises(eoembed.LabelError, match="does not exist"):
+        eoembed.raster_labels(product, tmp_path / "missing.tif")
+    with pytest.raises(eoembed.LabelFieldError, match="--label-field"):
+        eoembed.fewshot_product(product, shared_data / NC_POINTS)
