@@ -309,3 +309,4 @@ class StatsEncoder(Encoder):
 
 from . import rcf  # noqa: E402,F401  registers the rcf encoder
 from . import presto  # noqa: E402,F401  registers the presto encoder
+from . import galileo  # noqa: E402,F401  registers the galileo encoder
