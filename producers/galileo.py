@@ -695,7 +695,7 @@ class GalileoEncoder(Encoder):
         group_seen = np.stack([seen[..., list(idx)].all(axis=-1) for _, idx in SPACE_TIME_GROUPS], axis=-1)
         group_seen &= self._group_given  # (n, h, w, t, g)
         # a token is seen only when every pixel of its patch is
-        patch = group_seen.reshape(n, h // p, p, w // p, p, steps, -1).all(axis=(2, 4))
+        patch = group_seen.reshape(n, h // p, p, w // p, p, steps, len(SPACE_TIME_GROUPS)).all(axis=(2, 4))
         group_seen = np.repeat(np.repeat(patch, p, axis=1), p, axis=2)
         s_t_x = normalize(np.where(seen, raw, 0.0))
         s_t_x[~seen] = 0.0  # what the mask hides never reaches the arithmetic
