@@ -385,7 +385,7 @@ class GalileoNet:
         return x + self._linear(hidden, pre + "mlp.fc2")
 
     def _encode(self, *inputs, patch_size: int, input_resolution_m: float):
-        """Normed output tokens of the unmasked input tokens, packed to the front of each row:
+        """Output tokens (before the final LayerNorm) of the unmasked input tokens, packed to the front of each row:
         (b, L, d), their keep flags (b, L), their positions in the full sequence (b, L), the full
         length and the grid (side, t)."""
         import torch
