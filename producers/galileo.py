@@ -44,7 +44,7 @@ import numpy as np
 
 from eoembed._errors import EncoderError
 
-from .encode import Encoder, _band_inputs, _check_geometry, register_encoder
+from .encode import PretrainedEncoder, _band_inputs, _check_geometry, register_encoder
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not when the encoder is registered
     import torch
@@ -516,7 +516,7 @@ def _month_of(value: Any, where: str) -> int:
 
 
 @register_encoder
-class GalileoEncoder(Encoder):
+class GalileoEncoder(PretrainedEncoder):
     """Pretrained Galileo nano (nasaharvest) over a chip's Sentinel-1 / Sentinel-2 seasons: the mean
     of its unmasked output tokens (128-d).
 
@@ -546,6 +546,8 @@ class GalileoEncoder(Encoder):
     version = "1"
     description = "pretrained Galileo nano (nasaharvest) over S1/S2 seasons, mean of unmasked tokens"
     dim_rule = "128"
+    embedding_dim = EMBED_DIM
+    published_weights = {PUBLISHED_WEIGHTS_SHA256: PUBLISHED_WEIGHTS_URL}
 
     def __init__(
         self,
@@ -568,8 +570,6 @@ class GalileoEncoder(Encoder):
         self.weights = str(weights)
         self._net = load_galileo(self.weights)
         self._layout(times)
-        self._net_device = "cpu"
-        self._sha256: str | None = None
 
     # band layout ---------------------------------------------------------------------------------
 
@@ -643,26 +643,6 @@ class GalileoEncoder(Encoder):
                             for s in range(steps)]
 
     # public API ----------------------------------------------------------------------------------
-
-    @property
-    def model(self) -> GalileoNet:
-        if self._net_device != self.device:
-            self._net.to(self.device)
-            self._net_device = self.device
-        return self._net
-
-    def dim(self, n_bands: int) -> int:
-        if isinstance(n_bands, bool) or int(n_bands) != n_bands or n_bands < 1:
-            raise EncoderError(f"galileo: n_bands={n_bands!r}; pass a band count >= 1")
-        return EMBED_DIM
-
-    def weights_sha256(self) -> str:
-        """SHA-256 (lowercase hex) of the weights file, computed once."""
-        if self._sha256 is None:
-            from eoembed._write import sha256_file
-
-            self._sha256 = sha256_file(Path(self.weights))
-        return self._sha256
 
     def inputs(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The model inputs of chips ``(n, bands, h, w)``: normalised ``s_t_x`` (n, h, w, t, 13), its
@@ -753,9 +733,7 @@ class GalileoEncoder(Encoder):
         return self._contract_document(
             framework="pytorch",
             weights_sha256=self.weights_sha256(),
-            # The published source for Galileo's own weights; other weights travel inside the product.
-            weights_href=PUBLISHED_WEIGHTS_URL if self.weights_sha256() == PUBLISHED_WEIGHTS_SHA256
-            else Path(self.weights).absolute().as_uri(),
+            weights_href=self.weights_href(),
             architecture="Galileo nano (pretrained, nasaharvest)",
             pooling="mean over unmasked tokens",
             parameters={

@@ -26,7 +26,6 @@ over the chip's valid pixels.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 import os
@@ -40,7 +39,7 @@ from torch import nn
 
 from eoembed._errors import EncoderError
 
-from .encode import Encoder, _band_inputs, _check_geometry, register_encoder
+from .encode import PretrainedEncoder, _band_inputs, _check_geometry, register_encoder
 
 __all__ = [
     "PrestoEncoder",
@@ -361,7 +360,7 @@ def _check_band_map(band_map: Any) -> dict[str, str | None] | None:
 
 
 @register_encoder
-class PrestoEncoder(Encoder):
+class PrestoEncoder(PretrainedEncoder):
     """Pretrained Presto (nasaharvest) applied per pixel, mean-pooled over each chip's valid pixels.
 
     Options:
@@ -390,6 +389,8 @@ class PrestoEncoder(Encoder):
     version = "1"
     description = "pretrained Presto (nasaharvest) per pixel, mean over valid pixels"
     dim_rule = "128"
+    embedding_dim = EMBED_DIM
+    published_weights = {PUBLISHED_WEIGHTS_SHA256: PUBLISHED_WEIGHTS_URL}
 
     def __init__(
         self,
@@ -419,9 +420,7 @@ class PrestoEncoder(Encoder):
         self.input_scale = float(input_scale)
         self.band_map = _check_band_map(band_map)
         self.weights = str(weights)
-        self._model, self.dropped_keys = load_presto(self.weights)
-        self._model_device = "cpu"
-        self._sha256: str | None = None
+        self._net, self.dropped_keys = load_presto(self.weights)
         self._layout()
 
     # band layout ---------------------------------------------------------------------------------
@@ -455,28 +454,6 @@ class PrestoEncoder(Encoder):
             )
 
     # public API ----------------------------------------------------------------------------------
-
-    @property
-    def model(self) -> PrestoNet:
-        if self._model_device != self.device:
-            self._model.to(self.device)
-            self._model_device = self.device
-        return self._model
-
-    def dim(self, n_bands: int) -> int:
-        if isinstance(n_bands, bool) or int(n_bands) != n_bands or n_bands < 1:
-            raise EncoderError(f"presto: n_bands={n_bands!r}; pass a band count >= 1")
-        return EMBED_DIM
-
-    def weights_sha256(self) -> str:
-        """SHA-256 (lowercase hex) of the weights file, computed once."""
-        if self._sha256 is None:
-            digest = hashlib.sha256()
-            with open(self.weights, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            self._sha256 = digest.hexdigest()
-        return self._sha256
 
     def encode(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         pixels, valid = self._check_input(pixels, valid)
@@ -557,9 +534,7 @@ class PrestoEncoder(Encoder):
         return self._contract_document(
             framework="pytorch",
             weights_sha256=self.weights_sha256(),
-            # The published source for Presto's own weights; other weights travel inside the product.
-            weights_href=PUBLISHED_WEIGHTS_URL if self.weights_sha256() == PUBLISHED_WEIGHTS_SHA256
-            else Path(self.weights).absolute().as_uri(),
+            weights_href=self.weights_href(),
             architecture="Presto (pretrained, nasaharvest)",
             pooling="mean over valid pixels",
             parameters={

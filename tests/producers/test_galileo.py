@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from eoembed.producers.galileo import (
     sincos,
 )
 from eoembed.producers.stack import bigearthnet_s2_stack, find_s1_for_s2, read_stack_window
+from tests.conftest import _require
 
 FOLDER = "weights/galileo-nano"
 BEN = "imagery/bigearthnet/examples"
@@ -47,13 +47,7 @@ S1S2 = SPACE_TIME_CHANNELS[:-1]  # the 12 channels a product can give; NDVI is c
 
 @pytest.fixture(scope="module")
 def folder(shared_data) -> Path:
-    path = shared_data / FOLDER
-    if not (path / "encoder.pt").is_file():  # under CI a missing file fails, as shared_data does for the folder
-        message = f"{path}/encoder.pt is missing: the Galileo weights are expected in ../shared/data"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return _require(shared_data / FOLDER / "encoder.pt").parent
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import hashlib
 import importlib
 import importlib.util
 import json
-import os
 import sys
 import types
 from pathlib import Path
@@ -31,6 +30,7 @@ from eoembed.producers.presto import (
     normalize,
     sinusoid_table,
 )
+from tests.conftest import _require
 
 WEIGHTS = "weights/presto/default_model.pt"
 CHIPS = "fewshot/nc_landclass96/chips.npz"
@@ -43,13 +43,7 @@ NC_LATLON = (35.78, -78.64)  # Raleigh, North Carolina: the nc_spm_08 sample reg
 
 @pytest.fixture(scope="module")
 def weights(shared_data):
-    path = shared_data / WEIGHTS
-    if not path.is_file():  # under CI a missing file fails, as the shared_data fixture does for the folder
-        message = f"{path} is missing: the Presto weights are expected in ../shared/data"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return _require(shared_data / WEIGHTS)
 
 
 @pytest.fixture(scope="module")
