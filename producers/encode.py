@@ -159,6 +159,25 @@ class PretrainedEncoder(Encoder):
         return self.published_weights.get(self.weights_sha256()) or Path(self.weights).absolute().as_uri()
 
 
+def read_state_dict(path: str | Path, *, encoder: str, expected: str) -> Mapping[str, Any]:
+    """The torch state dict saved at ``path`` (tensors only, on the CPU); ``expected`` names the file
+    the ``encoder`` wants, for the messages of a missing, unreadable or foreign file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderError(
+            f"{encoder}: weights file {str(path)!r} not found; pass weights= the path of {expected} (nothing is downloaded)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise EncoderError(f"{encoder}: cannot read weights {str(path)!r}: {exc}") from exc
+    if not isinstance(state, Mapping):
+        raise EncoderError(f"{encoder}: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
 def register_encoder(cls: type[Encoder]) -> type[Encoder]:
     """Class decorator: make ``cls`` available to :func:`get_encoder` under ``cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, Encoder)):

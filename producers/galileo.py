@@ -44,7 +44,7 @@ import numpy as np
 
 from eoembed._errors import EncoderError
 
-from .encode import PretrainedEncoder, _band_inputs, _check_geometry, register_encoder
+from .encode import PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict, register_encoder
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not when the encoder is registered
     import torch
@@ -448,14 +448,8 @@ class GalileoNet:
 def load_galileo(path: str | os.PathLike) -> GalileoNet:
     """A :class:`GalileoNet` holding the Galileo encoder weights at ``path`` (``encoder.pt``), built
     from the ``config.json`` beside it; every tensor's name and shape is checked."""
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise EncoderError(
-            f"galileo: weights file {str(path)!r} not found; pass weights= the path of Galileo's encoder.pt "
-            "(nothing is downloaded)"
-        )
+    state = read_state_dict(path, encoder="galileo", expected="Galileo's encoder.pt")
     config_path = path.with_name(CONFIG_FILENAME)
     try:
         config = json.loads(config_path.read_text())["model"]["encoder"]
@@ -463,12 +457,6 @@ def load_galileo(path: str | os.PathLike) -> GalileoNet:
         raise EncoderError(f"galileo: no {CONFIG_FILENAME} beside {str(path)!r}; put the model's config.json there") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise EncoderError(f"galileo: {str(config_path)!r} has no model.encoder section ({exc}); use the published config.json") from exc
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise EncoderError(f"galileo: cannot read weights {str(path)!r}: {exc}") from exc
-    if not isinstance(state, Mapping):
-        raise EncoderError(f"galileo: {str(path)!r} holds a {type(state).__name__}, not a state dict")
     state = {k.replace(".backbone", ""): v for k, v in state.items()}  # some published files carry the prefix
     expected = _expected_shapes(config)
     missing = sorted(set(expected) - set(state))

@@ -39,7 +39,7 @@ from torch import nn
 
 from eoembed._errors import EncoderError
 
-from .encode import PretrainedEncoder, _band_inputs, _check_geometry, register_encoder
+from .encode import PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict, register_encoder
 
 __all__ = [
     "PrestoEncoder",
@@ -302,18 +302,7 @@ def load_presto(path: str | Path) -> tuple[PrestoNet, list[str]]:
     Returns the model (eval mode) and the checkpoint keys that were not loaded (the pretraining
     decoder, ``decoder.*``: it reconstructs masked inputs and plays no part in the embeddings).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise EncoderError(
-            f"presto: weights file {str(path)!r} not found; pass weights= the path of Presto's default_model.pt "
-            "(nothing is downloaded)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise EncoderError(f"presto: cannot read weights {str(path)!r}: {exc}") from exc
-    if not isinstance(state, Mapping):
-        raise EncoderError(f"presto: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(path, encoder="presto", expected="Presto's default_model.pt")
     encoder_state = {k[len(_ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(_ENCODER_PREFIX)}
     dropped = sorted(k for k in state if not k.startswith(_ENCODER_PREFIX))
     model = PrestoNet()
