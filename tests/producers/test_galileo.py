@@ -218,7 +218,7 @@ def test_invalid_pixels_mask_their_patches(weights, parity):
     changed[0, :, 1, 1] += 1000.0
     np.testing.assert_array_equal(enc.encode(changed, valid), hidden)
     assert not np.allclose(hidden[0], ref[0], atol=1e-4)
-    np.testing.assert_array_equal(hidden[1:], ref[1:])
+    np.testing.assert_allclose(hidden[1:], ref[1:], rtol=0, atol=1e-6)  # the other chips keep theirs
     # a NaN in one S1 pixel masks only the S1 token of its patch: the same as a product without S1 there
     s1 = chips.copy()
     s1[2, 0, 3, 3] = np.nan
