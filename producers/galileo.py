@@ -488,7 +488,7 @@ def galileo_channel(band: str) -> str | None:
 def _split_label(band: str) -> tuple[str, str]:
     """``BAND@LABEL`` (a season stack's band name) -> (BAND, LABEL); a plain name has label ``""``."""
     name, at, label = str(band).rpartition("@")
-    return (name, label) if at else (label, "")
+    return (name, label) if at else (str(band), "")
 
 
 def _month_of(value: Any, where: str) -> int:
