@@ -8,13 +8,14 @@ so a product records exactly how its vectors were made.
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from eoembed._errors import EncoderError, NonFiniteEmbeddingError
 
-__all__ = ["Encoder", "select_device"]
+__all__ = ["Encoder", "PretrainedEncoder", "read_state_dict", "select_device"]
 
 
 class Encoder(abc.ABC):
@@ -115,6 +116,64 @@ class Encoder(abc.ABC):
         if out.shape[1] != self.dim(n_bands):
             raise EncoderError(f"encoder {self.name!r} returned {out.shape[1]} values, dim() says {self.dim(n_bands)}")
         return out
+
+
+class PretrainedEncoder(Encoder):
+    """Base of encoders over a weights file, ``self.weights``, whose model ``self._net`` (anything with
+    ``.to(device)``) gives ``embedding_dim`` values per chip whatever the band count. A product's
+    model card points at ``published_weights[sha256]`` when the file is a published one, else at the
+    local file (which the product then carries)."""
+
+    embedding_dim: int = 0
+    published_weights: Mapping[str, str] = {}  # sha256 -> URL of the published file
+    weights: str
+    _net: Any
+    _net_device = "cpu"
+    _sha256: str | None = None
+
+    @property
+    def model(self) -> Any:
+        """The model, moved to :attr:`device` on first use there."""
+        if self._net_device != self.device:
+            self._net.to(self.device)
+            self._net_device = self.device
+        return self._net
+
+    def dim(self, n_bands: int) -> int:
+        if isinstance(n_bands, bool) or int(n_bands) != n_bands or n_bands < 1:
+            raise EncoderError(f"{self.name}: n_bands={n_bands!r}; pass a band count >= 1")
+        return self.embedding_dim
+
+    def weights_sha256(self) -> str:
+        """SHA-256 (lowercase hex) of the weights file, computed once."""
+        if self._sha256 is None:
+            from eoembed._write import sha256_file
+
+            self._sha256 = sha256_file(Path(self.weights))
+        return self._sha256
+
+    def weights_href(self) -> str:
+        """Where a product's model card finds the weights: the published URL, else the local file."""
+        return self.published_weights.get(self.weights_sha256()) or Path(self.weights).absolute().as_uri()
+
+
+def read_state_dict(path: str | Path, *, encoder: str, expected: str) -> Mapping[str, Any]:
+    """The torch state dict saved at ``path`` (tensors only, on the CPU); ``expected`` names the file
+    the ``encoder`` wants, for the messages of a missing, unreadable or foreign file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderError(
+            f"{encoder}: weights file {str(path)!r} not found; pass weights= the path of {expected} (nothing is downloaded)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise EncoderError(f"{encoder}: cannot read weights {str(path)!r}: {exc}") from exc
+    if not isinstance(state, Mapping):
+        raise EncoderError(f"{encoder}: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return state
 
 
 def select_device(local_rank: int = 0) -> str:

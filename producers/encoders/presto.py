@@ -26,7 +26,6 @@ over the chip's valid pixels.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 import os
@@ -40,7 +39,7 @@ from torch import nn
 
 from eoembed._errors import EncoderError
 
-from .base import Encoder, _band_inputs, _check_geometry
+from .base import PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
 from .registry import register_encoder
 
 __all__ = [
@@ -304,18 +303,7 @@ def load_presto(path: str | Path) -> tuple[PrestoNet, list[str]]:
     Returns the model (eval mode) and the checkpoint keys that were not loaded (the pretraining
     decoder, ``decoder.*``: it reconstructs masked inputs and plays no part in the embeddings).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise EncoderError(
-            f"presto: weights file {str(path)!r} not found; pass weights= the path of Presto's default_model.pt "
-            "(nothing is downloaded)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise EncoderError(f"presto: cannot read weights {str(path)!r}: {exc}") from exc
-    if not isinstance(state, Mapping):
-        raise EncoderError(f"presto: {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(path, encoder="presto", expected="Presto's default_model.pt")
     encoder_state = {k[len(_ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(_ENCODER_PREFIX)}
     dropped = sorted(k for k in state if not k.startswith(_ENCODER_PREFIX))
     model = PrestoNet()
@@ -362,7 +350,7 @@ def _check_band_map(band_map: Any) -> dict[str, str | None] | None:
 
 
 @register_encoder
-class PrestoEncoder(Encoder):
+class PrestoEncoder(PretrainedEncoder):
     """Pretrained Presto (nasaharvest) applied per pixel, mean-pooled over each chip's valid pixels.
 
     Options:
@@ -391,6 +379,8 @@ class PrestoEncoder(Encoder):
     version = "1"
     description = "pretrained Presto (nasaharvest) per pixel, mean over valid pixels"
     dim_rule = "128"
+    embedding_dim = EMBED_DIM
+    published_weights = {PUBLISHED_WEIGHTS_SHA256: PUBLISHED_WEIGHTS_URL}
 
     def __init__(
         self,
@@ -420,9 +410,7 @@ class PrestoEncoder(Encoder):
         self.input_scale = float(input_scale)
         self.band_map = _check_band_map(band_map)
         self.weights = str(weights)
-        self._model, self.dropped_keys = load_presto(self.weights)
-        self._model_device = "cpu"
-        self._sha256: str | None = None
+        self._net, self.dropped_keys = load_presto(self.weights)
         self._layout()
 
     # band layout ---------------------------------------------------------------------------------
@@ -456,28 +444,6 @@ class PrestoEncoder(Encoder):
             )
 
     # public API ----------------------------------------------------------------------------------
-
-    @property
-    def model(self) -> PrestoNet:
-        if self._model_device != self.device:
-            self._model.to(self.device)
-            self._model_device = self.device
-        return self._model
-
-    def dim(self, n_bands: int) -> int:
-        if isinstance(n_bands, bool) or int(n_bands) != n_bands or n_bands < 1:
-            raise EncoderError(f"presto: n_bands={n_bands!r}; pass a band count >= 1")
-        return EMBED_DIM
-
-    def weights_sha256(self) -> str:
-        """SHA-256 (lowercase hex) of the weights file, computed once."""
-        if self._sha256 is None:
-            digest = hashlib.sha256()
-            with open(self.weights, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            self._sha256 = digest.hexdigest()
-        return self._sha256
 
     def encode(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         pixels, valid = self._check_input(pixels, valid)
@@ -558,9 +524,7 @@ class PrestoEncoder(Encoder):
         return self._contract_document(
             framework="pytorch",
             weights_sha256=self.weights_sha256(),
-            # The published source for Presto's own weights; other weights travel inside the product.
-            weights_href=PUBLISHED_WEIGHTS_URL if self.weights_sha256() == PUBLISHED_WEIGHTS_SHA256
-            else Path(self.weights).absolute().as_uri(),
+            weights_href=self.weights_href(),
             architecture="Presto (pretrained, nasaharvest)",
             pooling="mean over valid pixels",
             parameters={

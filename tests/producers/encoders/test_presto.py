@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
-import os
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +30,7 @@ from eoembed.producers.encoders.presto import (
     normalize,
     sinusoid_table,
 )
+from tests.conftest import _require
 
 WEIGHTS = "weights/presto/default_model.pt"
 CHIPS = "fewshot/nc_landclass96/chips.npz"
@@ -38,13 +43,7 @@ NC_LATLON = (35.78, -78.64)  # Raleigh, North Carolina: the nc_spm_08 sample reg
 
 @pytest.fixture(scope="module")
 def weights(shared_data):
-    path = shared_data / WEIGHTS
-    if not path.is_file():  # under CI a missing file fails, as the shared_data fixture does for the folder
-        message = f"{path} is missing: the Presto weights are expected in ../shared/data"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return _require(shared_data / WEIGHTS)
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +228,109 @@ def test_groups_cover_every_channel_once():
     idx = sorted(i for _, group in CHANNEL_GROUPS for i in group)
     assert idx == list(range(len(PRESTO_CHANNELS)))
     assert isinstance(presto_module.PrestoNet(), PrestoNet)
+
+
+# parity with the authors' model code ----------------------------------------------------------------
+
+#: modules the authors' Earth Engine export pipelines import at their top; the model code needs none of
+#: them, only the band groups and the Dynamic World class count defined beside those pipelines
+_PIPELINE_ONLY = ("ee", "xarray", "google", "google.cloud", "openmapflow", "openmapflow.ee_exporter",
+                  "openmapflow.engineer")
+
+
+class _Placeholder:
+    """What a pipeline-only name stands for in annotations and class bodies: any attribute, call or
+    subscript of it is itself. The model never uses one."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+    def __getitem__(self, key):
+        return self
+
+    def __mro_entries__(self, bases):  # used as a base class
+        return (object,)
+
+
+class _Inert(types.ModuleType):
+    """A stand-in for a pipeline-only module: every name in it is a :class:`_Placeholder`."""
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Placeholder()
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent that is missing, or one of the stand-ins
+        return False
+
+
+@pytest.fixture(scope="module")
+def authors_encoder(weights):
+    """The Presto encoder of the ``geoml-presto`` package (``presto/presto.py``, its model module) holding
+    ``default_model.pt``. The package's ``__init__`` imports its Earth Engine pipelines; the model
+    module is imported on its own (its package folders as namespaces) and sys.modules is restored."""
+    spec = importlib.util.find_spec("presto")
+    assert spec is not None and spec.submodule_search_locations, (
+        "geoml-presto is not installed: `make setup` installs it (pip install --no-deps geoml-presto==0.0.3)"
+    )
+    root = Path(list(spec.submodule_search_locations)[0])
+    before = set(sys.modules)
+    try:
+        for name, folder in (("presto", root), ("presto.dataops", root / "dataops"),
+                             ("presto.dataops.pipelines", root / "dataops" / "pipelines")):
+            package = types.ModuleType(name)
+            package.__path__ = [str(folder)]
+            sys.modules[name] = package
+        for name in _PIPELINE_ONLY:
+            if name not in sys.modules and not _importable(name):
+                sys.modules[name] = _Inert(name)
+        authors = importlib.import_module("presto.presto")
+    finally:
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
+    authors.device = torch.device("cpu")  # its module-level default is the first GPU when there is one
+    model = authors.Presto.construct()
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return model.encoder.eval()
+
+
+def _generated_batch(rng: np.random.Generator, batch: int, steps: int, *, month_as_int: bool):
+    raw = np.concatenate([
+        rng.uniform(-30, 0, (batch, steps, 2)),  # S1 dB
+        rng.uniform(0, 8000, (batch, steps, 10)),  # S2 reflectance x 10 000
+        rng.uniform(250, 310, (batch, steps, 1)), rng.uniform(0, 0.1, (batch, steps, 1)),  # ERA5
+        rng.uniform(0, 3000, (batch, steps, 1)), rng.uniform(0, 40, (batch, steps, 1)),  # SRTM
+        np.zeros((batch, steps, 1)),  # NDVI, computed by normalize
+    ], axis=-1).astype(np.float32)
+    x = torch.from_numpy(normalize(raw))
+    mask = torch.from_numpy(rng.random((batch, steps, len(PRESTO_CHANNELS))) < 0.15)  # partial groups too
+    mask[0] = False  # one series with everything seen
+    mask[1, :, :12] = True  # one with no S1 / S2 at all
+    dw = torch.from_numpy(rng.integers(0, DW_MISSING + 1, (batch, steps)))
+    dw[2] = DW_MISSING
+    latlons = torch.from_numpy(np.stack([rng.uniform(-80, 80, batch), rng.uniform(-180, 180, batch)], 1).astype(np.float32))
+    month = int(rng.integers(0, 12)) if month_as_int else torch.from_numpy(rng.integers(0, 12, batch))
+    return x, mask, dw, latlons, month
+
+
+@pytest.mark.parametrize(("batch", "steps", "month_as_int"), [(16, 1, True), (8, 3, False), (6, 12, False), (4, 24, True)])
+def test_parity_with_the_authors_model_code(net, authors_encoder, batch, steps, month_as_int):
+    model, _ = net
+    rng = np.random.default_rng(batch * 100 + steps)
+    for _ in range(3):  # several batches
+        x, mask, dw, latlons, month = _generated_batch(rng, batch, steps, month_as_int=month_as_int)
+        with torch.inference_mode():
+            ours = model(x, mask, dw, latlons, month)
+            theirs = authors_encoder(x, dynamic_world=dw, latlons=latlons, mask=mask.float(), month=month, eval_task=True)
+        assert torch.isfinite(ours).all()
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=0, atol=1e-5)
+        assert not np.allclose(ours[0].numpy(), ours[1].numpy(), atol=1e-3)  # the inputs matter

@@ -62,7 +62,7 @@ def test_unknown_encoder_lists_known_names(fresh_registry):
     with pytest.raises(UnknownEncoderError) as info:
         get_encoder("prestoo")
     assert isinstance(info.value, KeyError)
-    assert str(info.value) == "no encoder named 'prestoo'; registered encoders: presto, rcf, stats"
+    assert str(info.value) == "no encoder named 'prestoo'; registered encoders: galileo, presto, rcf, stats"
     with pytest.raises(EncoderError, match="does not take options"):
         get_encoder("stats", weights="x.pt")
 
@@ -84,7 +84,7 @@ def test_register_encoder(monkeypatch, fresh_registry):
             return {}
 
     assert isinstance(get_encoder("mean"), MeanEncoder)
-    assert [e["name"] for e in list_encoders()] == ["mean", "presto", "rcf", "stats"]
+    assert [e["name"] for e in list_encoders()] == ["galileo", "mean", "presto", "rcf", "stats"]
 
     class Clash(MeanEncoder):
         name = "stats"
