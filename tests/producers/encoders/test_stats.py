@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eoembed._errors import EncoderError
-from eoembed.producers.encoders import get_encoder
+from eoembed.producers.encoders import get_encoder, list_encoders
 from eoembed.producers.encoders.stats import StatsEncoder
 from eoembed.producers.read import open_scene
 from eoembed.producers.tile import iter_chip_batches
