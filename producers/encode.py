@@ -27,6 +27,9 @@ class Encoder(abc.ABC):
     description: str = ""
     dim_rule: str = ""  # human-readable, e.g. "5 * n_bands"
     device: str = "cpu"
+    #: the vector of a chip does not change when the chip is flipped or turned by quarter turns, so a
+    #: trainer distilling it under those augmentations computes one vector per chip, not eight
+    flip_invariant: bool = False
 
     def to(self, device: str) -> "Encoder":
         """Run on ``device`` ("cpu", "cuda:0", ...). Encoders without torch work stay on the CPU."""
@@ -226,6 +229,7 @@ class StatsEncoder(Encoder):
     version = "1"
     description = "per band: mean, std, p10, p50, p90"
     dim_rule = "5 * n_bands"
+    flip_invariant = True
 
     def dim(self, n_bands: int) -> int:
         if int(n_bands) != n_bands or n_bands < 1:

@@ -390,6 +390,7 @@ class PrestoEncoder(Encoder):
     version = "1"
     description = "pretrained Presto (nasaharvest) per pixel, mean over valid pixels"
     dim_rule = "128"
+    flip_invariant = True  # pixels are encoded one by one and mean-pooled
 
     def __init__(
         self,
