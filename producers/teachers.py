@@ -11,10 +11,19 @@ or quarter turn that training can draw (one view for a :attr:`~.encode.Encoder.f
 teacher, or without augmentation), each rank encoding its share of the chips. Teachers that are
 fitted (rcf) are fitted once on rank 0 and their state is broadcast, so every rank holds the same
 teachers; their states travel in the checkpoint of a ``pca`` compressor, which runs them to produce.
+
+With a cache folder (by default ``OUT/teacher-features``) each teacher's features of each view are
+kept as ``.npy`` files named by a digest of the teacher (name, version, options, weights SHA-256),
+the chips' fingerprint and the view, so a resumed run, or another run on the same chips, reads them
+instead of encoding again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,11 +63,13 @@ class Teachers:
         self.descriptions = descriptions
         self.dim = int(sum(self.dims))
         self._identity_features = identity_features  # raw features of the un-augmented training chips
+        self._store: _FeatureStore | None = None
 
     @classmethod
-    def fit(cls, comm, specs: Sequence[dict], sample: ChipSample, *, chip_size: int, device: str) -> "Teachers":
+    def fit(cls, comm, specs: Sequence[dict], sample: ChipSample, *, chip_size: int, device: str,
+            cache: str | os.PathLike | None = None) -> "Teachers":
         """Build the teachers on every rank (fitted ones fitted on rank 0 on the training chips) and take
-        the standardisation from the un-augmented chips."""
+        the standardisation from the un-augmented chips; ``cache`` keeps their features between runs."""
         encoders, states = [], []
         for spec in specs:
             encoder = get_encoder(spec["name"], **spec["options"])
@@ -79,10 +90,13 @@ class Teachers:
             descriptions.append({"name": spec["name"], "options": dict(spec["options"]), "weight": float(spec["weight"]),
                                  "version": contract["version"], "dim": int(contract["output"]["dim"]),
                                  "weights_sha256": contract["weights_sha256"], "state": state})
-        raw = _encode_shared(comm, lambda p, v: _concatenated(encoders, p, v), sample.pixels, sample.valid)
+        store = _FeatureStore(comm, sample, cache)
+        raw = np.concatenate([store.features(e, d, 0) for e, d in zip(encoders, descriptions)], axis=1)
         mean, std = raw.mean(axis=0), raw.std(axis=0)
         std[std <= 1e-12] = 1.0
-        return cls(specs, encoders, mean=mean, std=std, descriptions=descriptions, identity_features=raw)
+        teachers = cls(specs, encoders, mean=mean, std=std, descriptions=descriptions, identity_features=raw)
+        teachers._store = store
+        return teachers
 
     @classmethod
     def from_checkpoint(cls, document: dict, *, device: str = "cpu") -> "Teachers":
@@ -118,24 +132,17 @@ class Teachers:
         """(n, dim) float32: the chips' standardised, weight-scaled teacher features."""
         return self._scaled(_concatenated(self.encoders, pixels, valid))
 
-    def target_views(self, comm, sample: ChipSample, *, augment: bool) -> "TargetViews":
-        """The targets of every chip under every flip/turn training can draw, computed once and shared."""
+    def target_views(self, *, augment: bool) -> "TargetViews":
+        """The targets of every training chip under every flip/turn training can draw, computed once
+        (only on teachers built by :meth:`fit`)."""
         per_teacher, start = [], 0
-        for encoder, dim in zip(self.encoders, self.dims):
+        for encoder, description, dim in zip(self.encoders, self.descriptions, self.dims):
             columns = slice(start, start + dim)
             start += dim
             views = 1 if encoder.flip_invariant or not augment else VIEWS
-
-            def encode(pixels, valid, encoder=encoder):
-                return encoder.encode(pixels, valid).astype(np.float32)
-
-            found = []
-            for code in range(views):
-                if code == 0 and self._identity_features is not None:
-                    found.append(self._scaled(self._identity_features[:, columns], columns))
-                else:
-                    found.append(self._scaled(_encode_shared(comm, encode, *_view(sample, code)), columns))
-            per_teacher.append(np.stack(found))
+            found = [self._identity_features[:, columns] if code == 0 else self._store.features(encoder, description, code)
+                     for code in range(views)]
+            per_teacher.append(np.stack([self._scaled(raw, columns) for raw in found]))
         return TargetViews(per_teacher)
 
 
@@ -151,6 +158,43 @@ class TargetViews:
 
     def identity(self) -> np.ndarray:
         return np.concatenate([views[0] for views in self.per_teacher], axis=1)
+
+
+class _FeatureStore:
+    """Raw features of the training chips per teacher and view: encoded by all ranks together, or read
+    from the cache folder, where rank 0 writes them atomically."""
+
+    def __init__(self, comm, sample: ChipSample, cache: str | os.PathLike | None) -> None:
+        self.comm, self.sample = comm, sample
+        self.cache = Path(cache) if cache is not None else None
+        self.fingerprint = sample.fingerprint()
+
+    def _path(self, description: dict, code: int) -> Path | None:
+        if self.cache is None:
+            return None
+        key = {k: description[k] for k in ("name", "version", "options", "weights_sha256", "dim")}
+        digest = hashlib.sha256(json.dumps({**key, "chips": self.fingerprint, "view": code}, sort_keys=True,
+                                           default=str).encode()).hexdigest()[:32]
+        return self.cache / f"{description['name'].replace(':', '-').replace('/', '-')}-{digest}.npy"
+
+    def features(self, encoder: Encoder, description: dict, code: int) -> np.ndarray:
+        path = self._path(description, code)
+        found = None  # rank 0 decides and shares: the ranks may not see one file system
+        if path is not None and self.comm.Get_rank() == 0 and path.is_file():
+            found = np.load(path)
+            found = found if found.shape == (len(self.sample), description["dim"]) else None
+        found = self.comm.bcast(found, root=0)
+        if found is not None:
+            return found
+        raw = _encode_shared(self.comm, lambda p, v: encoder.encode(p, v).astype(np.float32),
+                             *_view(self.sample, code))
+        if path is not None and self.comm.Get_rank() == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp"
+            with open(tmp, "wb") as handle:
+                np.save(handle, raw)
+            os.replace(tmp, path)
+        return raw
 
 
 def _concatenated(encoders: Sequence[Encoder], pixels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

@@ -43,6 +43,7 @@ FAULT_ENV = "EOEMBED_FAULT_KILL_AFTER_STEPS"
 # Testing synchronisation: each rank appends "epoch step sha256-of-weights" lines to FOLDER/rank-R.log.
 DIGEST_ENV = "EOEMBED_TRAIN_DIGESTS"
 CHECKPOINTS = "checkpoints"
+TEACHER_CACHE = "teacher-features"  # the teachers' features of the training chips, kept for --resume
 ENCODER_FILE = "encoder.pt"
 
 
@@ -216,10 +217,11 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     if config.objective in TEACHER_OBJECTIVES:
         from .teachers import Teachers
 
-        teachers = Teachers.fit(comm, config.teachers, sample, chip_size=config.chip_size, device=device)
+        teachers = Teachers.fit(comm, config.teachers, sample, chip_size=config.chip_size, device=device,
+                                cache=config.teacher_cache or out / TEACHER_CACHE)
     if config.objective == "pca":
         return _train_pca(comm, config, sample, teachers, out)
-    targets = teachers.target_views(comm, sample, augment=config.augment) if teachers is not None else None
+    targets = teachers.target_views(augment=config.augment) if teachers is not None else None
     chips = sample.standardize(sample.pixels, sample.valid)  # once: flips and turns commute with it
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.startswith("cuda"):

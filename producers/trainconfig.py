@@ -36,7 +36,7 @@ MAX_DIM = 1024
 TEACHER_KEYS = ("name", "options", "weight")
 PRECISIONS = ("auto", "none", "bf16", "fp16")
 # Keys that may change between a run and its resumption (the rest must match the checkpoint's).
-RESUMABLE_CHANGES = ("epochs", "progress")
+RESUMABLE_CHANGES = ("epochs", "progress", "teacher_cache")
 
 
 @dataclass
@@ -59,6 +59,7 @@ class TrainConfig:
     teachers: list[dict[str, Any]] | None = None
     teacher: str | None = None  # shorthand for one teacher: teachers = [{name = teacher, options = teacher_options}]
     teacher_options: dict[str, Any] = field(default_factory=dict)
+    teacher_cache: str | None = None  # folder keeping the teachers' features between runs (default OUT/teacher-features)
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -120,6 +121,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if not isinstance(config.teacher_options, dict):
         raise _fail("teacher_options", config.teacher_options, "give a table of the teacher's options")
     config.teachers = _teachers(config)
+    if config.teacher_cache is not None and (not isinstance(config.teacher_cache, str) or not config.teacher_cache):
+        raise _fail("teacher_cache", config.teacher_cache, "give a folder path for the teachers' features")
     config.epochs = _int("epochs", config.epochs, 1)
     config.batch_size = _int("batch_size", config.batch_size, 1)
     config.max_chips = _int("max_chips", config.max_chips, 1)

@@ -325,7 +325,7 @@ def test_the_distilled_product_records_its_teachers_and_size(tmp_path, multi_tea
     assert card[1]["weights_sha256"] is not None and card[0]["weights_sha256"] is None
 
 
-def test_teacher_targets_are_computed_once_for_every_view(nc_scene, tmp_path):
+def test_teacher_targets_are_computed_once_for_every_view(nc_scene, tmp_path, monkeypatch):
     """Augmented chips get the targets of their own flip/turn; invariant teachers are encoded once."""
     from mpi4py import MPI
 
@@ -334,8 +334,8 @@ def test_teacher_targets_are_computed_once_for_every_view(nc_scene, tmp_path):
 
     config = config_from_dict(distill_settings(nc_scene, tmp_path / "run"))
     sample = sample_chips(config)
-    teachers = Teachers.fit(MPI.COMM_SELF, config.teachers, sample, chip_size=8, device="cpu")
-    views = teachers.target_views(MPI.COMM_SELF, sample, augment=True)
+    teachers = Teachers.fit(MPI.COMM_SELF, config.teachers, sample, chip_size=8, device="cpu", cache=tmp_path / "cache")
+    views = teachers.target_views(augment=True)
     assert [len(v) for v in views.per_teacher] == [1, 8, 1]  # stats and presto ignore flips and turns
     index, codes = np.array([0, 5, 9]), np.array([0, 3, 6], dtype=np.int8)
     pixels, valid = apply_transforms([sample.pixels[index], sample.valid[index]], codes)
@@ -343,6 +343,15 @@ def test_teacher_targets_are_computed_once_for_every_view(nc_scene, tmp_path):
     # the weighted squared error: rcf (weight 2) counts for half, whatever the teachers' sizes
     scale = teachers.scale ** 2
     assert np.allclose([scale[:25].sum(), scale[25:57].sum(), scale[57:].sum()], [0.25, 0.5, 0.25])
+    # kept in the cache: stats and presto once, rcf in its 8 views; a second build reads them back
+    kept = sorted(p.name.split("-")[0] for p in (tmp_path / "cache").glob("*.npy"))
+    assert kept == ["presto"] + ["rcf"] * 8 + ["stats"]
+    def refuse(*args):
+        raise AssertionError("the cached features were encoded again")
+
+    monkeypatch.setattr("eoembed.producers.teachers._encode_shared", refuse)
+    again = Teachers.fit(MPI.COMM_SELF, config.teachers, sample, chip_size=8, device="cpu", cache=tmp_path / "cache")
+    assert np.array_equal(again.target_views(augment=True).take(index, codes), views.take(index, codes))
 
 
 # The training-free baseline: rcf averaged over seasons, PCA to D ----------------------------------------
