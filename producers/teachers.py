@@ -156,9 +156,6 @@ class TargetViews:
         """(len(index), dim) targets of chips ``index`` under their flip/turn ``codes``."""
         return np.concatenate([views[codes if len(views) > 1 else 0, index] for views in self.per_teacher], axis=1)
 
-    def identity(self) -> np.ndarray:
-        return np.concatenate([views[0] for views in self.per_teacher], axis=1)
-
 
 class _FeatureStore:
     """Raw features of the training chips per teacher and view: encoded by all ranks together, or read
