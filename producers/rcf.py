@@ -342,8 +342,9 @@ class RcfEncoder(Encoder):
                 "seed": self.seed,
                 "whiten": self.whiten,
                 "pca_dim": self.pca_dim,
-                "seasons": self.seasons,
                 "fit_chips": int(fitted["fit_chips"]),
+                # one-season contracts stay as they were, so earlier products still match them
+                **({"seasons": self.seasons} if self.seasons != 1 else {}),
             },
             inputs=inputs,
             chip_size=chip_size,
