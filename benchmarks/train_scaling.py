@@ -2,11 +2,19 @@
 compressors at 64, 256 and 1024 dimensions, and few-shot accuracy of trained encoders on the NC
 land-cover chips against the `stats` and `rcf` baselines.
 
-    .venv/bin/python benchmarks/train_scaling.py [--epochs 10] [--scaling-epochs 2] [--episodes 200]
+    .venv/bin/python benchmarks/train_scaling.py [--epochs 10] [--scaling-epochs 2] [--repeats 3]
+        [--episodes 200] [--only-scaling]
 
-Throughput is samples per second while stepping (measured inside the job: no start-up, sampling,
-checkpoints or plots). Parallel efficiency is strong scaling: rate on 2 ranks / (2 x rate on 1 rank
-pinned to one core, OMP_NUM_THREADS=1), as in produce_scaling.py.
+Throughput is measured on the feature compressor at a realistic size: the concatenated features of
+three frozen teachers (stats 25 + rcf 512 + presto 128 = 665 values) distilled through a 256-value
+bottleneck by a 64/128-channel student (about 0.6 M parameters), global batch 512, on 8 px chips of
+the NC scene. It is samples per second while stepping (measured inside the job: no start-up,
+sampling, teacher features, checkpoints or plots); the teachers' features are computed by the first
+run and read from a shared teacher_cache by the others. The three configurations (1 rank on 1 core:
+OMP_NUM_THREADS=1, which sets torch.set_num_threads(1); 1 rank on all cores; `mpirun -n 2` with 1
+thread each) run in turn, `--repeats` rounds, so a busy moment of the shared machine hits them all;
+the table gives each one's best and every run. Parallel efficiency is strong scaling: best 2-rank
+rate / (2 x best rate of 1 rank on 1 core), as in produce_scaling.py.
 
 Compression: input bytes per chip (float32 pixels fed to the encoder; the native uint16 in brackets)
 over embedding bytes (float32, and int8 with a per-row scale), for autoencoders trained on 32 px chips
@@ -48,6 +56,8 @@ def train(ranks: int, values: dict, folder: Path, *, threads: int | None = None)
     def toml(value) -> str:
         if isinstance(value, dict):
             return "{" + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + "}"
+        if isinstance(value, list):
+            return "[" + ", ".join(toml(v) for v in value) + "]"
         return json.dumps(value)
 
     config.write_text("".join(f"{k} = {toml(v)}\n" for k, v in {**values, "out": str(folder / "run")}.items()))
@@ -58,6 +68,11 @@ def train(ranks: int, values: dict, folder: Path, *, threads: int | None = None)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     return json.loads((folder / "run/summary.json").read_text())
+
+
+PRESTO_LANDSAT = {"band_map": {"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11"}, "input_scale": 10000 / 255}
+TEACHERS = [{"name": "stats"}, {"name": "rcf", "options": {"features": 512, "seed": 0}},
+            {"name": "presto", "options": PRESTO_LANDSAT}]
 
 
 def nc_settings(**extra) -> dict:
@@ -74,6 +89,8 @@ def main() -> None:
     parser.add_argument("--compression-epochs", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--max-chips", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds of the throughput runs")
+    parser.add_argument("--only-scaling", action="store_true", help="measure the throughput alone")
     args = parser.parse_args()
     import eoembed
     from eoembed.producers.encoders import get_encoder
@@ -82,19 +99,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
 
-        # 1. Throughput on 1 and 2 ranks.
-        scaling = nc_settings(epochs=args.scaling_epochs, max_chips=args.max_chips)
-        one_core = train(1, scaling, tmp / "s1c", threads=1)
-        one_rank = train(1, scaling, tmp / "s1")
-        two_ranks = train(2, scaling, tmp / "s2")
-        print(f"\nThroughput: autoencoder 64-d, 8 px chips x 5 bands, {one_core['chips']} chips, batch 64, "
-              f"{args.scaling_epochs} epochs")
+        # 1. Throughput on 1 and 2 ranks, the configurations alternating.
+        scaling = nc_settings(epochs=args.scaling_epochs, max_chips=args.max_chips, objective="distill",
+                              teachers=TEACHERS, dim=256, widths=[64, 128], batch_size=512,
+                              teacher_cache=str(tmp / "teacher-features"))  # the teachers encode once, not per run
+        configurations = {"1 rank, 1 core": (1, 1), "1 rank, all cores": (1, None), "2 ranks": (2, 1)}
+        rates: dict[str, list[float]] = {name: [] for name in configurations}
+        chips = 0
+        for round_ in range(args.repeats):
+            for name, (ranks, threads) in configurations.items():
+                result = train(ranks, scaling, tmp / f"s-{round_}-{ranks}-{threads}", threads=threads)
+                rates[name].append(result["samples_per_second"])
+                chips = result["chips"]
+        best = {name: max(values) for name, values in rates.items()}
+        efficiency = best["2 ranks"] / (2 * best["1 rank, 1 core"])
+        print(f"\nThroughput: feature compressor, stats + rcf 512 + presto (665 values) -> 256, widths [64, 128], "
+              f"8 px chips x 5 bands, {chips} chips, global batch 512, {args.scaling_epochs} epochs; "
+              f"best of {args.repeats} alternating runs (all runs in brackets)")
         print("| 1 rank, 1 core | 1 rank, all cores | 2 ranks | parallel efficiency |")
         print("|---:|---:|---:|---:|")
-        efficiency = two_ranks["samples_per_second"] / (2 * one_core["samples_per_second"])
-        print(f"| {one_core['samples_per_second']:,.0f} samples/s | {one_rank['samples_per_second']:,.0f} samples/s | "
-              f"{two_ranks['samples_per_second']:,.0f} samples/s | {efficiency:.2f} |")
-
+        cells = [f"{best[n]:,.0f} samples/s ({', '.join(f'{v:,.0f}' for v in rates[n])})" for n in configurations]
+        print("| " + " | ".join(cells) + f" | {efficiency:.2f} |")
+        if args.only_scaling:
+            return
         # 2. Compression at 64, 256 and 1024 dimensions.
         print(f"\nCompression: autoencoders on 32 px chips of the Landsat-8 scene (3 bands, uint16), "
               f"{args.compression_epochs} epochs, 2 ranks")
@@ -123,6 +150,11 @@ def main() -> None:
                                                                objective="distill", teacher="rcf",
                                                                teacher_options={"features": 512, "seed": 0}),
                                                 tmp / "distill"),
+            "distilled stats + rcf + presto 665 -> 64-d": train(2, nc_settings(epochs=args.epochs, max_chips=args.max_chips,
+                                                                             objective="distill", teachers=TEACHERS),
+                                                               tmp / "distill3"),
+            "training-free: rcf 512, PCA -> 64-d": train(2, nc_settings(max_chips=args.max_chips, objective="pca",
+                                                                       teachers=TEACHERS[1:2]), tmp / "pca"),
         }
         rcf = get_encoder("rcf", features=512, seed=0).fit(pixels)
         encoders = {"stats (25-d)": get_encoder("stats"), "rcf (512-d)": rcf}

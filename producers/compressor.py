@@ -5,6 +5,9 @@ A compressor maps a standardised chip ``(bands, size, size)`` to one vector of `
 bottleneck). Training adds a head that is dropped afterwards: a decoder back to the pixels (the
 autoencoder objectives) or a projection to a bigger teacher's features (distillation).
 
+A ``pca`` checkpoint (the training-free compressor) holds no network: it records its frozen teachers
+with their fitted states and the principal components of their features, and runs both to encode.
+
 A checkpoint is a ``torch.save`` dict of plain types and tensors (it loads with
 ``weights_only=True``): the architecture, the encoder's weights, the input contract (bands,
 normalisation, chip size, gsd) and, in the per-epoch checkpoints, the whole training state.
@@ -160,24 +163,44 @@ class CheckpointEncoder(Encoder):
         self.document = document
         self.architecture = dict(document["architecture"])
         self.input = dict(document["input"])
-        self.net = build_encoder_net(**{k: self.architecture[k] for k in ("bands", "chip_size", "dim", "widths")})
-        try:
-            self.net.load_state_dict(document["encoder_state"], strict=True)
-        except RuntimeError as error:
-            raise CheckpointError(f"{self.path}: the weights do not fit the declared architecture ({error})") from error
-        self.net.eval()
+        self.teachers = None
+        if self.architecture.get("kind") == "teacher-pca":
+            self._pca_from(document)
+        else:
+            self.net = build_encoder_net(**{k: self.architecture[k] for k in ("bands", "chip_size", "dim", "widths")})
+            try:
+                self.net.load_state_dict(document["encoder_state"], strict=True)
+            except RuntimeError as error:
+                raise CheckpointError(f"{self.path}: the weights do not fit the declared architecture ({error})") from error
+            self.net.eval()
         self.sha256 = file_sha256(self.path)
         self.name = str(document.get("name") or f"compressor-{document['objective']}")
         self.version = str(document.get("model_version", "1"))
         self.batch_size = int(batch_size)
         norm = self.input["normalization"]
-        self._mean = np.asarray(norm["mean"], np.float32)[None, :, None, None]
-        self._std = np.asarray(norm["std"], np.float32)[None, :, None, None]
+        if self.teachers is None:
+            self._mean = np.asarray(norm["mean"], np.float32)[None, :, None, None]
+            self._std = np.asarray(norm["std"], np.float32)[None, :, None, None]
         del torch
+
+    def _pca_from(self, document: dict) -> None:
+        from .teachers import Teachers
+
+        state = document["encoder_state"]
+        self.teachers = Teachers.from_checkpoint(document)
+        self._feature_mean = state["feature_mean"].numpy().astype(np.float64)
+        self._components_t = state["components"].numpy().astype(np.float64).T.copy()
+        if self._components_t.shape != (self.teachers.dim, int(self.architecture["dim"])):
+            raise CheckpointError(f"{self.path}: {self._components_t.shape[1]} components of "
+                                  f"{self._components_t.shape[0]} features do not fit teachers of {self.teachers.dim} "
+                                  f"features and dim {self.architecture['dim']}; the file is damaged")
 
     def to(self, device: str) -> "CheckpointEncoder":
         self.device = str(device)
-        self.net.to(self.device)
+        if self.teachers is not None:
+            self.teachers.encoders = [e.to(self.device) for e in self.teachers.encoders]
+        else:
+            self.net.to(self.device)
         return self
 
     def dim(self, n_bands: int) -> int:
@@ -204,6 +227,11 @@ class CheckpointEncoder(Encoder):
         torch = _torch()
         pixels, valid = self._check_input(pixels, valid)
         self._check_chips(pixels)
+        if self.teachers is not None:
+            # float64 and no BLAS call: a chip's vector does not depend on the batch it came in
+            centred = self.teachers.targets(pixels, valid).astype(np.float64) - self._feature_mean
+            projected = np.einsum("nf,fd->nd", centred, self._components_t, optimize=False)
+            return self._check_output(projected.astype(np.float32), pixels.shape[1])
         x = self.standardize(pixels, valid)
         outputs = []
         with torch.no_grad():
@@ -231,22 +259,36 @@ class CheckpointEncoder(Encoder):
             "widths": list(self.architecture["widths"]),
             "training_gsd_m": float(self.input["gsd_m"]),
             "checkpoint": self.path.name,
+            "dim": self.dim(len(bands)),
         }
+        if self.document.get("teachers"):  # what the bottleneck was taught to keep
+            parameters["teachers"] = [{k: v for k, v in t.items() if k != "state"} for t in self.document["teachers"]]
         parameters.update(self.document.get("summary", {}))
+        if self.teachers is not None:
+            names = ", ".join(t["name"] for t in parameters["teachers"])
+            architecture = f"PCA to {self.dim(len(bands))} of frozen teachers' standardised features ({names})"
+        else:
+            architecture = (f"convolutional compressor ({', '.join(map(str, self.architecture['widths']))} channels, "
+                            f"{objective})")
         return self._contract_document(
             framework="pytorch",
             weights_sha256=self.sha256,
             weights_href=self.path.absolute().as_uri(),  # the writer copies it into the product (publishable_weights)
-            architecture=f"convolutional compressor ({', '.join(map(str, self.architecture['widths']))} channels, "
-                         f"{objective})",
+            architecture=architecture,
             pooling="none",
             parameters=parameters,
             inputs=_band_inputs(bands, band_sources),
             chip_size=chip_size,
             stride=stride,
             gsd=gsd,
-            normalization={"method": "standardize", "mean": [float(v) for v in self.input["normalization"]["mean"]],
-                           "std": [float(v) for v in self.input["normalization"]["std"]]},
+            normalization=_normalization(self.input["normalization"]),
             dim=self.dim(len(bands)),
             description=f"bottleneck of a compressor trained by eoembed ({objective})",
         )
+
+
+def _normalization(saved: dict) -> dict:
+    """The input normalisation a checkpoint declares (none: its teachers normalise the chips themselves)."""
+    if saved.get("method") == "none":
+        return {"method": "none"}
+    return {"method": "standardize", "mean": [float(v) for v in saved["mean"]], "std": [float(v) for v in saved["std"]]}

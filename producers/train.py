@@ -10,8 +10,12 @@ ends with the weights an uninterrupted run ends with. The result, ``OUT/encoder.
 for ``eoembed produce --encoder checkpoint:OUT/encoder.pt``.
 
 Objectives: ``autoencoder`` (reconstruct the chip through the ``dim`` bottleneck),
-``masked-autoencoder`` (the same, from chips with 2x2 blocks hidden, scored on the hidden pixels) and
-``distill`` (regress a bigger encoder's standardised features through the bottleneck).
+``masked-autoencoder`` (the same, from chips with 2x2 blocks hidden, scored on the hidden pixels),
+``distill`` (regress the concatenated, standardised features of several frozen teachers through the
+bottleneck: the form that won the Embed2Scale challenge) and ``pca`` (no steps: the teachers'
+features reduced by a PCA fitted on the training chips, the challenge's training-free entry).
+Teachers' features are computed once before the first step (:mod:`.teachers`), and the chips are
+standardised once: a step only gathers, turns and feeds its batch.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 from eoembed._errors import CheckpointError, EoembedError, TrainingConfigError
 
 from .compressor import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_atomic, state_sha256
-from .trainconfig import RESUMABLE_CHANGES, TrainConfig
+from .trainconfig import RESUMABLE_CHANGES, TEACHER_OBJECTIVES, TrainConfig
 from .trainset import ChipSample, apply_transforms, epoch_block_masks, epoch_transforms, sample_chips
 
 # Testing recovery: a rank SIGKILLs itself after this many optimiser steps of the process ("RANK:N").
@@ -39,6 +43,7 @@ FAULT_ENV = "EOEMBED_FAULT_KILL_AFTER_STEPS"
 # Testing synchronisation: each rank appends "epoch step sha256-of-weights" lines to FOLDER/rank-R.log.
 DIGEST_ENV = "EOEMBED_TRAIN_DIGESTS"
 CHECKPOINTS = "checkpoints"
+TEACHER_CACHE = "teacher-features"  # the teachers' features of the training chips, kept for --resume
 ENCODER_FILE = "encoder.pt"
 
 
@@ -139,40 +144,6 @@ def _plan(config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
     return None
 
 
-class _Teacher:
-    """Distillation targets: the teacher's features of the (augmented) chips, standardised per feature
-    with statistics of the un-augmented sample. Fitted teachers (rcf) are fitted once on rank 0."""
-
-    def __init__(self, comm, config: TrainConfig, sample: ChipSample, device: str) -> None:
-        from .encoders import get_encoder
-
-        encoder = get_encoder(config.teacher, **config.teacher_options)
-        needs_fit = hasattr(encoder, "fit") and hasattr(encoder, "state")
-        state = None
-        if needs_fit and comm.Get_rank() == 0:
-            encoder.fit(sample.pixels, sample.valid)
-            state = encoder.state()
-        if needs_fit:
-            state = comm.bcast(state, root=0)
-            encoder = type(encoder).from_state(state)
-        self.encoder = encoder.to(device)
-        features = self.features(sample.pixels, sample.valid)
-        self.mean = features.mean(axis=0)
-        self.std = features.std(axis=0)
-        self.std[self.std <= 1e-12] = 1.0
-        self.dim = features.shape[1]
-        self.description = {"name": config.teacher, "options": dict(config.teacher_options), "dim": int(self.dim),
-                            "weights_sha256": encoder.contract(bands=[b["name"] for b in sample.bands],
-                                                               chip_size=config.chip_size, stride=config.chip_size,
-                                                               gsd=sample.gsd)["weights_sha256"]}
-
-    def features(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return self.encoder.encode(pixels, valid).astype(np.float32)
-
-    def targets(self, pixels: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        return ((self.features(pixels, valid) - self.mean) / self.std).astype(np.float32)
-
-
 def _weights_digest(model) -> str:
     return state_sha256(model.state_dict())
 
@@ -242,7 +213,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     if len(set(fingerprints)) != 1:
         raise EoembedError("the ranks read different training chips; do all ranks see the same input files?")
     device = select_device(local_rank)
-    teacher = _Teacher(comm, config, sample, device) if config.objective == "distill" else None
+    teachers = None
+    if config.objective in TEACHER_OBJECTIVES:
+        from .teachers import Teachers
+
+        teachers = Teachers.fit(comm, config.teachers, sample, chip_size=config.chip_size, device=device,
+                                cache=config.teacher_cache or out / TEACHER_CACHE)
+    if config.objective == "pca":
+        return _train_pca(comm, config, sample, teachers, out)
+    targets = teachers.target_views(augment=config.augment) if teachers is not None else None
+    chips = sample.standardize(sample.pixels, sample.valid)  # once: flips and turns commute with it
     torch.use_deterministic_algorithms(True, warn_only=True)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
@@ -254,7 +234,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
         torch.manual_seed(config.seed)
         from .compressor import build_training_model
 
-        model = build_training_model(architecture, config.objective, teacher.dim if teacher else None).to(device)
+        model = build_training_model(architecture, config.objective, teachers.dim if teachers else None).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         history: dict[str, Any] = {"step_loss": [], "epoch_loss": [], "epoch_steps": [],
@@ -267,7 +247,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
             scaler.load_state_dict(saved["scaler"])
             history = saved["history"]
             start_epoch = int(saved["epoch"])
-        ddp = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None)
+        ddp = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
+                                      gradient_as_bucket_view=True)
 
         per_rank = config.batch_size // size
         sampler = DistributedSampler(range(len(sample)), num_replicas=size, rank=rank, shuffle=True, seed=config.seed,
@@ -275,21 +256,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
         steps_per_epoch = len(sampler) // per_rank
         if steps_per_epoch == 0:
             raise TrainingConfigError(f"training config: {len(sample)} chips give no full batch of {per_rank} per rank")
-        normalization = {"method": "standardize", "mean": [float(v) for v in sample.mean],
-                         "std": [float(v) for v in sample.std]}
-        contract_input = {"bands": sample.bands, "chip_size_px": config.chip_size, "gsd_m": sample.gsd,
-                          "normalization": normalization}
 
         def document(epoch: int, *, training: bool) -> dict:
-            doc = {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                "name": config.name or f"compressor-{config.objective}", "model_version": "1",
-                "objective": config.objective, "architecture": architecture, "input": contract_input,
-                "encoder_state": {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()},
-                "config": config.to_dict(), "teacher": teacher.description if teacher else None,
-                "summary": {"epochs": epoch, "chips": len(sample), "seed": config.seed,
-                            "final_loss": history["epoch_loss"][-1] if history["epoch_loss"] else None},
-            }
+            doc = _document(config, sample, architecture=architecture,
+                            encoder_state={k: v.detach().cpu() for k, v in model.encoder.state_dict().items()},
+                            teachers=teachers.card() if teachers else None,
+                            summary={"epochs": epoch, "chips": len(sample), "seed": config.seed,
+                                     "final_loss": history["epoch_loss"][-1] if history["epoch_loss"] else None})
             if training:
                 doc["training"] = {"epoch": epoch, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -319,25 +292,25 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
             for step in range(steps_per_epoch):
                 t0 = time.perf_counter()
                 index = np.sort(order[step * per_rank : (step + 1) * per_rank])
-                arrays = [sample.pixels[index], sample.valid[index]]
+                arrays = [chips[index], sample.valid[index]]
                 if hidden is not None:
                     arrays.append(hidden[index])
                 arrays = apply_transforms(arrays, codes[index])
-                pixels, valid = arrays[0], arrays[1]
-                x = torch.from_numpy(sample.standardize(pixels, valid)).to(device)
-                weight = torch.from_numpy(valid[:, None].astype(np.float32)).to(device)
-                target = x
+                x = torch.from_numpy(arrays[0]).to(device)
                 if hidden is not None:
                     mask = torch.from_numpy(arrays[2][:, None].astype(np.float32)).to(device)
                     x = x * (1.0 - mask)
-                    weight = weight * mask  # scored where hidden, as in masked autoencoders
                 with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
                                     dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
                     prediction = ddp(x)
-                if teacher is not None:
-                    goal = torch.from_numpy(teacher.targets(pixels, valid)).to(device)
-                    loss = torch.mean((prediction.float() - goal) ** 2)
+                if targets is not None:  # targets are weight-scaled: their column sum is the weighted mean error
+                    goal = torch.from_numpy(targets.take(index, codes[index])).to(device)
+                    loss = ((prediction.float() - goal) ** 2).sum(dim=1).mean()
                 else:
+                    target = torch.from_numpy(arrays[0]).to(device)
+                    weight = torch.from_numpy(arrays[1][:, None].astype(np.float32)).to(device)
+                    if hidden is not None:
+                        weight = weight * mask  # scored where hidden, as in masked autoencoders
                     squared = (prediction.float() - target) ** 2 * weight
                     loss = squared.sum() / (weight.sum().clamp_min(1.0) * x.shape[1])
                 optimizer.zero_grad(set_to_none=True)
@@ -375,20 +348,78 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
         if rank == 0:
             final = save_atomic(document(config.epochs if start_epoch < config.epochs else start_epoch, training=False),
                                 out / ENCODER_FILE)
-            from .compressor import file_sha256
-
-            summary = TrainSummary(
-                ranks=size, device=device, chips=len(sample), epochs=config.epochs,
-                epochs_run=max(0, config.epochs - start_epoch), steps=steps_done,
-                samples=steps_done * config.batch_size, seconds=step_seconds, wall_seconds=wall,
-                final_loss=history["epoch_loss"][-1] if history["epoch_loss"] else float("nan"),
-                encoder=str(final), weights_sha256=file_sha256(final), backend=backend)
-            record = {**summary.__dict__, "samples_per_second": summary.samples_per_second}
-            (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
+            summary = _summarise(out, final, ranks=size, device=device, chips=len(sample), epochs=config.epochs,
+                                 epochs_run=max(0, config.epochs - start_epoch), steps=steps_done,
+                                 samples=steps_done * config.batch_size, seconds=step_seconds, wall_seconds=wall,
+                                 final_loss=history["epoch_loss"][-1] if history["epoch_loss"] else float("nan"),
+                                 backend=backend)
         comm.Barrier()
         return summary
     finally:
         dist.destroy_process_group()
+
+
+def _document(config: TrainConfig, sample: ChipSample, *, architecture: dict, encoder_state: dict,
+              teachers: list[dict] | None, summary: dict, normalization: dict | None = None) -> dict:
+    """The checkpoint document every objective writes (the training state is added per epoch)."""
+    if normalization is None:
+        normalization = {"method": "standardize", "mean": [float(v) for v in sample.mean],
+                         "std": [float(v) for v in sample.std]}
+    return {
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+        "name": config.name or f"compressor-{config.objective}", "model_version": "1",
+        "objective": config.objective, "architecture": architecture,
+        "input": {"bands": sample.bands, "chip_size_px": config.chip_size, "gsd_m": sample.gsd,
+                  "normalization": normalization},
+        "encoder_state": encoder_state, "config": config.to_dict(), "teachers": teachers, "summary": summary,
+    }
+
+
+def _summarise(out: Path, final: Path, **figures: Any) -> TrainSummary:
+    """Rank 0: the run's summary, also written to OUT/summary.json."""
+    from .compressor import file_sha256
+
+    summary = TrainSummary(**figures, encoder=str(final), weights_sha256=file_sha256(final))
+    record = {**summary.__dict__, "samples_per_second": summary.samples_per_second}
+    (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
+    return summary
+
+
+def _train_pca(comm, config: TrainConfig, sample: ChipSample, teachers, out: Path) -> TrainSummary | None:
+    """The training-free compressor: the first ``dim`` principal components of the teachers' targets
+    on the un-augmented training chips (float64, each component's largest entry made positive, so the
+    result depends on the chips alone). Rank 0 writes ``OUT/encoder.pt``; it runs the teachers to produce."""
+    import torch
+
+    started = time.perf_counter()
+    if config.dim > min(len(sample), teachers.dim):
+        raise TrainingConfigError(f"training config: dim = {config.dim}, but the PCA of {len(sample)} chips x "
+                                  f"{teachers.dim} teacher features has at most {min(len(sample), teachers.dim)} "
+                                  "components; lower dim, add teachers or sample more chips")
+    summary = None
+    if comm.Get_rank() == 0:
+        features = teachers.identity_targets().astype(np.float64)
+        mean = features.mean(axis=0)
+        centred = features - mean
+        values, vectors = np.linalg.eigh(centred.T @ centred / len(features))
+        components = vectors[:, ::-1][:, : config.dim].T.copy()
+        lead = components[np.arange(config.dim), np.abs(components).argmax(axis=1)]
+        components *= np.where(lead < 0, -1.0, 1.0)[:, None]
+        residual = float(max(values[::-1][config.dim :].sum(), 0.0))  # per chip: squared error of the targets
+        state = {"teacher_mean": torch.from_numpy(teachers.mean.copy()), "teacher_std": torch.from_numpy(teachers.std.copy()),
+                 "feature_mean": torch.from_numpy(mean.astype(np.float32)),
+                 "components": torch.from_numpy(np.ascontiguousarray(components, dtype=np.float32))}
+        architecture = {"kind": "teacher-pca", "bands": len(sample.bands), "chip_size": config.chip_size,
+                        "dim": config.dim, "widths": []}
+        document = _document(config, sample, architecture=architecture, encoder_state=state,
+                             teachers=teachers.checkpoint_entries(), normalization={"method": "none"},
+                             summary={"epochs": 0, "chips": len(sample), "seed": config.seed, "final_loss": residual})
+        final = save_atomic(document, out / ENCODER_FILE)
+        summary = _summarise(out, final, ranks=comm.Get_size(), device="cpu", chips=len(sample), epochs=0,
+                             epochs_run=0, steps=0, samples=0, seconds=0.0,
+                             wall_seconds=time.perf_counter() - started, final_loss=residual, backend="none")
+    comm.Barrier()
+    return summary
 
 
 def main_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> int:
@@ -399,6 +430,11 @@ def main_train(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
     if failed is not None:
         return failed
     if summary is None:
+        return 0
+    if config.objective == "pca":
+        print(f"fitted {summary.encoder}: PCA of the teachers' features of {summary.chips} chips to {config.dim} values "
+              f"in {summary.wall_seconds:.1f} s; unexplained variance {summary.final_loss:.4g}; "
+              f"use it with --encoder checkpoint:{summary.encoder}", file=sys.stderr)
         return 0
     print(
         f"trained {summary.encoder}: {summary.epochs_run} epoch(s) ({summary.steps} steps, {summary.samples} samples) "

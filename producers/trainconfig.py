@@ -3,12 +3,19 @@
     inputs = ["../../shared/data/imagery/nc_landsat7_landclass96/landsat_multiband.tif"]
     out = "runs/nc-autoencoder"
     chip_size = 8
-    objective = "autoencoder"      # or "masked-autoencoder", "distill"
-    dim = 64
+    objective = "autoencoder"      # or "masked-autoencoder", "distill", "pca"
+    dim = 64                       # the bottleneck D (<= 1024)
     epochs = 10
     batch_size = 64                # global: split over the ranks
     lr = 1e-3
     seed = 0
+
+Distillation compresses the concatenated features of several frozen encoders (the form that won the
+Embed2Scale challenge); ``pca`` is the training-free entry of that challenge (the teachers' features
+reduced by a PCA fitted on the training chips, e.g. rcf averaged over seasons):
+
+    objective = "distill"
+    teachers = [{name = "stats"}, {name = "rcf", options = {features = 512}, weight = 2.0}]
 
 Every error names the key, the value and what to give instead.
 """
@@ -25,10 +32,13 @@ from eoembed._errors import TrainingConfigError
 
 from .embed2scale import S2_OFFSET
 
-OBJECTIVES = ("autoencoder", "masked-autoencoder", "distill")
+OBJECTIVES = ("autoencoder", "masked-autoencoder", "distill", "pca")
+TEACHER_OBJECTIVES = ("distill", "pca")  # the objectives that read frozen teachers' features
+MAX_DIM = 1024
+TEACHER_KEYS = ("name", "options", "weight")
 PRECISIONS = ("auto", "none", "bf16", "fp16")
 # Keys that may change between a run and its resumption (the rest must match the checkpoint's).
-RESUMABLE_CHANGES = ("epochs", "progress")
+RESUMABLE_CHANGES = ("epochs", "progress", "teacher_cache")
 
 
 @dataclass
@@ -48,8 +58,12 @@ class TrainConfig:
     dim: int = 64
     widths: list[int] = field(default_factory=lambda: [32, 64])
     mask_ratio: float = 0.5  # masked-autoencoder: share of 2x2 pixel blocks hidden from the encoder
-    teacher: str | None = None  # distill: a registered encoder name (rcf, presto, stats)
+    # distill / pca: frozen encoders whose concatenated, standardised features are compressed to dim;
+    # each {name, options = {...}, weight = 1.0} (weight: the teacher's share of the loss)
+    teachers: list[dict[str, Any]] | None = None
+    teacher: str | None = None  # shorthand for one teacher: teachers = [{name = teacher, options = teacher_options}]
     teacher_options: dict[str, Any] = field(default_factory=dict)
+    teacher_cache: str | None = None  # folder keeping the teachers' features between runs (default OUT/teacher-features)
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -97,6 +111,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.objective not in OBJECTIVES:
         raise _fail("objective", config.objective, f"give one of {', '.join(OBJECTIVES)}")
     config.dim = _int("dim", config.dim, 1)
+    if config.dim > MAX_DIM:
+        raise _fail("dim", config.dim, f"give at most {MAX_DIM} values per chip")
     if not isinstance(config.widths, list) or not config.widths:
         raise _fail("widths", config.widths, "give a list of channel counts, one per downsampling stage, e.g. [32, 64]")
     config.widths = [_int("widths[]", w, 1) for w in config.widths]
@@ -106,16 +122,11 @@ def check_config(config: TrainConfig) -> TrainConfig:
                     f"{len(config.widths)} stages halve the chip {len(config.widths)} times: give a multiple of {factor} "
                     "or fewer widths")
     config.mask_ratio = _float("mask_ratio", config.mask_ratio, 0.0, 0.95)
-    if config.objective == "distill":
-        if not isinstance(config.teacher, str) or not config.teacher:
-            raise _fail("teacher", config.teacher, "distill needs a teacher encoder name, e.g. teacher = \"rcf\"")
-        from .encoders import list_encoders
-
-        known = [e["name"] for e in list_encoders()]
-        if config.teacher not in known:
-            raise _fail("teacher", config.teacher, f"give a registered encoder: {', '.join(known)}")
     if not isinstance(config.teacher_options, dict):
         raise _fail("teacher_options", config.teacher_options, "give a table of the teacher's options")
+    config.teachers = _teachers(config)
+    if config.teacher_cache is not None and (not isinstance(config.teacher_cache, str) or not config.teacher_cache):
+        raise _fail("teacher_cache", config.teacher_cache, "give a folder path for the teachers' features")
     config.epochs = _int("epochs", config.epochs, 1)
     config.batch_size = _int("batch_size", config.batch_size, 1)
     config.max_chips = _int("max_chips", config.max_chips, 1)
@@ -134,6 +145,45 @@ def check_config(config: TrainConfig) -> TrainConfig:
     if config.max_chips < config.batch_size:
         raise _fail("max_chips", config.max_chips, f"sample at least batch_size = {config.batch_size} chips")
     return config
+
+
+def _teachers(config: TrainConfig) -> list[dict[str, Any]] | None:
+    """The teachers in one form, [{name, options, weight}], each name checked against the registry."""
+    if config.teachers is not None and config.teacher is not None:
+        raise _fail("teacher", config.teacher, "give either teacher (one) or teachers (a list), not both")
+    given = config.teachers
+    if given is None and config.teacher is not None:
+        given = [{"name": config.teacher, "options": dict(config.teacher_options)}]
+    if config.objective not in TEACHER_OBJECTIVES:
+        return given
+    if given is None:
+        raise _fail("teachers", None, f"{config.objective} needs teacher encoders, e.g. teachers = "
+                    "[{name = \"stats\"}, {name = \"rcf\"}] (or teacher = \"rcf\")")
+    if not isinstance(given, list) or not given:
+        raise _fail("teachers", given, "give a list of tables {name = ..., options = {...}, weight = 1.0}")
+    from .encoders import list_encoders
+
+    known = [e["name"] for e in list_encoders()]
+    teachers = []
+    for i, entry in enumerate(given):
+        key = "teacher" if config.teacher is not None else f"teachers[{i}]"
+        if not isinstance(entry, dict):
+            raise _fail(key, entry, "give a table {name = ..., options = {...}, weight = 1.0}")
+        unknown = sorted(set(entry) - set(TEACHER_KEYS))
+        if unknown:
+            raise _fail(f"{key}.{unknown[0]}", entry[unknown[0]], f"a teacher has only the keys {', '.join(TEACHER_KEYS)}")
+        name = entry.get("name")
+        user_model = isinstance(name, str) and name.split(":", 1)[0] in ("checkpoint", "torchscript", "module")
+        if not isinstance(name, str) or not (name in known or user_model):
+            raise _fail(f"{key}.name" if config.teacher is None else key, name,
+                        f"give a registered encoder: {', '.join(known)} (or checkpoint:PATH, torchscript:PATH, "
+                        "module:package.module:callable)")
+        options = entry.get("options", {})
+        if not isinstance(options, dict):
+            raise _fail(f"{key}.options", options, "give a table of the teacher's options")
+        weight = _float(f"{key}.weight", entry.get("weight", 1.0), 0.0, open_low=True)
+        teachers.append({"name": name, "options": dict(options), "weight": weight})
+    return teachers
 
 
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:

@@ -131,12 +131,14 @@ def epoch_block_masks(seed: int, epoch: int, n: int, size: int, ratio: float) ->
 
 
 def apply_transforms(arrays: list[np.ndarray], codes: np.ndarray) -> list[np.ndarray]:
-    """Apply each chip's flip/turn code to every array (the last two axes are rows and columns)."""
+    """Apply each chip's flip/turn code to every array (the last two axes are rows and columns).
+    Chips are turned in groups of one code, so a batch costs eight array operations, not one per chip."""
     out = [a.copy() for a in arrays]
-    for i, code in enumerate(codes):
+    for code in np.unique(codes):
         if code == 0:
             continue
+        chosen = np.flatnonzero(codes == code)
         for a in out:
-            turned = np.rot90(a[i], int(code) % 4, axes=(-2, -1))
-            a[i] = turned[..., ::-1] if code >= 4 else turned
+            turned = np.rot90(a[chosen], int(code) % 4, axes=(-2, -1))
+            a[chosen] = turned[..., ::-1] if code >= 4 else turned
     return out

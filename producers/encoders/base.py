@@ -26,6 +26,9 @@ class Encoder(abc.ABC):
     description: str = ""
     dim_rule: str = ""  # human-readable, e.g. "5 * n_bands"
     device: str = "cpu"
+    #: the vector of a chip does not change when the chip is flipped or turned by quarter turns, so a
+    #: trainer distilling it under those augmentations computes one vector per chip, not eight
+    flip_invariant: bool = False
 
     def to(self, device: str) -> "Encoder":
         """Run on ``device`` ("cpu", "cuda:0", ...). Encoders without torch work stay on the CPU."""

@@ -381,6 +381,7 @@ class PrestoEncoder(PretrainedEncoder):
     dim_rule = "128"
     embedding_dim = EMBED_DIM
     published_weights = {PUBLISHED_WEIGHTS_SHA256: PUBLISHED_WEIGHTS_URL}
+    flip_invariant = True  # pixels are encoded one by one and mean-pooled
 
     def __init__(
         self,

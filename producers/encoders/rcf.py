@@ -6,6 +6,12 @@ convolves each chip with every kernel (no padding) and keeps, per kernel, the me
 ``ReLU(conv - 1)`` and of ``ReLU(-conv - 1)``: ``features`` values, optionally reduced by a PCA fitted on
 the fitting chips' features.
 
+Multi-season chips: with ``seasons = T`` the chip's bands are T seasons of the same channels in
+time-major order (as stacks and cubes name them ``BAND@LABEL``). Kernels then span one season's
+channels, every season is encoded on its own and the features are averaged over the seasons that
+pool any output; the PCA, if any, reduces that average. This is the training-free entry of the
+Embed2Scale challenge: rcf features averaged over seasons, then PCA to the target size.
+
 Invalid pixels (``valid`` False, or non-finite in any band) never reach a vector: they are set to the
 band mean before the convolution, and the mean pools only the convolution outputs whose whole
 ``kernel_size`` x ``kernel_size`` window is valid. A chip that has valid pixels but no fully valid window
@@ -73,6 +79,7 @@ class RcfEncoder(Encoder):
         seed: int = 0,
         whiten: bool = False,
         pca_dim: int | None = None,
+        seasons: int = 1,
     ) -> None:
         features = _int_option("features", features, 2)
         if features % 2:
@@ -91,6 +98,7 @@ class RcfEncoder(Encoder):
             if pca_dim > features:
                 raise EncoderError(f"rcf: pca_dim={pca_dim} exceeds features={features}; pass pca_dim <= features")
         self.pca_dim = pca_dim
+        self.seasons = _int_option("seasons", seasons, 1)
         self._fitted: dict[str, Any] | None = None
         self._torch: dict[str, torch.Tensor] | None = None
 
@@ -108,23 +116,25 @@ class RcfEncoder(Encoder):
     def fit(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> "RcfEncoder":
         """Draw the kernels (and the standardisation, whitening and PCA) from sample chips; returns self."""
         pixels, valid = self._check_input(pixels, valid)
-        n, b, h, w = pixels.shape
+        n_bands = pixels.shape[1]
+        season_pixels, season_valid = self._split_seasons(pixels, valid)
+        n, b, h, w = season_pixels.shape
         k = self.kernel_size
         if n == 0:
             raise EncoderError("rcf: fit got no chips; pass at least one chip (n, bands, height, width)")
         if h < k or w < k:
             raise EncoderError(f"rcf: chips of {h}x{w} px are smaller than kernel_size={k}; pass larger chips")
-        ok = _ok_mask(pixels, valid)
+        ok = _ok_mask(season_pixels, season_valid)
         if not ok.any():
             raise EncoderError("rcf: the fitting chips have no valid pixel; fit on chips with valid pixels")
         # per-band standardisation over every valid pixel of the sample
-        x64 = np.moveaxis(pixels, 1, 0)[:, ok].astype(np.float64)  # (b, n_valid)
+        x64 = np.moveaxis(season_pixels, 1, 0)[:, ok].astype(np.float64)  # (b, n_valid)
         mean = x64.mean(axis=1)
         std = x64.std(axis=1)
         std = np.where(std > 0, std, 1.0)  # a constant band: centre it only
         band_mean = mean.astype(np.float32)
         band_std = std.astype(np.float32)
-        xs = _standardize(pixels, ok, band_mean, band_std)  # float32 numpy, invalid -> 0
+        xs = _standardize(season_pixels, ok, band_mean, band_std)  # float32 numpy, invalid -> 0
 
         # candidate patch positions: windows whose every pixel is valid
         win_ok = _window_valid(ok, k)  # (n, h-k+1, w-k+1)
@@ -156,8 +166,8 @@ class RcfEncoder(Encoder):
             offsets = np.zeros(m)
 
         fitted: dict[str, Any] = {
-            "n_bands": b,
-            "fit_chips": n,
+            "n_bands": n_bands,
+            "fit_chips": len(pixels),
             "band_mean": band_mean,
             "band_std": band_std,
             "kernels": np.ascontiguousarray(kernels.reshape(m, b, k, k), dtype=np.float32),
@@ -167,7 +177,7 @@ class RcfEncoder(Encoder):
         }
         self._set_fitted(fitted)
         if self.pca_dim is not None:
-            feats, counts = self._features(pixels, valid)
+            feats, counts = self._seasonal_features(pixels, valid)
             used = feats[counts > 0].astype(np.float64)
             if used.shape[0] < self.pca_dim:
                 self._fitted = self._torch = None
@@ -201,7 +211,7 @@ class RcfEncoder(Encoder):
         k = self.kernel_size
         if h < k or w < k:
             raise EncoderError(f"rcf: chips of {h}x{w} px are smaller than kernel_size={k}; pass larger chips")
-        feats, counts = self._features(pixels, valid)
+        feats, counts = self._seasonal_features(pixels, valid)
         if fitted["pca_components"] is not None:
             feats = self._project(feats)
             feats[counts == 0] = 0.0
@@ -222,6 +232,7 @@ class RcfEncoder(Encoder):
             "zca_eps": ZCA_EPS if self.whiten else None,
             "n_bands": int(fitted["n_bands"]),
             "fit_chips": int(fitted["fit_chips"]),
+            "seasons": self.seasons,
         }
         for key in _ARRAYS:
             value = fitted[key]
@@ -251,8 +262,11 @@ class RcfEncoder(Encoder):
             seed=state["seed"],
             whiten=state["whiten"],
             pca_dim=state["pca_dim"],
+            seasons=state.get("seasons", 1),  # states from before seasons existed hold one season
         )
-        b = _int_option("n_bands", state["n_bands"], 1)
+        n_bands = _int_option("n_bands", state["n_bands"], 1)
+        enc._check_seasons(n_bands)
+        b = n_bands // enc.seasons
         k, m, f = enc.kernel_size, enc.features // 2, enc.features
         shapes: dict[str, tuple[int, ...] | None] = {
             "band_mean": (b,),
@@ -262,7 +276,7 @@ class RcfEncoder(Encoder):
             "pca_mean": None if enc.pca_dim is None else (f,),
             "pca_components": None if enc.pca_dim is None else (enc.pca_dim, f),
         }
-        fitted: dict[str, Any] = {"n_bands": b, "fit_chips": _int_option("fit_chips", state["fit_chips"], 1)}
+        fitted: dict[str, Any] = {"n_bands": n_bands, "fit_chips": _int_option("fit_chips", state["fit_chips"], 1)}
         for key, shape in shapes.items():
             value = state[key]
             if shape is None:
@@ -285,6 +299,8 @@ class RcfEncoder(Encoder):
         """SHA-256 (lowercase hex) of the canonical bytes of :meth:`state`: a JSON header, then each array."""
         state = self.state()
         header = {key: state[key] for key in ("format", "version", *_SCALARS)}
+        if self.seasons != 1:  # one-season states keep the digest they had before seasons existed
+            header["seasons"] = self.seasons
         header["arrays"] = {
             key: None if state[key] is None else {"dtype": "<f4", "shape": list(state[key].shape)} for key in _ARRAYS
         }
@@ -328,6 +344,8 @@ class RcfEncoder(Encoder):
                 "whiten": self.whiten,
                 "pca_dim": self.pca_dim,
                 "fit_chips": int(fitted["fit_chips"]),
+                # one-season contracts stay as they were, so earlier products still match them
+                **({"seasons": self.seasons} if self.seasons != 1 else {}),
             },
             inputs=inputs,
             chip_size=chip_size,
@@ -366,6 +384,33 @@ class RcfEncoder(Encoder):
             tensors["pca_t"] = torch.from_numpy(fitted["pca_components"]).t().contiguous()
         self._fitted = fitted
         self._torch = tensors
+
+    def _check_seasons(self, n_bands: int) -> None:
+        if n_bands % self.seasons:
+            raise EncoderError(
+                f"rcf: {n_bands} bands do not split into seasons={self.seasons} equal seasons; pass chips of "
+                f"seasons x channels bands in time-major order, or another seasons count"
+            )
+
+    def _split_seasons(self, pixels: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(n, T*C, h, w) -> (n*T, C, h, w): every season becomes a chip of its own (chip-major)."""
+        n, bands, h, w = pixels.shape
+        self._check_seasons(bands)
+        if self.seasons == 1:
+            return pixels, valid
+        split = pixels.reshape(n * self.seasons, bands // self.seasons, h, w)
+        return split, None if valid is None else np.repeat(valid, self.seasons, axis=0)
+
+    def _seasonal_features(self, pixels: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Pre-PCA features averaged over the seasons that pool any output, and the pooled outputs per chip."""
+        feats, counts = self._features(*self._split_seasons(pixels, valid))
+        if self.seasons == 1:
+            return feats, counts
+        n = len(pixels)
+        used = (counts > 0).reshape(n, self.seasons)
+        total = (feats.reshape(n, self.seasons, -1) * used[..., None]).sum(axis=1, dtype=np.float64)
+        averaged = (total / np.maximum(used.sum(axis=1), 1)[:, None]).astype(np.float32)
+        return averaged, counts.reshape(n, self.seasons).sum(axis=1)
 
     def _features(self, pixels: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Pre-PCA features (n, features) float32 and the number of pooled outputs per chip."""

@@ -27,6 +27,7 @@ class StatsEncoder(Encoder):
     version = "1"
     description = "per band: mean, std, p10, p50, p90"
     dim_rule = "5 * n_bands"
+    flip_invariant = True  # per-band statistics of a chip do not change when it is flipped or turned
 
     def dim(self, n_bands: int) -> int:
         if int(n_bands) != n_bands or n_bands < 1:

@@ -1,4 +1,4 @@
-"""eoembed.producers.presto: the pretrained Presto encoder, on the real published weights."""
+"""eoembed.producers.encoders.presto: the pretrained Presto encoder, on the real published weights."""
 
 from __future__ import annotations
 

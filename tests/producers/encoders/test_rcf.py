@@ -1,4 +1,4 @@
-"""eoembed.producers.rcf: the ``rcf`` (MOSAIKS random convolutional features) encoder."""
+"""eoembed.producers.encoders.rcf: the ``rcf`` (MOSAIKS random convolutional features) encoder."""
 
 from __future__ import annotations
 
@@ -281,3 +281,28 @@ def test_fewshot_separates_land_classes(shared_data):
     print("\nnearest-centroid accuracy, 5 classes, 50 episodes:",
           ", ".join(f"{name} {shots}-shot {a:.3f}" for (name, shots), a in acc.items()))
     assert acc[("rcf", 5)] > 1 / len(classes) + 0.1
+
+
+def test_seasons_share_kernels_and_average_their_features():
+    """seasons=2: each season of a time-major chip is encoded with the same kernels and the features
+    are averaged over the seasons that pool anything; the state round-trips and changes the digest."""
+    spring, autumn = synthetic_chips(n=30, seed=5), synthetic_chips(n=30, seed=6)
+    both = np.concatenate([spring, autumn], axis=1)  # (n, 2 x 3 bands, h, w), time-major
+    enc = RcfEncoder(features=16, seed=2, seasons=2).fit(both)
+    per_season = RcfEncoder.from_state({**enc.state(), "seasons": 1, "n_bands": 3})
+    expected = (per_season.encode(spring) + per_season.encode(autumn)) / 2
+    assert np.allclose(enc.encode(both), expected, atol=1e-6)
+    valid = np.ones((30, 12, 12), bool)
+    gone = both.copy()
+    gone[:, 3:] = np.nan  # autumn missing everywhere: the chip is its spring features alone
+    assert np.allclose(enc.encode(gone, valid), per_season.encode(spring), atol=1e-6)
+    back = RcfEncoder.from_state(enc.state())
+    assert np.array_equal(back.encode(both), enc.encode(both))
+    assert back.weights_sha256() == enc.weights_sha256() != per_season.weights_sha256()
+    reduced = RcfEncoder(features=16, seed=2, seasons=2, pca_dim=4).fit(both)
+    assert reduced.encode(both).shape == (30, 4)
+    assert reduced.contract(bands=[f"B{i}" for i in range(6)], chip_size=12, stride=12, gsd=30)["parameters"]["seasons"] == 2
+    with pytest.raises(EncoderError, match="7 bands do not split into seasons=2"):
+        RcfEncoder(seasons=2).fit(synthetic_chips(bands=7))
+    with pytest.raises(EncoderError, match="seasons=0"):
+        RcfEncoder(seasons=0)
