@@ -8,6 +8,7 @@ so a product records exactly how its vectors were made.
 from __future__ import annotations
 
 import abc
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +16,11 @@ import numpy as np
 
 from eoembed._errors import EncoderError, NonFiniteEmbeddingError
 
-__all__ = ["Encoder", "PretrainedEncoder", "read_state_dict", "select_device"]
+__all__ = ["Encoder", "PretrainedEncoder", "SHARED", "read_state_dict", "select_device"]
+
+#: where the project keeps published weights files: ``$EOEMBED_SHARED``, by default ``../shared``
+#: beside the checkout (this file is ``CHECKOUT/producers/encoders/base.py``)
+SHARED = Path(os.environ.get("EOEMBED_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 
 
 class Encoder(abc.ABC):

@@ -44,7 +44,7 @@ import numpy as np
 
 from eoembed._errors import EncoderError
 
-from .base import PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
+from .base import SHARED, PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
 from .registry import register_encoder
 
 if TYPE_CHECKING:  # torch is imported where the model runs, not when the encoder is registered
@@ -66,8 +66,7 @@ __all__ = [
 
 #: where the project keeps the published weights (nasaharvest/galileo data/models/nano/, MIT):
 #: ``$EOEMBED_SHARED/data/weights/galileo-nano/encoder.pt`` with its ``config.json`` beside it
-_SHARED = Path(os.environ.get("EOEMBED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-DEFAULT_WEIGHTS = str(_SHARED / "data" / "weights" / "galileo-nano" / "encoder.pt")
+DEFAULT_WEIGHTS = str(SHARED / "data" / "weights" / "galileo-nano" / "encoder.pt")
 #: the published weights at the commit they were taken from, named in a product's model item
 PUBLISHED_WEIGHTS_URL = (
     "https://github.com/nasaharvest/galileo/raw/0f0b5b95ac81acef4b74cf4686dc877202f4541b/data/models/nano/encoder.pt"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,7 +38,7 @@ from torch import nn
 
 from eoembed._errors import EncoderError
 
-from .base import PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
+from .base import SHARED, PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
 from .registry import register_encoder
 
 __all__ = [
@@ -57,9 +56,8 @@ __all__ = [
 ]
 
 #: where the project keeps the published weights (nasaharvest/presto data/default_model.pt, MIT):
-#: ``$EOEMBED_SHARED/data/weights/presto/default_model.pt``, by default ../shared beside the checkout
-_SHARED = Path(os.environ.get("EOEMBED_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-DEFAULT_WEIGHTS = str(_SHARED / "data" / "weights" / "presto" / "default_model.pt")
+#: ``$EOEMBED_SHARED/data/weights/presto/default_model.pt``, SHARED of .base
+DEFAULT_WEIGHTS = str(SHARED / "data" / "weights" / "presto" / "default_model.pt")
 #: the published pretrained weights, named in a product's model item when those are the weights used
 PUBLISHED_WEIGHTS_URL = "https://github.com/nasaharvest/presto/raw/main/data/default_model.pt"
 PUBLISHED_WEIGHTS_SHA256 = "559c9d76f525bdf2dd3774da8b1e7f1510769b73baacac12e9e4d8d5c67fbe65"
