@@ -81,6 +81,25 @@ def test_stats_of_a_chip_do_not_depend_on_the_partial_chips_beside_it():
     np.testing.assert_allclose(got, reference_stats(pixels, valid), rtol=1e-5, atol=1e-4)
 
 
+def test_stats_moments_are_the_bits_of_numpy_mean_and_std():
+    """The encoder computes the moments in place (np.std's temporaries were its costliest step);
+    the sums are numpy's own, so the values are those of np.mean and np.std to the last bit."""
+    rng = np.random.default_rng(5)
+    x = (rng.integers(1, 30000, size=(9, 4, 256)) * rng.random((9, 4, 1))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    dense = StatsEncoder._dense(x)
+    np.testing.assert_array_equal(dense[..., 0], x64.mean(axis=-1))
+    np.testing.assert_array_equal(dense[..., 1], x64.std(axis=-1))
+    np.testing.assert_array_equal(StatsEncoder._masked(x, np.ones(x.shape, bool)), dense)
+    ok = rng.random(x.shape) > 0.3
+    masked = StatsEncoder._masked(x, ok)
+    zeroed = np.where(ok, x64, 0.0)
+    mean = zeroed.sum(axis=-1) / ok.sum(axis=-1)
+    np.testing.assert_array_equal(masked[..., 0], mean)
+    dev = np.where(ok, zeroed - mean[..., None], 0.0)
+    np.testing.assert_array_equal(masked[..., 1], np.sqrt((dev * dev).sum(axis=-1) / ok.sum(axis=-1)))
+
+
 def test_dim_rule():
     enc = get_encoder("stats")
     assert [enc.dim(n) for n in (1, 3, 5, 12)] == [5, 15, 25, 60]
