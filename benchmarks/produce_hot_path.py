@@ -339,8 +339,8 @@ def main() -> None:
         print(f"| {encoder} | {chips} | {_rates(minimal, 'rate')} | {_rates(made, 'rate')} | {ratio:.2f}x "
               f"{_pair_ratios(made, minimal, 'rate')} | {_rates(minimal, 'cpu_rate')} | {_rates(made, 'cpu_rate')} | "
               f"{cpu_ratio:.2f}x {_pair_ratios(made, minimal, 'cpu_rate')} | {abs_diff:.3g} | {rel_diff:.3g} |")
-    print("\nspread: 1 - slowest / fastest run of one side, the machine's noise; per alternation: the lowest and "
-          "highest ratio of two runs made one after the other")
+    print("\nspread: 1 - slowest / fastest run of one side, the machine's noise; per alternation: the median, lowest "
+          "and highest ratio of two runs made one after the other (under about the same load)")
 
 
 def _rates(results: list[dict], key: str) -> str:
@@ -350,7 +350,7 @@ def _rates(results: list[dict], key: str) -> str:
 
 def _pair_ratios(made: list[dict], minimal: list[dict], key: str) -> str:
     ratios = [m[key] / b[key] for m, b in zip(made, minimal)]
-    return f"({min(ratios):.2f}-{max(ratios):.2f})"
+    return f"(median {np.median(ratios):.2f}, {min(ratios):.2f}-{max(ratios):.2f})"
 
 
 if __name__ == "__main__":
