@@ -232,13 +232,18 @@ def timed_cli(argv: list[str]) -> None:
     import eoembed.producers.distribute  # noqa: F401  imports before the clock starts, as the job's own does
     from eoembed._cli import main
 
-    with tempfile.TemporaryDirectory() as tmp:  # the untimed warm-up job (see the module docstring)
-        warm = [argv[0], str(warm_up_scene(Path(tmp))), *argv[2:]]
-        warm[warm.index(OUT_FLAG) + 1] = str(Path(tmp) / "warm-up")
-        _run_cli(main, [*warm, "-q"])
+    warm_up_producer(main, argv)
     start = time.process_time()
     _run_cli(main, argv)
     print(time.process_time() - start)
+
+
+def warm_up_producer(main, argv: list[str]) -> None:
+    """The job of ``eoembed ARGV`` run once, untimed, on the warm-up scene (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = [argv[0], str(warm_up_scene(Path(tmp))), *argv[2:]]
+        warm[warm.index(OUT_FLAG) + 1] = str(Path(tmp) / "warm-up")
+        _run_cli(main, [*warm, "-q"])
 
 
 def compare_vectors(product: Path, minimal: Path) -> tuple[int, float, float]:
@@ -268,6 +273,7 @@ def profile(encoder: str, out: Path, args: argparse.Namespace) -> None:
 
     profiler = cProfile.Profile()
     argv = produce_command(encoder, out, args)[1:] + ["-q"]
+    warm_up_producer(main, argv)
     profiler.runcall(lambda: _run_cli(main, argv))
     stats = pstats.Stats(profiler)
     print(f"\nprofile of `eoembed {' '.join(argv)}` (top 25 by own time, then by cumulative time in the job):\n")
