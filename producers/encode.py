@@ -255,7 +255,7 @@ class StatsEncoder(Encoder):
         return self._check_output(stats.reshape(n, b * 5), b)
 
     @staticmethod
-    def _moments(x64: np.ndarray, count, ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _moments(x64: np.ndarray, count, *, ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mean and population std along the last axis over ``count`` values (pixels where ``ok``),
         with the sums np.mean and np.std take, so the same bits, but in place in ``x64`` (consumed):
         np.std's own temporaries made it the costliest step of the encoder."""
@@ -285,7 +285,7 @@ class StatsEncoder(Encoder):
     def _masked(x: np.ndarray, ok: np.ndarray) -> np.ndarray:
         count = ok.sum(axis=-1)  # (n, b)
         safe = np.maximum(count, 1)
-        mean, std = StatsEncoder._moments(np.where(ok, x, 0.0).astype(np.float64), safe, ok)
+        mean, std = StatsEncoder._moments(np.where(ok, x, 0.0).astype(np.float64), safe, ok=ok)
         # sort once with invalid pixels pushed to the end, then interpolate inside the valid prefix
         s = np.sort(np.where(ok, x, np.inf), axis=-1)
         s[count == 0] = 0.0  # no valid pixel: avoid inf - inf below (the result is zeroed anyway)

@@ -116,7 +116,7 @@ def _unit_ring(segments: int) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
-def _windows_array(windows: Sequence[ChipWindow], dtype=np.float64) -> np.ndarray:
+def _windows_array(windows: Sequence[ChipWindow], *, dtype=np.float64) -> np.ndarray:
     """(n, 3) col_off, row_off, size: one pass over the flattened tuples (np.array takes each tuple apart)."""
     return np.fromiter(itertools.chain.from_iterable(windows), dtype=dtype, count=3 * len(windows)).reshape(-1, 3)
 
