@@ -2,7 +2,7 @@
 plain rasterio + numpy + pyarrow script that makes the same vectors from the same scene.
 
     .venv/bin/python benchmarks/produce_hot_path.py [--encoders stats,rcf] [--chip-size 16] [--stride 8]
-        [--repeat 2] [--threads 1] [--profile]
+        [--repeat 4] [--threads 1] [--profile] [--other-bin DIR]
 
 The minimal loop reads the bands with rasterio in one read, cuts the chips with numpy window views,
 drops chips below the valid fraction, computes the same vectors as the encoder (stats: per band mean,
@@ -11,9 +11,14 @@ convolution per 4 chips, ReLU(+-conv - 1) mean-pooled over fully valid windows),
 one table with pyarrow: chip ids, WKB footprints, pixel offsets and the vectors. `eoembed produce`
 runs under `mpirun -n 1` on the same input. Both run in fresh processes with the same thread count,
 alternately, ``--repeat`` times; the best rate of each is compared. chips/s is measured inside each
-process, from opening the scene to the written output (interpreter start-up and imports excluded),
-as the producer's own summary line measures it. Chips per CPU second (same span, one thread each) are
-printed too: on a shared machine the wall-clock rate depends on the other load, the CPU rate hardly.
+process, from opening the scene to the written output, as the producer's own summary line measures
+it. Interpreter start-up, imports and other one-time set-up are excluded from both sides: each process
+first makes the same kind of output from a small generated scene (in another CRS, so that per-scene
+set-up stays timed), untimed; without it, pyarrow importing pandas on its first numpy array (a second
+or more) fell inside both timed spans. Chips per CPU second (same span, one thread each) are printed
+too: on a shared machine the wall-clock rate depends on the other load, the CPU rate hardly. The
+noise is reported with the figures: the spread of each side's runs (slowest against fastest) and the
+machine's load average over the whole run.
 
 The vectors of both are joined on the chips' pixel offsets and compared: stats must agree exactly;
 rcf to float32 rounding (other convolution batches than the producer's fixed chunks).
@@ -49,11 +54,13 @@ MIN_VALID = 0.5
 FIT_CHIPS = 1024  # the producer's default sample for fitting rcf
 BLOCK = 4096  # chips per step of the minimal loop
 CONV_CHIPS = 4  # chips per convolution call of the minimal rcf loop: the fastest of 4, 16, 64 and 4096 here
+OUT_FLAG = "--out"
+WARM_UP_SIZE = 64  # pixels a side of the generated warm-up scene
 SUMMARY = re.compile(r"produced .*?: (\d+) chips .*?, ([\d.]+) s, (\d+) chips/s")
 
 
 def produce_command(encoder: str, out: Path, args: argparse.Namespace) -> list[str]:
-    return [str(BIN / "eoembed"), "produce", str(SCENE), "--out", str(out), "--encoder", encoder,
+    return [str(BIN / "eoembed"), "produce", str(SCENE), OUT_FLAG, str(out), "--encoder", encoder,
             "--chip-size", str(args.chip_size), "--stride", str(args.stride), "--nodata", str(NODATA),
             "--datetime", WHEN, "--unit-chips", str(args.unit_chips), "--min-valid", str(MIN_VALID), "--no-progress"]
 
@@ -121,7 +128,20 @@ class RcfFeatures:
         return (sums / np.maximum(pool.sum(axis=(1, 2)), 1)[:, None]).astype(np.float32)
 
 
-def minimal_loop(encoder: str, out: Path, chip: int, stride: int) -> dict:
+def warm_up_scene(folder: Path) -> Path:
+    """A small generated 3-band uint16 scene in another CRS than the benchmark's (EPSG:32633)."""
+    import rasterio
+    from affine import Affine
+
+    path = folder / "warm-up.tif"
+    pixels = np.random.default_rng(0).integers(1, 4000, size=(3, WARM_UP_SIZE, WARM_UP_SIZE), dtype=np.uint16)
+    with rasterio.open(path, "w", driver="GTiff", width=WARM_UP_SIZE, height=WARM_UP_SIZE, count=3, dtype="uint16",
+                       crs="EPSG:32633", transform=Affine(30, 0, 500000, 0, -30, 5000000)) as ds:
+        ds.write(pixels)
+    return path
+
+
+def minimal_loop(encoder: str, out: Path, chip: int, stride: int, *, scene: Path = SCENE) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import rasterio
@@ -130,7 +150,7 @@ def minimal_loop(encoder: str, out: Path, chip: int, stride: int) -> dict:
     from pyproj import Transformer
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    with rasterio.open(SCENE) as ds:
+    with rasterio.open(scene) as ds:
         raw = ds.read()
         a, b_, c, d, e, f = tuple(ds.transform)[:6]
         to_lonlat = Transformer.from_crs(ds.crs.to_string(), "OGC:CRS84", always_xy=True)
@@ -166,7 +186,7 @@ def minimal_loop(encoder: str, out: Path, chip: int, stride: int) -> dict:
     lon, lat = to_lonlat.transform((a * corner_c + b_ * corner_r + c).ravel(), (d * corner_c + e * corner_r + f).ravel())
     lon, lat = np.reshape(lon, (n, 4)), np.reshape(lat, (n, 4))
     boxes = shapely.box(lon.min(1), lat.min(1), lon.max(1), lat.max(1))
-    ids = [hashlib.sha256(f"{SCENE.stem}|{x}|{y}|{chip}|{WHEN}".encode()).hexdigest()[:32] for x, y in zip(col_off.tolist(), row_off.tolist())]
+    ids = [hashlib.sha256(f"{scene.stem}|{x}|{y}|{chip}|{WHEN}".encode()).hexdigest()[:32] for x, y in zip(col_off.tolist(), row_off.tolist())]
     table = pa.table({
         "chip_id": pa.array(ids, pa.string()),
         "geometry": pa.array(shapely.to_wkb(boxes), pa.binary()),
@@ -194,10 +214,11 @@ def run_produce(encoder: str, out: Path, args: argparse.Namespace, env: dict, *,
     command = [str(bin_dir / "mpirun"), "-n", "1", str(bin_dir / "python"), __file__, TIMED_CLI,
                *produce_command(encoder, out, args)[1:]]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
-    found = SUMMARY.search(done.stderr)
+    lines = SUMMARY.findall(done.stderr)
+    found = lines[-1] if lines else None  # the timed job's summary line comes after the warm-up job's
     if done.returncode != 0 or found is None:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
-    chips, seconds, rate = found.groups()
+    chips, seconds, rate = found
     cpu = float(done.stdout.strip().splitlines()[-1])
     return {"chips": int(chips), "seconds": float(seconds), "rate": float(rate), "cpu_rate": int(chips) / cpu}
 
@@ -211,9 +232,18 @@ def timed_cli(argv: list[str]) -> None:
     import eoembed.producers.distribute  # noqa: F401  imports before the clock starts, as the job's own does
     from eoembed._cli import main
 
+    warm_up_producer(main, argv)
     start = time.process_time()
     _run_cli(main, argv)
     print(time.process_time() - start)
+
+
+def warm_up_producer(main, argv: list[str]) -> None:
+    """The job of ``eoembed ARGV`` run once, untimed, on the warm-up scene (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = [argv[0], str(warm_up_scene(Path(tmp))), *argv[2:]]
+        warm[warm.index(OUT_FLAG) + 1] = str(Path(tmp) / "warm-up")
+        _run_cli(main, [*warm, "-q"])
 
 
 def compare_vectors(product: Path, minimal: Path) -> tuple[int, float, float]:
@@ -243,6 +273,7 @@ def profile(encoder: str, out: Path, args: argparse.Namespace) -> None:
 
     profiler = cProfile.Profile()
     argv = produce_command(encoder, out, args)[1:] + ["-q"]
+    warm_up_producer(main, argv)
     profiler.runcall(lambda: _run_cli(main, argv))
     stats = pstats.Stats(profiler)
     print(f"\nprofile of `eoembed {' '.join(argv)}` (top 25 by own time, then by cumulative time in the job):\n")
@@ -266,7 +297,7 @@ def main() -> None:
     parser.add_argument("--chip-size", type=int, default=16)
     parser.add_argument("--stride", type=int, default=8)
     parser.add_argument("--unit-chips", type=int, default=2048)
-    parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each; the best rate counts")
+    parser.add_argument("--repeat", type=int, default=4, help="alternating runs of each; the best rate counts")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both (default 1: one core each)")
     parser.add_argument("--profile", action="store_true", help="also profile the producer in this process")
     parser.add_argument("--other-bin", type=Path, help="bin folder of another eoembed installation (an earlier "
@@ -275,11 +306,14 @@ def main() -> None:
     parser.add_argument("--minimal-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.minimal:
+        with tempfile.TemporaryDirectory() as tmp:  # the untimed warm-up pass (see the module docstring)
+            minimal_loop(args.minimal, Path(tmp) / "warm-up.parquet", args.chip_size, args.stride, scene=warm_up_scene(Path(tmp)))
         print(json.dumps(minimal_loop(args.minimal, Path(args.minimal_out), args.chip_size, args.stride)))
         return
     if not SCENE.exists():
         raise SystemExit(f"{SCENE} is missing; the benchmark reads the Landsat-8 scene from ../shared/data")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    load_before = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for encoder in args.encoders.split(","):
@@ -298,20 +332,31 @@ def main() -> None:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)
             for encoder in args.encoders.split(","):
                 profile(encoder, Path(tmp) / f"{encoder}-profile", args)
+    load_after = os.getloadavg()[0]
     print(f"\n`{' '.join([Path(sys.executable).name, *sys.argv])}`; scene {SCENE.name}, chip {args.chip_size} px, "
           f"stride {args.stride}, {args.threads} thread(s) each, {args.repeat} alternating runs (best counts); "
-          f"{os.cpu_count()} cores, Python {platform.python_version()}\n")
-    print("| encoder | chips | minimal loop chips/s (runs) | eoembed produce -n 1 chips/s (runs) | ratio | "
-          "minimal loop chips per CPU s | produce chips per CPU s | CPU ratio | max abs diff | max rel diff |")
+          f"{os.cpu_count()} cores, load average {load_before:.1f} before, {load_after:.1f} after; "
+          f"Python {platform.python_version()}\n")
+    print("| encoder | chips | minimal loop chips/s (runs; spread) | eoembed produce -n 1 chips/s (runs; spread) | ratio "
+          "(per alternation) | minimal loop chips per CPU s | produce chips per CPU s | CPU ratio (per alternation) | "
+          "max abs diff | max rel diff |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for encoder, chips, minimal, made, (ratio, cpu_ratio), abs_diff, rel_diff in rows:
-        print(f"| {encoder} | {chips} | {_rates(minimal, 'rate')} | {_rates(made, 'rate')} | {ratio:.2f}x | "
-              f"{_rates(minimal, 'cpu_rate')} | {_rates(made, 'cpu_rate')} | {cpu_ratio:.2f}x | {abs_diff:.3g} | {rel_diff:.3g} |")
+        print(f"| {encoder} | {chips} | {_rates(minimal, 'rate')} | {_rates(made, 'rate')} | {ratio:.2f}x "
+              f"{_pair_ratios(made, minimal, 'rate')} | {_rates(minimal, 'cpu_rate')} | {_rates(made, 'cpu_rate')} | "
+              f"{cpu_ratio:.2f}x {_pair_ratios(made, minimal, 'cpu_rate')} | {abs_diff:.3g} | {rel_diff:.3g} |")
+    print("\nspread: 1 - slowest / fastest run of one side, the machine's noise; per alternation: the median, lowest "
+          "and highest ratio of two runs made one after the other (under about the same load)")
 
 
 def _rates(results: list[dict], key: str) -> str:
     rates = [r[key] for r in results]
-    return f"{max(rates):.0f} ({', '.join(f'{r:.0f}' for r in rates)})"
+    return f"{max(rates):.0f} ({', '.join(f'{r:.0f}' for r in rates)}; {1 - min(rates) / max(rates):.0%})"
+
+
+def _pair_ratios(made: list[dict], minimal: list[dict], key: str) -> str:
+    ratios = [m[key] / b[key] for m, b in zip(made, minimal)]
+    return f"(median {np.median(ratios):.2f}, {min(ratios):.2f}-{max(ratios):.2f})"
 
 
 if __name__ == "__main__":

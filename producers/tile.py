@@ -7,6 +7,7 @@ without padding. Chips never extend beyond the image, so no pixel is invented.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 from dataclasses import dataclass
 from functools import lru_cache
@@ -115,8 +116,9 @@ def _unit_ring(segments: int) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
-def _windows_array(windows: Sequence[ChipWindow]) -> np.ndarray:
-    return np.array(windows, dtype=np.float64).reshape(-1, 3)
+def _windows_array(windows: Sequence[ChipWindow], *, dtype=np.float64) -> np.ndarray:
+    """(n, 3) col_off, row_off, size: one pass over the flattened tuples (np.array takes each tuple apart)."""
+    return np.fromiter(itertools.chain.from_iterable(windows), dtype=dtype, count=3 * len(windows)).reshape(-1, 3)
 
 
 def _native_bounds(scene: Scene, win: np.ndarray) -> np.ndarray:
@@ -132,25 +134,35 @@ def _native_bounds(scene: Scene, win: np.ndarray) -> np.ndarray:
 def _lonlat_rings(scene: Scene, win: np.ndarray, segments: int = DENSIFY_SEGMENTS) -> tuple[np.ndarray, np.ndarray]:
     """Densified chip borders in CRS84: lon, lat arrays of shape (n, 4 * segments)."""
     u, v = _unit_ring(segments)
-    cols = win[:, :1] + win[:, 2:3] * u[None, :]
-    rows = win[:, 1:2] + win[:, 2:3] * v[None, :]
+    shape = (len(win), len(u))
     # Points on the chips' top and bottom edges lie on few rows, those on their left and right edges on
     # few columns, and neighbouring chips share them: project each point of those two lattices once.
     edges = [(v == 0) | (v == 1)]
     edges.append(~edges[0])  # left and right edges (u is 0 or 1)
     offsets_c, offsets_r, sizes = (np.unique(win[:, i]) for i in range(3))
+    # each chip's column offset, row offset and size as positions among those distinct values
+    at_c, at_r, at_size = (np.searchsorted(values, win[:, i]) for i, values in enumerate((offsets_c, offsets_r, sizes)))
 
-    def lattice(offsets: np.ndarray, fractions: np.ndarray) -> np.ndarray:  # the same sums as cols and rows above
-        return np.unique(offsets[:, None, None] + sizes[None, :, None] * np.unique(fractions)[None, None, :])
+    def lattice(offsets: np.ndarray, chip_at: np.ndarray, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct positions offset + size * fraction, and each chip point's index among them, found
+        in a table over (offset, size, fraction) rather than by a search per point. The sums are those
+        of the points' own positions (offset + size * u), so equal positions meet bit for bit."""
+        steps, step_of = np.unique(fractions, return_inverse=True)
+        sums = offsets[:, None, None] + sizes[None, :, None] * steps[None, None, :]
+        values = np.unique(sums)
+        table = np.searchsorted(values, sums)
+        return values, table[chip_at[:, None], at_size[:, None], step_of[None, :]]
 
-    lattices = [(edge, lattice(offsets_c, u[edge]), lattice(offsets_r, v[edge])) for edge in edges]
-    if sum(len(c) * len(r) for _, c, r in lattices) >= cols.size:  # scattered chips share few points
-        lon, lat = (values.reshape(cols.shape) for values in _to_crs84_points(scene, cols, rows))
+    lattices = [(edge, *lattice(offsets_c, at_c, u[edge]), *lattice(offsets_r, at_r, v[edge])) for edge in edges]
+    if sum(len(c) * len(r) for _, c, _, r, _ in lattices) >= np.prod(shape):  # scattered chips share few points
+        cols = win[:, :1] + win[:, 2:3] * u[None, :]
+        rows = win[:, 1:2] + win[:, 2:3] * v[None, :]
+        lon, lat = (values.reshape(shape) for values in _to_crs84_points(scene, cols, rows))
     else:
-        lon, lat = np.empty(cols.shape), np.empty(cols.shape)
-        for edge, lattice_cols, lattice_rows in lattices:
+        lon, lat = np.empty(shape), np.empty(shape)
+        for edge, lattice_cols, col_at, lattice_rows, row_at in lattices:
             x, y = _to_crs84_points(scene, *np.meshgrid(lattice_cols, lattice_rows))
-            at = np.searchsorted(lattice_rows, rows[:, edge]) * len(lattice_cols) + np.searchsorted(lattice_cols, cols[:, edge])
+            at = row_at * len(lattice_cols) + col_at
             lon[:, edge], lat[:, edge] = x[at], y[at]
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
         raise ImageryError(
@@ -264,7 +276,7 @@ def strip_batches(
     if not windows:
         return
     windows = list(windows)
-    win = np.array(windows, dtype=np.int64).reshape(-1, 3)
+    win = _windows_array(windows, dtype=np.int64)
     size = int(win[0, 2])
     # chips grouped by row, rows in order of first appearance
     row_ids, first_seen = np.unique(win[:, 1], return_index=True)

@@ -63,6 +63,43 @@ def test_stats_without_mask_equals_all_true_mask():
     assert enc.encode(pixels[:0]).shape == (0, 10)
 
 
+def test_stats_of_a_chip_do_not_depend_on_the_partial_chips_beside_it():
+    """Fully valid chips take the dense path even in a batch with partial ones; their vectors are the
+    bits that the chip alone gives, and those of the masked path the whole batch took before."""
+    rng = np.random.default_rng(11)
+    pixels = rng.integers(1, 4000, size=(8, 3, 16, 16)).astype(np.float32)
+    valid = np.ones((8, 16, 16), bool)
+    valid[[1, 6], :5] = False  # two partial chips among six full ones
+    pixels[4, 2, 3, 3] = np.inf  # full in the mask, partial in one band
+    enc = StatsEncoder()
+    got = enc.encode(pixels, valid)
+    alone = np.concatenate([enc.encode(pixels[i : i + 1], valid[i : i + 1]) for i in range(8)])
+    np.testing.assert_array_equal(got, alone)
+    ok = np.isfinite(pixels.reshape(8, 3, -1)) & valid.reshape(8, 1, -1)
+    masked = StatsEncoder._masked(pixels.reshape(8, 3, -1), ok).reshape(8, 15).astype(np.float32)
+    np.testing.assert_array_equal(got, masked)
+    np.testing.assert_allclose(got, reference_stats(pixels, valid), rtol=1e-5, atol=1e-4)
+
+
+def test_stats_moments_are_the_bits_of_numpy_mean_and_std():
+    """The encoder computes the moments in place (np.std's temporaries were its costliest step);
+    the sums are numpy's own, so the values are those of np.mean and np.std to the last bit."""
+    rng = np.random.default_rng(5)
+    x = (rng.integers(1, 30000, size=(9, 4, 256)) * rng.random((9, 4, 1))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    dense = StatsEncoder._dense(x)
+    np.testing.assert_array_equal(dense[..., 0], x64.mean(axis=-1))
+    np.testing.assert_array_equal(dense[..., 1], x64.std(axis=-1))
+    np.testing.assert_array_equal(StatsEncoder._masked(x, np.ones(x.shape, bool)), dense)
+    ok = rng.random(x.shape) > 0.3
+    masked = StatsEncoder._masked(x, ok)
+    zeroed = np.where(ok, x64, 0.0)
+    mean = zeroed.sum(axis=-1) / ok.sum(axis=-1)
+    np.testing.assert_array_equal(masked[..., 0], mean)
+    dev = np.where(ok, zeroed - mean[..., None], 0.0)
+    np.testing.assert_array_equal(masked[..., 1], np.sqrt((dev * dev).sum(axis=-1) / ok.sum(axis=-1)))
+
+
 def test_dim_rule():
     enc = get_encoder("stats")
     assert [enc.dim(n) for n in (1, 3, 5, 12)] == [5, 15, 25, 60]
