@@ -66,18 +66,30 @@ def load_plugins() -> None:
                                "that package") from exc
 
 
+# Encoders named by a prefix and a path (users' own models, trained compressors), as ``module:Class``
+# in the form of the entry points: the registry loads them by name and imports none of them itself.
+PREFIXED = {
+    "torchscript": "eoembed.producers.encoders.usermodel:UserModelEncoder",
+    "module": "eoembed.producers.encoders.usermodel:UserModelEncoder",
+    "checkpoint": "eoembed.producers.compressor:CheckpointEncoder",  # a compressor trained by `eoembed train`
+}
+
+
+def _load(target: str):
+    """The object a ``module:attribute`` string names."""
+    import importlib
+
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def get_encoder(name: str, **options) -> Encoder:
     """A new encoder registered under ``name``, built with ``options``; ``torchscript:PATH`` and
     ``module:package.module:callable`` load users' own models (see :mod:`.usermodel`), ``checkpoint:PATH``
-    a compressor trained by ``eoembed train`` (see :mod:`.compressor`)."""
-    if name.split(":", 1)[0] in ("torchscript", "module") and ":" in name:
-        from .usermodel import UserModelEncoder
-
-        return UserModelEncoder(name, **options)
-    if name.startswith("checkpoint:"):  # a compressor trained by `eoembed train`
-        from ..compressor import CheckpointEncoder
-
-        return CheckpointEncoder(name, **options)
+    a compressor trained by ``eoembed train`` (see :mod:`eoembed.producers.compressor`)."""
+    prefix = name.split(":", 1)[0]
+    if prefix in PREFIXED and ":" in name:
+        return _load(PREFIXED[prefix])(name, **options)
     if name not in _REGISTRY:
         load_plugins()
     cls = _REGISTRY.get(name)
