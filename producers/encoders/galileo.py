@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Sequence
@@ -44,6 +43,7 @@ import numpy as np
 
 from eoembed._errors import EncoderError
 
+from .bands import SENSORS, check_sensor, s2_band
 from .base import SHARED, PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
 from .registry import register_encoder
 
@@ -97,6 +97,7 @@ TIME_GROUPS: tuple[tuple[str, int], ...] = (("ERA5", 2), ("TC", 3), ("VIIRS", 1)
 STATIC_GROUPS: tuple[tuple[str, int], ...] = (("LS", 1), ("location", 3), ("DW_static", 9), ("WC_static", 5))
 _NDVI = SPACE_TIME_CHANNELS.index("NDVI")
 _RED, _NIR = SPACE_TIME_CHANNELS.index("B4"), SPACE_TIME_CHANNELS.index("B8")
+_S2_CHANNELS = [i for i, c in enumerate(SPACE_TIME_CHANNELS) if c.startswith("B")]
 
 # Pretraining statistics of the 13 space-time channels: nasaharvest/galileo config/normalization.json,
 # key "13" (mean, std over 10 000 sampled training instances). The repository's Normalizer(std=True)
@@ -473,16 +474,14 @@ def load_galileo(path: str | os.PathLike) -> GalileoNet:
 # the encoder
 # --------------------------------------------------------------------------------------------------
 
-_S2_NAME = re.compile(r"^B0*(\d{1,2}A?)$")
-
-
-def galileo_channel(band: str) -> str | None:
-    """The space-time channel a chip band feeds (``B04`` and ``B4`` -> ``B4``, ``vv`` -> ``VV``), or None."""
+def galileo_channel(band: str, *, sensor: str = "sentinel2") -> str | None:
+    """The space-time channel a chip band of ``sensor`` feeds, or None: ``B04`` and ``B4`` -> ``B4`` on
+    Sentinel-2, ``B3`` -> ``B4`` (red) on Landsat-7, ``red`` -> ``B4`` on any sensor, ``vv`` -> ``VV``."""
     name = band.strip().upper()
-    match = _S2_NAME.match(name)
-    if match:
-        name = "B" + match.group(1)
-    return name if name in SPACE_TIME_CHANNELS else None
+    if name in ("VV", "VH", "NDVI"):
+        return name
+    channel = s2_band(band, sensor=sensor)
+    return channel if channel in SPACE_TIME_CHANNELS else None
 
 
 def _split_label(band: str) -> tuple[str, str]:
@@ -518,6 +517,12 @@ class GalileoEncoder(PretrainedEncoder):
       ``VV`` / ``VH`` (Sentinel-1, dB) or ``NDVI``; other bands (B01, B09, ...) reach no token
       (:attr:`unused_bands`). Default: the 12 S1/S2 channels in Galileo's order, one date.
       Sentinel-2 values are reflectance x 10 000 (L1C, as Galileo was pretrained; L2A is close).
+    * ``sensor``: whose band numbers the ``B...`` names are (:data:`~.bands.SENSORS`; default
+      ``sentinel2``). ``landsat7`` reads ``B1``..``B5`` as blue, green, red, NIR, SWIR1 and feeds them to
+      B2, B3, B4, B8, B11 (:mod:`.bands`); bands named by common name (``red``, ``nir``, ...) need none.
+    * ``input_scale``: multiplies chip values before the normalisation, to bring them to reflectance
+      x 10 000 (e.g. ``10000 / 255`` for 8-bit DN: crude, no radiometric calibration); S1 and NDVI
+      bands are left as they are. Default 1.
     * ``times``: the acquisition date of each timestep (ISO 8601), which gives its month. Default:
       the labels of ``bands`` when they are dates (``YYYY-MM-DD``).
     * ``patch_size``: pixels per token side (1..8); chips must be square, a multiple of it.
@@ -545,7 +550,15 @@ class GalileoEncoder(PretrainedEncoder):
         times: Sequence[Any] | None = None,
         patch_size: int = 4,
         gsd_m: float = BASE_GSD_M,
+        sensor: str = "sentinel2",
+        input_scale: float = 1.0,
     ) -> None:
+        self.sensor = check_sensor(sensor, encoder="galileo")
+        if isinstance(input_scale, bool) or not isinstance(input_scale, numbers.Real) or not (
+            np.isfinite(input_scale) and input_scale > 0
+        ):
+            raise EncoderError(f"galileo: input_scale={input_scale!r}; pass a finite number > 0")
+        self.input_scale = float(input_scale)
         if isinstance(patch_size, bool) or not isinstance(patch_size, numbers.Integral) or not 1 <= patch_size <= 8:
             raise EncoderError(f"galileo: patch_size={patch_size!r}; pass a whole number of pixels 1..8")
         self.patch_size = int(patch_size)
@@ -570,7 +583,7 @@ class GalileoEncoder(PretrainedEncoder):
             name, label = _split_label(band)
             if label not in labels:
                 labels.append(label)
-            channel = galileo_channel(name)
+            channel = galileo_channel(name, sensor=self.sensor)
             if channel is None:
                 continue
             key = (labels.index(label), SPACE_TIME_CHANNELS.index(channel))
@@ -616,7 +629,8 @@ class GalileoEncoder(PretrainedEncoder):
             raise EncoderError(
                 f"galileo: the bands {self.bands} complete no channel group at any timestep ("
                 + "; ".join(f"{n}: {', '.join(SPACE_TIME_CHANNELS[i] for i in idx)}" for n, idx in SPACE_TIME_GROUPS)
-                + "); name the S1/S2 bands as B02..B12, B8A, VV, VH"
+                + f"); name the S1/S2 bands as B02..B12, B8A, VV, VH, by common name (blue, red, nir, ...), or pass "
+                f"the sensor whose band numbers they are (sensor={self.sensor!r} now; one of {', '.join(SENSORS)})"
             )
         used = set()
         for step in range(steps):
@@ -654,6 +668,8 @@ class GalileoEncoder(PretrainedEncoder):
         have = self._source >= 0
         chw = np.moveaxis(pixels, 1, -1)  # (n, h, w, bands)
         raw[..., have] = chw[..., self._source[have]]
+        if self.input_scale != 1.0:
+            raw[..., _S2_CHANNELS] *= np.float32(self.input_scale)
         seen = np.isfinite(raw) & have  # per pixel and channel
         if valid is not None:
             seen &= valid[:, :, :, None, None]
@@ -727,7 +743,9 @@ class GalileoEncoder(PretrainedEncoder):
             parameters={
                 "bands": list(self.bands),
                 "channel_order": list(SPACE_TIME_CHANNELS),
-                "channels": {b: galileo_channel(_split_label(b)[0]) for b in self.bands},
+                "sensor": self.sensor,
+                "input_scale": self.input_scale,
+                "channels": {b: galileo_channel(_split_label(b)[0], sensor=self.sensor) for b in self.bands},
                 "timesteps": list(self.labels),
                 "times": list(self.times),
                 "months": [int(m) + 1 for m in self.months],

@@ -38,6 +38,7 @@ from torch import nn
 
 from eoembed._errors import EncoderError
 
+from .bands import s2_band
 from .base import SHARED, PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
 from .registry import register_encoder
 
@@ -102,11 +103,12 @@ DIVISOR = np.array([25.0, 25.0] + [1e4] * 10 + [35.0, 0.03] + [2000.0, 50.0] + [
 #: Dynamic World has 9 classes (0..8); index 9 means "missing" and its token is masked
 DW_MISSING = 9
 
-#: Landsat-7 ETM+ bands -> nearest Sentinel-2 bands (an approximation: ETM+ band 1 blue 450-515 nm ~
-#: B2, 2 green ~ B3, 3 red ~ B4, 4 NIR 775-900 nm ~ B8, 5 SWIR1 1550-1750 nm ~ B11, 7 SWIR2
-#: 2090-2350 nm ~ B12). Spectral responses, radiometric levels (DN vs reflectance) and resolutions
-#: differ; Presto was pretrained on Sentinel-2 only.
-LANDSAT7_BAND_MAP: dict[str, str] = {"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11", "B7": "B12"}
+#: Landsat-7 ETM+ bands -> nearest Sentinel-2 bands, from the band-alias table (:mod:`.bands`): an
+#: approximation (ETM+ band 1 blue 450-515 nm ~ B2, 2 green ~ B3, 3 red ~ B4, 4 NIR 775-900 nm ~ B8,
+#: 5 SWIR1 1550-1750 nm ~ B11, 7 SWIR2 2090-2350 nm ~ B12). Spectral responses, radiometric levels (DN
+#: vs reflectance) and resolutions differ; Presto was pretrained on Sentinel-2 only. For other sensors
+#: or band subsets: :func:`.bands.s2_band_map`.
+LANDSAT7_BAND_MAP: dict[str, str] = {b: s2_band(b, sensor="landsat7") for b in ("B1", "B2", "B3", "B4", "B5", "B7")}
 
 EMBED_DIM = 128
 MAX_TIMESTEPS = 24

@@ -304,3 +304,34 @@ def test_producer_on_a_real_s1_s2_stack(tmp_path, weights, net, season_files):
     with torch.inference_mode():
         expected = GalileoNet.average_tokens(net(*_tensors(direct), patch_size=4))[0].numpy()
     np.testing.assert_allclose(np.asarray(row["embedding"], np.float32), expected, rtol=0, atol=1e-5)
+
+
+def test_landsat7_bands_feed_their_sentinel2_equivalents(weights, shared_data):
+    """ETM+ bands 1-5 of the real NC scene (positional names B1..B5, 8-bit DN) reach Galileo as blue,
+    green, red, NIR (B2, B3, B4, B8), not as Sentinel-2 B1..B5; input_scale brings the DN to the
+    reflectance scale first."""
+    with rasterio.open(_require(shared_data / "imagery/nc_landsat7_landclass96/landsat_multiband.tif")) as src:
+        chips = src.read(window=rasterio.windows.Window(200, 200, 16, 8)).astype(np.float32)
+    chips = np.stack([chips[:, :, :8], chips[:, :, 8:]])  # two 8 px chips, (2, 5, 8, 8)
+    w, scale, landsat = str(weights), 10000 / 255, ["B1", "B2", "B3", "B4", "B5"]
+    enc = GalileoEncoder(weights=w, bands=landsat, sensor="landsat7", input_scale=scale, times=["2000-06-01"], gsd_m=28.5)
+    assert enc.groups_used == [["S2_RGB", "S2_NIR_10m", "NDVI"]]
+    assert enc.unused_bands == ["B5"]  # SWIR1 alone: the SWIR group wants B12 too
+    # the same chips under Sentinel-2 names, scaled by hand, and under common names
+    named = GalileoEncoder(weights=w, bands=["B02", "B03", "B04", "B08", "B11"], times=["2000-06-01"], gsd_m=28.5)
+    common = GalileoEncoder(weights=w, bands=["blue", "green", "red", "nir", "swir16"], times=["2000-06-01"], gsd_m=28.5)
+    out = enc.encode(chips)
+    np.testing.assert_allclose(out, named.encode(chips * np.float32(scale)), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out, common.encode(chips * np.float32(scale)), rtol=0, atol=1e-5)
+    # read as Sentinel-2 band numbers the NIR band would land on red and the vectors differ
+    as_s2 = GalileoEncoder(weights=w, bands=landsat, input_scale=scale, times=["2000-06-01"], gsd_m=28.5)
+    assert as_s2.groups_used == [["S2_RGB"]] and np.abs(as_s2.encode(chips) - out).max() > 0.1
+    card = enc.contract(bands=landsat, chip_size=8, stride=8, gsd=28.5)["parameters"]
+    assert card["sensor"] == "landsat7" and card["input_scale"] == pytest.approx(scale)
+    assert card["channels"] == {"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11"}
+    with pytest.raises(EncoderError, match="sensor='landsat-x' is not one of"):
+        GalileoEncoder(weights=w, bands=landsat, sensor="landsat-x", times=["2000-06-01"])
+    with pytest.raises(EncoderError, match="input_scale=0"):
+        GalileoEncoder(weights=w, bands=landsat, sensor="landsat7", input_scale=0, times=["2000-06-01"])
+    with pytest.raises(EncoderError, match="or pass the sensor whose band numbers they are"):
+        GalileoEncoder(weights=w, bands=["B6", "B8"], sensor="landsat7", times=["2000-06-01"])
