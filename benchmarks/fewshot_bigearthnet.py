@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 
 import eoembed
-from eoembed.producers.encoders.presto import PRESTO_CHANNELS
 from fewshot_nc import DATA, LABELS, RCF, ROOT, plot, produce, stored_bytes, teacher_bytes
 
 S2_ROOT = DATA / "imagery/bigearthnet/examples/BigEarthNet-S2-Example"
@@ -45,8 +44,7 @@ DIM = 128
 SHOTS = (1, 5)
 METHODS = ["prototype"]
 
-PRESTO = {"name": "presto", "options": {"band_map": {b: (b.replace("B0", "B") if b.replace("B0", "B") in PRESTO_CHANNELS else None)
-                                                     for b in BANDS}, "month": 7}}
+PRESTO = {"name": "presto", "options": {"bands": BANDS, "month": 7}}  # B01, B09 have no Presto channel
 GALILEO = {"name": "galileo", "options": {"bands": BANDS, "times": ["2017-07-01"], "gsd_m": 10.0, "patch_size": 4}}
 TRAINING = {"inputs": [str(S2_ROOT)], "s1_root": str(S1_ROOT), "chip_size": CHIP, "stride": 20, "min_valid_fraction": 1.0,
             "max_chips": 4096, "seed": 0}

@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 
 import eoembed
-from eoembed.producers.encoders.bands import s2_band_map
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EOEMBED_SHARED", ROOT.parent / "shared")) / "data"
@@ -58,7 +57,7 @@ DIM = 128
 SHOTS = (1, 5, 10)
 METHODS = ["prototype"]
 
-PRESTO = {"name": "presto", "options": {"band_map": s2_band_map(LANDSAT, sensor="landsat7"), "latlon": [35.78, -78.64],
+PRESTO = {"name": "presto", "options": {"bands": LANDSAT, "sensor": "landsat7", "latlon": [35.78, -78.64],
                                         "input_scale": DN_TO_REFLECTANCE}}
 GALILEO = {"name": "galileo", "options": {"bands": LANDSAT, "sensor": "landsat7", "input_scale": DN_TO_REFLECTANCE,
                                           "times": ["2000-06-01"], "gsd_m": 28.5, "patch_size": 4}}

@@ -38,7 +38,7 @@ from torch import nn
 
 from eoembed._errors import EncoderError
 
-from .bands import s2_band
+from .bands import check_sensor, s2_band
 from .base import SHARED, PretrainedEncoder, _band_inputs, _check_geometry, read_state_dict
 from .registry import register_encoder
 
@@ -349,6 +349,14 @@ def _check_band_map(band_map: Any) -> dict[str, str | None] | None:
     return out
 
 
+def presto_channel(band: str, *, sensor: str = "sentinel2") -> str | None:
+    """The Presto channel a chip band of ``sensor`` feeds (by the band-alias table), or None."""
+    if band.strip().upper() in ("VV", "VH"):
+        return band.strip().upper()
+    channel = s2_band(band, sensor=sensor)
+    return channel if channel in PRESTO_CHANNELS else None
+
+
 @register_encoder
 class PrestoEncoder(PretrainedEncoder):
     """Pretrained Presto (nasaharvest) applied per pixel, mean-pooled over each chip's valid pixels.
@@ -363,6 +371,11 @@ class PrestoEncoder(PretrainedEncoder):
       Presto masks a whole channel group when any of its channels is missing: a map that gives B11
       without B12 leaves the SWIR group out (see :attr:`unused_bands`). NDVI is computed from B8 and
       B4 when both are mapped and NDVI is not. E.g. :data:`LANDSAT7_BAND_MAP` (an approximation).
+    * ``bands`` (instead of ``band_map``): the chip band names in chip order; each feeds the channel
+      the band-alias table (:mod:`.bands`) gives it for ``sensor`` (``VV`` / ``VH`` as themselves),
+      and a band with no Presto channel (B01, B09, thermal, ...) is left out.
+    * ``sensor``: whose band numbers the names in ``bands`` are (default ``sentinel2``; e.g.
+      ``landsat7`` feeds ETM+ B1..B5 to B2, B3, B4, B8, B11).
     * ``month``: calendar month (1 = January ... 12) of the imagery; Presto's month index is month - 1.
     * ``latlon``: (latitude, longitude) in degrees of the scene, or None: no location token (Presto
       was trained with one; without it the vectors carry no location signal).
@@ -391,7 +404,17 @@ class PrestoEncoder(PretrainedEncoder):
         month: int = 6,
         latlon: tuple | None = None,
         input_scale: float = 1.0,
+        bands: Sequence[str] | None = None,
+        sensor: str = "sentinel2",
     ) -> None:
+        if bands is not None:
+            if band_map is not None:
+                raise EncoderError("presto: pass either band_map or bands (with sensor), not both")
+            if isinstance(bands, str) or not isinstance(bands, Sequence) or not bands:
+                raise EncoderError(f"presto: bands={bands!r}; pass the list of chip band names, in chip order")
+            sensor = check_sensor(sensor, encoder="presto")
+            band_map = {str(b): presto_channel(str(b), sensor=sensor) for b in bands}
+        self.sensor = check_sensor(sensor, encoder="presto")
         if isinstance(month, bool) or not isinstance(month, numbers.Integral) or not 1 <= month <= 12:
             raise EncoderError(f"presto: month={month!r}; pass the calendar month, a whole number 1..12")
         self.month = int(month)

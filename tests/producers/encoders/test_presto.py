@@ -132,13 +132,35 @@ def test_options_are_checked(weights):
     with pytest.raises(EncoderError, match="latlon"):
         PrestoEncoder(weights=w, latlon=(95, 0))
     with pytest.raises(EncoderError, match="does not take options"):
-        get_encoder("presto", weights=w, bands=3)
+        get_encoder("presto", weights=w, band_names=3)
+    with pytest.raises(EncoderError, match="either band_map or bands"):
+        PrestoEncoder(weights=w, band_map=LANDSAT7_BAND_MAP, bands=["B1"])
+    with pytest.raises(EncoderError, match="bands='B1'"):
+        PrestoEncoder(weights=w, bands="B1")
+    with pytest.raises(EncoderError, match="sensor='spot' is not one of"):
+        PrestoEncoder(weights=w, bands=["B1"], sensor="spot")
     enc = PrestoEncoder(weights=w, band_map={"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11", "B7": None})
     # B11 alone cannot fill the SWIR group, so B5 is masked with B7; NDVI comes from B8 and B4
     assert enc.unused_bands == ["B5", "B7"]
     assert enc.groups_used == ["S2_RGB", "S2_NIR_10m", "NDVI"]
     with pytest.raises(EncoderError, match="chips have 5 bands"):
         enc.encode(np.zeros((1, 5, 4, 4), np.float32))
+
+
+def test_bands_of_a_sensor_map_through_the_band_alias_table(weights):
+    w = str(weights)
+    landsat = PrestoEncoder(weights=w, bands=["B1", "B2", "B3", "B4", "B5"], sensor="landsat7", latlon=NC_LATLON,
+                            input_scale=DN_SCALE)
+    assert landsat.band_map == {"B1": "B2", "B2": "B3", "B3": "B4", "B4": "B8", "B5": "B11"}
+    explicit = PrestoEncoder(weights=w, band_map=landsat.band_map, latlon=NC_LATLON, input_scale=DN_SCALE)
+    pixels, valid = _chips(bands=5)
+    np.testing.assert_array_equal(landsat.encode(pixels, valid), explicit.encode(pixels, valid))
+    # BigEarthNet's S1 + S2 names: B01 and B09 reach no Presto channel and are left out
+    names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "VV", "VH"]
+    s1s2 = PrestoEncoder(weights=w, bands=names)
+    assert [b for b, c in s1s2.band_map.items() if c is None] == ["B01", "B09"]
+    assert s1s2.band_map["B8A"] == "B8A" and s1s2.band_map["VV"] == "VV"
+    assert s1s2.unused_bands == ["B01", "B09"] and "S1" in s1s2.groups_used and "S2_SWIR" in s1s2.groups_used
 
 
 # behaviour ----------------------------------------------------------------------------------------
