@@ -71,7 +71,7 @@ def load_plugins() -> None:
 PREFIXED = {
     "torchscript": "eoembed.producers.encoders.usermodel:UserModelEncoder",
     "module": "eoembed.producers.encoders.usermodel:UserModelEncoder",
-    "checkpoint": "eoembed.producers.compressor:CheckpointEncoder",  # a compressor trained by `eoembed train`
+    "checkpoint": "eoembed.producers.encoders.checkpoint:CheckpointEncoder",  # a compressor trained by `eoembed train`
 }
 
 
@@ -86,7 +86,7 @@ def _load(target: str):
 def get_encoder(name: str, **options) -> Encoder:
     """A new encoder registered under ``name``, built with ``options``; ``torchscript:PATH`` and
     ``module:package.module:callable`` load users' own models (see :mod:`.usermodel`), ``checkpoint:PATH``
-    a compressor trained by ``eoembed train`` (see :mod:`eoembed.producers.compressor`)."""
+    a compressor trained by ``eoembed train`` (see :mod:`.checkpoint`)."""
     prefix = name.split(":", 1)[0]
     if prefix in PREFIXED and ":" in name:
         return _load(PREFIXED[prefix])(name, **options)

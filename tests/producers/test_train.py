@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,41 +11,17 @@ import pytest
 import torch
 
 import eoembed
-from eoembed._errors import CheckpointError, EncoderError, TrainingConfigError
+from eoembed._errors import TrainingConfigError
 from eoembed.producers.compressor import load_checkpoint
 from eoembed.producers.encoders import get_encoder, list_encoders
 from eoembed.producers.train import DIGEST_ENV, FAULT_ENV
 from eoembed.producers.trainconfig import config_from_dict
 from eoembed.producers.trainset import apply_transforms, epoch_transforms
+from tests.producers.training import BIN, settings, train, write_config
 
-BIN = Path(sys.executable).parent
 YEAR = "2000-01-01T00:00:00Z/2000-12-31T23:59:59Z"
 pytestmark = pytest.mark.mpi
 KNOWN = ", ".join(e["name"] for e in list_encoders())
-
-
-def settings(scene: str, out: Path, **extra) -> dict:
-    base = {"inputs": [scene], "out": str(out), "chip_size": 8, "max_chips": 256, "objective": "autoencoder",
-            "dim": 16, "widths": [8, 16], "epochs": 3, "batch_size": 32, "lr": 2e-3, "seed": 7}
-    return {**base, **extra}
-
-
-def write_config(path: Path, values: dict) -> Path:
-    def toml(value) -> str:
-        if isinstance(value, dict):
-            return "{" + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + "}"
-        if isinstance(value, list):
-            return "[" + ", ".join(toml(v) for v in value) + "]"
-        return json.dumps(value)
-
-    path.write_text("".join(f"{key} = {toml(value)}\n" for key, value in values.items()))
-    return path
-
-
-def train(ranks: int, config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [str(BIN / "mpirun"), "-n", str(ranks), str(BIN / "eoembed"), "train", "--config", str(config),
-               "--no-progress", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -136,47 +109,6 @@ def test_a_killed_one_rank_run_resumes_to_the_same_weights(tmp_path, one_rank_ru
     resumed = train(1, config, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(tmp_path / "run/encoder.pt", one_rank_run / "encoder.pt")
-
-
-def test_the_trained_encoder_produces_a_valid_product(tmp_path, one_rank_run, nc_scene):
-    encoder = one_rank_run / "encoder.pt"
-    out = tmp_path / "p"
-    command = [str(BIN / "mpirun"), "-n", "2", str(BIN / "eoembed"), "produce", nc_scene, "--out", str(out),
-               "--chip-size", "8", "--encoder", f"checkpoint:{encoder}", "--datetime", YEAR, "--no-progress",
-               "--unit-chips", "1000", "--quantization", "int8-per-row"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    report = eoembed.validate(out)
-    assert report.findings == [], str(report)
-    product = eoembed.open(out)
-    model = product.metadata["model"]
-    assert model["weights_sha256"] == hashlib.sha256(encoder.read_bytes()).hexdigest()
-    assert [b["name"] for b in model["input"]["bands"]] == ["B1", "B2", "B3", "B4", "B5"]
-    assert model["input"]["chip_size_px"] == 8 and model["output"]["dim"] == 16
-    saved = load_checkpoint(encoder)["input"]["normalization"]
-    assert model["input"]["normalization"] == {"method": "standardize", "mean": saved["mean"], "std": saved["std"]}
-    item = json.loads(next((out / "models").glob("*.json")).read_text())
-    assert item["assets"]["model"]["file:checksum"] == "1220" + model["weights_sha256"]
-    # A copy inside the product, never the file:// URI of the machine that trained it.
-    assert model["weights_href"].startswith("models/") and model["weights_href"].endswith(".weights.pt")
-    assert item["assets"]["model"]["href"] == "../" + model["weights_href"]
-    assert product.model_weights == out / model["weights_href"]
-    assert product.model_weights.read_bytes() == encoder.read_bytes()
-    assert "mlm:weights" in item["assets"]["model"]["roles"]
-    assert item["properties"]["mlm:input"][0]["input"]["shape"] == [-1, 5, 8, 8]
-    assert product.num_rows == 2860 and product.to_numpy().shape == (2860, 16)
-
-
-def test_the_checkpoint_encoder_refuses_other_chips(one_rank_run, nc_scene):
-    encoder = get_encoder(f"checkpoint:{one_rank_run / 'encoder.pt'}")
-    with pytest.raises(EncoderError, match="--chip-size 8"):
-        encoder.encode(np.zeros((2, 5, 16, 16), np.float32))
-    with pytest.raises(EncoderError, match="--bands B1,B2,B3,B4,B5"):
-        encoder.contract(bands=["red", "green", "blue", "nir", "swir"], chip_size=8, stride=8, gsd=28.5)
-    with pytest.raises(CheckpointError, match="does not exist"):
-        get_encoder(f"checkpoint:{one_rank_run / 'missing.pt'}")
-    with pytest.raises(CheckpointError, match="not an eoembed checkpoint|cannot be read"):
-        get_encoder(f"checkpoint:{one_rank_run / 'summary.json'}")
 
 
 def test_distillation_of_rcf_into_a_small_student(tmp_path, nc_scene, shared_data):
