@@ -1,7 +1,8 @@
 """Encoders turn chips into vectors; the registry finds them by name.
 
-One module per encoder (``stats``, ``rcf``, ``presto``, ``galileo``, ``usermodel`` for users' own models); the
-base class in :mod:`.base` and the registry in :mod:`.registry`, apart from what registers in them.
+One module per encoder (``stats``, ``rcf``, ``presto``, ``galileo``, ``usermodel`` for users' own models,
+``checkpoint`` for compressors trained by ``eoembed train``); the base class in :mod:`.base`, the
+band-alias table in :mod:`.bands` and the registry in :mod:`.registry`, apart from what registers in them.
 Adding a built-in encoder is adding a module here and its import line below; other packages add
 theirs through the ``eoembed.encoders`` entry-point group (see :mod:`.registry`).
 """
