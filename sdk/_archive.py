@@ -1,12 +1,17 @@
-"""Archive-scale search: per data file (shard) an IVF + RaBitQ index and a float16 re-rank file.
+"""Archive-scale search: per data file (shard) an IVF + RaBitQ index and a re-rank file.
 
 Search with ``mode="ivf-rabitq"`` never decodes a data file's vectors. Per shard it memory-maps
 
 * ``index/{stem}.ivf-rabitq-{metric}.faiss``: a faiss ``IndexIVFRaBitQ`` whose ids are row numbers;
   every shard of a product shares one coarse quantiser (trained once on a sample of the whole
   product), so a query's nearest lists are found once and probed in every shard;
-* ``index/{stem}.float16-{metric}.npy``: the rows (unit vectors for cosine) as float16, read only at
-  the candidates' rows to re-rank them (1-bit RaBitQ estimates alone miss close neighbours);
+* ``index/{stem}.stored.npy`` (the default): the data file's stored codes, byte for byte (int8 for an
+  int8 product: 1 byte a value), de-quantised at the candidates' rows as the footer says, so the
+  re-rank is exact; or ``index/{stem}.float16-{metric}.npy`` (the rows as float16, unit vectors for
+  cosine; the only form for per-row-scaled codes). Either is read only at the candidates' rows to
+  re-rank them (1-bit RaBitQ estimates alone miss close neighbours). At archive scale the re-rank
+  rows are the largest part of the index: the stored codes of an int8 product take half the float16
+  bytes and score exactly what exact search scores;
 
 and keeps the non-vector columns as memory-mapped Arrow IPC beside the product (the search cache
 folder), for the hits' metadata and bbox / time filters. A filter becomes a faiss ID selector over
@@ -42,7 +47,7 @@ if TYPE_CHECKING:
     from ._read import Product
 
 KIND = "ivf-rabitq"
-RERANK_KIND = "float16"
+RERANK_KINDS = ("stored", "float16")  # the forms of the re-rank rows
 
 
 def default_nlist(rows: int) -> int:
@@ -69,11 +74,16 @@ def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-30)).astype(np.float32)
 
 
-def _stream(product: "Product", *, batch_size: int):
-    """(file index, first row of the batch, decoded float32 vectors) over the stored rows, batch by batch."""
+def _stream(product: "Product", *, batch_size: int, codes: bool = False):
+    """(file index, first row of the batch, decoded float32 vectors[, stored codes]) over the stored
+    rows, batch by batch."""
     numbers = {str(path): i for i, path in enumerate(product.files)}
     for path, first, batch in product._file_batches(columns=product._vector_columns(), batch_size=batch_size):
-        yield numbers[str(path)], first, product.decode(batch, source=path, first_row=first)
+        vectors = product.decode(batch, source=path, first_row=first)
+        if codes:
+            yield numbers[str(path)], first, vectors, product.decode(batch, dequantize=False, source=path, first_row=first)
+        else:
+            yield numbers[str(path)], first, vectors
 
 
 class StreamingTopK:
@@ -142,9 +152,12 @@ def _coarse_quantizer(faiss, dim: int, nlist: int, metric: str):
 
 
 def build_archive_index(product: "Product", *, metric: str | None = None, nlist: int | None = None,
-                        sample: int | None = None, bits: int = 1, batch_size: int = 65536,
+                        sample: int | None = None, bits: int = 1, rerank: str | None = None, batch_size: int = 65536,
                         recall_queries: int = 100, k: int = 10, seed: int = 0, nprobe: int = 16) -> dict[str, Any]:
-    """Build the ``ivf-rabitq`` index and ``float16`` re-rank file of every data file, streaming.
+    """Build the ``ivf-rabitq`` index and the re-rank file of every data file, streaming.
+
+    ``rerank`` is the form of the re-rank rows: ``stored`` (the default: the stored codes, exact) or
+    ``float16`` (the default where the codes need a per-row scale column).
 
     The coarse quantiser is trained on ``sample`` rows drawn uniformly from the whole product; the
     codes hold ``bits`` bits a dimension (1: RaBitQ's binary codes; up to 8: its extended codes, whose
@@ -168,6 +181,13 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         raise SearchError(f"sample {sample!r} must be an integer from nlist ({nlist}) to the product's {total} rows")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise SearchError(f"bits {bits!r} must be an integer from 1 to 8 (bits a dimension in the codes)")
+    per_row = product.quantization.method == "per-row"
+    rerank = ("float16" if per_row else "stored") if rerank is None else rerank
+    if rerank not in RERANK_KINDS:
+        raise SearchError(f"rerank {rerank!r} must be one of {', '.join(RERANK_KINDS)} (the form of the re-rank rows)")
+    if rerank == "stored" and per_row:
+        raise SearchError("rerank 'stored' cannot hold per-row-scaled codes (their scale is a column of its own); "
+                          "use rerank 'float16'")
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(total, size=sample, replace=False))
     query_rows = np.sort(rng.choice(total, size=min(recall_queries, total), replace=False))
@@ -209,21 +229,23 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
 
     add_started = time.perf_counter()
     try:
-        for file_index, first, vectors in _stream(product, batch_size=batch_size):
+        for file_index, first, vectors, codes in _stream(product, batch_size=batch_size, codes=True):
             if file_index not in shards:
                 for done in list(shards):
                     finish(done)
                 stem = Path(product.manifest.column("path")[file_index].as_py()).stem
                 folder = product.path / "index"
                 folder.mkdir(exist_ok=True)
-                paths[file_index] = (folder / f"{stem}.{KIND}-{metric}.faiss", folder / f"{stem}.{RERANK_KIND}-{metric}.npy")
+                paths[file_index] = (folder / f"{stem}.{KIND}-{metric}.faiss", folder / rerank_name(stem, rerank, metric))
                 shards[file_index] = faiss.deserialize_index(trained)
                 partial = paths[file_index][1].with_name(f".{paths[file_index][1].name}.partial.npy")
-                reranks[file_index] = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
-                                                                shape=(int(rows_of[file_index]), dim))
+                shape = (int(rows_of[file_index]), dim if rerank == "float16" else product.quantization.stored_width())
+                dtype = np.float16 if rerank == "float16" else np.dtype(product.quantization.dtype)
+                reranks[file_index] = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
             prepared = _prepared(vectors, metric)
             truth.update(prepared, file_index, first)
-            reranks[file_index][first : first + len(prepared)] = prepared  # nodata stays NaN: never re-ranked
+            # float16 keeps nodata as NaN, the stored codes their own nodata: never re-ranked either way.
+            reranks[file_index][first : first + len(prepared)] = prepared if rerank == "float16" else codes
             ids = np.arange(first, first + len(prepared), dtype=np.int64)
             shards[file_index].add_with_ids(_no_nodata(prepared), ids)
         for done in list(shards):
@@ -240,12 +262,12 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         base = {"metric": metric, "data_sha256": product.manifest.column("sha256")[file_index].as_py(),
                 "rows": int(rows_of[file_index])}
         metas[file_index] = ({"kind": KIND, **base, "nlist": nlist, "sample": sample, "bits": bits, "coarse": coarse,
-                              "quantizer": quantizer_id},
-                             {"kind": RERANK_KIND, **base})
-        _declare(item_paths[rel], asset_key(RERANK_KIND, metric), _asset(item_paths[rel], rerank_path, metas[file_index][1]))
+                              "rerank": rerank, "quantizer": quantizer_id},
+                             {"kind": rerank, **base})
+        _declare(item_paths[rel], asset_key(rerank, metric), _asset(item_paths[rel], rerank_path, metas[file_index][1]))
         _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, metas[file_index][0]))
     report = {"kind": KIND, "metric": metric, "files": len(built), "rows": total, "nlist": nlist, "sample": sample,
-              "bits": bits, "coarse": coarse,
+              "bits": bits, "coarse": coarse, "rerank": rerank,
               "train_seconds": train_seconds, "add_seconds": add_seconds, "build_seconds": train_seconds + add_seconds,
               "peak_rss_bytes": peak_rss_bytes(), "bytes": int(sum(p.stat().st_size for _, a, b in built for p in (a, b)))}
     if not len(queries):
@@ -258,6 +280,11 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         meta = {**metas[file_index][0], key: recall, "recall_queries": len(queries)}
         _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, meta))
     return {**report, key: recall, "recall_queries": len(queries), "nprobe": nprobe}
+
+
+def rerank_name(stem: str, rerank: str, metric: str) -> str:
+    """File name of a data file's re-rank rows: the stored codes serve every metric."""
+    return f"{stem}.stored.npy" if rerank == "stored" else f"{stem}.{rerank}-{metric}.npy"
 
 
 def peak_rss_bytes() -> int:
@@ -334,7 +361,12 @@ class Shard(FileRows):
         self.index, self.path, self.metric = index, product.files[index], metric
         rows = int(product.manifest.column("rows")[index].as_py())
         index_path, self.meta = _current_asset(product, index, asset_key(KIND, metric))
-        rerank_path, _ = _current_asset(product, index, asset_key(RERANK_KIND, metric))
+        rerank = self.meta.get("rerank", "float16")  # indexes built before stored re-rank rows were float16
+        if rerank not in RERANK_KINDS:
+            raise damaged(index_path, f"names re-rank rows {rerank!r}; this reader knows {', '.join(RERANK_KINDS)}: "
+                          f"rebuild the {KIND} index")
+        rerank_path, _ = _current_asset(product, index, asset_key(rerank, metric))
+        self.quantization = product.quantization if rerank == "stored" else None
         with reading(index_path):
             self.ivf = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)
         if self.ivf.ntotal != rows or self.ivf.d != product.dim:
@@ -343,9 +375,11 @@ class Shard(FileRows):
         with reading(rerank_path):
             # A plain array over the mapping: np.memmap's own indexing costs more than the gather.
             self.vectors = np.asarray(np.load(rerank_path, mmap_mode="r", allow_pickle=False))
-        if self.vectors.shape != (rows, product.dim) or self.vectors.dtype != np.float16:
+        quant = product.quantization
+        shape, dtype = ((rows, product.dim), np.float16) if rerank == "float16" else ((rows, quant.stored_width()), np.dtype(quant.dtype))
+        if self.vectors.shape != shape or self.vectors.dtype != dtype:
             raise damaged(rerank_path, f"holds {self.vectors.dtype} rows of shape {self.vectors.shape}; the re-rank "
-                          f"file of {self.path} is float16 ({rows}, {product.dim}); rebuild the {KIND} index")
+                          f"file of {self.path} is {np.dtype(dtype)} {shape}; rebuild the {KIND} index")
         self.metadata = _metadata_table(product, index, folder)
 
     @cached_property
@@ -399,11 +433,16 @@ class Shard(FileRows):
         return list(found)
 
     def rerank(self, queries: np.ndarray, candidates: list[np.ndarray], *, k: int) -> list[Hits]:
-        """Exact scores of the float16 rows at the candidates only."""
+        """Scores of the re-rank rows at the candidates only (rows that decode to NaN are nodata)."""
+        from ._quantize import dequantize
+
         out = []
         for q, rows in enumerate(candidates):
             rows = np.unique(rows[rows >= 0])
-            vectors = np.asarray(self.vectors[rows], dtype=np.float32)
+            if self.quantization is None:
+                vectors = np.asarray(self.vectors[rows], dtype=np.float32)
+            else:  # the stored codes: de-quantised exactly as exact search decodes them
+                vectors = dequantize(np.asarray(self.vectors[rows]), self.quantization)
             norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
             scores = exact_scores(vectors, norms, queries[q : q + 1], self.metric)[:, 0]
             keep = np.isfinite(scores)
