@@ -17,8 +17,12 @@ and keeps the non-vector columns as memory-mapped Arrow IPC beside the product (
 folder), for the hits' metadata and bbox / time filters. A filter becomes a faiss ID selector over
 the selected rows (a selection no larger than the candidate pool is re-ranked whole).
 
-Each shard keeps its own ``candidates`` rows before re-ranking, so any split of the files across
-MPI ranks re-ranks the same rows and gives the same hits. Building streams over the stored rows
+One pool of ``candidates`` rows a query is re-ranked over the whole product, not a pool a shard:
+every shard estimates, the pool is cut at the ``candidates``-th best estimate over all shards (under
+MPI the ranks exchange their best estimates first), and each shard re-ranks only its rows above the
+cut. The rows read stay ``candidates`` a query however many shards there are, and any split of the
+files across ranks re-ranks the same rows and gives the same hits (the estimates of a row depend on
+its shard alone). Building streams over the stored rows
 in batches (two passes: the training sample, then the codes); memory is bounded by one shard's
 codes, never the product's float32 vectors.
 """
@@ -32,7 +36,7 @@ import time
 import uuid
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -61,9 +65,9 @@ FLAT_COARSE_MAX_LISTS = 4096
 
 
 def default_candidates(k: int, bits: int = 1) -> int:
-    """Rows re-ranked per shard: 1-bit estimates need about 20k candidates for recall@k >= 0.99;
-    finer codes (``bits`` per dimension) rank well enough that fewer suffice."""
-    return max(200, 20 * k) if bits == 1 else max(50, 5 * k)
+    """Rows re-ranked a query (one pool over every shard): 1-bit estimates need about 40k candidates
+    for recall@k >= 0.99; finer codes (``bits`` per dimension) rank well enough that fewer suffice."""
+    return max(400, 40 * k) if bits == 1 else max(100, 10 * k)
 
 
 def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -287,6 +291,15 @@ def rerank_name(stem: str, rerank: str, metric: str) -> str:
     return f"{stem}.stored.npy" if rerank == "stored" else f"{stem}.{rerank}-{metric}.npy"
 
 
+def best_estimates(estimates: np.ndarray, count: int) -> np.ndarray:
+    """Each row's ``count`` largest values, best first (-inf pads a row with fewer)."""
+    if estimates.shape[1] < count:
+        pad = np.full((len(estimates), count - estimates.shape[1]), -np.inf, dtype=np.float32)
+        estimates = np.concatenate([estimates, pad], axis=1)
+    best = -np.partition(-estimates, count - 1, axis=1)[:, :count]
+    return -np.sort(-best, axis=1)
+
+
 def peak_rss_bytes() -> int:
     """The process's peak resident memory so far (Linux reports kilobytes)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
@@ -410,12 +423,16 @@ class Shard(FileRows):
         return quantizer.search(queries, nprobe)
 
     def candidates(self, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], *, count: int,
-                   rows: np.ndarray | None, nprobe: int, qb: int) -> list[np.ndarray]:
-        """Row numbers of the ``count`` best RaBitQ estimates per query, among ``rows`` when given."""
+                   rows: np.ndarray | None, nprobe: int, qb: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``count`` best RaBitQ estimates per query, among ``rows`` when given: (estimates as
+        similarities, larger better, -inf where none; row numbers, -1 where none), each (queries, count)."""
         faiss = require("faiss", extra="search")
 
-        if rows is not None and len(rows) <= count:
-            return [rows] * len(queries)  # the whole selection is the candidate pool
+        if rows is not None and len(rows) <= count:  # the whole selection is the candidate pool
+            found = np.full((len(queries), count), -1, dtype=np.int64)
+            found[:, : len(rows)] = rows
+            estimates = np.where(found >= 0, np.inf, -np.inf).astype(np.float32)
+            return estimates, found
         params = faiss.IVFRaBitQSearchParameters()
         params.nprobe, params.qb = nprobe, qb
         if rows is not None:
@@ -430,9 +447,12 @@ class Shard(FileRows):
         # The C++ call: faiss's Python wrapper of search_preassigned takes no search parameters.
         self.ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
                                       faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
-        return list(found)
+        if self.ivf.metric_type == faiss.METRIC_L2:
+            scores = -scores  # distances: smaller is better
+        scores[found < 0] = -np.inf
+        return scores, found
 
-    def rerank(self, queries: np.ndarray, candidates: list[np.ndarray], *, k: int) -> list[Hits]:
+    def rerank(self, queries: np.ndarray, candidates: Sequence[np.ndarray], *, k: int) -> list[Hits]:
         """Scores of the re-rank rows at the candidates only (rows that decode to NaN are nodata)."""
         from ._quantize import dequantize
 
@@ -487,13 +507,19 @@ class ArchiveSearcher:
 
     def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str = KIND, candidates: int | None = None,
                bbox=None, interval=None, where_map: dict[int, np.ndarray] | None = None, nprobe: int = 16,
-               qb: int = 8) -> list[Hits]:
-        """Top-k per prepared query over this searcher's shards (scores, file index, row)."""
+               qb: int = 8, exchange: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Hits]:
+        """Top-k per prepared query over this searcher's shards (scores, file index, row).
+
+        ``exchange`` (MPI) takes this searcher's best ``candidates`` estimates a query, (queries,
+        candidates), and returns every rank's side by side, so that all ranks cut one pool."""
         if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
             raise SearchError(f"nprobe must be a positive integer, got {nprobe!r}")
         overlapping = set(self.product.files_overlapping(bbox, interval))
         indexes = [i for i in self.file_indexes if i in overlapping and (where_map is None or i in where_map)]
+        count = candidates or default_candidates(k, self._bits(indexes, metric))
         if not indexes:
+            if exchange is not None:  # the other ranks still cut their pool against this one's
+                exchange(np.full((len(queries), count), -np.inf, dtype=np.float32))
             return [Hits.empty() for _ in queries]
         shards = [self.cache(i, metric) for i in indexes]
         mixed = sorted({s.meta.get("quantizer") for s in shards})
@@ -504,25 +530,37 @@ class ArchiveSearcher:
         nprobe = min(int(nprobe), shards[0].ivf.nlist)
         distances, lists = shards[0].coarse_search(queries, nprobe)  # shared by every shard
         coarse = (np.ascontiguousarray(distances, dtype=np.float32), np.ascontiguousarray(lists, dtype=np.int64))
-        count = candidates or default_candidates(k, int(shards[0].meta.get("bits", 1)))
 
-        def one(shard: Shard) -> list[Hits] | None:
+        def estimate(shard: Shard) -> tuple[Shard, np.ndarray, np.ndarray] | None:
             rows = _rows_in(shard, bbox, interval)
             if where_map is not None:
                 selected = where_map[shard.index]
                 rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
             if rows is not None and len(rows) == 0:
                 return None
-            found = shard.candidates(queries, coarse, count=count, rows=rows, nprobe=nprobe, qb=qb)
-            return shard.rerank(queries, found, k=k)
+            return (shard, *shard.candidates(queries, coarse, count=count, rows=rows, nprobe=nprobe, qb=qb))
 
-        per_file = [hits for hits in self._map(one, shards, len(queries)) if hits is not None]
+        estimated = [e for e in self._map(estimate, shards, len(queries)) if e is not None]
+        local = np.full((len(queries), count), -np.inf, dtype=np.float32)
+        if estimated:
+            local = best_estimates(np.concatenate([e[1] for e in estimated], axis=1), count)
+        cut = best_estimates(exchange(local) if exchange is not None else local, count)[:, -1]
+
+        def rerank(entry: tuple[Shard, np.ndarray, np.ndarray]) -> list[Hits]:
+            shard, estimates, found = entry
+            return shard.rerank(queries, [rows[(est >= c) & (rows >= 0)] for est, rows, c in zip(estimates, found, cut)], k=k)
+
+        per_file = self._map(rerank, estimated, len(queries)) if estimated else []
         if not per_file:
             return [Hits.empty() for _ in queries]
         return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]
 
+    def _bits(self, indexes: Sequence[int], metric: str) -> int:
+        """Bits a dimension of the codes (one build: the same in every shard)."""
+        return int(self.cache(indexes[0], metric).meta.get("bits", 1)) if indexes else 1
+
     @staticmethod
-    def _map(work, shards: list[Shard], queries: int) -> list:
+    def _map(work, shards: list, queries: int) -> list:
         """``work`` over the shards: a few queries take one shard a thread, one faiss thread each
         (faiss parallelises over queries, so one query would use one core); a batch takes the shards
         in turn, faiss spreading its queries over the cores."""
@@ -533,7 +571,7 @@ class ArchiveSearcher:
             return [work(shard) for shard in shards]
         from concurrent.futures import ThreadPoolExecutor
 
-        def alone(shard: Shard):
+        def alone(shard):
             with faiss_threads(1):  # OpenMP's thread count is per calling thread
                 return work(shard)
 

@@ -904,6 +904,8 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
         where_map = comm.bcast(where_map, root=0)
         if isinstance(where_map, EoembedError):
             raise where_map
+    if mode == "ivf-rabitq":  # one candidate pool over every rank's shards
+        options["exchange"] = lambda local: np.concatenate(comm.allgather(local), axis=1)
     hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates,
                            bbox=box, interval=interval, where_map=where_map, **options)
     # Each rank attaches the metadata of its own hits, so rank 0 never decodes another rank's files.

@@ -206,6 +206,24 @@ def test_per_row_codes_re_rank_from_float16(tmp_path):
     assert eoembed.validate(product.path).findings == []
 
 
+def test_one_candidate_pool_a_query_however_many_shards(built, monkeypatch):
+    from eoembed._archive import Shard
+
+    product, _ = built
+    reranked = []
+    original = Shard.rerank
+
+    def counting(self, queries, candidates, *, k):
+        reranked.append(sum(len(rows) for rows in candidates))
+        return original(self, queries, candidates, k=k)
+
+    monkeypatch.setattr(Shard, "rerank", counting)
+    queries = queries_of(product, 5)
+    found = product.search(queries, k=10, mode="ivf-rabitq", candidates=60)
+    assert len(reranked) == 3 and sum(reranked) == 5 * 60  # 60 a query over 3 shards, not 60 a shard
+    assert found.num_rows == 5 * 10
+
+
 def test_many_lists_are_found_through_an_hnsw_graph_over_the_centroids(tmp_path, monkeypatch):
     import eoembed._archive as archive
 
