@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/search_archive.py --rows 1000000 --dim 128 [--out DIR] [--mpi]
         [--rows-per-file 1000000] [--clusters 1000] [--queries 100] [--nprobe 16] [--candidates N]
-        [--nlist N] [--bits 1] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000]
-        [--usearch-max-rows 1000000] [--json FILE]
+        [--nlist N] [--bits 1] [--rerank stored|float16] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000]
+        [--usearch-max-rows 1000000] [--usearch-dtype f16] [--json FILE]
 
 One run, one table:
 
@@ -18,7 +18,8 @@ One run, one table:
 * faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
             index re-ranks over all shards) and HNSW32 (efSearch 64) in memory, where the
             float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size;
-* usearch   its HNSW (int8 vectors, connectivity 16, expansion 64) in memory (``--usearch-max-rows``).
+* usearch   its HNSW (``--usearch-dtype`` vectors, default f16; connectivity 16, expansion 64) in
+            memory (``--usearch-max-rows``).
 
 Timings on a shared 2-core machine are noisy; compare the rows of one run.
 """
@@ -190,9 +191,9 @@ def faiss_baselines(product, queries: np.ndarray, truth_ids: np.ndarray, args, n
         from usearch.index import Index
 
         started = time.perf_counter()
-        graph = Index(ndim=dim, metric="ip", dtype="i8", connectivity=16, expansion_add=128, expansion_search=64)
+        graph = Index(ndim=dim, metric="ip", dtype=args.usearch_dtype, connectivity=16, expansion_add=128, expansion_search=64)
         graph.add(np.arange(len(vectors)), vectors)
-        measure("usearch HNSW (i8, connectivity 16, expansion 64)", UsearchAsFaiss(graph), time.perf_counter() - started,
+        measure(f"usearch HNSW ({args.usearch_dtype}, connectivity 16, expansion 64)", UsearchAsFaiss(graph), time.perf_counter() - started,
                 lambda i: None, memory_bytes=graph.memory_usage)
     return out
 
@@ -219,11 +220,13 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, help="default: the index's own (about 2 sqrt(rows))")
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--bits", type=int, default=1, help="bits a dimension in the RaBitQ codes (1 to 8)")
+    parser.add_argument("--rerank", choices=["stored", "float16"], help="the re-rank rows (default: the index's own)")
     parser.add_argument("--candidates", type=int, help="rows re-ranked per shard (default: the index's own)")
     parser.add_argument("--mpi", action="store_true", help="serve under mpirun -n 2 (each rank its own shards)")
     parser.add_argument("--ivfpq-max-rows", type=int, default=10_000_000)
     parser.add_argument("--hnsw-max-rows", type=int, default=1_000_000)
     parser.add_argument("--usearch-max-rows", type=int, default=1_000_000)
+    parser.add_argument("--usearch-dtype", default="f16", choices=["f32", "f16", "i8"], help="usearch's vector type")
     parser.add_argument("--out", help="product folder (kept and reused); default a temporary folder")
     parser.add_argument("--reuse-index", action="store_true", help="serve the product's existing ivf-rabitq index")
     parser.add_argument("--json", help="also write the figures to this file")
@@ -254,14 +257,15 @@ def main() -> None:
     build = [str(BIN / "eoembed"), "index", "build", str(folder), "--kind", "ivf-rabitq", "--metric", "cosine"]
     if args.nlist:
         build += ["--nlist", str(args.nlist)]
-    build += ["--bits", str(args.bits)]
+    build += ["--bits", str(args.bits)] + (["--rerank", args.rerank] if args.rerank else [])
     if not args.reuse_index:
         run = subprocess.run(build, capture_output=True, text=True)
         if run.returncode:
             sys.exit(f"index build failed:\n{run.stderr}")
         figures["build"] = json.loads(run.stdout)
-    index_files = [p for p in (folder / "index").glob("*") if "ivf-rabitq" in p.name or "float16" in p.name]
-    figures["index_bytes"] = {kind: du(p for p in index_files if kind in p.name) for kind in ("ivf-rabitq", "float16")}
+    index_files = list((folder / "index").glob("*"))
+    figures["index_bytes"] = {"ivf-rabitq": du(p for p in index_files if ".ivf-rabitq-" in p.name),
+                              "rerank": du(p for p in index_files if p.name.endswith(".stored.npy") or ".float16-" in p.name)}
 
     product = eoembed.open(folder)
     queries = query_set(product, args.queries)
@@ -283,6 +287,9 @@ def main() -> None:
         if run.returncode:
             sys.exit(f"serving failed:\n{run.stderr}")
         figures["serve"] = json.loads((Path(scratch) / "serve.json").read_text())
+    from eoembed._search import cache_dir
+
+    figures["cache_bytes"] = du(p for p in cache_dir(product).rglob("*") if p.is_file())
     figures["baselines"] = [] if args.mpi else faiss_baselines(product, queries, truth_ids, args,
                                                                args.nlist or default_nlist(product.num_rows))
     report(figures)
@@ -305,7 +312,10 @@ def report(f: dict) -> None:
     if build:
         print(f"build ivf-rabitq (nlist {build['nlist']}, sample {build['sample']:,}): {build['build_seconds']:.1f} s "
               f"(train {build['train_seconds']:.1f} s, codes {build['add_seconds']:.1f} s), peak RSS {build['peak_rss_bytes'] / gb:.2f} GB")
-    print(f"index {idx['ivf-rabitq'] / rows:.1f} B/row + re-rank {idx['float16'] / rows:.1f} B/row")
+    print(f"index {idx['ivf-rabitq'] / rows:.1f} B/row + re-rank {idx.get('rerank', idx.get('float16', 0)) / rows:.1f} B/row"
+          f" ({build.get('rerank', 'float16') if build else 'as built'})")
+    if "cache_bytes" in f:
+        print(f"search cache beside the product (metadata columns): {f['cache_bytes'] / rows:.1f} B/row")
     print(f"streaming exact top-10 of {f['queries']} queries: {f['truth_seconds']:.1f} s")
     print(f"first search (opens the shards): {serve['open_seconds']:.2f} s\n")
     print("| method | p50 ms | p99 ms | batch-100 q/s | recall@10 | resident memory |")

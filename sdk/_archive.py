@@ -1,19 +1,28 @@
-"""Archive-scale search: per data file (shard) an IVF + RaBitQ index and a float16 re-rank file.
+"""Archive-scale search: per data file (shard) an IVF + RaBitQ index and a re-rank file.
 
 Search with ``mode="ivf-rabitq"`` never decodes a data file's vectors. Per shard it memory-maps
 
 * ``index/{stem}.ivf-rabitq-{metric}.faiss``: a faiss ``IndexIVFRaBitQ`` whose ids are row numbers;
   every shard of a product shares one coarse quantiser (trained once on a sample of the whole
   product), so a query's nearest lists are found once and probed in every shard;
-* ``index/{stem}.float16-{metric}.npy``: the rows (unit vectors for cosine) as float16, read only at
-  the candidates' rows to re-rank them (1-bit RaBitQ estimates alone miss close neighbours);
+* ``index/{stem}.stored.npy`` (the default): the data file's stored codes, byte for byte (int8 for an
+  int8 product: 1 byte a value), de-quantised at the candidates' rows as the footer says, so the
+  re-rank is exact; or ``index/{stem}.float16-{metric}.npy`` (the rows as float16, unit vectors for
+  cosine; the only form for per-row-scaled codes). Either is read only at the candidates' rows to
+  re-rank them (1-bit RaBitQ estimates alone miss close neighbours). At archive scale the re-rank
+  rows are the largest part of the index: the stored codes of an int8 product take half the float16
+  bytes and score exactly what exact search scores;
 
 and keeps the non-vector columns as memory-mapped Arrow IPC beside the product (the search cache
 folder), for the hits' metadata and bbox / time filters. A filter becomes a faiss ID selector over
 the selected rows (a selection no larger than the candidate pool is re-ranked whole).
 
-Each shard keeps its own ``candidates`` rows before re-ranking, so any split of the files across
-MPI ranks re-ranks the same rows and gives the same hits. Building streams over the stored rows
+One pool of ``candidates`` rows a query is re-ranked over the whole product, not a pool a shard:
+every shard estimates, the pool is cut at the ``candidates``-th best estimate over all shards (under
+MPI the ranks exchange their best estimates first), and each shard re-ranks only its rows above the
+cut. The rows read stay ``candidates`` a query however many shards there are, and any split of the
+files across ranks re-ranks the same rows and gives the same hits (the estimates of a row depend on
+its shard alone). Building streams over the stored rows
 in batches (two passes: the training sample, then the codes); memory is bounded by one shard's
 codes, never the product's float32 vectors.
 """
@@ -27,7 +36,7 @@ import time
 import uuid
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +51,7 @@ if TYPE_CHECKING:
     from ._read import Product
 
 KIND = "ivf-rabitq"
-RERANK_KIND = "float16"
+RERANK_KINDS = ("stored", "float16")  # the forms of the re-rank rows
 
 
 def default_nlist(rows: int) -> int:
@@ -56,9 +65,9 @@ FLAT_COARSE_MAX_LISTS = 4096
 
 
 def default_candidates(k: int, bits: int = 1) -> int:
-    """Rows re-ranked per shard: 1-bit estimates need about 20k candidates for recall@k >= 0.99;
-    finer codes (``bits`` per dimension) rank well enough that fewer suffice."""
-    return max(200, 20 * k) if bits == 1 else max(50, 5 * k)
+    """Rows re-ranked a query (one pool over every shard): 1-bit estimates need about 40k candidates
+    for recall@k >= 0.99; finer codes (``bits`` per dimension) rank well enough that fewer suffice."""
+    return max(400, 40 * k) if bits == 1 else max(100, 10 * k)
 
 
 def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -69,11 +78,16 @@ def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-30)).astype(np.float32)
 
 
-def _stream(product: "Product", *, batch_size: int):
-    """(file index, first row of the batch, decoded float32 vectors) over the stored rows, batch by batch."""
+def _stream(product: "Product", *, batch_size: int, codes: bool = False):
+    """(file index, first row of the batch, decoded float32 vectors[, stored codes]) over the stored
+    rows, batch by batch."""
     numbers = {str(path): i for i, path in enumerate(product.files)}
     for path, first, batch in product._file_batches(columns=product._vector_columns(), batch_size=batch_size):
-        yield numbers[str(path)], first, product.decode(batch, source=path, first_row=first)
+        vectors = product.decode(batch, source=path, first_row=first)
+        if codes:
+            yield numbers[str(path)], first, vectors, product.decode(batch, dequantize=False, source=path, first_row=first)
+        else:
+            yield numbers[str(path)], first, vectors
 
 
 class StreamingTopK:
@@ -142,9 +156,12 @@ def _coarse_quantizer(faiss, dim: int, nlist: int, metric: str):
 
 
 def build_archive_index(product: "Product", *, metric: str | None = None, nlist: int | None = None,
-                        sample: int | None = None, bits: int = 1, batch_size: int = 65536,
+                        sample: int | None = None, bits: int = 1, rerank: str | None = None, batch_size: int = 65536,
                         recall_queries: int = 100, k: int = 10, seed: int = 0, nprobe: int = 16) -> dict[str, Any]:
-    """Build the ``ivf-rabitq`` index and ``float16`` re-rank file of every data file, streaming.
+    """Build the ``ivf-rabitq`` index and the re-rank file of every data file, streaming.
+
+    ``rerank`` is the form of the re-rank rows: ``stored`` (the default: the stored codes, exact) or
+    ``float16`` (the default where the codes need a per-row scale column).
 
     The coarse quantiser is trained on ``sample`` rows drawn uniformly from the whole product; the
     codes hold ``bits`` bits a dimension (1: RaBitQ's binary codes; up to 8: its extended codes, whose
@@ -168,6 +185,13 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         raise SearchError(f"sample {sample!r} must be an integer from nlist ({nlist}) to the product's {total} rows")
     if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
         raise SearchError(f"bits {bits!r} must be an integer from 1 to 8 (bits a dimension in the codes)")
+    per_row = product.quantization.method == "per-row"
+    rerank = ("float16" if per_row else "stored") if rerank is None else rerank
+    if rerank not in RERANK_KINDS:
+        raise SearchError(f"rerank {rerank!r} must be one of {', '.join(RERANK_KINDS)} (the form of the re-rank rows)")
+    if rerank == "stored" and per_row:
+        raise SearchError("rerank 'stored' cannot hold per-row-scaled codes (their scale is a column of its own); "
+                          "use rerank 'float16'")
     rng = np.random.default_rng(seed)
     picks = np.sort(rng.choice(total, size=sample, replace=False))
     query_rows = np.sort(rng.choice(total, size=min(recall_queries, total), replace=False))
@@ -209,21 +233,23 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
 
     add_started = time.perf_counter()
     try:
-        for file_index, first, vectors in _stream(product, batch_size=batch_size):
+        for file_index, first, vectors, codes in _stream(product, batch_size=batch_size, codes=True):
             if file_index not in shards:
                 for done in list(shards):
                     finish(done)
                 stem = Path(product.manifest.column("path")[file_index].as_py()).stem
                 folder = product.path / "index"
                 folder.mkdir(exist_ok=True)
-                paths[file_index] = (folder / f"{stem}.{KIND}-{metric}.faiss", folder / f"{stem}.{RERANK_KIND}-{metric}.npy")
+                paths[file_index] = (folder / f"{stem}.{KIND}-{metric}.faiss", folder / rerank_name(stem, rerank, metric))
                 shards[file_index] = faiss.deserialize_index(trained)
                 partial = paths[file_index][1].with_name(f".{paths[file_index][1].name}.partial.npy")
-                reranks[file_index] = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16,
-                                                                shape=(int(rows_of[file_index]), dim))
+                shape = (int(rows_of[file_index]), dim if rerank == "float16" else product.quantization.stored_width())
+                dtype = np.float16 if rerank == "float16" else np.dtype(product.quantization.dtype)
+                reranks[file_index] = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
             prepared = _prepared(vectors, metric)
             truth.update(prepared, file_index, first)
-            reranks[file_index][first : first + len(prepared)] = prepared  # nodata stays NaN: never re-ranked
+            # float16 keeps nodata as NaN, the stored codes their own nodata: never re-ranked either way.
+            reranks[file_index][first : first + len(prepared)] = prepared if rerank == "float16" else codes
             ids = np.arange(first, first + len(prepared), dtype=np.int64)
             shards[file_index].add_with_ids(_no_nodata(prepared), ids)
         for done in list(shards):
@@ -240,12 +266,12 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         base = {"metric": metric, "data_sha256": product.manifest.column("sha256")[file_index].as_py(),
                 "rows": int(rows_of[file_index])}
         metas[file_index] = ({"kind": KIND, **base, "nlist": nlist, "sample": sample, "bits": bits, "coarse": coarse,
-                              "quantizer": quantizer_id},
-                             {"kind": RERANK_KIND, **base})
-        _declare(item_paths[rel], asset_key(RERANK_KIND, metric), _asset(item_paths[rel], rerank_path, metas[file_index][1]))
+                              "rerank": rerank, "quantizer": quantizer_id},
+                             {"kind": rerank, **base})
+        _declare(item_paths[rel], asset_key(rerank, metric), _asset(item_paths[rel], rerank_path, metas[file_index][1]))
         _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, metas[file_index][0]))
     report = {"kind": KIND, "metric": metric, "files": len(built), "rows": total, "nlist": nlist, "sample": sample,
-              "bits": bits, "coarse": coarse,
+              "bits": bits, "coarse": coarse, "rerank": rerank,
               "train_seconds": train_seconds, "add_seconds": add_seconds, "build_seconds": train_seconds + add_seconds,
               "peak_rss_bytes": peak_rss_bytes(), "bytes": int(sum(p.stat().st_size for _, a, b in built for p in (a, b)))}
     if not len(queries):
@@ -258,6 +284,20 @@ def build_archive_index(product: "Product", *, metric: str | None = None, nlist:
         meta = {**metas[file_index][0], key: recall, "recall_queries": len(queries)}
         _declare(item_paths[rel], asset_key(KIND, metric), _asset(item_paths[rel], index_path, meta))
     return {**report, key: recall, "recall_queries": len(queries), "nprobe": nprobe}
+
+
+def rerank_name(stem: str, rerank: str, metric: str) -> str:
+    """File name of a data file's re-rank rows: the stored codes serve every metric."""
+    return f"{stem}.stored.npy" if rerank == "stored" else f"{stem}.{rerank}-{metric}.npy"
+
+
+def best_estimates(estimates: np.ndarray, count: int) -> np.ndarray:
+    """Each row's ``count`` largest values, best first (-inf pads a row with fewer)."""
+    if estimates.shape[1] < count:
+        pad = np.full((len(estimates), count - estimates.shape[1]), -np.inf, dtype=np.float32)
+        estimates = np.concatenate([estimates, pad], axis=1)
+    best = -np.partition(-estimates, count - 1, axis=1)[:, :count]
+    return -np.sort(-best, axis=1)
 
 
 def peak_rss_bytes() -> int:
@@ -334,7 +374,12 @@ class Shard(FileRows):
         self.index, self.path, self.metric = index, product.files[index], metric
         rows = int(product.manifest.column("rows")[index].as_py())
         index_path, self.meta = _current_asset(product, index, asset_key(KIND, metric))
-        rerank_path, _ = _current_asset(product, index, asset_key(RERANK_KIND, metric))
+        rerank = self.meta.get("rerank", "float16")  # indexes built before stored re-rank rows were float16
+        if rerank not in RERANK_KINDS:
+            raise damaged(index_path, f"names re-rank rows {rerank!r}; this reader knows {', '.join(RERANK_KINDS)}: "
+                          f"rebuild the {KIND} index")
+        rerank_path, _ = _current_asset(product, index, asset_key(rerank, metric))
+        self.quantization = product.quantization if rerank == "stored" else None
         with reading(index_path):
             self.ivf = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)
         if self.ivf.ntotal != rows or self.ivf.d != product.dim:
@@ -343,9 +388,11 @@ class Shard(FileRows):
         with reading(rerank_path):
             # A plain array over the mapping: np.memmap's own indexing costs more than the gather.
             self.vectors = np.asarray(np.load(rerank_path, mmap_mode="r", allow_pickle=False))
-        if self.vectors.shape != (rows, product.dim) or self.vectors.dtype != np.float16:
+        quant = product.quantization
+        shape, dtype = ((rows, product.dim), np.float16) if rerank == "float16" else ((rows, quant.stored_width()), np.dtype(quant.dtype))
+        if self.vectors.shape != shape or self.vectors.dtype != dtype:
             raise damaged(rerank_path, f"holds {self.vectors.dtype} rows of shape {self.vectors.shape}; the re-rank "
-                          f"file of {self.path} is float16 ({rows}, {product.dim}); rebuild the {KIND} index")
+                          f"file of {self.path} is {np.dtype(dtype)} {shape}; rebuild the {KIND} index")
         self.metadata = _metadata_table(product, index, folder)
 
     @cached_property
@@ -376,12 +423,16 @@ class Shard(FileRows):
         return quantizer.search(queries, nprobe)
 
     def candidates(self, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], *, count: int,
-                   rows: np.ndarray | None, nprobe: int, qb: int) -> list[np.ndarray]:
-        """Row numbers of the ``count`` best RaBitQ estimates per query, among ``rows`` when given."""
+                   rows: np.ndarray | None, nprobe: int, qb: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``count`` best RaBitQ estimates per query, among ``rows`` when given: (estimates as
+        similarities, larger better, -inf where none; row numbers, -1 where none), each (queries, count)."""
         faiss = require("faiss", extra="search")
 
-        if rows is not None and len(rows) <= count:
-            return [rows] * len(queries)  # the whole selection is the candidate pool
+        if rows is not None and len(rows) <= count:  # the whole selection is the candidate pool
+            found = np.full((len(queries), count), -1, dtype=np.int64)
+            found[:, : len(rows)] = rows
+            estimates = np.where(found >= 0, np.inf, -np.inf).astype(np.float32)
+            return estimates, found
         params = faiss.IVFRaBitQSearchParameters()
         params.nprobe, params.qb = nprobe, qb
         if rows is not None:
@@ -396,14 +447,22 @@ class Shard(FileRows):
         # The C++ call: faiss's Python wrapper of search_preassigned takes no search parameters.
         self.ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
                                       faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
-        return list(found)
+        if self.ivf.metric_type == faiss.METRIC_L2:
+            scores = -scores  # distances: smaller is better
+        scores[found < 0] = -np.inf
+        return scores, found
 
-    def rerank(self, queries: np.ndarray, candidates: list[np.ndarray], *, k: int) -> list[Hits]:
-        """Exact scores of the float16 rows at the candidates only."""
+    def rerank(self, queries: np.ndarray, candidates: Sequence[np.ndarray], *, k: int) -> list[Hits]:
+        """Scores of the re-rank rows at the candidates only (rows that decode to NaN are nodata)."""
+        from ._quantize import dequantize
+
         out = []
         for q, rows in enumerate(candidates):
             rows = np.unique(rows[rows >= 0])
-            vectors = np.asarray(self.vectors[rows], dtype=np.float32)
+            if self.quantization is None:
+                vectors = np.asarray(self.vectors[rows], dtype=np.float32)
+            else:  # the stored codes: de-quantised exactly as exact search decodes them
+                vectors = dequantize(np.asarray(self.vectors[rows]), self.quantization)
             norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
             scores = exact_scores(vectors, norms, queries[q : q + 1], self.metric)[:, 0]
             keep = np.isfinite(scores)
@@ -448,13 +507,19 @@ class ArchiveSearcher:
 
     def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str = KIND, candidates: int | None = None,
                bbox=None, interval=None, where_map: dict[int, np.ndarray] | None = None, nprobe: int = 16,
-               qb: int = 8) -> list[Hits]:
-        """Top-k per prepared query over this searcher's shards (scores, file index, row)."""
+               qb: int = 8, exchange: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Hits]:
+        """Top-k per prepared query over this searcher's shards (scores, file index, row).
+
+        ``exchange`` (MPI) takes this searcher's best ``candidates`` estimates a query, (queries,
+        candidates), and returns every rank's side by side, so that all ranks cut one pool."""
         if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
             raise SearchError(f"nprobe must be a positive integer, got {nprobe!r}")
         overlapping = set(self.product.files_overlapping(bbox, interval))
         indexes = [i for i in self.file_indexes if i in overlapping and (where_map is None or i in where_map)]
+        count = candidates or default_candidates(k, self._bits(indexes, metric))
         if not indexes:
+            if exchange is not None:  # the other ranks still cut their pool against this one's
+                exchange(np.full((len(queries), count), -np.inf, dtype=np.float32))
             return [Hits.empty() for _ in queries]
         shards = [self.cache(i, metric) for i in indexes]
         mixed = sorted({s.meta.get("quantizer") for s in shards})
@@ -465,25 +530,37 @@ class ArchiveSearcher:
         nprobe = min(int(nprobe), shards[0].ivf.nlist)
         distances, lists = shards[0].coarse_search(queries, nprobe)  # shared by every shard
         coarse = (np.ascontiguousarray(distances, dtype=np.float32), np.ascontiguousarray(lists, dtype=np.int64))
-        count = candidates or default_candidates(k, int(shards[0].meta.get("bits", 1)))
 
-        def one(shard: Shard) -> list[Hits] | None:
+        def estimate(shard: Shard) -> tuple[Shard, np.ndarray, np.ndarray] | None:
             rows = _rows_in(shard, bbox, interval)
             if where_map is not None:
                 selected = where_map[shard.index]
                 rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
             if rows is not None and len(rows) == 0:
                 return None
-            found = shard.candidates(queries, coarse, count=count, rows=rows, nprobe=nprobe, qb=qb)
-            return shard.rerank(queries, found, k=k)
+            return (shard, *shard.candidates(queries, coarse, count=count, rows=rows, nprobe=nprobe, qb=qb))
 
-        per_file = [hits for hits in self._map(one, shards, len(queries)) if hits is not None]
+        estimated = [e for e in self._map(estimate, shards, len(queries)) if e is not None]
+        local = np.full((len(queries), count), -np.inf, dtype=np.float32)
+        if estimated:
+            local = best_estimates(np.concatenate([e[1] for e in estimated], axis=1), count)
+        cut = best_estimates(exchange(local) if exchange is not None else local, count)[:, -1]
+
+        def rerank(entry: tuple[Shard, np.ndarray, np.ndarray]) -> list[Hits]:
+            shard, estimates, found = entry
+            return shard.rerank(queries, [rows[(est >= c) & (rows >= 0)] for est, rows, c in zip(estimates, found, cut)], k=k)
+
+        per_file = self._map(rerank, estimated, len(queries)) if estimated else []
         if not per_file:
             return [Hits.empty() for _ in queries]
         return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]
 
+    def _bits(self, indexes: Sequence[int], metric: str) -> int:
+        """Bits a dimension of the codes (one build: the same in every shard)."""
+        return int(self.cache(indexes[0], metric).meta.get("bits", 1)) if indexes else 1
+
     @staticmethod
-    def _map(work, shards: list[Shard], queries: int) -> list:
+    def _map(work, shards: list, queries: int) -> list:
         """``work`` over the shards: a few queries take one shard a thread, one faiss thread each
         (faiss parallelises over queries, so one query would use one core); a batch takes the shards
         in turn, faiss spreading its queries over the cores."""
@@ -494,7 +571,7 @@ class ArchiveSearcher:
             return [work(shard) for shard in shards]
         from concurrent.futures import ThreadPoolExecutor
 
-        def alone(shard: Shard):
+        def alone(shard):
             with faiss_threads(1):  # OpenMP's thread count is per calling thread
                 return work(shard)
 

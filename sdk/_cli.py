@@ -567,7 +567,8 @@ def _index(args: argparse.Namespace) -> int:
         raise SystemExit("eoembed index build: give --kind int8|binary|hnsw|ivf|ivf-rabitq")
     from ._diagnose import recall_messages
 
-    given = {"nlist": args.nlist, "sample": args.sample, "bits": args.bits, "batch_size": args.batch_size}
+    given = {"nlist": args.nlist, "sample": args.sample, "bits": args.bits, "rerank": args.rerank,
+             "batch_size": args.batch_size}
     options = {name: value for name, value in given.items() if value is not None}
     unused = sorted(set(options) - {"ivf": {"nlist"}, "ivf-rabitq": set(given)}.get(args.kind, set()))
     if unused:
@@ -676,6 +677,8 @@ def add_search_commands(sub) -> None:
     p.add_argument("--sample", type=int, help="ivf-rabitq: rows drawn from the whole product to train the lists")
     p.add_argument("--bits", type=int, help="ivf-rabitq: bits a dimension in the codes, 1 to 8 (default 1; more "
                    "bits rank better, so fewer candidates are re-ranked)")
+    p.add_argument("--rerank", choices=["stored", "float16"], help="ivf-rabitq: the re-rank rows: the stored codes "
+                   "(default: exact, 1 byte a value for int8 products) or float16 (the default for per-row codes)")
     p.add_argument("--batch-size", type=int, help="ivf-rabitq: rows decoded at a time while streaming (bounds memory)")
     p.add_argument("--metric", choices=["cosine", "l2", "ip"], help="default: the product's metric")
     p.add_argument("--recall-queries", type=int, default=100, help="rows used as queries to measure recall@10")

@@ -29,14 +29,15 @@ if TYPE_CHECKING:
 
 INDEX_DIR = "index"
 KINDS = ("int8", "binary", "hnsw", "ivf", "ivf-rabitq")  # ivf-rabitq: sdk/_archive.py
-LISTED_KINDS = KINDS + ("float16",)  # float16 re-rank rows are built with ivf-rabitq
+LISTED_KINDS = KINDS + ("stored", "float16")  # the re-rank rows built with ivf-rabitq
 _EXTENSIONS = {"int8": "npy", "binary": "npy", "hnsw": "faiss", "ivf": "faiss"}
 _MEDIA_TYPES = {"npy": "application/x-npy", "faiss": "application/octet-stream"}
 
 
 def asset_key(kind: str, metric: str) -> str:
-    """Asset name of an index: 1-bit codes serve every metric (they only pick candidates)."""
-    return "index-binary" if kind == "binary" else f"index-{kind}-{metric}"
+    """Asset name of an index: 1-bit codes serve every metric (they only pick candidates), and so do
+    the stored codes (the data file's own values)."""
+    return f"index-{kind}" if kind in ("binary", "stored") else f"index-{kind}-{metric}"
 
 
 def int8_codes(vectors: np.ndarray, norms: np.ndarray, metric: str) -> tuple[np.ndarray, float]:

@@ -638,9 +638,8 @@ class Searcher:
             index_.hnsw.efSearch = max(ef_search, c)
         from ._index import faiss_threads
 
-        search_vectors = queries if metric != "cosine" else queries  # cosine queries are unit already
-        with faiss_threads(len(queries)):
-            _, ids = index_.search(np.ascontiguousarray(search_vectors, dtype=np.float32), c)
+        with faiss_threads(len(queries)):  # cosine queries are unit already
+            _, ids = index_.search(np.ascontiguousarray(queries, dtype=np.float32), c)
         return self._rerank(queries, metric, k, ids, [index], np.array([0, cache.rows]))
 
     def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str, candidates: int | None,
@@ -868,7 +867,7 @@ def search(product: "Product", query: Any, *, k: int = 10, bbox=None, datetime=N
 def default_candidates(mode: str, k: int) -> int:
     """Rows re-ranked exactly after a compressed scan: 1-bit codes need more than int8 (a 1-bit scan
     calibrates its count on the data, :meth:`Searcher.binary_candidates`; this is its fallback)."""
-    return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k), "ivf-rabitq": max(200, 20 * k)}.get(mode, max(100, 10 * k))
+    return {"int8": max(100, 10 * k), "binary": max(2000, 200 * k)}.get(mode, max(100, 10 * k))  # ivf-rabitq: _archive
 
 
 def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10, bbox=None, datetime=None,
@@ -905,6 +904,8 @@ def distributed_search(product: "Product", query: Any, *, comm=None, k: int = 10
         where_map = comm.bcast(where_map, root=0)
         if isinstance(where_map, EoembedError):
             raise where_map
+    if mode == "ivf-rabitq":  # one candidate pool over every rank's shards
+        options["exchange"] = lambda local: np.concatenate(comm.allgather(local), axis=1)
     hits = searcher.search(prepared, metric=metric, k=k, mode=mode, candidates=candidates,
                            bbox=box, interval=interval, where_map=where_map, **options)
     # Each rank attaches the metadata of its own hits, so rank 0 never decodes another rank's files.

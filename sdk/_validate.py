@@ -480,6 +480,31 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+def _stored_rows_problem(path: Path, record, checker: "_DataFileChecker") -> str | None:
+    """Why a ``stored`` re-rank file does not hold the data file's codes, or None."""
+    from ._quantize import Quantization, dequantize
+
+    embedding = record.footer["embedding"]
+    quant = Quantization.from_dict(embedding["quantization"], dim=int(embedding["dim"]))
+    try:
+        stored = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as error:
+        return f"it cannot be read as a NumPy array ({error})"
+    width, dtype = quant.stored_width(), np.dtype(quant.dtype)
+    if stored.shape != (record.rows, width) or stored.dtype != dtype:
+        return f"it is a {stored.dtype} array of shape {stored.shape}, expected {dtype} ({record.rows}, {width})"
+    if quant.method == "per-row":
+        return "stored re-rank rows cannot hold per-row-scaled codes; rebuild the ivf-rabitq index with rerank float16"
+    sample = checker.sample
+    if sample is None:
+        return None
+    again = dequantize(np.asarray(stored[: len(sample)]), quant)
+    bad = ~((again == sample) | (np.isnan(again) & np.isnan(sample))).all(axis=1)
+    if bad.any():
+        return f"row {int(np.flatnonzero(bad)[0])} holds codes other than the data file's"
+    return None
+
+
 def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: "_DataFileChecker") -> str | None:
     """Why an index file does not hold what the current data file gives, or None."""
     from ._index import asset_key
@@ -493,6 +518,8 @@ def _index_problem(key: str, path: Path, meta: dict[str, Any], record, checker: 
         return f"rows is {meta.get('rows')}, the data file holds {record.rows}"
     sample = checker.sample
     dim = int(record.footer["embedding"]["dim"])
+    if kind == "stored":  # the re-rank rows of ivf-rabitq: the data file's codes, byte for byte
+        return _stored_rows_problem(path, record, checker)
     if kind in ("int8", "binary", "float16"):
         try:
             stored = np.load(path, mmap_mode="r")

@@ -54,7 +54,7 @@ def test_build_reports_recall_and_declares_valid_assets(built):
     assert report["files"] == 3 and report["rows"] == 3000 and report["nlist"] == 16
     assert report["recall_at_10"] >= 0.95 and report["peak_rss_bytes"] > 0 and report["bytes"] > 0
     kinds = [e["kind"] for e in list_indexes(product)]
-    assert kinds.count("ivf-rabitq") == 3 and kinds.count("float16") == 3
+    assert kinds.count("ivf-rabitq") == 3 and kinds.count("stored") == 3  # the stored codes re-rank
     quantizers = {e["quantizer"] for e in list_indexes(product) if e["kind"] == "ivf-rabitq"}
     assert len(quantizers) == 1  # every shard shares the coarse quantiser
     assert eoembed.validate(product.path).findings == []
@@ -159,6 +159,71 @@ def test_finer_codes_reach_the_recall_with_fewer_candidates(tmp_path, bits):
     assert eoembed.validate(product.path).findings == []
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_stored_re_rank_rows_are_exact_and_half_the_float16_bytes(tmp_path, metric):
+    from eoembed._quantize import dequantize
+
+    batch = chips(3000, DIM, seed=0)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, DIM)).astype(np.float32)
+    batch["embedding"] = centres[rng.integers(0, 30, 3000)] + 0.3 / np.sqrt(DIM) * rng.normal(size=(3000, DIM)).astype(np.float32)
+    path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(DIM), normalize=True, quantization="int8",
+                                 max_rows_per_file=1000, row_group_size=250)
+    copy = Path(shutil.copytree(path, tmp_path / "q"))
+    product, other = eoembed.open(path), eoembed.open(copy)
+    assert product.build_index(kind="ivf-rabitq", nlist=16, metric=metric, recall_queries=10)["rerank"] == "stored"
+    other.build_index(kind="ivf-rabitq", nlist=16, metric=metric, rerank="float16", recall_queries=10)
+    stem = Path(product.files[0]).stem
+    stored = np.load(product.path / "index" / f"{stem}.stored.npy")
+    half = np.load(other.path / "index" / f"{stem}.float16-{metric}.npy")
+    assert stored.dtype == np.int8 and stored.nbytes * 2 == half.nbytes
+    assert np.array_equal(dequantize(stored, product.quantization), product.to_numpy()[:1000])  # byte for byte
+    queries = queries_of(product)
+    exact = product.search(queries, k=10, metric=metric)
+    found = product.search(queries, k=10, metric=metric, mode="ivf-rabitq")
+    assert recall_at_k(exact, found) >= 0.95
+    # Where a hit is found, its distance is the exact one: the stored codes re-rank exactly.
+    def distances(table):
+        keys = zip(table.column("query").to_pylist(), table.column("chip_id").to_pylist())
+        return dict(zip(keys, table.column("distance").to_pylist()))
+
+    want, got = distances(exact), distances(found)
+    common = set(want) & set(got)
+    assert len(common) >= 0.95 * len(want) and all(abs(got[key] - want[key]) <= 1e-5 for key in common)
+    assert recall_at_k(exact, other.search(queries, k=10, metric=metric, mode="ivf-rabitq")) >= 0.95
+    assert eoembed.validate(product.path).findings == [] and eoembed.validate(other.path).findings == []
+    with pytest.raises(SearchError, match="rerank 'int4' must be one of stored, float16"):
+        product.build_index(kind="ivf-rabitq", rerank="int4")
+
+
+def test_per_row_codes_re_rank_from_float16(tmp_path):
+    batch = chips(400, DIM, seed=2)
+    path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(DIM), quantization="int8-per-row")
+    product = eoembed.open(path)
+    assert product.build_index(kind="ivf-rabitq", nlist=4, recall_queries=10)["rerank"] == "float16"
+    with pytest.raises(SearchError, match="cannot hold per-row-scaled codes"):
+        product.build_index(kind="ivf-rabitq", nlist=4, rerank="stored")
+    assert eoembed.validate(product.path).findings == []
+
+
+def test_one_candidate_pool_a_query_however_many_shards(built, monkeypatch):
+    from eoembed._archive import Shard
+
+    product, _ = built
+    reranked = []
+    original = Shard.rerank
+
+    def counting(self, queries, candidates, *, k):
+        reranked.append(sum(len(rows) for rows in candidates))
+        return original(self, queries, candidates, k=k)
+
+    monkeypatch.setattr(Shard, "rerank", counting)
+    queries = queries_of(product, 5)
+    found = product.search(queries, k=10, mode="ivf-rabitq", candidates=60)
+    assert len(reranked) == 3 and sum(reranked) == 5 * 60  # 60 a query over 3 shards, not 60 a shard
+    assert found.num_rows == 5 * 10
+
+
 def test_many_lists_are_found_through_an_hnsw_graph_over_the_centroids(tmp_path, monkeypatch):
     import eoembed._archive as archive
 
@@ -183,7 +248,12 @@ def test_cli_builds_and_lists_the_archive_index(tmp_path, capsys):
     assert report["kind"] == "ivf-rabitq" and report["sample"] == 400 and report["build_seconds"] > 0
     assert main(["index", "list", str(path)]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert sorted({e["kind"] for e in listed}) == ["float16", "ivf-rabitq"]
+    assert sorted({e["kind"] for e in listed}) == ["ivf-rabitq", "stored"]
+    assert main(["index", "build", str(path), "--kind", "ivf-rabitq", "--nlist", "8", "--rerank", "float16",
+                 "--recall-queries", "10"]) == 0
+    assert json.loads(capsys.readouterr().out)["rerank"] == "float16"
+    with pytest.raises(SystemExit, match="--rerank does not apply to --kind hnsw"):
+        main(["index", "build", str(path), "--kind", "hnsw", "--rerank", "stored"])
     with pytest.raises(SystemExit, match="--sample does not apply to --kind int8"):
         main(["index", "build", str(path), "--kind", "int8", "--sample", "10"])
 
