@@ -64,6 +64,7 @@ from ._grid import get_grid, list_grids
 from .importers import ImportReport, import_product, list_importers
 from ._labels import LabelledChips, join_labels, raster_labels, read_labels
 from ._neuco import NeucoReport, neuco_evaluate
+from ._pixel import PixelProductWriter, write_pixel_product
 from ._predict import draw_map, predict
 from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
@@ -97,6 +98,7 @@ __all__ = [
     "NeucoReport",
     "ModelContractMismatchError",
     "NonFiniteEmbeddingError",
+    "PixelProductWriter",
     "Preview",
     "PreviewError",
     "Product",
@@ -149,5 +151,6 @@ __all__ = [
     "subset",
     "validate",
     "write_embed2scale",
+    "write_pixel_product",
     "write_product",
 ]
