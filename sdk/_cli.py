@@ -213,7 +213,10 @@ def _produce(args: argparse.Namespace) -> int:
         "prefetch": args.prefetch, "align": args.align, "resolution": args.resolution, "resampling": args.resampling,
         "empty_chips": args.empty_chips, "outside_grid": args.outside_grid, "s2_offset": args.s2_offset,
         "mask_clouds": False if args.keep_clouds else None,
+        "level": args.level, "tile_size": args.tile_size, "tile_format": args.tile_format,
     }
+    if args.level == "pixel" and args.chip_size is None:
+        flags["chip_size"] = 1  # a per-pixel encoder reads one pixel (its bands, or its time series)
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
     settings["stacks"] = [{"files": s.split(",")} for s in args.stack] or settings.get("stacks", [])
@@ -703,6 +706,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE", help="encoder option; repeat")
     p.add_argument("--chip-size", type=int, help="chip size in pixels")
     p.add_argument("--stride", type=int, help="stride in pixels (default: the chip size)")
+    p.add_argument("--level", choices=["chip", "pixel"],
+                   help="chip (default): one vector per chip, GeoParquet; pixel: one vector per pixel, tiles (spec Section 12)")
+    p.add_argument("--tile-size", type=int, help="pixel level: tile edge in pixels (default 256)")
+    p.add_argument("--tile-format", choices=["zarr", "cog"], help="pixel level: Zarr v3 zip stores (default) or COGs")
     p.add_argument("--grid", help="grid for grid_cell: majortom-10km (default) or utm-10000m")
     p.add_argument("--align", choices=["scene", "cell"],
                    help="cut chips on each scene's pixel grid (scene, default) or on the lattice of each grid cell (cell)")

@@ -19,7 +19,8 @@ import numpy as np
 from . import _quantize
 from ._errors import DimensionMismatchError, SpecError
 from ._stac import slug
-from ._tiles import TILE_SUFFIX, TileGeo, crs_code, read_tile, tile_bbox, write_tile
+from ._tiles import TILE_SUFFIX, TileGeo, crs_code, read_tile, tile_bbox
+from ._tiles import write_tile as write_tile_file
 from ._write import DATA_DIR, ProductWriter, _FileRecord, _iso, _utcnow, sha256_file
 
 __all__ = ["PixelProductWriter", "tile_record", "write_pixel_product"]
@@ -96,22 +97,30 @@ class PixelProductWriter(ProductWriter):
         if start.tzinfo is None or end.tzinfo is None or start > end:
             raise SpecError(f"{source_id}: times must be timezone-aware with start <= end, got {start} .. {end}")
         geo = TileGeo(crs_code(crs), _north_up(transform), array.shape[:2])
-        quant = self._pixel_quantization(array)
         base = name or slug(str(source_id))[:64]
         size = self.pixel["tile_size_px"]
-        tile = {"start_datetime": _iso(start), "end_datetime": _iso(end), "source_id": str(source_id)}
         records = []
         for row in range(0, array.shape[0], size):
             for col in range(0, array.shape[1], size):
                 block = array[row:row + size, col:col + size]
-                codes, scale = _quantize.quantize_pixels(block, quant)
-                rel = f"{DATA_DIR}/{base}-r{row:06d}-c{col:06d}{TILE_SUFFIX[self.pixel['format']]}"
-                write_tile(self.staging / rel, codes, scale, geo=geo.window(row, col, *block.shape[:2]),
-                           metadata=self.footer(end=_utcnow()), tile=tile, chunk=self.pixel["chunk_size_px"])
-                records.append(tile_record(self.staging / rel, root=self.staging))
-        self._files.extend(records)
-        self._rows_seen += int(array.shape[0] * array.shape[1])
+                records.append(self.write_tile(f"{base}-r{row:06d}-c{col:06d}", block, geo=geo.window(row, col, *block.shape[:2]),
+                                               start=start, end=end, source_id=str(source_id)))
         return records
+
+    def write_tile(self, name: str, embeddings: np.ndarray, *, geo: TileGeo, start: datetime, end: datetime,
+                   source_id: str) -> _FileRecord:
+        """Write one tile ``data/NAME`` (plus the format's suffix) of pixel embeddings ``(y, x, dim)``
+        on ``geo`` right away (a work unit of a distributed job); returns its record."""
+        quant = self._pixel_quantization(embeddings)
+        codes, scale = _quantize.quantize_pixels(embeddings, quant)
+        rel = f"{DATA_DIR}/{name}{TILE_SUFFIX[self.pixel['format']]}"
+        tile = {"start_datetime": _iso(start), "end_datetime": _iso(end), "source_id": source_id}
+        write_tile_file(self.staging / rel, codes, scale, geo=geo, metadata=self.footer(end=_utcnow()), tile=tile,
+                   chunk=self.pixel["chunk_size_px"])
+        record = tile_record(self.staging / rel, root=self.staging)
+        self._files.append(record)
+        self._rows_seen += record.rows
+        return record
 
     def _pixel_quantization(self, array: np.ndarray) -> _quantize.Quantization:
         if self.quantization is not None:
@@ -121,9 +130,7 @@ class PixelProductWriter(ProductWriter):
             return self.quantization
         rows = array.reshape(-1, array.shape[2])
         valid = rows[~np.isnan(rows).all(axis=1)] if rows.dtype.kind == "f" else rows
-        if not len(valid):
-            raise SpecError("the first scene holds no pixel with data; linear parameters are fitted on it")
-        # Linear parameters are fitted on the first scene's pixels and frozen, as for chips.
+        # Linear parameters are fitted on the first tile's pixels with data and frozen, as for chips.
         return self._ensure_quantization(valid)
 
 

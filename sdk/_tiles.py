@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import GeoreferenceError, ImageryError, SpecError
+from ._errors import GeoreferenceError, ImageryError, MissingDependencyError, SpecError
+from ._optional import require
 
 TILE_SUFFIX = {"zarr": ".zarr.zip", "cog": ".tif"}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -126,7 +127,7 @@ def write_tile(path: Path, codes: np.ndarray, scale: np.ndarray | None, *, geo: 
 
 def _write_zarr(path: Path, codes: np.ndarray, scale: np.ndarray | None, *, geo: TileGeo, metadata: dict[str, Any],
                 tile: dict[str, Any], chunk: int) -> None:
-    import zarr
+    zarr = require("zarr", extra="zarr")
     from pyproj import CRS
     from zarr.codecs import BloscCodec
 
@@ -175,7 +176,7 @@ def _write_zarr(path: Path, codes: np.ndarray, scale: np.ndarray | None, *, geo:
 
 def _write_cog(path: Path, codes: np.ndarray, *, geo: TileGeo, metadata: dict[str, Any], tile: dict[str, Any],
                chunk: int) -> None:
-    import rasterio
+    rasterio = require("rasterio", extra="produce")
     from affine import Affine
 
     rows, cols, width = codes.shape
@@ -209,7 +210,7 @@ def read_tile(path: Path, *, window: tuple[int, int, int, int] | None = None, da
     form = tile_format(path)
     try:
         return _read_zarr(path, window, data) if form == "zarr" else _read_cog(path, window, data)
-    except (ImageryError, SpecError):  # GeoreferenceError is an ImageryError
+    except (ImageryError, SpecError, MissingDependencyError):  # GeoreferenceError is an ImageryError
         raise
     except Exception as error:  # any library's failure on a damaged file becomes one clear error
         raise ImageryError(f"{path} cannot be read as a {form} tile: {error}") from error
@@ -234,7 +235,7 @@ def _transform(value: Any, path: Path) -> tuple[float, float, float, float, floa
 
 
 def _read_zarr(path: Path, window, data: bool) -> Tile:
-    import zarr
+    zarr = require("zarr", extra="zarr")
     from zarr.storage import ZipStore
 
     store = ZipStore(path, mode="r")
@@ -268,7 +269,7 @@ def _read_zarr(path: Path, window, data: bool) -> Tile:
 
 
 def _read_cog(path: Path, window, data: bool) -> Tile:
-    import rasterio
+    rasterio = require("rasterio", extra="produce")
     from rasterio.windows import Window
 
     with rasterio.open(path) as src:
