@@ -68,7 +68,9 @@ from ._pixel import PixelProductWriter, write_pixel_product
 from ._predict import draw_map, predict
 from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
-from ._read import Product, open_product as open, read_footer, sql
+from ._open import open_product as open
+from ._pixel_read import PixelProduct
+from ._read import Product, read_footer, sql
 from ._spec import SPEC_VERSION
 from ._validate import Finding, Report, validate
 from ._write import ProductWriter, write_product
@@ -98,6 +100,7 @@ __all__ = [
     "NeucoReport",
     "ModelContractMismatchError",
     "NonFiniteEmbeddingError",
+    "PixelProduct",
     "PixelProductWriter",
     "Preview",
     "PreviewError",

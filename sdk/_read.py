@@ -123,6 +123,9 @@ class Product:
                 f"{self.path} was written for eoembed spec {version!r}; this reader implements {SPEC_VERSION} "
                 f"and reads {', '.join(READABLE_SPEC_VERSIONS)}: upgrade eoembed or convert the product"
             )
+        if "eoembed:pixel" in self.collection:
+            raise SpecError(f"{self.path} is a pixel product (tiles, not chips); open it with eoembed.open, which gives "
+                            "a PixelProduct (read, sample, to_numpy)")
         self.metadata: dict[str, Any] = {"spec_version": version, "license": self.collection.get("license")}
         for section in _FOOTER_SECTIONS:
             if f"eoembed:{section}" not in self.collection:
