@@ -25,6 +25,18 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _pool(args: argparse.Namespace) -> int:
+    from eoembed.producers.pool import pool
+
+    out = pool(args.path, args.out, chip_size=args.chip_size, stride=args.stride, method=args.method,
+               min_valid=args.min_valid, quantization=args.quantization, overwrite=args.overwrite)
+    from ._read import open_product
+
+    product = open_product(out)
+    print(f"pooled {args.path} into {out}: {product.num_rows} chips of {args.chip_size} px ({args.method} of their pixels)")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from ._damage import reading
     from ._read import open_product
@@ -754,6 +766,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run's checkpoints in the out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("pool", help="a chip product from a pixel product: each chip the mean (or max) of its pixels")
+    p.add_argument("path", help="pixel product (eoembed produce --level pixel)")
+    p.add_argument("--out", required=True, help="chip product folder to write")
+    p.add_argument("--chip-size", type=int, required=True, help="chip edge in pixels")
+    p.add_argument("--stride", type=int, help="distance between chips in pixels (default: the chip size)")
+    p.add_argument("--method", choices=["mean", "max"], default="mean", help="pooling of the pixels with data (default: mean)")
+    p.add_argument("--min-valid", type=float, default=0.5, help="leave out chips with a smaller fraction of pixels with data")
+    p.add_argument("--quantization", "--dtype", dest="quantization", default="none",
+                   choices=["none", "float32", "float16", "int8", "int8-per-dimension", "int8-per-row", "sqrt", "binary"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.set_defaults(func=_pool)
 
     p = sub.add_parser("validate", help="check a product, collection.json or data file against the spec")
     p.add_argument("path")

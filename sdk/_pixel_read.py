@@ -107,55 +107,66 @@ class PixelProduct:
 
     # -- windows ----------------------------------------------------------------------------------
 
-    def _grid(self) -> tuple[str, float, float, float, float]:
-        """(crs, a, e, x origin, y origin) of the one pixel grid all tiles lie on, or SpecError."""
-        if self.crs is None:
-            raise SpecError(f"{self.path}: its tiles lie in several CRSs ({sorted({t.geo.code for t in self.tiles})}); "
-                            "sample points, or read the tiles of one CRS")
-        a, _, _, _, e, _ = self.tiles[0].geo.transform
-        x0 = min(t.geo.transform[2] for t in self.tiles)
-        y0 = max(t.geo.transform[5] for t in self.tiles)
-        for t in self.tiles:
+    def _tiles_of(self, source_id: str | None) -> list[_TileRef]:
+        tiles = [t for t in self.tiles if source_id is None or t.source_id == source_id]
+        if not tiles:
+            raise SpecError(f"{self.path} has no tile of source {source_id!r}; its sources are "
+                            f"{sorted({t.source_id for t in self.tiles})}")
+        return tiles
+
+    def _grid(self, source_id: str | None = None) -> tuple[str, float, float, float, float]:
+        """(crs, a, e, x origin, y origin) of the one pixel grid all tiles (of ``source_id``) lie on, or SpecError."""
+        tiles = self._tiles_of(source_id)
+        codes = sorted({t.geo.code for t in tiles})
+        if len(codes) > 1:
+            raise SpecError(f"{self.path}: its tiles lie in several CRSs ({codes}); sample points, or read one "
+                            "scene (source_id=)")
+        a, _, _, _, e, _ = tiles[0].geo.transform
+        x0 = min(t.geo.transform[2] for t in tiles)
+        y0 = max(t.geo.transform[5] for t in tiles)
+        for t in tiles:
             ta, _, tc, _, te, tf = t.geo.transform
             off = ((tc - x0) / a, (tf - y0) / e)
             if ta != a or te != e or any(abs(o - round(o)) > 1e-6 for o in off):
-                raise SpecError(f"{self.path}: tile {t.path.name} is not on the pixel grid of the others; read it alone")
-        return self.crs, a, e, x0, y0
+                raise SpecError(f"{self.path}: tile {t.path.name} is not on the pixel grid of the others; read one "
+                                "scene (source_id=)")
+        return codes[0], a, e, x0, y0
 
-    def _bbox_in(self, bbox: Sequence[float], crs: Any) -> tuple[float, float, float, float]:
+    def _bbox_in(self, bbox: Sequence[float], crs: Any, source_id: str | None) -> tuple[float, float, float, float]:
         from pyproj import CRS, Transformer
 
         if len(bbox) != 4 or not np.isfinite(np.asarray(bbox, dtype=float)).all() or bbox[0] >= bbox[2] or bbox[1] >= bbox[3]:
             raise CoordinateRangeError(f"bbox must be (xmin, ymin, xmax, ymax) with xmin < xmax and ymin < ymax, got {bbox!r}")
-        target = self._grid()[0]
+        target = self._grid(source_id)[0]
         source = CRS.from_user_input(crs if crs is not None else target)
         if source == CRS.from_user_input(target):
             return tuple(float(v) for v in bbox)  # type: ignore[return-value]
         return Transformer.from_crs(source, target, always_xy=True).transform_bounds(*bbox, densify_pts=21)
 
-    def _window_of(self, bbox: Sequence[float], crs: Any) -> tuple[int, int, int, int]:
+    def _window_of(self, bbox: Sequence[float], crs: Any, source_id: str | None) -> tuple[int, int, int, int]:
         """(row0, col0, row1, col1) on the product grid covering ``bbox`` (end exclusive)."""
-        _, a, e, x0, y0 = self._grid()
-        xmin, ymin, xmax, ymax = self._bbox_in(bbox, crs)
+        _, a, e, x0, y0 = self._grid(source_id)
+        xmin, ymin, xmax, ymax = self._bbox_in(bbox, crs, source_id)
         col0, col1 = int(np.floor((xmin - x0) / a)), int(np.ceil((xmax - x0) / a))
         row0, row1 = int(np.floor((ymax - y0) / e)), int(np.ceil((ymin - y0) / e))
         return row0, col0, row1, col1
 
     def to_numpy(self, window: tuple[int, int, int, int] | None = None, *, bbox: Sequence[float] | None = None,
-                 crs: Any = None) -> np.ndarray:
+                 crs: Any = None, source_id: str | None = None) -> np.ndarray:
         """De-quantised float32 ``(rows, cols, dim)`` of a window ``(row0, col0, row1, col1)`` of the
         product's pixel grid (its top-left pixel is (0, 0)), or of the pixels covering ``bbox`` (in
-        ``crs``, default the tiles' CRS). Pixels without data, or outside every tile, are NaN."""
+        ``crs``, default the tiles' CRS). Pixels without data, or outside every tile, are NaN.
+        ``source_id`` restricts the grid and the tiles to one scene's."""
         if (window is None) == (bbox is None):
             raise SpecError("give exactly one of window=(row0, col0, row1, col1) or bbox=(xmin, ymin, xmax, ymax)")
         if window is None:
-            window = self._window_of(bbox, crs)  # type: ignore[arg-type]
+            window = self._window_of(bbox, crs, source_id)  # type: ignore[arg-type]
         row0, col0, row1, col1 = (int(v) for v in window)
         if row1 <= row0 or col1 <= col0:
             raise SpecError(f"window {window} is empty; give row0 < row1 and col0 < col1")
-        _, a, e, x0, y0 = self._grid()
+        _, a, e, x0, y0 = self._grid(source_id)
         out = np.full((row1 - row0, col1 - col0, self.dim), np.nan, dtype=np.float32)
-        for t in self.tiles:
+        for t in self._tiles_of(source_id):
             r = int(round((t.geo.transform[5] - y0) / e))
             c = int(round((t.geo.transform[2] - x0) / a))
             rows, cols = t.geo.shape
@@ -168,16 +179,17 @@ class PixelProduct:
                 tile.codes, self.quantization, scale=tile.scale)
         return out
 
-    def read(self, bbox: Sequence[float], *, crs: Any = None):
+    def read(self, bbox: Sequence[float], *, crs: Any = None, source_id: str | None = None):
         """The pixels covering ``bbox`` (in ``crs``, default the tiles' CRS; ``"OGC:CRS84"`` for
         lon/lat) as an xarray DataArray ``(y, x, dim)`` with pixel-centre coordinates, the CRS as
-        ``attrs['crs']`` and a CF ``spatial_ref`` coordinate (rioxarray and GDAL read it)."""
+        ``attrs['crs']`` and a CF ``spatial_ref`` coordinate (rioxarray and GDAL read it).
+        ``source_id`` reads one scene of a product whose scenes lie on different grids."""
         xr = require("xarray", extra="zarr")
         from pyproj import CRS
 
-        row0, col0, row1, col1 = self._window_of(bbox, crs)
-        values = self.to_numpy((row0, col0, row1, col1))
-        code, a, e, x0, y0 = self._grid()
+        row0, col0, row1, col1 = self._window_of(bbox, crs, source_id)
+        values = self.to_numpy((row0, col0, row1, col1), source_id=source_id)
+        code, a, e, x0, y0 = self._grid(source_id)
         transform = (a, 0.0, x0 + col0 * a, 0.0, e, y0 + row0 * e)
         xs = transform[2] + (np.arange(col1 - col0) + 0.5) * a
         ys = transform[5] + (np.arange(row1 - row0) + 0.5) * e
