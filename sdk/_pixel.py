@@ -97,6 +97,7 @@ class PixelProductWriter(ProductWriter):
         if start.tzinfo is None or end.tzinfo is None or start > end:
             raise SpecError(f"{source_id}: times must be timezone-aware with start <= end, got {start} .. {end}")
         geo = TileGeo(crs_code(crs), _north_up(transform), array.shape[:2])
+        self._pixel_quantization(array)  # fitted on the whole first scene, not on its first tile
         base = name or slug(str(source_id))[:64]
         size = self.pixel["tile_size_px"]
         records = []
