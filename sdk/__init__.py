@@ -69,6 +69,7 @@ from ._predict import draw_map, predict
 from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
 from ._open import open_product as open
+from ._pixel_fewshot import fewshot_pixels
 from ._pixel_read import PixelProduct
 from ._read import Product, read_footer, sql
 from ._spec import SPEC_VERSION
@@ -129,6 +130,7 @@ __all__ = [
     "dequantize",
     "draw_map",
     "fewshot",
+    "fewshot_pixels",
     "fewshot_product",
     "fewshot_splits",
     "fit_quantization",
