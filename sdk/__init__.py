@@ -70,6 +70,7 @@ from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
 from ._open import open_product as open
 from ._pixel_fewshot import fewshot_pixels
+from ._pixel_predict import predict_pixels
 from ._pixel_read import PixelProduct
 from ._read import Product, read_footer, sql
 from ._spec import SPEC_VERSION
@@ -144,6 +145,7 @@ __all__ = [
     "neuco_evaluate",
     "open",
     "predict",
+    "predict_pixels",
     "preview",
     "quantize",
     "raster_labels",

@@ -1,5 +1,6 @@
-"""Pixel few-shot on the NC Landsat-7 scene with its labelled points: each point's pixel, the
-product's vectors being the pixel's five band values (the baseline any pixel encoder must beat)."""
+"""Pixel few-shot and prediction on the NC Landsat-7 scene with its labelled points: each point's
+pixel, the product's vectors being the pixel's five band values (the baseline any pixel encoder
+must beat); the predicted map lines up with the scene and agrees with its land-cover raster."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.conftest import NC_POINTS, NC_SCENE
 def bands_product(shared_data, tmp_path_factory):
     with rasterio.open(shared_data / NC_SCENE) as ds:
         bands, transform, crs = ds.read().transpose(1, 2, 0).astype(np.float32), ds.transform, ds.crs
+        bands[(bands == ds.nodata).any(axis=2)] = np.nan  # the scene's -99999 border: pixels without data
     model = {"name": "band-values", "version": "1", "framework": "numpy", "weights_sha256": None, "architecture": "identity",
              "pooling": "none", "output": {"dim": 5},
              "input": {"bands": [{"name": f"B{i + 1}", "source": "landsat_multiband.tif"} for i in range(5)], "chip_size_px": 1,
@@ -61,3 +63,29 @@ def test_points_off_the_scene_are_refused(bands_product, tmp_path):
     far = gpd.GeoDataFrame({"label": ["a", "b"]}, geometry=[Point(10.0, 50.0), Point(10.1, 50.1)], crs="OGC:CRS84")
     with pytest.raises(LabelsOutsideProductError, match="none of the 2"):
         eoembed.fewshot_pixels(bands_product, far, splits=[None])
+
+
+def test_predict_writes_a_map_on_the_scene_grid(bands_product, shared_data, tmp_path):
+    import json
+
+    from tests.conftest import NC_STRATA, NC_STRATA_CLASSES
+
+    out = eoembed.predict_pixels(bands_product, shared_data / NC_POINTS, out=tmp_path / "map.tif",
+                                 drop_classes=["agriculture", "sediment"])
+    with rasterio.open(out) as got, rasterio.open(shared_data / NC_SCENE) as scene, rasterio.open(shared_data / NC_STRATA) as truth:
+        assert got.crs == scene.crs and got.transform == scene.transform and got.shape == scene.shape
+        assert got.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        classes = json.loads(got.tags()["EOEMBED_CLASSES"])
+        predicted = got.read(1)
+        strata = truth.read(1)
+        nodata = (scene.read() == scene.nodata).any(axis=0)
+        assert truth.transform == scene.transform  # the land-cover raster is on the scene's grid
+    assert classes == ["developed", "forest", "herbaceous", "shrubland", "water"]
+    assert np.array_equal(predicted == 0, nodata) and predicted.max() <= 5  # 0 exactly where the scene has no data
+    named = np.array(["", *classes], dtype=object)[predicted]
+    wanted = np.vectorize(lambda v: NC_STRATA_CLASSES.get(int(v), ""))(strata)
+    scored = np.isin(wanted, classes) & ~nodata
+    agreement = float((named[scored] == wanted[scored]).mean())
+    # Chance for 5 classes drawn as the map draws them: the sum of products of the two class shares.
+    chance = sum(float((named[scored] == c).mean()) * float((wanted[scored] == c).mean()) for c in classes)
+    assert agreement > chance + 0.1, (agreement, chance)

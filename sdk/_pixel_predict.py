@@ -1,0 +1,103 @@
+"""Classified maps from pixel products: a classifier fitted on labelled points, every pixel classified,
+the map written as a COG on the product's own pixel grid (class ``i + 1`` for ``classes[i]``, 0 nodata)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._errors import LabelError, LabelsOutsideProductError
+from ._optional import require
+
+__all__ = ["predict_pixels"]
+
+
+def _moments(product, tiles) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per dimension over every pixel with data (no label is used), tile by tile."""
+    from ._quantize import dequantize_pixels
+    from ._tiles import read_tile
+
+    total = np.zeros(product.dim, dtype=np.float64)
+    squares = np.zeros(product.dim, dtype=np.float64)
+    count = 0
+    for t in tiles:
+        tile = read_tile(t.path)
+        values = dequantize_pixels(tile.codes, product.quantization, scale=tile.scale).reshape(-1, product.dim)
+        values = values[~np.isnan(values).any(axis=1)].astype(np.float64)
+        total += values.sum(axis=0)
+        squares += (values**2).sum(axis=0)
+        count += len(values)
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 0.0))
+    return mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)
+
+
+def predict_pixels(product: Any, labels: Any, *, out: str | os.PathLike, label_field: str = "label", method: str = "logreg",
+                   drop_classes: Sequence[str] = (), labels_crs: Any = None, source_id: str | None = None, k: int = 5,
+                   device: Any = None) -> Path:
+    """Fit ``method`` (``logreg``, ``prototype`` or ``knn``) on the pixels under the labelled points of
+    ``labels`` and write the class of every pixel of ``product`` (of one scene with ``source_id``)
+    to the GeoTIFF ``out``; its metadata item ``EOEMBED_CLASSES`` lists the classes of values 1, 2, ..."""
+    torch = require("torch", extra="learn")
+    rasterio = require("rasterio", extra="produce")
+    from affine import Affine
+
+    from ._fewshot import Classifier, pick_device
+    from ._labels import read_labels
+    from ._open import open_product
+    from ._quantize import dequantize_pixels
+    from ._tiles import read_tile
+
+    product = open_product(product) if not hasattr(product, "sample") else product
+    frame = read_labels(labels, label_field=label_field, crs=labels_crs)
+    if not (frame.geometry.geom_type == "Point").all():
+        raise LabelError("pixel prediction trains on labelled points; sample polygons' pixels into points first")
+    frame = frame[~frame["label"].isin(list(drop_classes))]
+    vectors = product.sample(frame)
+    keep = ~np.isnan(vectors).any(axis=1)
+    if not keep.any():
+        raise LabelsOutsideProductError(f"none of the {len(frame)} labelled points lies on a pixel with data of {product.path}")
+    names = frame["label"].to_numpy()[keep]
+    classes = sorted(set(names.tolist()))
+    if len(classes) > 254:
+        raise LabelError(f"{len(classes)} classes do not fit a uint8 map (at most 254)")
+    code, a, e, x0, y0 = product._grid(source_id)
+    tiles = product._tiles_of(source_id)
+    device = pick_device(device)
+    mean, std = (torch.from_numpy(v).to(device) for v in _moments(product, tiles))
+    support_x = ((torch.from_numpy(vectors[keep]).to(device) - mean) / std)[None]
+    lookup = {c: i for i, c in enumerate(classes)}
+    support_y = torch.as_tensor([lookup[c] for c in names.tolist()], device=device)[None]
+    classifier = Classifier(method, support_x, support_y, len(classes), k=k)
+
+    height = max(int(round((t.geo.transform[5] - y0) / e)) + t.geo.shape[0] for t in tiles)
+    width = max(int(round((t.geo.transform[2] - x0) / a)) + t.geo.shape[1] for t in tiles)
+    classified = np.zeros((height, width), dtype=np.uint8)
+    for t in tiles:
+        tile = read_tile(t.path)
+        values = dequantize_pixels(tile.codes, product.quantization, scale=tile.scale)
+        rows, cols = t.geo.shape
+        flat = values.reshape(-1, product.dim)
+        data = ~np.isnan(flat).any(axis=1)
+        labels_of = np.zeros(len(flat), dtype=np.uint8)
+        if data.any():
+            x = (torch.from_numpy(np.ascontiguousarray(flat[data])).to(device) - mean) / std
+            labels_of[data] = classifier.predict_proba(x[None])[0].argmax(dim=-1).cpu().numpy().astype(np.uint8) + 1
+        r, c = int(round((t.geo.transform[5] - y0) / e)), int(round((t.geo.transform[2] - x0) / a))
+        classified[r:r + rows, c:c + cols] = labels_of.reshape(rows, cols)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    profile = {"driver": "COG", "width": width, "height": height, "count": 1, "dtype": "uint8", "crs": code,
+               "transform": Affine(a, 0.0, x0, 0.0, e, y0), "nodata": 0, "compress": "DEFLATE"}
+    with rasterio.open(partial, "w", **profile) as dst:
+        dst.write(classified, 1)
+        dst.update_tags(EOEMBED_CLASSES=json.dumps(classes), EOEMBED_PREDICTION=json.dumps({
+            "method": method, "training_pixels": int(keep.sum()), "source_product": str(product.path),
+            "model": product.model.get("name")}))
+    os.replace(partial, out)
+    return out
