@@ -70,6 +70,7 @@ from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
 from ._open import open_product as open
 from ._pixel_fewshot import fewshot_pixels
+from ._pixel_import import import_pixels
 from ._pixel_predict import predict_pixels
 from ._pixel_read import PixelProduct
 from ._read import Product, read_footer, sql
@@ -137,6 +138,7 @@ __all__ = [
     "fit_quantization",
     "get_grid",
     "copy",
+    "import_pixels",
     "import_product",
     "join_labels",
     "list_grids",

@@ -123,6 +123,27 @@ class PixelProductWriter(ProductWriter):
         self._rows_seen += record.rows
         return record
 
+    def write_codes(self, name: str, codes: np.ndarray, scale: np.ndarray | None, *, geo: TileGeo, start: datetime,
+                    end: datetime, source_id: str) -> _FileRecord:
+        """Write one tile of codes already in the product's storage form (an import that keeps a
+        source's int8 codes and per-pixel scales as they are); returns its record."""
+        quant = self.quantization
+        if quant is None:
+            raise SpecError("write_codes needs the writer's quantization given as an eoembed.Quantization")
+        if codes.ndim != 3 or codes.dtype != np.dtype(quant.dtype) or codes.shape[2] != quant.stored_width():
+            raise DimensionMismatchError(f"{name}: codes are {codes.dtype} {codes.shape}; the product stores "
+                                         f"(y, x, {quant.stored_width()}) {quant.dtype}")
+        if (scale is None) != (quant.method != "per-row") or (scale is not None and scale.shape != codes.shape[:2]):
+            raise DimensionMismatchError(f"{name}: per-row codes need a per-pixel scale of shape {codes.shape[:2]}, other forms none")
+        rel = f"{DATA_DIR}/{name}{TILE_SUFFIX[self.pixel['format']]}"
+        tile = {"start_datetime": _iso(start), "end_datetime": _iso(end), "source_id": source_id}
+        write_tile_file(self.staging / rel, codes, scale, geo=geo, metadata=self.footer(end=_utcnow()), tile=tile,
+                        chunk=self.pixel["chunk_size_px"])
+        record = tile_record(self.staging / rel, root=self.staging)
+        self._files.append(record)
+        self._rows_seen += record.rows
+        return record
+
     def _pixel_quantization(self, array: np.ndarray) -> _quantize.Quantization:
         if self.quantization is not None:
             if self.quantization.dim != array.shape[2]:
