@@ -13,7 +13,7 @@ import numpy as np
 from ._errors import LabelError, LabelsOutsideProductError
 from ._optional import require
 
-__all__ = ["predict_pixels"]
+__all__ = ["draw_pixel_map", "predict_pixels"]
 
 
 def _moments(product, tiles) -> tuple[np.ndarray, np.ndarray]:
@@ -38,10 +38,11 @@ def _moments(product, tiles) -> tuple[np.ndarray, np.ndarray]:
 
 def predict_pixels(product: Any, labels: Any, *, out: str | os.PathLike, label_field: str = "label", method: str = "logreg",
                    drop_classes: Sequence[str] = (), labels_crs: Any = None, source_id: str | None = None, k: int = 5,
-                   device: Any = None) -> Path:
+                   map_path: str | os.PathLike | None = None, device: Any = None) -> Path:
     """Fit ``method`` (``logreg``, ``prototype`` or ``knn``) on the pixels under the labelled points of
     ``labels`` and write the class of every pixel of ``product`` (of one scene with ``source_id``)
-    to the GeoTIFF ``out``; its metadata item ``EOEMBED_CLASSES`` lists the classes of values 1, 2, ..."""
+    to the GeoTIFF ``out``; its metadata item ``EOEMBED_CLASSES`` lists the classes of values 1, 2, ...
+    ``map_path`` also draws the map as a PNG."""
     torch = require("torch", extra="learn")
     rasterio = require("rasterio", extra="produce")
     from affine import Affine
@@ -100,4 +101,35 @@ def predict_pixels(product: Any, labels: Any, *, out: str | os.PathLike, label_f
             "method": method, "training_pixels": int(keep.sum()), "source_product": str(product.path),
             "model": product.model.get("name")}))
     os.replace(partial, out)
+    if map_path is not None:
+        draw_pixel_map(out, map_path)
     return out
+
+
+def draw_pixel_map(prediction: str | os.PathLike, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """A PNG of a map written by :func:`predict_pixels`: each pixel in its class colour, on its own CRS's axes."""
+    rasterio = require("rasterio", extra="produce")
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from ._plotting import pyplot
+
+    plt = pyplot()
+    with rasterio.open(prediction) as src:
+        classes = json.loads(src.tags()["EOEMBED_CLASSES"])
+        meta = json.loads(src.tags()["EOEMBED_PREDICTION"])
+        values, bounds, crs = src.read(1), src.bounds, src.crs
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")(np.arange(len(classes)) % 20)
+    shown = np.ma.masked_equal(values, 0)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=100)
+    ax.imshow(shown - 1, cmap=ListedColormap(colours), vmin=0, vmax=len(classes) - 1, interpolation="nearest",
+              extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
+    ax.set_xlabel(f"x ({crs.to_string()})")
+    ax.set_ylabel("y")
+    ax.set_title(title or f"{meta['method']} per pixel, {meta['training_pixels']} labelled pixels ({meta['model']})", fontsize=10)
+    ax.legend(handles=[Patch(color=colours[i], label=c) for i, c in enumerate(classes)], loc="upper left", bbox_to_anchor=(1, 1), fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
