@@ -37,11 +37,30 @@ def _pool(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pixel_info(product) -> int:
+    meta = product.metadata
+    summary = {
+        "path": str(product.path), "kind": "pixel", "tiles": len(product.tiles),
+        "pixels": sum(t.geo.shape[0] * t.geo.shape[1] for t in product.tiles), "crs": product.crs,
+        "spec_version": meta["spec_version"],
+        "model": {k: meta["model"][k] for k in ("name", "version", "framework", "weights_sha256")},
+        "bands": [b["name"] for b in meta["model"]["input"]["bands"]],
+        "embedding": {k: v for k, v in meta["embedding"].items() if k != "quantization"},
+        "quantization": meta["embedding"]["quantization"], "pixel": meta["pixel"],
+        "bbox": product.collection["extent"]["spatial"]["bbox"][0],
+        "interval": product.collection["extent"]["temporal"]["interval"][0],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from ._damage import reading
-    from ._read import open_product
+    from ._open import open_product
 
     product = open_product(args.path, verify=args.verify)
+    if getattr(product, "kind", "chip") == "pixel":
+        return _pixel_info(product)
     meta = product.metadata
     with reading(product.path / "collection.json"):
         summary = {
