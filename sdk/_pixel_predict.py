@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._errors import LabelError, LabelsOutsideProductError
+from ._errors import LabelError
 from ._optional import require
 
 __all__ = ["draw_pixel_map", "predict_pixels"]
@@ -39,8 +39,8 @@ def _moments(product, tiles) -> tuple[np.ndarray, np.ndarray]:
 def predict_pixels(product: Any, labels: Any, *, out: str | os.PathLike, label_field: str = "label", method: str = "logreg",
                    drop_classes: Sequence[str] = (), labels_crs: Any = None, source_id: str | None = None, k: int = 5,
                    map_path: str | os.PathLike | None = None, device: Any = None) -> Path:
-    """Fit ``method`` (``logreg``, ``prototype`` or ``knn``) on the pixels under the labelled points of
-    ``labels`` and write the class of every pixel of ``product`` (of one scene with ``source_id``)
+    """Fit ``method`` (``logreg``, ``prototype`` or ``knn``) on the labelled pixels of ``labels``
+    (points or polygons, see :func:`~eoembed._pixel_fewshot.labelled_pixels`) and write the class of every pixel of ``product`` (of one scene with ``source_id``)
     to the GeoTIFF ``out``; its metadata item ``EOEMBED_CLASSES`` lists the classes of values 1, 2, ...
     ``map_path`` also draws the map as a PNG."""
     torch = require("torch", extra="learn")
@@ -48,21 +48,14 @@ def predict_pixels(product: Any, labels: Any, *, out: str | os.PathLike, label_f
     from affine import Affine
 
     from ._fewshot import Classifier, pick_device
-    from ._labels import read_labels
     from ._open import open_product
+    from ._pixel_fewshot import labelled_pixels
     from ._quantize import dequantize_pixels
     from ._tiles import read_tile
 
     product = open_product(product) if not hasattr(product, "sample") else product
-    frame = read_labels(labels, label_field=label_field, crs=labels_crs)
-    if not (frame.geometry.geom_type == "Point").all():
-        raise LabelError("pixel prediction trains on labelled points; sample polygons' pixels into points first")
-    frame = frame[~frame["label"].isin(list(drop_classes))]
-    vectors = product.sample(frame)
-    keep = ~np.isnan(vectors).any(axis=1)
-    if not keep.any():
-        raise LabelsOutsideProductError(f"none of the {len(frame)} labelled points lies on a pixel with data of {product.path}")
-    names = frame["label"].to_numpy()[keep]
+    vectors, names, _, _ = labelled_pixels(product, labels, label_field=label_field, labels_crs=labels_crs,
+                                           drop_classes=drop_classes)
     classes = sorted(set(names.tolist()))
     if len(classes) > 254:
         raise LabelError(f"{len(classes)} classes do not fit a uint8 map (at most 254)")
@@ -70,7 +63,7 @@ def predict_pixels(product: Any, labels: Any, *, out: str | os.PathLike, label_f
     tiles = product._tiles_of(source_id)
     device = pick_device(device)
     mean, std = (torch.from_numpy(v).to(device) for v in _moments(product, tiles))
-    support_x = ((torch.from_numpy(vectors[keep]).to(device) - mean) / std)[None]
+    support_x = ((torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device) - mean) / std)[None]
     lookup = {c: i for i, c in enumerate(classes)}
     support_y = torch.as_tensor([lookup[c] for c in names.tolist()], device=device)[None]
     classifier = Classifier(method, support_x, support_y, len(classes), k=k)
@@ -98,7 +91,7 @@ def predict_pixels(product: Any, labels: Any, *, out: str | os.PathLike, label_f
     with rasterio.open(partial, "w", **profile) as dst:
         dst.write(classified, 1)
         dst.update_tags(EOEMBED_CLASSES=json.dumps(classes), EOEMBED_PREDICTION=json.dumps({
-            "method": method, "training_pixels": int(keep.sum()), "source_product": str(product.path),
+            "method": method, "training_pixels": len(vectors), "source_product": str(product.path),
             "model": product.model.get("name")}))
     os.replace(partial, out)
     if map_path is not None:

@@ -89,3 +89,25 @@ def test_predict_writes_a_map_on_the_scene_grid(bands_product, shared_data, tmp_
     # Chance for 5 classes drawn as the map draws them: the sum of products of the two class shares.
     chance = sum(float((named[scored] == c).mean()) * float((wanted[scored] == c).mean()) for c in classes)
     assert agreement > chance + 0.1, (agreement, chance)
+
+
+def test_polygons_label_the_pixels_whose_centres_they_hold(bands_product, shared_data):
+    import geopandas as gpd
+    import shapely
+    from pyproj import Transformer
+
+    polygons = gpd.read_file(shared_data / "imagery/nc_landsat7_landclass96/landsat96_polygons.shp")
+    vectors, names, lon, lat = eoembed._pixel_fewshot.labelled_pixels(bands_product, polygons)
+    x, y = Transformer.from_crs("OGC:CRS84", polygons.crs, always_xy=True).transform(lon, lat)
+    for label in set(names):
+        mine = names == label
+        union = shapely.union_all(polygons.geometry[polygons["label"] == label].to_numpy())
+        assert shapely.contains_xy(union, x[mine], y[mine]).all(), label
+    # As many pixels as the polygons' area holds (28.5 m pixels; edges cut either way).
+    expected = polygons.area.sum() / 28.5**2
+    assert 0.9 * expected < len(vectors) < 1.1 * expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", eoembed.FewShotWarning)
+        (blocked,) = eoembed.fewshot_pixels(bands_product, polygons, drop_classes=["agriculture", "sediment"],
+                                            shots=(5,), episodes=50, splits=["2km"])
+    assert blocked.split.startswith("blocked") and blocked.result(5).accuracy > 1 / 5
