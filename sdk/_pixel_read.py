@@ -201,6 +201,50 @@ class PixelProduct:
                             attrs={"crs": code, "transform": list(transform), "grid_mapping": "spatial_ref"},
                             name="embedding")
 
+    # -- similarity -------------------------------------------------------------------------------
+
+    def search(self, query: Any, *, k: int = 10, window: tuple[int, int, int, int] | None = None,
+               bbox: Sequence[float] | None = None, crs: Any = None, metric: str = "cosine", source_id: str | None = None):
+        """The ``k`` pixels of a window (or of the pixels covering ``bbox``) nearest to ``query`` (a
+        vector of ``dim`` numbers, or a ``(lon, lat)`` point: the vector of its pixel), by the chip
+        search's exact engine. A pyarrow Table, best first: ``rank``, ``row``, ``col`` (product grid),
+        ``x``, ``y`` (pixel centre in the tiles' CRS) and ``distance`` (cosine ``1 - cos``, l2, ip ``-<x, q>``)."""
+        import pyarrow as pa
+
+        from ._errors import SearchError
+        from ._search import _prepare_queries, exact_scores, to_distance, top_k
+
+        if metric not in ("cosine", "l2", "ip"):
+            raise SearchError(f"metric {metric!r} is not one of cosine, l2, ip")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise SearchError(f"k must be a positive integer, got {k!r}")
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape == (2,) and self.dim != 2:
+            q = self.sample(q[None])[0]
+            if np.isnan(q).any():
+                raise SearchError(f"the point {list(np.asarray(query, dtype=float))} lies on no pixel with data")
+        if q.shape != (self.dim,) or not np.isfinite(q).all():
+            raise SearchError(f"query must be {self.dim} finite numbers or a (lon, lat) point, got shape {q.shape}")
+        if window is None and bbox is None:
+            raise SearchError("give the pixels to search: window=(row0, col0, row1, col1) or bbox=")
+        if window is None:
+            window = self._window_of(bbox, crs, source_id)  # type: ignore[arg-type]
+        values = self.to_numpy(window, source_id=source_id)
+        row0, col0 = int(window[0]), int(window[1])
+        flat = values.reshape(-1, self.dim)
+        rows = np.flatnonzero(~np.isnan(flat).any(axis=1))
+        vectors = np.ascontiguousarray(flat[rows])
+        queries = _prepare_queries(q[None], metric)
+        scores = exact_scores(vectors, np.linalg.norm(vectors, axis=1), queries, metric)[:, 0]
+        best = top_k(scores, k)
+        best = best[np.argsort(-scores[best], kind="stable")]
+        distance = to_distance(scores[best][:, None], queries, metric)[:, 0]
+        r, c = np.divmod(rows[best], values.shape[1])
+        _, a, e, x0, y0 = self._grid(source_id)
+        return pa.table({"rank": np.arange(1, len(best) + 1, dtype=np.int32), "row": (r + row0).astype(np.int64),
+                         "col": (c + col0).astype(np.int64), "x": x0 + (c + col0 + 0.5) * a, "y": y0 + (r + row0 + 0.5) * e,
+                         "distance": distance.astype(np.float64)})
+
     # -- points -----------------------------------------------------------------------------------
 
     def sample(self, points: Any, *, crs: Any = None) -> np.ndarray:

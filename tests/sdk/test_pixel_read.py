@@ -107,3 +107,31 @@ def test_a_truncated_tile_is_refused_on_open(exact, tmp_path):
     tile.write_bytes(tile.read_bytes()[:-10])
     with pytest.raises(DamagedProductError, match="bytes"):
         eoembed.open(copy)
+
+
+def test_search_a_window_for_the_nearest_pixels(exact):
+    window = (10, 20, 60, 80)
+    hits = exact.search(EMB[30, 45], k=5, window=window)
+    assert hits.column("rank").to_pylist() == [1, 2, 3, 4, 5]
+    assert (hits.column("row")[0].as_py(), hits.column("col")[0].as_py()) == (30, 45)
+    assert abs(hits.column("distance")[0].as_py()) < 1e-6
+    # Exact: the same five as brute force over the window's pixels with data.
+    block = EMB[10:60, 20:80].reshape(-1, 16)
+    cos = block @ EMB[30, 45] / np.linalg.norm(block, axis=1) / np.linalg.norm(EMB[30, 45])
+    order = np.argsort(-np.nan_to_num(cos, nan=-2.0))[:5]
+    assert [(10 + i // 60, 20 + i % 60) for i in order] == list(zip(hits.column("row").to_pylist(), hits.column("col").to_pylist()))
+    assert np.all(np.diff(hits.column("distance").to_numpy()) >= 0)
+    x, y = _centre(30, 45)
+    assert np.isclose(hits.column("x")[0].as_py(), x) and np.isclose(hits.column("y")[0].as_py(), y)
+    lon, lat = Transformer.from_crs(CRS, "OGC:CRS84", always_xy=True).transform(x, y)
+    by_point = exact.search((lon, lat), k=1, window=window)  # the point's own pixel is its nearest
+    assert (by_point.column("row")[0].as_py(), by_point.column("col")[0].as_py()) == (30, 45)
+
+
+def test_search_refuses_bad_queries(exact):
+    from eoembed._errors import SearchError
+
+    with pytest.raises(SearchError, match="16 finite numbers"):
+        exact.search(np.ones(3), window=(0, 0, 5, 5))
+    with pytest.raises(SearchError, match="window"):
+        exact.search(EMB[0, 1])
