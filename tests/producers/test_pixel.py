@@ -153,3 +153,26 @@ def test_presto_per_pixel_on_sentinel2_writes_cog_tiles_on_the_10m_grid(s2_crops
         assert src.transform == grid @ Affine.translation(0, 48)
         codes = src.read()
     assert codes.min() >= -127 and len(np.unique(codes[:, 0, :])) > 1  # vectors vary across pixels
+
+
+def test_stats_over_the_dates_of_a_temporal_stack_per_pixel(nc_crop, tmp_path):
+    # A second date of the same place: the crop's values doubled (derived here from the real pixels).
+    with rasterio.open(nc_crop) as src:
+        profile, first = src.profile, src.read()
+    later = tmp_path / "later.tif"
+    with rasterio.open(later, "w", **profile) as dst:
+        dst.write(first * 2)
+    (tmp_path / "stack.toml").write_text(
+        'encoder = "stats"\nencoder_options = {steps = 2}\n[[stacks]]\n'
+        f'files = ["{nc_crop}", "{later}"]\ntimes = ["2000-06-01T00:00:00Z", "2000-07-01T00:00:00Z"]\nlabels = ["jun", "jul"]\n')
+    out = tmp_path / "p"
+    run = produce(2, "--config", str(tmp_path / "stack.toml"), "--out", str(out), "--level", "pixel", "--tile-size", "40")
+    assert run.returncode == 0, run.stderr
+    assert eoembed.validate(out).findings == []
+    product = eoembed.open(out)
+    assert product.dim == 25 and product.model["parameters"] == {"steps": 2}
+    assert product.collection["extent"]["temporal"]["interval"][0] == ["2000-06-01T00:00:00Z", "2000-07-01T00:00:00Z"]
+    values = product.to_numpy((0, 0, 80, 80))
+    bands = first.transpose(1, 2, 0).astype(np.float64)
+    # Each band's two dates v and 2 v: mean 1.5 v, population std 0.5 v.
+    assert np.allclose(values[..., 0::5], 1.5 * bands, rtol=1e-5) and np.allclose(values[..., 1::5], 0.5 * bands, rtol=1e-5)
