@@ -317,6 +317,14 @@ def _class_names(text: str) -> dict[int, str]:
     return names
 
 
+def _pixel_product(path: str):
+    """The opened product when ``path`` is a pixel product (few-shot and predict then work per pixel), else None."""
+    from ._open import open_product
+
+    product = open_product(path)
+    return product if getattr(product, "kind", "chip") == "pixel" else None
+
+
 def _fewshot(args: argparse.Namespace) -> int:
     import json
     import warnings
@@ -325,12 +333,20 @@ def _fewshot(args: argparse.Namespace) -> int:
     from ._fewshot import fewshot_splits, splits_table
 
     splits = {"both": [args.block, None], "blocked": [args.block], "random": [None]}[args.split]
+    pixels = _pixel_product(args.product)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FewShotWarning)
-        reports = fewshot_splits(args.product, args.labels, label_field=args.label_field, min_overlap=args.min_overlap,
-                                 drop_classes=args.drop, labels_crs=args.labels_crs, purity=args.purity, classes=args.classes,
-                                 splits=splits, shots=args.shots, method=args.method, episodes=args.episodes,
-                                 queries=args.queries, seed=args.seed, k=args.k)
+        if pixels is not None:
+            from ._pixel_fewshot import fewshot_pixels
+
+            reports = fewshot_pixels(pixels, args.labels, label_field=args.label_field or "label", labels_crs=args.labels_crs,
+                                     drop_classes=args.drop, splits=splits, shots=args.shots, method=args.method,
+                                     episodes=args.episodes, queries=args.queries, seed=args.seed, k=args.k)
+        else:
+                reports = fewshot_splits(args.product, args.labels, label_field=args.label_field, min_overlap=args.min_overlap,
+                                     drop_classes=args.drop, labels_crs=args.labels_crs, purity=args.purity, classes=args.classes,
+                                     splits=splits, shots=args.shots, method=args.method, episodes=args.episodes,
+                                     queries=args.queries, seed=args.seed, k=args.k)
     told = {w for report in reports for w in report.warnings}
     for warning in caught:
         if issubclass(warning.category, FewShotWarning) and str(warning.message) not in told:
@@ -356,11 +372,19 @@ def _predict(args: argparse.Namespace) -> int:
     from ._errors import FewShotWarning
     from ._predict import predict
 
+    pixels = _pixel_product(args.product)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FewShotWarning)
-        out = predict(args.product, args.labels, out=args.out, label_field=args.label_field, method=args.method,
-                      min_overlap=args.min_overlap, drop_classes=args.drop, labels_crs=args.labels_crs,
-                      purity=args.purity, classes=args.classes, map_path=args.map, k=args.k)
+        if pixels is not None:
+            from ._pixel_predict import predict_pixels
+
+            out = predict_pixels(pixels, args.labels, out=args.out, label_field=args.label_field or "label", method=args.method,
+                                 drop_classes=args.drop, labels_crs=args.labels_crs, source_id=args.source_id,
+                                 map_path=args.map, k=args.k)
+        else:
+            out = predict(args.product, args.labels, out=args.out, label_field=args.label_field, method=args.method,
+                          min_overlap=args.min_overlap, drop_classes=args.drop, labels_crs=args.labels_crs,
+                          purity=args.purity, classes=args.classes, map_path=args.map, k=args.k)
     for warning in caught:
         if issubclass(warning.category, FewShotWarning):
             print(f"warning: {warning.message}", file=sys.stderr)
@@ -418,6 +442,19 @@ def _import(args: argparse.Namespace) -> int:
             options[key] = json.loads(value)  # numbers and lists; anything else stays text
         except ValueError:
             options[key] = value
+    if args.level == "pixel":
+        from ._pixel_import import import_pixels
+
+        chip_only = [flag for flag, given in (("--repair", args.repair), ("--grid", args.grid), ("--normalize", args.normalize),
+                                              ("--license", args.license), ("--quantization", args.quantization != "none"),
+                                              ("--metric", args.metric != "cosine")) if given]
+        if chip_only:
+            raise SystemExit(f"eoembed import --level pixel: {', '.join(chip_only)} apply to chip imports only; "
+                             "pixel tiles keep the source's codes and contract")
+        out = import_pixels(args.kind, args.sources, out=args.out, format=args.tile_format, tile_size=args.tile_size,
+                            overwrite=args.overwrite, **options)
+        print(f"wrote pixel product {out} from {len(args.sources)} {args.kind} tile(s)")
+        return 0
     report = import_product(args.kind, args.sources, out=args.out, grid=args.grid, repair=args.repair, quantization=args.quantization,
                             metric=args.metric, normalize=args.normalize, license=args.license,
                             overwrite=args.overwrite, **options)
@@ -450,6 +487,10 @@ def add_import_commands(sub) -> None:
     p.add_argument("--normalize", action="store_true", help="make the vectors unit length")
     p.add_argument("--license", help="SPDX licence of the embeddings (default: what the source states)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.add_argument("--level", choices=["chip", "pixel"], default="chip",
+                   help="pixel: keep alphaearth / tessera tiles per pixel as a pixel product (default: %(default)s)")
+    p.add_argument("--tile-size", type=int, default=512, help="pixel level: tile edge in pixels (default: %(default)s)")
+    p.add_argument("--tile-format", choices=["zarr", "cog"], default="zarr", help="pixel level: tile files (default: %(default)s)")
     p.set_defaults(func=_import)
     sub.add_parser("importers", help="list the import kinds and their repairs").set_defaults(func=_importers)
 
@@ -486,9 +527,10 @@ def add_fewshot_commands(sub) -> None:
                    help="blocked split, random split, or both side by side (default: %(default)s)")
     p.set_defaults(func=_fewshot)
 
-    p = sub.add_parser("predict", help="train on the labelled chips and map a class onto every chip")
+    p = sub.add_parser("predict", help="train on the labelled chips (or pixels) and map a class onto every chip (or pixel)")
     labels_options(p)
-    p.add_argument("--out", required=True, help="prediction GeoParquet file to write")
+    p.add_argument("--out", required=True, help="prediction to write: GeoParquet (chip product) or a GeoTIFF map (pixel product)")
+    p.add_argument("--source-id", help="pixel product: map this scene only")
     p.add_argument("--map", help="also draw the prediction as a PNG map here")
     p.add_argument("--method", choices=["prototype", "knn", "logreg"], default="logreg")
     p.set_defaults(func=_predict)
