@@ -78,6 +78,8 @@ def encode_tile(scene: Any, encoder: Any, unit: TileUnit, *, batch_size: int, me
     out: np.ndarray | None = None
     batches = chip_batches(scene, chip_size=1, stride=1, min_valid_fraction=1.0, windows=windows,
                            batch_size=tiling_batch(batch_size, bands=scene.count, chip_size=1))
+    if hasattr(encoder, "encode_map"):
+        return _encode_tile_map(encoder, unit, batches, meter=meter)
     for batch in batches:
         vectors = np.asarray(_encode(encoder, batch, batch_size=batch_size, meter=meter), dtype=np.float32)
         if out is None:
@@ -87,4 +89,25 @@ def encode_tile(scene: Any, encoder: Any, unit: TileUnit, *, batch_size: int, me
         dim = encoder.contract(bands=scene.band_names, chip_size=1, stride=1, gsd=float(abs(scene.res[0])),
                                band_sources=[Path(scene.path).name] * scene.count)["output"]["dim"]
         out = np.full((unit.rows, unit.cols, dim), np.nan, dtype=np.float32)
+    return out
+
+
+def _encode_tile_map(encoder: Any, unit: TileUnit, batches: Any, *, meter: Any) -> np.ndarray:
+    """A model of feature maps (users' (B, C, H, W) -> (B, D, H, W) models) sees the tile whole: its
+    pixels, read as by every pixel encoder, are laid out on the tile (NaN where a band lacks data) and
+    the model's map is the tile's vectors. The tile is cut the same on any number of ranks, so the
+    vectors at tile edges (where the model's context ends) are the same too."""
+    image, has_data = None, np.zeros((unit.rows, unit.cols), dtype=bool)
+    for batch in batches:
+        pixels = np.asarray(batch.pixels, dtype=np.float32)
+        if image is None:
+            image = np.full((1, pixels.shape[1], unit.rows, unit.cols), np.nan, dtype=np.float32)
+        rows, cols = batch.pixel_bbox[:, 1] - unit.row, batch.pixel_bbox[:, 0] - unit.col
+        image[0, :, rows, cols] = pixels[:, :, 0, 0]
+        has_data[rows, cols] = True
+    if image is None:  # no pixel with data
+        return np.full((unit.rows, unit.cols, encoder.dim(0)), np.nan, dtype=np.float32)
+    vectors = meter.measure(encoder.encode_map, image) if meter else encoder.encode_map(image)
+    out = np.moveaxis(vectors[0], 0, -1).astype(np.float32)
+    out[~has_data] = np.nan
     return out

@@ -222,3 +222,42 @@ def test_all_13_sentinel2_bands_give_the_same_valid_cog_tiles_on_1_and_2_ranks(s
     # The 60 m band B01 reaches the 10 m grid: its per-pixel mean (dimension 0) varies across the crop.
     codes = read_tile(one / "data" / names[0]).codes
     assert len(np.unique(codes[..., 0])) > 1
+
+
+def test_a_user_model_of_feature_maps_encodes_each_tile_whole(nc_crop, tmp_path):
+    import warnings
+
+    import torch
+
+    from tests.producers.toy_models import build_context
+
+    model = build_context()
+    scripted = tmp_path / "context.pt"
+    with warnings.catch_warnings():  # users bring TorchScript files; making one is deprecated in recent torch
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated", category=DeprecationWarning)
+        torch.jit.script(model).save(str(scripted))
+    contract = tmp_path / "contract.json"
+    contract.write_text(json.dumps({"name": "context", "version": "1", "dim": 6, "architecture": "3x3 conv", "pooling": "none",
+                                    "normalization": {"method": "standardize", "mean": [80.0] * 5, "std": [30.0] * 5}}))
+    flags = [nc_crop, *FLAGS[:-2], "--quantization", "float32", "--encoder", f"torchscript:{scripted}",
+             "--encoder-option", f"contract={contract}"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    # torch sums a convolution in an order that depends on its thread count (each rank's share of the
+    # cores), which moves float32 results by an ulp: the same threads on every run make them equal.
+    for ranks, out in ((1, one), (2, two)):
+        run = produce(ranks, *flags, "--out", str(out), env={"OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stderr
+        assert eoembed.validate(out).findings == []
+    assert_same_tiles(one, two)
+    # The middle tile (rows and columns 32..63) is the model's map of that tile's pixels, context included.
+    with rasterio.open(nc_crop) as src:
+        bands = src.read(window=((32, 64), (32, 64))).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy((bands[None] - 80.0) / 30.0))[0].numpy().transpose(1, 2, 0)
+    tile = read_tile(one / "data" / "u00000-r000032-c000032.zarr.zip")
+    assert tile.codes.shape == (32, 32, 6)
+    assert np.allclose(tile.codes, expected, atol=1e-5)
+    # A 1-pixel chip would give another vector: the tile's neighbours count.
+    with torch.no_grad():
+        alone = model(torch.from_numpy((bands[None, :, 5:6, 5:6] - 80.0) / 30.0))[0, :, 0, 0].numpy()
+    assert not np.allclose(alone, expected[5, 5], atol=1e-3)
