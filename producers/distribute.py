@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -28,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from eoembed._errors import EoembedError, ImageryError, ProductExistsError
+from eoembed._errors import EoembedError, ImageryError, ProductExistsError, TilingError
 from eoembed._write import DATA_DIR, STAGING_MARK, ProductWriter, file_record
 
 from .align import align_scenes, grid_section
@@ -106,6 +107,10 @@ class JobConfig:
     # whether pixels the cloud mask does not call clear are invalid
     s2_offset: int = S2_OFFSET
     mask_clouds: bool = True
+    # "pixel": one vector per pixel (chip_size 1), written as tiles of tile_size px (producers/pixel.py)
+    level: str = "chip"
+    tile_size: int = 256
+    tile_format: str = "zarr"
 
 
 # Settings that change how a job runs, not what it makes: a resume may change them.
@@ -420,7 +425,12 @@ def _run_job(config: JobConfig) -> Summary:
             scenes, errors, pixel_size = _prepare(config)
             if not scenes:
                 raise ImageryError(f"none of the {len(config.inputs) + len(config.stacks)} inputs can be read: " + "; ".join(e["reason"] for e in errors))
-            if not plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips):
+            if config.level not in ("chip", "pixel"):
+                raise TilingError(f"level {config.level!r} is not a product kind; use chip or pixel")
+            if config.level == "pixel" and (config.chip_size != 1 or stride != 1):
+                raise TilingError(f"a pixel-level product encodes each pixel: chip size and stride must be 1, got "
+                                  f"{config.chip_size} and {stride} (leave --chip-size out)")
+            if config.level == "chip" and not plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips):
                 largest = max(scenes, key=lambda s: s.width * s.height)
                 raise ImageryError(f"no chip of {config.chip_size} px fits in the inputs (the largest, {largest.path}, "
                                    f"is {largest.width}x{largest.height} px); give a smaller --chip-size")
@@ -453,16 +463,26 @@ def _run_job(config: JobConfig) -> Summary:
     sources = list(first.band_sources) if hasattr(first, "band_sources") else [Path(first.path).name] * first.count
     contract = encoder.contract(bands=first.band_names, chip_size=config.chip_size, stride=stride,
                                 gsd=float(abs(first.res[0])), band_sources=sources)
-    units = plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips)
+    if config.level == "pixel":
+        from .pixel import plan_tiles
+
+        units = plan_tiles(scenes, tile_size=config.tile_size)
+    else:
+        units = plan_units(scenes, chip_size=config.chip_size, stride=stride, unit_chips=config.unit_chips)
     mine = units[rank::size]
     quantization = plan["quantization"]
     provenance = {"ranks": size, "config": _config_json(config), "device": _device_name(device),
                   "host": socket.gethostname()}
     grid = grid_section(config.grid, align=config.align, pixel_size=plan["pixel_size"], resampling=config.resampling)
-    writer = ProductWriter(config.out, model=contract, grid=grid, quantization=quantization,
-                           license=config.license, collection_id=config.collection_id, staging=staging,
-                           overwrite=config.overwrite, provenance=provenance,
-                           nodata_zero_vector=config.empty_chips == "keep")
+    options = dict(model=contract, grid=grid, quantization=quantization, license=config.license,
+                   collection_id=config.collection_id, staging=staging, overwrite=config.overwrite, provenance=provenance,
+                   nodata_zero_vector=config.empty_chips == "keep")
+    if config.level == "pixel":
+        from eoembed._pixel import PixelProductWriter
+
+        writer: ProductWriter = PixelProductWriter(config.out, format=config.tile_format, tile_size=config.tile_size, **options)
+    else:
+        writer = ProductWriter(config.out, **options)
 
     fault = fault_after()
     meter = EnergyMeter(device, ranks_on_node=local_ranks)
@@ -471,7 +491,30 @@ def _run_job(config: JobConfig) -> Summary:
     windows_of: dict[int, list] = {}
     written = []  # records of the units this rank wrote: rank 0 need not read those files again
     with keep_datasets_open():  # a scene's units share one open dataset and its decoded blocks
-        for unit in mine:
+        for unit in mine if config.level == "pixel" else ():
+            from .pixel import encode_tile, tile_geo, tile_path
+
+            if tile_path(staging, unit, form=config.tile_format).exists():
+                skipped += 1
+                progress.unit_done(unit, 0)
+                continue
+            scene = scenes[unit.scene]
+            when = config.time if config.time is not None else scene.datetime
+            if when is None:
+                raise ImageryError(missing_time_message([scene.path]))
+            start, end = when if isinstance(when, tuple) else (when, when)
+            embeddings = encode_tile(scene, encoder, unit, batch_size=config.batch_size, meter=meter)
+            with writing_output(staging):
+                disk_full_fault(done)
+                record = writer.write_tile(unit.id, embeddings, geo=tile_geo(scene, unit), start=start, end=end,
+                                           source_id=getattr(scene, "source_id", None) or Path(scene.path).stem)
+            written.append(record)
+            chips += record.rows
+            done += 1
+            progress.unit_done(unit, record.rows)
+            if fault and fault[0] == rank and done >= fault[1]:
+                os.kill(os.getpid(), signal.SIGKILL)
+        for unit in mine if config.level == "chip" else ():
             target = staging / DATA_DIR / f"{unit.id}.parquet"
             if target.exists():
                 skipped += 1
@@ -595,11 +638,21 @@ class _Progress:
 
 
 def _commit(writer: ProductWriter, staging: Path, config: JobConfig, summary: Summary, known: dict) -> Summary:
-    files = sorted((staging / DATA_DIR).glob("u*.parquet"))
+    if config.level == "pixel":
+        from eoembed._pixel import tile_record
+        from eoembed._tiles import TILE_SUFFIX
+
+        files, read_back = sorted((staging / DATA_DIR).glob(f"u*{TILE_SUFFIX[config.tile_format]}")), tile_record
+        for leftover in (staging / DATA_DIR).glob("*.partial"):
+            leftover.unlink()  # a tile killed mid-write; its unit was redone
+        for leftover in (staging / DATA_DIR).glob(".tile-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    else:
+        files, read_back = sorted((staging / DATA_DIR).glob("u*.parquet")), file_record
     for leftover in (staging / DATA_DIR).glob(".*.tmp"):
         leftover.unlink()  # a unit killed mid-write; its unit was redone
     # Units written in this run come with their records; those of an earlier, interrupted run are read back.
-    records = [known.get(path.relative_to(staging).as_posix()) or file_record(path, root=staging) for path in files]
+    records = [known.get(path.relative_to(staging).as_posix()) or read_back(path, root=staging) for path in files]
     for source, reasons in dropped_totals(staging).items():
         for reason, chips in reasons.items():
             summary.errors.append({"input": source, "reason": f"{chips} chips dropped: {reason}", "dropped": chips})

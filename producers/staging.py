@@ -38,7 +38,10 @@ FAULT_DISK_FULL_ENV = "EOEMBED_FAULT_DISK_FULL_AT_UNIT"
 
 
 def committed_units(staging: Path) -> list[Path]:
-    return sorted((staging / DATA_DIR).glob("u*.parquet"))
+    """The unit files of a job: GeoParquet files of chips, or tiles of a pixel-level job."""
+    from eoembed._tiles import TILE_SUFFIX
+
+    return sorted(p for suffix in (".parquet", *TILE_SUFFIX.values()) for p in (staging / DATA_DIR).glob(f"u*{suffix}"))
 
 
 def _process_stat(pid: int) -> list[str] | None:
@@ -159,8 +162,11 @@ def reset_to_units(staging: Path) -> None:
     for entry in staging.iterdir():
         if entry.name not in keep:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    for partial in (*(staging / DATA_DIR).glob(".*.tmp"), *(staging / DROPPED_DIR).glob(".*.tmp")):
+    for partial in (*(staging / DATA_DIR).glob(".*.tmp"), *(staging / DATA_DIR).glob("*.partial"),
+                    *(staging / DROPPED_DIR).glob(".*.tmp")):
         partial.unlink()
+    for scratch in (staging / DATA_DIR).glob(".tile-*"):  # a tile killed while its Zarr store was being built
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_json_atomically(path: Path, document: Any) -> None:

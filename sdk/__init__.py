@@ -64,10 +64,16 @@ from ._grid import get_grid, list_grids
 from .importers import ImportReport, import_product, list_importers
 from ._labels import LabelledChips, join_labels, raster_labels, read_labels
 from ._neuco import NeucoReport, neuco_evaluate
+from ._pixel import PixelProductWriter, write_pixel_product
 from ._predict import draw_map, predict
 from ._preview import Preview, preview
 from ._quantize import Quantization, dequantize, fit as fit_quantization, quantize
-from ._read import Product, open_product as open, read_footer, sql
+from ._open import open_product as open
+from ._pixel_fewshot import fewshot_pixels
+from ._pixel_import import import_pixels
+from ._pixel_predict import predict_pixels
+from ._pixel_read import PixelProduct
+from ._read import Product, read_footer, sql
 from ._spec import SPEC_VERSION
 from ._validate import Finding, Report, validate
 from ._write import ProductWriter, write_product
@@ -97,6 +103,8 @@ __all__ = [
     "NeucoReport",
     "ModelContractMismatchError",
     "NonFiniteEmbeddingError",
+    "PixelProduct",
+    "PixelProductWriter",
     "Preview",
     "PreviewError",
     "Product",
@@ -124,11 +132,13 @@ __all__ = [
     "dequantize",
     "draw_map",
     "fewshot",
+    "fewshot_pixels",
     "fewshot_product",
     "fewshot_splits",
     "fit_quantization",
     "get_grid",
     "copy",
+    "import_pixels",
     "import_product",
     "join_labels",
     "list_grids",
@@ -137,6 +147,7 @@ __all__ = [
     "neuco_evaluate",
     "open",
     "predict",
+    "predict_pixels",
     "preview",
     "quantize",
     "raster_labels",
@@ -149,5 +160,6 @@ __all__ = [
     "subset",
     "validate",
     "write_embed2scale",
+    "write_pixel_product",
     "write_product",
 ]

@@ -25,11 +25,42 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _info(args: argparse.Namespace) -> int:
-    from ._damage import reading
+def _pool(args: argparse.Namespace) -> int:
+    from eoembed.producers.pool import pool
+
+    out = pool(args.path, args.out, chip_size=args.chip_size, stride=args.stride, method=args.method,
+               min_valid=args.min_valid, quantization=args.quantization, overwrite=args.overwrite)
     from ._read import open_product
 
+    product = open_product(out)
+    print(f"pooled {args.path} into {out}: {product.num_rows} chips of {args.chip_size} px ({args.method} of their pixels)")
+    return 0
+
+
+def _pixel_info(product) -> int:
+    meta = product.metadata
+    summary = {
+        "path": str(product.path), "kind": "pixel", "tiles": len(product.tiles),
+        "pixels": sum(t.geo.shape[0] * t.geo.shape[1] for t in product.tiles), "crs": product.crs,
+        "spec_version": meta["spec_version"],
+        "model": {k: meta["model"][k] for k in ("name", "version", "framework", "weights_sha256")},
+        "bands": [b["name"] for b in meta["model"]["input"]["bands"]],
+        "embedding": {k: v for k, v in meta["embedding"].items() if k != "quantization"},
+        "quantization": meta["embedding"]["quantization"], "pixel": meta["pixel"],
+        "bbox": product.collection["extent"]["spatial"]["bbox"][0],
+        "interval": product.collection["extent"]["temporal"]["interval"][0],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ._damage import reading
+    from ._open import open_product
+
     product = open_product(args.path, verify=args.verify)
+    if getattr(product, "kind", "chip") == "pixel":
+        return _pixel_info(product)
     meta = product.metadata
     with reading(product.path / "collection.json"):
         summary = {
@@ -213,7 +244,10 @@ def _produce(args: argparse.Namespace) -> int:
         "prefetch": args.prefetch, "align": args.align, "resolution": args.resolution, "resampling": args.resampling,
         "empty_chips": args.empty_chips, "outside_grid": args.outside_grid, "s2_offset": args.s2_offset,
         "mask_clouds": False if args.keep_clouds else None,
+        "level": args.level, "tile_size": args.tile_size, "tile_format": args.tile_format,
     }
+    if args.level == "pixel" and args.chip_size is None:
+        flags["chip_size"] = 1  # a per-pixel encoder reads one pixel (its bands, or its time series)
     settings.update({k: v for k, v in flags.items() if v is not None})
     settings["inputs"] = expand_inputs(list(args.inputs) or settings.get("inputs", []))
     settings["stacks"] = [{"files": s.split(",")} for s in args.stack] or settings.get("stacks", [])
@@ -283,6 +317,14 @@ def _class_names(text: str) -> dict[int, str]:
     return names
 
 
+def _pixel_product(path: str):
+    """The opened product when ``path`` is a pixel product (few-shot and predict then work per pixel), else None."""
+    from ._open import open_product
+
+    product = open_product(path)
+    return product if getattr(product, "kind", "chip") == "pixel" else None
+
+
 def _fewshot(args: argparse.Namespace) -> int:
     import json
     import warnings
@@ -291,12 +333,20 @@ def _fewshot(args: argparse.Namespace) -> int:
     from ._fewshot import fewshot_splits, splits_table
 
     splits = {"both": [args.block, None], "blocked": [args.block], "random": [None]}[args.split]
+    pixels = _pixel_product(args.product)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FewShotWarning)
-        reports = fewshot_splits(args.product, args.labels, label_field=args.label_field, min_overlap=args.min_overlap,
-                                 drop_classes=args.drop, labels_crs=args.labels_crs, purity=args.purity, classes=args.classes,
-                                 splits=splits, shots=args.shots, method=args.method, episodes=args.episodes,
-                                 queries=args.queries, seed=args.seed, k=args.k)
+        if pixels is not None:
+            from ._pixel_fewshot import fewshot_pixels
+
+            reports = fewshot_pixels(pixels, args.labels, label_field=args.label_field or "label", labels_crs=args.labels_crs,
+                                     drop_classes=args.drop, splits=splits, shots=args.shots, method=args.method,
+                                     episodes=args.episodes, queries=args.queries, seed=args.seed, k=args.k)
+        else:
+                reports = fewshot_splits(args.product, args.labels, label_field=args.label_field, min_overlap=args.min_overlap,
+                                     drop_classes=args.drop, labels_crs=args.labels_crs, purity=args.purity, classes=args.classes,
+                                     splits=splits, shots=args.shots, method=args.method, episodes=args.episodes,
+                                     queries=args.queries, seed=args.seed, k=args.k)
     told = {w for report in reports for w in report.warnings}
     for warning in caught:
         if issubclass(warning.category, FewShotWarning) and str(warning.message) not in told:
@@ -322,11 +372,19 @@ def _predict(args: argparse.Namespace) -> int:
     from ._errors import FewShotWarning
     from ._predict import predict
 
+    pixels = _pixel_product(args.product)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FewShotWarning)
-        out = predict(args.product, args.labels, out=args.out, label_field=args.label_field, method=args.method,
-                      min_overlap=args.min_overlap, drop_classes=args.drop, labels_crs=args.labels_crs,
-                      purity=args.purity, classes=args.classes, map_path=args.map, k=args.k)
+        if pixels is not None:
+            from ._pixel_predict import predict_pixels
+
+            out = predict_pixels(pixels, args.labels, out=args.out, label_field=args.label_field or "label", method=args.method,
+                                 drop_classes=args.drop, labels_crs=args.labels_crs, source_id=args.source_id,
+                                 map_path=args.map, k=args.k)
+        else:
+            out = predict(args.product, args.labels, out=args.out, label_field=args.label_field, method=args.method,
+                          min_overlap=args.min_overlap, drop_classes=args.drop, labels_crs=args.labels_crs,
+                          purity=args.purity, classes=args.classes, map_path=args.map, k=args.k)
     for warning in caught:
         if issubclass(warning.category, FewShotWarning):
             print(f"warning: {warning.message}", file=sys.stderr)
@@ -384,6 +442,19 @@ def _import(args: argparse.Namespace) -> int:
             options[key] = json.loads(value)  # numbers and lists; anything else stays text
         except ValueError:
             options[key] = value
+    if args.level == "pixel":
+        from ._pixel_import import import_pixels
+
+        chip_only = [flag for flag, given in (("--repair", args.repair), ("--grid", args.grid), ("--normalize", args.normalize),
+                                              ("--license", args.license), ("--quantization", args.quantization != "none"),
+                                              ("--metric", args.metric != "cosine")) if given]
+        if chip_only:
+            raise SystemExit(f"eoembed import --level pixel: {', '.join(chip_only)} apply to chip imports only; "
+                             "pixel tiles keep the source's codes and contract")
+        out = import_pixels(args.kind, args.sources, out=args.out, format=args.tile_format, tile_size=args.tile_size,
+                            overwrite=args.overwrite, **options)
+        print(f"wrote pixel product {out} from {len(args.sources)} {args.kind} tile(s)")
+        return 0
     report = import_product(args.kind, args.sources, out=args.out, grid=args.grid, repair=args.repair, quantization=args.quantization,
                             metric=args.metric, normalize=args.normalize, license=args.license,
                             overwrite=args.overwrite, **options)
@@ -416,6 +487,10 @@ def add_import_commands(sub) -> None:
     p.add_argument("--normalize", action="store_true", help="make the vectors unit length")
     p.add_argument("--license", help="SPDX licence of the embeddings (default: what the source states)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.add_argument("--level", choices=["chip", "pixel"], default="chip",
+                   help="pixel: keep alphaearth / tessera tiles per pixel as a pixel product (default: %(default)s)")
+    p.add_argument("--tile-size", type=int, default=512, help="pixel level: tile edge in pixels (default: %(default)s)")
+    p.add_argument("--tile-format", choices=["zarr", "cog"], default="zarr", help="pixel level: tile files (default: %(default)s)")
     p.set_defaults(func=_import)
     sub.add_parser("importers", help="list the import kinds and their repairs").set_defaults(func=_importers)
 
@@ -452,9 +527,10 @@ def add_fewshot_commands(sub) -> None:
                    help="blocked split, random split, or both side by side (default: %(default)s)")
     p.set_defaults(func=_fewshot)
 
-    p = sub.add_parser("predict", help="train on the labelled chips and map a class onto every chip")
+    p = sub.add_parser("predict", help="train on the labelled chips (or pixels) and map a class onto every chip (or pixel)")
     labels_options(p)
-    p.add_argument("--out", required=True, help="prediction GeoParquet file to write")
+    p.add_argument("--out", required=True, help="prediction to write: GeoParquet (chip product) or a GeoTIFF map (pixel product)")
+    p.add_argument("--source-id", help="pixel product: map this scene only")
     p.add_argument("--map", help="also draw the prediction as a PNG map here")
     p.add_argument("--method", choices=["prototype", "knn", "logreg"], default="logreg")
     p.set_defaults(func=_predict)
@@ -706,6 +782,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE", help="encoder option; repeat")
     p.add_argument("--chip-size", type=int, help="chip size in pixels")
     p.add_argument("--stride", type=int, help="stride in pixels (default: the chip size)")
+    p.add_argument("--level", choices=["chip", "pixel"],
+                   help="chip (default): one vector per chip, GeoParquet; pixel: one vector per pixel, tiles (spec Section 12)")
+    p.add_argument("--tile-size", type=int, help="pixel level: tile edge in pixels (default 256)")
+    p.add_argument("--tile-format", choices=["zarr", "cog"], help="pixel level: Zarr v3 zip stores (default) or COGs")
     p.add_argument("--grid", help="grid for grid_cell: majortom-10km (default) or utm-10000m")
     p.add_argument("--align", choices=["scene", "cell"],
                    help="cut chips on each scene's pixel grid (scene, default) or on the lattice of each grid cell (cell)")
@@ -750,6 +830,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard an earlier run's checkpoints in the out folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("pool", help="a chip product from a pixel product: each chip the mean (or max) of its pixels")
+    p.add_argument("path", help="pixel product (eoembed produce --level pixel)")
+    p.add_argument("--out", required=True, help="chip product folder to write")
+    p.add_argument("--chip-size", type=int, required=True, help="chip edge in pixels")
+    p.add_argument("--stride", type=int, help="distance between chips in pixels (default: the chip size)")
+    p.add_argument("--method", choices=["mean", "max"], default="mean", help="pooling of the pixels with data (default: mean)")
+    p.add_argument("--min-valid", type=float, default=0.5, help="leave out chips with a smaller fraction of pixels with data")
+    p.add_argument("--quantization", "--dtype", dest="quantization", default="none",
+                   choices=["none", "float32", "float16", "int8", "int8-per-dimension", "int8-per-row", "sqrt", "binary"])
+    p.add_argument("--overwrite", action="store_true", help="replace an existing product at --out")
+    p.set_defaults(func=_pool)
 
     p = sub.add_parser("validate", help="check a product, collection.json or data file against the spec")
     p.add_argument("path")

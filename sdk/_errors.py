@@ -60,6 +60,10 @@ class ImageryError(EoembedError, ValueError):
     """A raster that cannot be read or used: unreadable, truncated, no CRS, a window or band outside it."""
 
 
+class GeoreferenceError(ImageryError):
+    """A raster or tile whose CRS or transform is missing or unusable (not 6 finite numbers, not north-up)."""
+
+
 class TilingError(EoembedError, ValueError):
     """Chip parameters that cannot tile an image (chip size or stride below 1, a batch size below 1)."""
 

@@ -20,7 +20,7 @@ EXTRAS = {
     "learn": "torch tensors and datasets, few-shot learning and prediction",
     "plot": "maps, previews (PNG and COG) and training curves",
     "fewshot": "label files (vector geometries) and few-shot evaluation",
-    "zarr": "Zarr data cubes and Embed2Scale .zarr.zip files as producer inputs",
+    "zarr": "Zarr data cubes and Embed2Scale .zarr.zip files as producer inputs, Zarr tiles of pixel products",
     "pandas": "pandas DataFrames (to_pandas)",
     "remote": "products read where they live (s3://, https://)",
 }

@@ -32,6 +32,12 @@ Quantisers (codes from vectors; the arithmetic is float32 throughout):
 Fitting (:func:`fit`) is separate from applying (:func:`quantize`) so a streaming writer can fit on
 its first batch and apply the frozen parameters to every later batch; values beyond the fitted range
 clip. :func:`dequantize` is vectorised (lookup tables for ``sqrt`` and ``binary``).
+
+Pixel products (one vector per pixel, arrays ``(H, W, D)``) use the same forms through
+:func:`quantize_pixels` and :func:`dequantize_pixels`, a pixel being a row: the per-row scale is
+TESSERA's per-pixel float32 scale, ``sqrt`` AlphaEarth's int8. A pixel without data is all NaN in
+float forms and all ``-128`` (:data:`NODATA_CODE`, which no int8 quantiser writes) in int8 forms, with
+per-row scale 1.0; it de-quantises to all NaN. A pixel that is partly NaN is an error.
 """
 
 from __future__ import annotations
@@ -51,9 +57,13 @@ __all__ = [
     "Method",
     "Quantization",
     "StoredDType",
+    "NODATA_CODE",
     "dequantize",
+    "dequantize_pixels",
     "fit",
+    "nodata_pixels",
     "quantize",
+    "quantize_pixels",
 ]
 
 Method = Literal["none", "linear", "per-row", "sqrt", "binary"]
@@ -71,6 +81,7 @@ ALLOWED_DTYPES: dict[str, tuple[str, ...]] = {
 DEFAULT_DTYPES: dict[str, str] = {method: dtypes[0] for method, dtypes in ALLOWED_DTYPES.items()}
 DEFAULT_SCALE_COLUMN = "scale"
 INT8_MAX = 127  # symmetric codes: -128 stays free (sqrt uses it for nodata)
+NODATA_CODE = -128  # a pixel without data, in every int8 form
 SQRT_SCALE = 127.5
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 _TINY = np.float32(np.finfo(np.float32).smallest_subnormal)
@@ -420,4 +431,81 @@ def dequantize(
     if rs.shape != (n,):
         raise QuantizationError(f"row_scale has shape {rs.shape} but there are {n} rows of codes; pass one scale per row")
     np.multiply(codes, rs[:, None], out=out)
+    return out
+
+
+# -- pixels: arrays (H, W, D), a pixel being a row ------------------------------------------------
+
+
+def _pixel_array(array: Any, *, what: str) -> np.ndarray:
+    arr = np.asarray(array)
+    if arr.ndim != 3:
+        raise QuantizationError(f"{what} must be a 3-D array (y, x, dim), got shape {arr.shape}")
+    return arr
+
+
+def quantize_pixels(array: Any, quantization: Quantization) -> tuple[np.ndarray, np.ndarray | None]:
+    """Encode a pixel array ``(H, W, D)`` of float vectors; all-NaN pixels are nodata.
+
+    Returns ``(codes, scale)``: codes ``(H, W, stored_width)`` in the stored dtype (nodata pixels
+    all :data:`NODATA_CODE` or all NaN), and for ``per-row`` the float32 per-pixel scales ``(H, W)``
+    (1.0 at nodata pixels), else ``None``. A pixel with some but not all values NaN, or with an
+    infinite value, raises :class:`QuantizationError` naming it.
+    """
+    q = quantization
+    if q.method == "binary":
+        raise QuantizationError("binary codes are not a pixel storage form; use float32, float16, linear, per-row or sqrt")
+    arr = _pixel_array(array, what="pixel embeddings")
+    h, w, d = arr.shape
+    if d != q.dim:
+        raise QuantizationError(f"pixel embeddings have dimension {d} but the quantization is for dim={q.dim}; fit a new one")
+    with np.errstate(over="ignore"):
+        rows = arr.reshape(h * w, d).astype(np.float32, copy=False)
+    nan = np.isnan(rows)
+    nodata = nan.all(axis=1)
+    bad = ~np.isfinite(rows).all(axis=1) & ~nodata
+    if bad.any():
+        y, x = divmod(int(np.flatnonzero(bad)[0]), w)
+        raise QuantizationError(
+            f"pixel (row {y}, col {x}) holds NaN or infinity in some dimensions only; a pixel without data is NaN "
+            "in every dimension: mask the whole pixel or repair it"
+        )
+    valid = ~nodata
+    codes = np.empty((h * w, q.stored_width()), dtype=np.dtype(q.dtype))
+    codes[nodata] = np.nan if q.method == "none" else NODATA_CODE
+    scale = np.ones(h * w, dtype=np.float32) if q.method == "per-row" else None
+    if valid.any():
+        got, row_scale = quantize(rows[valid], q, finite=True)
+        codes[valid] = got
+        if scale is not None:
+            scale[valid] = row_scale
+    return codes.reshape(h, w, -1), None if scale is None else scale.reshape(h, w)
+
+
+def nodata_pixels(codes: Any, quantization: Quantization) -> np.ndarray:
+    """Boolean ``(H, W)``: the pixels whose stored codes mark them as without data."""
+    codes = _pixel_array(codes, what="pixel codes")
+    if quantization.method == "none":
+        return np.isnan(codes).all(axis=2)
+    return (codes == NODATA_CODE).all(axis=2)
+
+
+def dequantize_pixels(codes: Any, quantization: Quantization, *, scale: Any = None) -> np.ndarray:
+    """Decode pixel codes ``(H, W, stored_width)`` to float32 ``(H, W, D)``; nodata pixels become NaN.
+
+    ``scale`` (float32 ``(H, W)``) is required for ``per-row``.
+    """
+    codes = _pixel_array(codes, what="pixel codes")
+    h, w, _ = codes.shape
+    if quantization.method == "per-row":
+        if scale is None:
+            raise QuantizationError(f"per-row pixel codes need their per-pixel scale, the float32 {quantization.scale_column!r} array")
+        scale = np.asarray(scale)
+        if scale.shape != (h, w):
+            raise QuantizationError(f"per-pixel scale has shape {scale.shape} but the codes are {h} x {w} pixels")
+        scale = scale.reshape(h * w)
+    out = dequantize(codes.reshape(h * w, -1), quantization, row_scale=scale).reshape(h, w, quantization.dim)
+    if quantization.method != "none":
+        out = np.array(out, copy=True) if not out.flags.writeable else out
+        out[nodata_pixels(codes, quantization)] = np.nan
     return out

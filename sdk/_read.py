@@ -23,7 +23,7 @@ from ._errors import ProductNotFoundError, SpecError
 from ._optional import require
 from ._paths import inside, is_url
 from ._store import location, open_input, read_metadata, size_of
-from ._spec import FOOTER_KEY, SPEC_VERSION, check_footer
+from ._spec import FOOTER_KEY, READABLE_SPEC_VERSIONS, SPEC_VERSION, check_footer
 from ._stac import MANIFEST
 from ._write import REQUIRED_COLUMNS, STAGING_MARK
 
@@ -32,12 +32,6 @@ _MANIFEST_COLUMNS = {"path": (pa.types.is_string, "string"), "rows": (pa.types.i
                      "bytes": (pa.types.is_integer, "int64"), "sha256": (pa.types.is_string, "string")}
 
 _FOOTER_SECTIONS = ("model", "embedding", "grid", "provenance")
-
-
-def _compatibility(version: str) -> tuple[str, ...]:
-    """Versions that must match for a reader to accept a product: major, and minor while major is 0."""
-    parts = version.split(".")
-    return tuple(parts[:2]) if parts[0] == "0" else tuple(parts[:1])
 
 
 def _resolve(path: str | os.PathLike):
@@ -124,11 +118,14 @@ class Product:
         self.path = _resolve(path)
         self.collection: dict[str, Any] = read_json(self.path / "collection.json")
         version = self.collection.get("eoembed:spec_version")
-        if not isinstance(version, str) or _compatibility(version) != _compatibility(SPEC_VERSION):
+        if version not in READABLE_SPEC_VERSIONS:
             raise SpecError(
-                f"{self.path} was written for eoembed spec {version!r}; this reader implements {SPEC_VERSION}: "
-                "upgrade eoembed or convert the product"
+                f"{self.path} was written for eoembed spec {version!r}; this reader implements {SPEC_VERSION} "
+                f"and reads {', '.join(READABLE_SPEC_VERSIONS)}: upgrade eoembed or convert the product"
             )
+        if "eoembed:pixel" in self.collection:
+            raise SpecError(f"{self.path} is a pixel product (tiles, not chips); open it with eoembed.open, which gives "
+                            "a PixelProduct (read, sample, to_numpy)")
         self.metadata: dict[str, Any] = {"spec_version": version, "license": self.collection.get("license")}
         for section in _FOOTER_SECTIONS:
             if f"eoembed:{section}" not in self.collection:

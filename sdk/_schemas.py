@@ -141,13 +141,14 @@ def _extra_ids(root: Path) -> dict[str, Traversable]:
 
 @functools.lru_cache(maxsize=1)
 def _own_schemas() -> dict[str, Traversable]:
-    """The project's own ``spec/schemas/*.json``, by ``$id`` (a trailing ``#`` is ignored)."""
+    """The project's own ``spec/schemas/*.json`` and those of earlier versions kept in
+    ``spec/schemas/v*/``, by ``$id`` (a trailing ``#`` is ignored)."""
     folder = files("eoembed.spec") / "schemas"
     index: dict[str, Traversable] = {}
     if not folder.is_dir():
         return index
-    for node in folder.iterdir():
-        if node.is_file() and node.name.endswith(".json"):
+    for node in _walk(folder):
+        if node.name.endswith(".json"):
             contents = _parse(node)
             if isinstance(contents, dict) and isinstance(contents.get("$id"), str):
                 index[_key(contents["$id"])] = node

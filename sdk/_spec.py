@@ -1,7 +1,9 @@
 """The spec in code: its version, URLs and the footer schema, all read from spec/schemas.
 
 The version is written once, as the `const` of `spec_version` in footer.schema.json; everything here
-derives from that file so code and spec cannot disagree.
+derives from that file so code and spec cannot disagree. The schemas of earlier versions that readers
+still accept are kept unchanged under ``spec/schemas/v{version}/``: a footer is checked against the
+schema of the version it declares, so a product stays exactly as valid as when it was written.
 """
 
 from __future__ import annotations
@@ -23,33 +25,54 @@ TABLE_EXTENSION = "https://stac-extensions.github.io/table/v1.2.0/schema.json"
 
 
 @lru_cache(maxsize=None)
-def spec_schema(name: str) -> dict[str, Any]:
-    """A schema of ours by file name (``footer`` or ``stac-extension``), from package data."""
-    text = (files("eoembed.spec") / "schemas" / f"{name}.schema.json").read_text(encoding="utf-8")
-    return json.loads(text)
+def spec_schema(name: str, version: str | None = None) -> dict[str, Any]:
+    """A schema of ours by file name (``footer`` or ``stac-extension``), from package data: this
+    version's, or an earlier ``version``'s that readers still accept."""
+    folder = files("eoembed.spec") / "schemas"
+    if version is not None and version != SPEC_VERSION:
+        if version not in READABLE_SPEC_VERSIONS:
+            raise SpecError(f"eoembed spec {version!r} is not one this reader knows; it reads {list(READABLE_SPEC_VERSIONS)}")
+        folder = folder / f"v{version}"
+    return json.loads((folder / f"{name}.schema.json").read_text(encoding="utf-8"))
+
+
+def _earlier_versions() -> tuple[str, ...]:
+    folder = files("eoembed.spec") / "schemas"
+    found = [node.name[1:] for node in folder.iterdir() if node.is_dir() and node.name.startswith("v")]
+    return tuple(sorted(found, key=lambda v: tuple(int(p) for p in v.split("."))))
 
 
 SPEC_VERSION: str = spec_schema("footer")["definitions"]["spec_version"]["const"]
+# Versions a reader opens and a validator checks (each against its own schemas); writers write SPEC_VERSION.
+READABLE_SPEC_VERSIONS: tuple[str, ...] = (*_earlier_versions(), SPEC_VERSION)
 FOOTER_SCHEMA_ID: str = spec_schema("footer")["$id"]
 STAC_EXTENSION: str = spec_schema("stac-extension")["$id"]
 
 
+def stac_extension_url(version: str) -> str:
+    """The ``$id`` of the eoembed STAC extension schema of a readable spec version."""
+    return STAC_EXTENSION if version == SPEC_VERSION else spec_schema("stac-extension", version)["$id"]
+
+
 @lru_cache(maxsize=None)
-def _footer_validator():
+def _footer_validator(version: str = SPEC_VERSION):
     import jsonschema
 
     from ._schemas import _FORMAT_CHECKER  # RFC 3339 date-time without an extra dependency
 
-    schema = spec_schema("footer")
+    schema = spec_schema("footer", version)
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema, format_checker=_FORMAT_CHECKER)
 
 
 def footer_errors(footer: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Every violation of a footer as (path, kind, message): the schema, then the rules across
-    fields that JSON Schema cannot express. Empty when valid."""
+    """Every violation of a footer as (path, kind, message): the schema of the version it declares
+    (this version's when it declares none this reader knows), then the rules across fields that JSON
+    Schema cannot express. Empty when valid."""
     out = []
-    for error in _footer_validator().iter_errors(footer):
+    version = footer.get("spec_version") if isinstance(footer, dict) else None
+    validator = _footer_validator(version if version in READABLE_SPEC_VERSIONS else SPEC_VERSION)
+    for error in validator.iter_errors(footer):
         path = "/".join(str(p) for p in error.absolute_path) or "(root)"
         out.append((path, error.validator, error.message))
     if not out:
@@ -76,6 +99,9 @@ def _cross_field_errors(footer: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append((f"embedding/quantization/{key}", "consistency", f"{key} has {len(quant[key])} values; give 1 or {dim}"))
         if key in quant and quant["method"] != "linear":
             out.append((f"embedding/quantization/{key}", "consistency", f"{key} is only defined for method 'linear', not {quant['method']!r}"))
+    if "pixel" in footer and quant["method"] == "binary":
+        out.append(("pixel", "consistency", "pixel products store float32, float16 or int8 codes (linear, per-row, sqrt); "
+                    "binary codes are for chip search indexes"))
     bands = len(model["input"]["bands"])
     for key in ("mean", "std", "min", "max"):
         values = model["input"]["normalization"].get(key)

@@ -2,7 +2,9 @@
 
 Every fact in the data files' ``eoembed`` footer appears in the Collection under the ``eoembed:``
 prefix (the STAC Embedding extension v0.0.1 fields carry what it can express), so a STAC client sees
-the model contract without opening a Parquet file.
+the model contract without opening a Parquet file. Chip and pixel products share these builders: a
+pixel product's data files are tiles (its footer has a ``pixel`` section, its records a ``tile``
+with the ``proj:*`` georeferencing), whose Items carry ``proj:*`` where chip Items carry ``table:*``.
 """
 
 from __future__ import annotations
@@ -21,16 +23,18 @@ from ._spec import (
     FILE_EXTENSION,
     MLM_EXTENSION,
     PROJECTION_EXTENSION,
-    SPEC_VERSION,
-    STAC_EXTENSION,
     STAC_VERSION,
     TABLE_EXTENSION,
+    stac_extension_url,
 )
 
 if TYPE_CHECKING:
     from ._write import ProductWriter, _FileRecord
 
 PARQUET = "application/vnd.apache.parquet"
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+ZARR_ZIP = "application/vnd.zarr+zip; version=3"
+TILE_MEDIA_TYPES = {"cog": COG, "zarr": ZARR_ZIP}
 MANIFEST = "manifest.parquet"
 
 
@@ -83,7 +87,7 @@ ITEM_STATEMENTS: tuple[tuple[str, ...], ...] = (
     ("bbox",), ("geometry",), ("properties", "start_datetime"), ("properties", "end_datetime"),
     ("properties", "emb:quantization"), ("properties", "eoembed:spec_version"), ("properties", "eoembed:quantization"),
     ("properties", "table:row_count"), ("properties", "table:primary_geometry"), ("properties", "table:columns"),
-    ("properties", "proj:code"), ("properties", "emb:energy"),
+    ("properties", "proj:code"), ("properties", "proj:transform"), ("properties", "proj:shape"), ("properties", "emb:energy"),
     ("assets", "embeddings", "file:size"), ("assets", "embeddings", "file:checksum"),
 )
 MODEL_ITEM_STATEMENTS: tuple[tuple[str, ...], ...] = (
@@ -94,13 +98,37 @@ MODEL_ITEM_STATEMENTS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def build_item(record: "_FileRecord", *, collection_id: str, schema: pa.Schema, model_href: str) -> dict[str, Any]:
-    stem = Path(record.path).stem
+def item_stem(path: str) -> str:
+    """The name of a data file's Item: its file name without the format's suffix(es)."""
+    name = Path(path).name
+    for suffix in (".zarr.zip", ".tif", ".parquet"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
+def build_item(record: "_FileRecord", *, collection_id: str, schema: pa.Schema | None, model_href: str) -> dict[str, Any]:
+    """The Item of one data file: a GeoParquet file of chips (``schema``, its Arrow schema), or a
+    tile of a pixel product (``record.tile``; ``schema`` unused)."""
+    stem = item_stem(record.path)
     embedding = record.footer["embedding"]
+    version = record.footer["spec_version"]
+    pixel = record.footer.get("pixel")
+    if pixel is not None:
+        assert record.tile is not None, f"{record.path}: a tile record needs its georeferencing"
+        layout = {key: record.tile[key] for key in ("proj:code", "proj:transform", "proj:shape")}
+        extensions = [EMBEDDINGS_EXTENSION, stac_extension_url(version), FILE_EXTENSION, PROJECTION_EXTENSION]
+        media_type, title = TILE_MEDIA_TYPES[pixel["format"]], f"Pixel embeddings ({pixel['format']} tile, y x dim)"
+    else:
+        assert schema is not None
+        layout = {"table:row_count": record.rows, "table:primary_geometry": "geometry",
+                  "table:columns": _table_columns(schema), "proj:code": "OGC:CRS84"}
+        extensions = [EMBEDDINGS_EXTENSION, stac_extension_url(version), FILE_EXTENSION, TABLE_EXTENSION, PROJECTION_EXTENSION]
+        media_type, title = PARQUET, "Chip embeddings (GeoParquet 1.1)"
     return {
         "type": "Feature",
         "stac_version": STAC_VERSION,
-        "stac_extensions": sorted([EMBEDDINGS_EXTENSION, STAC_EXTENSION, FILE_EXTENSION, TABLE_EXTENSION, PROJECTION_EXTENSION]),
+        "stac_extensions": sorted(extensions),
         "id": f"{collection_id}-{stem}",
         "collection": collection_id,
         "geometry": _box(record.bbox),
@@ -110,12 +138,9 @@ def build_item(record: "_FileRecord", *, collection_id: str, schema: pa.Schema, 
             "start_datetime": _iso(record.start),
             "end_datetime": _iso(record.end),
             "emb:quantization": emb_quantization(embedding["quantization"]),
-            "eoembed:spec_version": SPEC_VERSION,
+            "eoembed:spec_version": version,
             "eoembed:quantization": embedding["quantization"],
-            "table:row_count": record.rows,
-            "table:primary_geometry": "geometry",
-            "table:columns": _table_columns(schema),
-            "proj:code": "OGC:CRS84",
+            **layout,
             **({"emb:energy": record.footer["provenance"]["energy"]} if "energy" in record.footer["provenance"] else {}),
         },
         "links": [
@@ -127,9 +152,9 @@ def build_item(record: "_FileRecord", *, collection_id: str, schema: pa.Schema, 
         "assets": {
             "embeddings": {
                 "href": f"../{record.path}",
-                "type": PARQUET,
+                "type": media_type,
                 "roles": ["data"],
-                "title": "Chip embeddings (GeoParquet 1.1)",
+                "title": title,
                 "file:size": record.bytes,
                 # Multihash: 0x12 = sha2-256, 0x20 = 32 bytes.
                 "file:checksum": "1220" + record.sha256,
@@ -262,6 +287,13 @@ def build_collection(files: Sequence["_FileRecord"], *, collection_id: str, titl
         "grid_definition": {"rel": "about", "href": "./grid.json", "type": "application/json"},
     }
     embedding = footer["embedding"]
+    version = footer["spec_version"]
+    pixel = footer.get("pixel")
+    kind = "chip" if pixel is None else "pixel"
+    if pixel is not None:
+        # One vector per pixel on each tile's own grid: the layout the proj:* fields of the Items give.
+        layout = {"layout_type": "regular_grid", "chip_size": [1, 1], "stride": [1, 1], "grid_id": footer["grid"]["id"],
+                  "grid_definition": layout["grid_definition"]}
     links = [
         {"rel": "root", "href": "./collection.json", "type": "application/json"},
         {"rel": "self", "href": "./collection.json", "type": "application/json"},
@@ -272,38 +304,41 @@ def build_collection(files: Sequence["_FileRecord"], *, collection_id: str, titl
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
-        "stac_extensions": sorted([EMBEDDINGS_EXTENSION, STAC_EXTENSION]),
+        "stac_extensions": sorted([EMBEDDINGS_EXTENSION, stac_extension_url(version)]),
         "id": collection_id,
         "title": title or f"{model['name']} embeddings",
         "description": description or (
-            f"{embedding['dim']}-d chip embeddings by {model['name']} {model['version']}, "
-            f"stored as {embedding['dtype']} ({embedding['quantization']['method']} quantization), eoembed spec {SPEC_VERSION}."
+            f"{embedding['dim']}-d {kind} embeddings by {model['name']} {model['version']}, "
+            f"stored as {embedding['dtype']} ({embedding['quantization']['method']} quantization), eoembed spec {version}."
         ),
         "license": footer["license"],
         "extent": {
             "spatial": {"bbox": [bbox]},
             "temporal": {"interval": [[_iso(start), _iso(end)]]},
         },
-        "emb:type": "chip",
+        "emb:type": kind,
         "emb:dimensions": embedding["dim"],
         "data_type": embedding["dtype"],
         "gsd": inputs["gsd_m"],
         "emb:chip_layout": layout,
         "emb:temporal_resolution": "single_acquisition",
         "emb:fit_for_use": ["retrieval", "classification"],
-        "eoembed:spec_version": SPEC_VERSION,
+        "eoembed:spec_version": version,
         "eoembed:model": model,
         "eoembed:embedding": embedding,
         "eoembed:grid": footer["grid"],
         "eoembed:provenance": provenance,
+        **({"eoembed:pixel": pixel} if pixel is not None else {}),
         "links": links,
         "assets": {
             "manifest": {"href": f"./{MANIFEST}", "type": PARQUET, "roles": ["metadata"], "title": "Every data file with rows, bytes, sha256, bbox and time range"},
             "grid": {"href": "./grid.json", "type": "application/json", "roles": ["metadata"], "title": "Grid definition"},
         },
-        "item_assets": {"embeddings": {"type": PARQUET, "roles": ["data"], "title": "Chip embeddings (GeoParquet 1.1)"}},
+        "item_assets": {"embeddings": (
+            {"type": PARQUET, "roles": ["data"], "title": "Chip embeddings (GeoParquet 1.1)"} if pixel is None else
+            {"type": TILE_MEDIA_TYPES[pixel["format"]], "roles": ["data"], "title": f"Pixel embeddings ({pixel['format']} tile, y x dim)"})},
         "summaries": {
-            "emb:type": ["chip"],
+            "emb:type": [kind],
             "emb:dimensions": [embedding["dim"]],
             "data_type": [embedding["dtype"]],
         },
@@ -348,9 +383,9 @@ def write_metadata(folder: Path, *, writer: "ProductWriter", files: Sequence["_F
     model_href = f"{MODELS_DIR}/{model_item_name(footer['model'])}"
     item_hrefs = []
     for record in files:
-        schema = pq.read_schema(folder / record.path)
+        schema = pq.read_schema(folder / record.path) if record.tile is None else None
         item = build_item(record, collection_id=writer.collection_id, schema=schema, model_href=model_href)
-        href = f"{ITEMS_DIR}/{Path(record.path).stem}.json"
+        href = f"{ITEMS_DIR}/{item_stem(record.path)}.json"
         _dump(folder / href, item)
         item_hrefs.append(href)
     bbox = _union_bbox([f.bbox for f in files])

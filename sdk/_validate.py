@@ -29,7 +29,7 @@ from ._spec import FOOTER_KEY, SPEC_VERSION, footer_errors
 from ._stac import COLLECTION_STATEMENTS, ITEM_STATEMENTS, MODEL_ITEM_STATEMENTS, build_collection, build_item, build_model_item
 
 Severity = Literal["error", "warning"]
-_SECTIONS = ("model", "embedding", "grid", "license", "spec_version")
+_SECTIONS = ("model", "embedding", "grid", "license", "spec_version", "pixel")
 _SLICE_ROWS = 16384
 _NORM_TOLERANCE = {"none": 1e-3, "linear": 2e-2, "per-row": 2e-2, "sqrt": 5e-2, "binary": 1e-5}
 
@@ -204,7 +204,9 @@ class _ProductChecker:
                 listed[rel] = row
                 if self._inside("manifest.parquet", rel, where="manifest.parquet") is None:
                     continue
-        on_disk = {p.relative_to(self.root).as_posix() for p in self.root.rglob("*.parquet") if p.name != "manifest.parquet"}
+        pixel = expected.get("pixel") is not None
+        data_files = [p for pattern in ("*.parquet", "*.zarr.zip", "*.tif") for p in self.root.rglob(pattern)]
+        on_disk = {p.relative_to(self.root).as_posix() for p in data_files if p.name != "manifest.parquet"}
         for rel in sorted(on_disk - set(listed)):
             self.report.add("STR003", f"{rel} is a data file not listed in manifest.parquet", file=rel)
 
@@ -218,7 +220,7 @@ class _ProductChecker:
 
         # Uniqueness first: DuckDB's memory is released before the streaming checks take theirs.
         existing = [self.root / rel for rel in listed if (self.root / rel).exists()]
-        if existing:
+        if existing and not pixel:  # a pixel product's tiles have no chip ids
             _check_unique_chip_ids(self.report, existing, self.root)
         footers = []
         records: list[Any] = []
@@ -242,7 +244,12 @@ class _ProductChecker:
                     self.report.add("STR006", f"sha256 is {digest}, the manifest says {row['sha256']}", file=rel)
             if rel not in items:
                 self.report.add("STR009", "no STAC item has an 'embeddings' asset pointing at this file", file=rel)
-            checker = _DataFileChecker(self.report, path, name=rel, expected=expected, temporal=temporal)
+            if pixel:
+                from ._validate_tiles import TileChecker
+
+                checker = TileChecker(self.report, path, name=rel, expected=expected, temporal=temporal)
+            else:
+                checker = _DataFileChecker(self.report, path, name=rel, expected=expected, temporal=temporal)
             checker.run()
             if checker.rows is not None and checker.rows != row["rows"]:
                 self.report.add("STR007", f"holds {checker.rows} rows, the manifest says {row['rows']}", file=rel)
@@ -389,8 +396,9 @@ class _ProductChecker:
 
     def _expected_sections(self, collection: dict[str, Any]) -> dict[str, Any]:
         expected = {"spec_version": collection.get("eoembed:spec_version"), "license": collection.get("license")}
-        for section in ("model", "embedding", "grid", "provenance"):
-            expected[section] = collection.get(f"eoembed:{section}")
+        for section in ("model", "embedding", "grid", "provenance", "pixel"):
+            if section != "pixel" or "eoembed:pixel" in collection:
+                expected[section] = collection.get(f"eoembed:{section}")
         for path, _, message in footer_errors(expected):
             self.report.add("JSN002", f"eoembed fields of collection.json: {message}", file="collection.json", column=path)
         return expected
@@ -1031,8 +1039,6 @@ class _DataFileChecker:
                  row=first, row_group=g, column=column)
 
     def _check_vectors(self, batch: pa.Table, quant, first: int, g: int, once) -> None:
-        from ._quantize import dequantize
-
         column = batch.column("embedding").combine_chunks()
         width = column.type.list_size
         if column.null_count:
@@ -1042,8 +1048,16 @@ class _DataFileChecker:
         codes = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
         row_scale = None
         if quant.method == "per-row":
+            row_scale = np.asarray(batch.column(quant.scale_column or "scale").to_numpy(zero_copy_only=False), dtype=np.float32)
+        self._check_codes(codes, row_scale, quant, first, g, once)
+
+    def _check_codes(self, codes: np.ndarray, row_scale: np.ndarray | None, quant, first: int, g: int | None, once) -> None:
+        """The checks of stored vectors ``(n, W)`` (a chip file's rows, a tile's pixels with data):
+        per-row scales, finiteness, round trip, zero vectors, norms."""
+        from ._quantize import dequantize
+
+        if row_scale is not None:
             name = quant.scale_column or "scale"
-            row_scale = np.asarray(batch.column(name).to_numpy(zero_copy_only=False), dtype=np.float32)
             bad = ~np.isfinite(row_scale) | (row_scale <= 0)
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])

@@ -218,6 +218,8 @@ class _FileRecord:
     geometry_types: list[str]
     footer: dict[str, Any]
     sources: list[str]  # distinct source ids in stored order: product summaries are built from the files
+    # A pixel product's tile: its proj:code, proj:transform (6 numbers) and proj:shape ([rows, cols]).
+    tile: dict[str, Any] | None = None
 
 
 def file_record(path: Path, *, root: Path) -> _FileRecord:

@@ -92,3 +92,14 @@ def test_unreadable_vector_files_and_params_get_one_line(product, tmp_path):
     assert bad_vector.stderr.count("\n") == 1 and "q.txt: cannot be read" in bad_vector.stderr
     bad_param = run("query", str(product), "SELECT ?", "--param", "[1,")
     assert bad_param.returncode == 1 and "Traceback" not in bad_param.stderr and "--param '[1,' is not valid JSON" in bad_param.stderr
+
+
+def test_info_describes_a_pixel_product(tmp_path):
+    from tests.sdk.test_pixel import _write
+
+    product = _write(tmp_path / "pixels", "zarr", "sqrt")
+    result = run("info", str(product))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["kind"] == "pixel" and summary["tiles"] == 9 and summary["pixels"] == 70 * 90
+    assert summary["crs"] == "EPSG:32618" and summary["pixel"]["format"] == "zarr" and summary["quantization"]["method"] == "sqrt"

@@ -21,6 +21,11 @@ class StatsEncoder(Encoder):
     Vector layout is band-major: ``[b1_mean, b1_std, b1_p10, b1_p50, b1_p90, b2_mean, ...]``.
     Percentiles use linear interpolation (numpy's default). A chip with no valid pixel gets zeros.
     Non-finite pixels are treated as invalid in their band.
+
+    ``steps=T`` (``--encoder-option steps=T``) takes the bands as T time steps of the same bands,
+    time-major (``B@t0 ... B@t1 ...``, as temporal stacks name them), and gives each band's statistics
+    over every time step and pixel of the chip: per pixel (a 1-pixel chip), the statistics of the
+    pixel's time series. The dimension is then ``5 * n_bands / T``.
     """
 
     name = "stats"
@@ -29,20 +34,33 @@ class StatsEncoder(Encoder):
     dim_rule = "5 * n_bands"
     flip_invariant = True  # per-band statistics of a chip do not change when it is flipped or turned
 
+    steps = 1  # time steps the bands hold (an instance option; subclasses need not call __init__)
+
+    def __init__(self, *, steps: int = 1) -> None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise EncoderError(f"stats: steps={steps!r}; pass the number of time steps the bands hold (an integer >= 1)")
+        self.steps = steps
+
     def dim(self, n_bands: int) -> int:
         if int(n_bands) != n_bands or n_bands < 1:
             raise EncoderError(f"stats: n_bands={n_bands!r}; pass a band count >= 1")
-        return 5 * int(n_bands)
+        if int(n_bands) % self.steps:
+            raise EncoderError(f"stats: {n_bands} bands are not {self.steps} time steps of the same bands; "
+                               "pass steps= the stack's number of dates")
+        return 5 * int(n_bands) // self.steps
 
     def encode(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         pixels, valid = self._check_input(pixels, valid)
-        n, b, h, w = pixels.shape
+        n, bands, h, w = pixels.shape
         if n == 0:
-            return np.zeros((0, self.dim(b)), dtype=np.float32)
-        x = pixels.reshape(n, b, h * w)
+            return np.zeros((0, self.dim(bands)), dtype=np.float32)
+        self.dim(bands)  # the bands must split into the time steps
+        b, t = bands // self.steps, self.steps
+        # Each band's values over every time step and pixel: (n, b, t * h * w), time-major bands regrouped.
+        x = pixels.reshape(n, t, b, h * w).transpose(0, 2, 1, 3).reshape(n, b, t * h * w) if t > 1 else pixels.reshape(n, b, h * w)
         ok = np.isfinite(x)
         if valid is not None:
-            ok &= valid.reshape(n, 1, h * w)
+            ok &= np.broadcast_to(valid.reshape(n, 1, 1, h * w), (n, 1, t, h * w)).reshape(n, 1, t * h * w)
         # Each chip takes the path its own pixels allow: one partial chip in a batch must not send
         # the fully valid others through the masked path, which costs several times as much.
         full = ok.all(axis=(1, 2))
@@ -54,7 +72,7 @@ class StatsEncoder(Encoder):
             stats = np.empty((n, b, 5), dtype=np.float64)
             stats[full] = self._dense(x[full])
             stats[~full] = self._masked(x[~full], ok[~full])
-        return self._check_output(stats.reshape(n, b * 5), b)
+        return self._check_output(stats.reshape(n, b * 5), bands)
 
     @staticmethod
     def _moments(x64: np.ndarray, count, *, ok: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -119,5 +137,7 @@ class StatsEncoder(Encoder):
         return self._contract_document(
             framework="numpy", weights_sha256=None, architecture="band statistics", pooling="none", inputs=inputs,
             chip_size=chip_size, stride=stride, gsd=gsd, normalization={"method": "none"},
-            dim=self.dim(len(inputs)), description=self.description,
+            dim=self.dim(len(inputs)),
+            description=self.description if self.steps == 1 else f"per band: mean, std, p10, p50, p90 over {self.steps} time steps",
+            **({"parameters": {"steps": self.steps}} if self.steps > 1 else {}),
         )

@@ -8,7 +8,9 @@ The contract (a JSON file or dict) declares what the product records and the enc
 ``name``, ``version``, ``dim``, optional ``architecture``, ``pooling`` and ``normalization``
 (``{"method": "standardize", "mean": [...], "std": [...]}`` per band, or ``{"method": "none"}``).
 The model gets float32 chips (n, bands, h, w) and returns (n, dim) or a feature map (n, dim, h', w'),
-which is mean-pooled. The weights' SHA-256 is that of the TorchScript file, or of the module's
+which is mean-pooled. At pixel level (``produce --level pixel``) a model that maps (n, bands, h, w)
+to (n, dim, h, w) gets each tile whole and its feature map is the tile's pixel vectors
+(:meth:`UserModelEncoder.encode_map`). The weights' SHA-256 is that of the TorchScript file, or of the module's
 state dict serialised in a fixed order.
 """
 
@@ -23,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eoembed._errors import EncoderError
+from eoembed._errors import EncoderError, NonFiniteEmbeddingError
 
 from .base import Encoder, _band_inputs, _check_geometry
 
@@ -119,6 +121,25 @@ class UserModelEncoder(Encoder):
                     out = out.mean(dim=(2, 3))  # feature map: mean-pool to one vector a chip
                 outputs.append(out.float().cpu().numpy())
         return self._check_output(np.concatenate(outputs) if outputs else np.zeros((0, self.dim(0)), np.float32), pixels.shape[1])
+
+    def encode_map(self, pixels: np.ndarray) -> np.ndarray:
+        """The model's feature map (n, dim, h, w) of ``pixels`` (n, bands, h, w), one vector a pixel;
+        NaN inputs (no data) enter as 0 after normalisation, as in :meth:`encode`."""
+        import torch
+
+        pixels, _ = self._check_input(pixels, None)
+        x = np.nan_to_num(self._normalize(pixels), nan=0.0)
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
+        expected = (pixels.shape[0], self.dim(0), *pixels.shape[2:])
+        if out.shape != expected:
+            raise EncoderError(f"{self.target}: at pixel level the model must map (n, bands, h, w) to (n, dim, h, w) = "
+                               f"{expected}; it returned {tuple(out.shape)}. Return a feature map of the input's size, "
+                               "or produce chips (--level chip)")
+        if not np.isfinite(out).all():
+            raise NonFiniteEmbeddingError(f"{self.target} produced non-finite values for "
+                                          f"{int((~np.isfinite(out).all(axis=1)).sum())} pixel(s); check the input scale")
+        return out
 
     def contract(self, *, bands: Sequence[str], chip_size: int, stride: int, gsd: float,
                  band_sources: Sequence[str] | None = None) -> dict:

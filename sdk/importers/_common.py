@@ -267,7 +267,8 @@ def pooled_chips(*, path: Path, width: int, height: int, transform, crs: str, ch
 @dataclass
 class EmbeddingTile:
     """One open embedding raster: its pixel grid, time and a reader of pixel vectors by rows
-    (``read_rows(row0, row1)`` -> float32 (rows, width, D) vectors, bool (rows, width) validity)."""
+    (``read_rows(row0, row1)`` -> float32 (rows, width, D) vectors, bool (rows, width) validity),
+    and for formats whose codes are a pixel storage form, a reader of the codes themselves."""
 
     width: int
     height: int
@@ -275,6 +276,11 @@ class EmbeddingTile:
     crs: str
     time: Any
     read_rows: Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+    #: the stored codes by rows, for a pixel-level import that keeps them as they are:
+    #: ``read_codes(row0, row1)`` -> codes (rows, width, W) with pixels without data all -128, and the
+    #: float32 per-pixel scales (1.0 without data) or None; ``quantization`` says how they de-quantise
+    read_codes: Callable[[int, int], tuple[np.ndarray, np.ndarray | None]] | None = None
+    quantization: Any = None
 
 
 class PooledTileImporter(Importer):

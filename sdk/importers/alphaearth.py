@@ -3,10 +3,9 @@ bands ``A00``..``A63``, 10 m pixels in UTM, one tile per calendar year; each pix
 de-quantise as ``sign(q) * (q / 127.5) ** 2`` (eoembed's ``sqrt`` form) to a unit vector, and
 ``-128`` is nodata.
 
-eoembed products hold chips, not pixels (pixel-level products are a separate part of the spec,
-not yet written), so a tile imports into chips of ``chip_size`` x ``chip_size`` pixels whose vector
-is the mean of the valid pixels' de-quantised vectors; ``model.pooling`` and
-``model.parameters.pooling`` record it.
+A tile imports into chips of ``chip_size`` x ``chip_size`` pixels whose vector is the mean of the
+valid pixels' de-quantised vectors (``model.pooling`` and ``model.parameters.pooling`` record it),
+or, with :func:`eoembed.import_pixels`, into a pixel product that keeps its codes as they are.
 """
 
 from __future__ import annotations
@@ -68,6 +67,11 @@ class AlphaEarthImporter(PooledTileImporter):
                 vectors = dequantize(np.ascontiguousarray(codes.reshape(-1, BANDS)), quantization)
                 return np.nan_to_num(vectors, nan=0.0).reshape(codes.shape), valid
 
+            def read_codes(row0: int, row1: int) -> tuple[np.ndarray, None]:
+                codes = np.ascontiguousarray(np.moveaxis(ds.read(window=Window(0, row0, ds.width, row1 - row0)), 0, -1))
+                codes[(codes == NODATA).any(axis=-1)] = NODATA  # a pixel without data in one band has none
+                return codes, None
+
             yield EmbeddingTile(width=ds.width, height=ds.height, transform=ds.transform, crs=ds.crs.to_string(),
                                 time=time_option(datetime if datetime is not None else stated, path=path, what="embeddings"),
-                                read_rows=read_rows)
+                                read_rows=read_rows, read_codes=read_codes, quantization=quantization)

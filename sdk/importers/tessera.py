@@ -68,5 +68,15 @@ class TesseraImporter(PooledTileImporter):
             vectors = np.asarray(codes[row0:row1], dtype=np.float32) * np.where(valid, scale, 0.0)[..., None]
             return vectors, valid
 
+        def read_codes(row0: int, row1: int) -> tuple[np.ndarray, np.ndarray]:
+            scale = np.array(scales[row0:row1], dtype=np.float32)
+            valid = np.isfinite(scale) & (scale > 0)
+            stored = np.array(codes[row0:row1], dtype=np.int8)
+            stored[~valid] = -128  # eoembed's pixel without data; its scale 1.0
+            return stored, np.where(valid, scale, np.float32(1.0))
+
+        from eoembed._quantize import Quantization
+
         yield EmbeddingTile(width=codes.shape[1], height=codes.shape[0], transform=transform, crs=crs,
-                            time=time_option(datetime, path=path, what="embeddings"), read_rows=read_rows)
+                            time=time_option(datetime, path=path, what="embeddings"), read_rows=read_rows,
+                            read_codes=read_codes, quantization=Quantization(method="per-row", dtype="int8", dim=DIM))

@@ -1,4 +1,4 @@
-"""A tiny encoder for tests of users' own models: seeded 1x1 convolution, ReLU, feature map out."""
+"""Tiny encoders for tests of users' own models: seeded convolutions, feature maps out."""
 
 from __future__ import annotations
 
@@ -8,3 +8,11 @@ def build():
 
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(5, 12, kernel_size=1), torch.nn.ReLU())
+
+
+def build_context():
+    """A feature map of the input's size whose pixels see their 3 x 3 neighbourhood (zero padding)."""
+    import torch
+
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Conv2d(5, 6, kernel_size=3, padding=1), torch.nn.Tanh())

@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from eoembed._errors import QuantizationError
-from eoembed._quantize import Quantization, dequantize, fit, quantize
+from eoembed._quantize import (
+    NODATA_CODE,
+    Quantization,
+    dequantize,
+    dequantize_pixels,
+    fit,
+    nodata_pixels,
+    quantize,
+    quantize_pixels,
+)
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -373,3 +382,73 @@ def test_codes_written_into_a_given_array_are_the_returned_codes(method, dtype) 
     np.testing.assert_array_equal(worked, codes)
     np.testing.assert_array_equal(worked_scale, scale)
     assert np.array_equal(scratch, v) == (method in ("none", "binary", "sqrt"))  # the int8 forms worked in it
+
+
+# ---------------------------------------------------------------- pixel arrays (y, x, dim)
+
+PIXELS = _unit(6 * 7, 16, seed=3).reshape(6, 7, 16)
+PIXEL_FORMS = [("none", "float32", 0.0), ("none", "float16", 1e-3), ("linear", "int8", 0.5 / 127 * 1.0001),
+               ("per-row", "int8", 0.5 / 127 * 1.0001), ("sqrt", "int8", 0.0)]
+
+
+def _with_holes(array: np.ndarray) -> np.ndarray:
+    holed = array.copy()
+    holed[0, 0] = np.nan
+    holed[5, 3] = np.nan
+    return holed
+
+
+@pytest.mark.parametrize(("method", "dtype", "tolerance"), PIXEL_FORMS)
+def test_pixel_round_trip_keeps_values_and_nodata(method: str, dtype: str, tolerance: float) -> None:
+    array = _with_holes(PIXELS)
+    q = fit(PIXELS[1:].reshape(-1, 16), method=method, dtype=dtype)
+    codes, scale = quantize_pixels(array, q)
+    assert codes.shape == (6, 7, 16) and codes.dtype == np.dtype(dtype)
+    assert (scale is not None) == (method == "per-row")
+    holes = np.zeros((6, 7), dtype=bool)
+    holes[0, 0] = holes[5, 3] = True
+    assert np.array_equal(nodata_pixels(codes, q), holes)
+    out = dequantize_pixels(codes, q, scale=scale)
+    assert out.shape == (6, 7, 16) and out.dtype == np.float32
+    assert np.isnan(out[holes]).all() and np.isfinite(out[~holes]).all()
+    if method == "sqrt":
+        # v = sign(q) (|q| / 127.5)^2 with q = round(sign(v) sqrt|v| 127.5): error of half a code in sqrt space.
+        expected = np.sign(PIXELS) * (np.minimum(np.rint(np.sqrt(np.abs(PIXELS)) * 127.5), 127) / 127.5) ** 2
+        assert np.allclose(out[~holes], expected[~holes], atol=1e-6)
+    elif method == "per-row":
+        # Each pixel's own scale: max |v| / 127, so the error is at most half a step of that pixel.
+        step = np.abs(PIXELS).max(axis=2, keepdims=True) / 127
+        assert (np.abs(out - PIXELS)[~holes] <= (step * 0.5 * 1.0001).repeat(16, axis=2)[~holes]).all()
+        assert np.array_equal(scale[holes], [1.0, 1.0])
+    elif method == "linear":
+        assert np.abs(out - PIXELS)[~holes].max() <= q.scale[0] * 0.5 * 1.0001
+    else:
+        assert np.abs(out - PIXELS)[~holes].max() <= tolerance
+
+
+def test_int8_nodata_pixels_are_all_minus_128() -> None:
+    q = fit(PIXELS.reshape(-1, 16), method="linear")
+    codes, _ = quantize_pixels(_with_holes(PIXELS), q)
+    assert (codes[0, 0] == NODATA_CODE).all() and (codes[5, 3] == NODATA_CODE).all()
+    data = ~nodata_pixels(codes, q)
+    assert data.sum() == 6 * 7 - 2 and codes[data].min() >= -127  # no quantiser writes the nodata code
+
+
+def test_partly_nan_pixel_is_refused_by_position() -> None:
+    array = PIXELS.copy()
+    array[2, 4, 5] = np.nan
+    with pytest.raises(QuantizationError, match=r"pixel \(row 2, col 4\)"):
+        quantize_pixels(array, fit(PIXELS.reshape(-1, 16), method="sqrt"))
+
+
+def test_pixel_forms_refuse_binary_and_bad_shapes() -> None:
+    with pytest.raises(QuantizationError, match="not a pixel storage form"):
+        quantize_pixels(PIXELS, fit(PIXELS.reshape(-1, 16), method="binary"))
+    with pytest.raises(QuantizationError, match="3-D"):
+        quantize_pixels(PIXELS[0], fit(PIXELS.reshape(-1, 16), method="sqrt"))
+    q = fit(PIXELS.reshape(-1, 16), method="per-row")
+    codes, scale = quantize_pixels(PIXELS, q)
+    with pytest.raises(QuantizationError, match="per-pixel scale"):
+        dequantize_pixels(codes, q)
+    with pytest.raises(QuantizationError, match="shape"):
+        dequantize_pixels(codes, q, scale=scale[:, :3])

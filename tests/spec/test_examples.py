@@ -16,7 +16,7 @@ SPEC = REPO / "spec"
 EXAMPLES = SPEC / "examples"
 INVALID = EXAMPLES / "invalid"
 README = SPEC / "README.md"
-VALIDATE = REPO / "sdk" / "_validate.py"
+VALIDATORS = (REPO / "sdk" / "_validate.py", REPO / "sdk" / "_validate_tiles.py")
 
 VALID_FILES = sorted(EXAMPLES.glob("*.json"))
 INVALID_FILES = sorted(INVALID.glob("*.json"))
@@ -147,7 +147,7 @@ def test_readme_writes_the_version_at_most_once():
 
 
 def _codes_in_validator() -> set[str]:
-    source = VALIDATE.read_text(encoding="utf-8")
+    source = "\n".join(path.read_text(encoding="utf-8") for path in VALIDATORS)
     # Codes are passed first to add(), once() and _check_statements() (metadata against the data).
     return set(re.findall(r"\b(?:add|once|_check_statements)\(\s*\"([A-Z]{3}\d{3})\"", source))
 
@@ -163,9 +163,9 @@ def test_validator_codes_are_found():
 
 def test_every_validator_code_is_in_the_spec():
     missing = _codes_in_validator() - _codes_in_table()
-    assert not missing, f"codes used in sdk/_validate.py but not in spec/README.md: {sorted(missing)}"
+    assert not missing, f"codes used in the validator modules but not in spec/README.md: {sorted(missing)}"
 
 
 def test_every_spec_code_is_used():
     unused = _codes_in_table() - _codes_in_validator()
-    assert not unused, f"codes in spec/README.md that sdk/_validate.py never reports: {sorted(unused)}"
+    assert not unused, f"codes in spec/README.md that the validator modules never report: {sorted(unused)}"

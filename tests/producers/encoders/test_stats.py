@@ -161,3 +161,31 @@ def test_bad_input_shapes():
         enc.encode(np.zeros((3, 8, 8), np.float32))
     with pytest.raises(EncoderError, match="valid mask has shape"):
         enc.encode(np.zeros((2, 1, 8, 8), np.float32), np.ones((2, 4, 4), bool))
+
+
+def test_steps_give_each_bands_statistics_over_its_time_series():
+    rng = np.random.default_rng(5)
+    # 3 chips of 2 x 2 px, 2 dates of 3 bands, time-major: B1@t0 B2@t0 B3@t0 B1@t1 B2@t1 B3@t1.
+    pixels = rng.uniform(0, 100, size=(3, 6, 2, 2)).astype(np.float32)
+    valid = np.ones((3, 2, 2), dtype=bool)
+    valid[1, 0, 0] = False  # one pixel without data on every date
+    got = StatsEncoder(steps=2).encode(pixels, valid)
+    assert got.shape == (3, 15)
+    for chip in range(3):
+        for band in range(3):
+            series = np.concatenate([pixels[chip, band][valid[chip]], pixels[chip, 3 + band][valid[chip]]]).astype(np.float64)
+            expected = [series.mean(), series.std(), *np.percentile(series, [10, 50, 90])]
+            assert np.allclose(got[chip, 5 * band:5 * band + 5], expected, rtol=1e-5), (chip, band)
+    # Per pixel (1-pixel chips) the time series alone: two dates' values of the band.
+    one = StatsEncoder(steps=2).encode(pixels[:, :, :1, :1])
+    assert np.allclose(one[:, 0], (pixels[:, 0, 0, 0] + pixels[:, 3, 0, 0]) / 2, rtol=1e-6)
+    contract = StatsEncoder(steps=2).contract(bands=["B1@t0", "B2@t0", "B3@t0", "B1@t1", "B2@t1", "B3@t1"],
+                                              chip_size=1, stride=1, gsd=10)
+    assert contract["output"]["dim"] == 15 and contract["parameters"] == {"steps": 2}
+
+
+def test_steps_that_do_not_split_the_bands_are_refused():
+    with pytest.raises(EncoderError, match="not 2 time steps"):
+        StatsEncoder(steps=2).encode(np.zeros((1, 5, 2, 2), np.float32))
+    with pytest.raises(EncoderError, match="steps="):
+        StatsEncoder(steps=0)
