@@ -42,8 +42,8 @@ DATA_DIR = "data"
 ITEMS_DIR = "items"
 MODELS_DIR = "models"
 STAGING_MARK = ".eoembed-staging-"
-# Row groups gathered ahead of the one being encoded, at most.
-GROUPS_QUEUED = 2
+# Data files made at once, each by a thread of its own; each holds a row buffer of its rows.
+FILES_IN_FLIGHT = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
@@ -137,43 +137,50 @@ def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path 
 
 
 class _FileJob:
-    """One data file on its way to disk. The caller puts its row groups, already in stored order,
-    and gathers the next group while a thread of the job's own encodes the last one as Parquet
-    (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
-    group after group. The last groups are encoded while the writer takes the next batches, and
-    the file's checksum is taken while the next file is encoded (:attr:`encoded` tells when that
-    may begin). The file appears under its name only when complete."""
+    """One data file on its way to disk, made by a thread of its own while the writer's thread takes
+    the next batches: the rows of ``table`` are put in Hilbert order one row group at a time and
+    encoded as Parquet (numpy and Arrow release the GIL for both), then the file's checksum is
+    taken. Up to ``FILES_IN_FLIGHT`` such jobs run at once, one file each, so the encoding, the
+    costliest step, has a core per file instead of one for all. :attr:`taken` tells when the job no
+    longer reads ``table`` (a view of a row buffer, which may then be refilled). The file appears
+    under its name only when complete."""
 
-    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
-        import queue
+    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any], *,
+                 table: pa.Table, bounds: np.ndarray, row_group_size: int) -> None:
         import threading
 
         self.partial, self.target = partial, target
-        self._schema, self._options = schema, dict(options)
-        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=GROUPS_QUEUED)  # bounded: see _GroupCodes
-        self._cancelled = self._ending = False
+        self._cancelled = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
-        self.encoded = threading.Event()  # set once every group is written (or the job failed)
-        self._thread = threading.Thread(target=self._run, name=f"eoembed-write-{target.name}", daemon=True)
+        self.sources: list[str] = []  # distinct source ids in stored order
+        self.taken = threading.Event()  # set once ``table`` is no longer read (or the job failed)
+        self._thread = threading.Thread(
+            target=self._run, args=(schema, dict(options), table, bounds, row_group_size),
+            name=f"eoembed-write-{target.name}", daemon=True,
+        )
         self._thread.start()
 
-    def put(self, group: pa.Table) -> None:
-        self._groups.put(group)
+    def _run(self, schema: pa.Schema, options: dict[str, Any], table: pa.Table, bounds: np.ndarray, rows: int) -> None:
+        import pyarrow.compute as pc
 
-    def _run(self) -> None:
-        ended = False  # the closing None was taken
         try:
-            with pq.ParquetWriter(self.partial, self._schema, **self._options) as out:
-                while (group := self._groups.get()) is not None:
-                    if not self._cancelled:
-                        out.write_table(group, row_group_size=group.num_rows)
-                ended = True
-            self.encoded.set()
+            sources: dict[str, None] = {}
+            with pq.ParquetWriter(self.partial, schema, **options) as out:
+                groups, group = _ordered_groups(table, _geometry.hilbert_order(bounds), rows=rows), None
+                del table
+                for group in groups:
+                    if self._cancelled:
+                        break
+                    sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
+                    out.write_table(group.replace_schema_metadata(schema.metadata), row_group_size=group.num_rows)
+                del groups, group
+                self.taken.set()
+            self.sources = [str(s) for s in sources]
             if not self._cancelled:
                 # Hashing the file just written reads it from the page cache: that costs little
                 # beside the hash itself, less than passing every byte through Python on the way
-                # out (measured); it runs here, beside the encoding of the next file.
+                # out (measured); it runs beside the next file's encoding.
                 size, digest = self.partial.stat().st_size, sha256_file(self.partial)
                 if not self._cancelled:  # asked again: the hash takes a while
                     self.size, self.sha256 = size, digest
@@ -181,28 +188,18 @@ class _FileJob:
         except BaseException as error:  # re-raised by finish() in the writer's thread
             self.error = error
         finally:
-            self.encoded.set()
-            while not ended and self._groups.get() is not None:  # drop what is put after a failure
-                pass
+            self.taken.set()
             if self.error is not None or self._cancelled:
                 self.partial.unlink(missing_ok=True)
 
-    def end(self) -> None:
-        """No more groups: the file is closed once those put are encoded."""
-        if not self._ending:
-            self._ending = True
-            self._groups.put(None)
-
     def finish(self) -> None:
         """Wait until the file is complete; raise what went wrong writing it."""
-        self.end()
         self._thread.join()
         if self.error is not None:
             raise self.error
 
     def cancel(self) -> None:
         self._cancelled = True
-        self.end()
         self._thread.join()
 
 
@@ -243,14 +240,16 @@ def file_record(path: Path, *, root: Path) -> _FileRecord:
 
 class _RowBuffer:
     """Rows waiting to become a data file. The vector codes, the bulk of a row, go straight into
-    one numpy array that is kept and refilled for the next file, so memory is taken (and first
-    touched) once per writer instead of once per batch, and a file's codes need no concatenation.
-    The other columns are kept as one small Arrow table per batch."""
+    one numpy array that is kept and refilled for a later file, so memory is taken (and first
+    touched) once per buffer instead of once per batch, and a file's codes need no concatenation.
+    The other columns are kept as one small Arrow table per batch. A writer fills one buffer while
+    the files of another are made from it (``FILES_IN_FLIGHT`` buffers at most)."""
 
     def __init__(self) -> None:
         self.codes: np.ndarray | None = None
         self.tables: list[pa.Table] = []
         self.rows = 0
+        self.readers: list[_FileJob] = []  # jobs making files from views of the codes array
 
     def slot(self, n: int, *, dtype: np.dtype, width: int, capacity: int = 0) -> np.ndarray:
         """The (n, width) codes array for the next n rows (filled by the caller, counted by append);
@@ -284,55 +283,37 @@ class _RowBuffer:
         )
         return rest.add_column(rest.column_names.index("grid_cell") + 1, "embedding", embedding)
 
-    def drop(self, rows: int) -> None:
-        """Forget the first ``rows`` rows; the rest move to the front of the codes array."""
-        rest = self.rows - rows
-        if rest and self.codes is not None:
-            self.codes[:rest] = self.codes[rows : self.rows]
-            self.tables = [pa.concat_tables(self.tables).slice(rows)]
-        else:
-            self.tables = []
-        self.rows = rest
+    def clear(self) -> None:
+        self.tables, self.rows = [], 0
+
+    def take_rest(self, source: "_RowBuffer", start: int) -> None:
+        """Hold the rows of ``source`` from ``start`` on, and nothing else (``source`` is left as it is)."""
+        self.clear()
+        rest = source.rows - start
+        if rest and source.codes is not None:
+            codes = source.codes
+            self.slot(rest, dtype=codes.dtype, width=codes.shape[1], capacity=len(codes))[:] = codes[start : source.rows]
+            self.tables, self.rows = [pa.concat_tables(source.tables).slice(start)], rest
 
 
-class _GroupCodes:
-    """The arrays the vector codes of row groups are gathered into, reused group after group and
-    file after file: a fresh array for every group would be fresh pages every time, and faulting
-    them in costs the kernel as much as the gather itself. The arrays are handed out in turn; one is
-    refilled only once the group it held is encoded, as long as at most ``GROUPS_QUEUED`` groups
-    wait in a file job's queue and a file's groups are gathered only after the last file is done
-    (the group refilled is then the fourth one back: one is being gathered, two wait, one is being
-    encoded)."""
+def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int):
+    """The rows of ``table`` in ``order``, as tables of ``rows`` rows each, one made at a time; a
+    group is valid until the next one is made.
 
-    def __init__(self) -> None:
-        self._arrays: list[np.ndarray] = []
-        self._turn = 0
-
-    def gather(self, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``codes[rows]``, in the next array of the round."""
-        turn, self._turn = self._turn, (self._turn + 1) % (GROUPS_QUEUED + 2)
-        if turn == len(self._arrays):
-            self._arrays.append(codes[:0])
-        held = self._arrays[turn]
-        if held.dtype != codes.dtype or held.shape[1:] != codes.shape[1:] or len(held) < len(rows):
-            self._arrays[turn] = held = np.empty((len(rows), *codes.shape[1:]), dtype=codes.dtype)
-        return np.take(codes, rows, axis=0, out=held[: len(rows)], mode="clip")  # clip: no checks, rows are valid
-
-
-def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _GroupCodes):
-    """The rows of ``table`` in ``order``, as tables of ``rows`` rows each, one made at a time.
-
-    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into the
-    arrays of ``into``: Arrow's take of a fixed-size list goes through one index per element,
-    several times slower. The other columns are gathered by Arrow."""
+    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into one array
+    kept for all groups: Arrow's take of a fixed-size list goes through one index per element,
+    several times slower, and a fresh array for every group would be fresh pages every time, whose
+    faulting in costs the kernel as much as the gather itself. Reuse is safe as Arrow's Parquet
+    writer has encoded a group when its ``write_table`` returns. The other columns are gathered by Arrow."""
     embedding = table.column("embedding")
     embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
     codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
     position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
     others = table.drop_columns(["embedding"])
+    held = np.empty((min(rows, len(codes)), codes.shape[1]), dtype=codes.dtype)
     for start in range(0, table.num_rows, rows):
         taken = order[start : start + rows]
-        gathered = into.gather(codes, taken)
+        gathered = np.take(codes, taken, axis=0, out=held[: len(taken)], mode="clip")  # clip: no checks, rows are valid
         flat = pa.Array.from_buffers(field.type.value_type, gathered.size, [None, pa.py_buffer(gathered)])
         yield others.take(pa.array(taken)).add_column(position, field, pa.FixedSizeListArray.from_arrays(flat, type=field.type))
 
@@ -413,9 +394,11 @@ class ProductWriter:
         self.staging = Path(staging) if staging is not None else self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
         (self.staging / DATA_DIR).mkdir(parents=True, exist_ok=staging is not None)
         self._pending = _RowBuffer()  # rows of write() not yet in a file
+        # write()'s row buffers, the one being filled among them: at most FILES_IN_FLIGHT, since a
+        # buffer stays with the jobs of its files until they have taken their rows.
+        self._buffers = [self._pending]
         self._writing: list[tuple[_FileJob, _FileRecord]] = []  # data files begun, not yet recorded; oldest first
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
-        self._group_codes = _GroupCodes()  # the codes of the row groups in flight
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
         self._before_publish: Callable[[], None] | None = None
@@ -756,8 +739,41 @@ class ProductWriter:
         limit = self._file_rows()
         full = pending.rows if final else pending.rows // limit * limit
         for start in range(0, full, limit):
-            self._write_file(pending.table(start, min(limit, full - start), where=self.path), wait=False)
-        pending.drop(full)
+            self._wait_for_room()
+            pending.readers.append(self._write_file(pending.table(start, min(limit, full - start), where=self.path), wait=False))
+        if final:
+            pending.clear()
+            return
+        # The rows past the last full file go on in another buffer: this one's files are being made from it.
+        spare = self._spare_buffer()
+        spare.take_rest(pending, full)
+        pending.clear()
+        self._pending = spare
+
+    def _wait_for_room(self) -> None:
+        """Wait until fewer than FILES_IN_FLIGHT files are still taking their rows; raise what went
+        wrong with any file begun."""
+        while True:
+            if any(job.error is not None for job, _ in self._writing):
+                self._finish_file()  # raises it
+            busy = [job for job, _ in self._writing if not job.taken.is_set()]
+            if len(busy) < FILES_IN_FLIGHT:
+                return
+            busy[0].taken.wait()
+
+    def _spare_buffer(self) -> "_RowBuffer":
+        """A row buffer other than the one being filled whose files have all taken their rows; a new
+        one while there are fewer than FILES_IN_FLIGHT, else the first to become free."""
+        while True:
+            others = [buffer for buffer in self._buffers if buffer is not self._pending]
+            for buffer in others:
+                if all(job.taken.is_set() for job in buffer.readers):
+                    buffer.readers = []
+                    return buffer
+            if len(self._buffers) < FILES_IN_FLIGHT:
+                self._buffers.append(_RowBuffer())
+                return self._buffers[-1]
+            next(job for buffer in others for job in buffer.readers if not job.taken.is_set()).taken.wait()
 
     def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]], *,
                    energy: Mapping[str, Any] | None = None) -> "_FileRecord | None":
@@ -768,7 +784,7 @@ class ProductWriter:
         (what encoding the unit cost) goes into the file's footer provenance.
         """
         rows = self._unit_rows
-        rows.drop(rows.rows)
+        rows.clear()
         for batch in batches:
             self._rows_seen += self._convert(batch, rows)
         if not rows.rows:
@@ -776,7 +792,7 @@ class ProductWriter:
         try:
             return self._write_file(rows.table(0, rows.rows, where=self.path), name=f"{name}.parquet", energy=energy)
         finally:
-            rows.drop(rows.rows)
+            rows.clear()
 
     def write_stored(self, table: pa.Table, *, name: str) -> "_FileRecord":
         """Write rows as a product already stores them (stored vector codes, ``bbox``, times...) as
@@ -800,14 +816,14 @@ class ProductWriter:
         return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
 
     def _write_file(self, table: pa.Table, *, name: str | None = None, energy: Mapping[str, Any] | None = None,
-                    wait: bool = True) -> "_FileRecord | None":
-        """Write ``table`` as one data file in Hilbert order. ``wait=False`` returns once its rows
-        are taken from ``table`` (the file is recorded when the next one begins, or at close)."""
+                    wait: bool = True) -> "Any":
+        """Write ``table`` as one data file in Hilbert order and return its record. ``wait=False``
+        returns the job making it at once: ``table`` must stay as it is until the job has taken its
+        rows (``job.taken``); the file is recorded at close."""
         import pyarrow.compute as pc
 
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
-        order = _geometry.hilbert_order(bounds)
         types = _geometry.geometry_types(table.column("geometry"))
         file_bbox = (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max()))
         geo = {
@@ -837,45 +853,31 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
-        # One file is encoded at a time (its groups reuse the arrays of the last one's); the last
-        # one's checksum may still be taken meanwhile. Records keep the order files were begun in.
-        self._finish_file(keep=1)
-        if self._writing:
-            job = self._writing[-1][0]
-            job.encoded.wait()
-            if job.error is not None:
-                self._finish_file()  # raises it
         name = name or f"part-{len(self._files) + len(self._writing):05d}.parquet"
         target = self.staging / DATA_DIR / name
         partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         job = _FileJob(partial, target, schema, {
             "compression": self.compression, "write_statistics": True, "store_schema": True,
             "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-        })
-        sources: dict[str, None] = {}  # distinct source ids in stored order
+        }, table=table, bounds=bounds, row_group_size=self.row_group_size)
+        # The manifest facts come from what is being written, not from reading the file back; the
+        # distinct source ids, in stored order, once the job has put the rows in that order.
+        time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
         try:
-            # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
-            # (a view of the row buffer) is no longer needed and the buffer can be refilled.
-            for group in _ordered_groups(table, order, rows=self.row_group_size, into=self._group_codes):
-                if job.error is not None:
-                    break
-                sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
-                job.put(group.replace_schema_metadata(metadata))
-            job.end()
+            record = _FileRecord(
+                path=target.relative_to(self.staging).as_posix(), rows=table.num_rows, bytes=0, sha256="",
+                bbox=file_bbox, start=pc.min(table.column(time_columns[0])).as_py(),
+                end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
+                footer=json.loads(metadata[FOOTER_KEY]), sources=[],
+            )
         except BaseException:
             job.cancel()
             raise
-        # The manifest facts come from what is being written, not from reading the file back.
-        time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
-        record = _FileRecord(
-            path=target.relative_to(self.staging).as_posix(), rows=table.num_rows, bytes=0, sha256="",
-            bbox=file_bbox, start=pc.min(table.column(time_columns[0])).as_py(),
-            end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
-            footer=json.loads(metadata[FOOTER_KEY]), sources=[str(s) for s in sources],
-        )
         self._writing.append((job, record))
-        self._finish_file(keep=0 if wait else 1)  # the last file is complete by now, most likely
-        return record if wait else None
+        if not wait:
+            return job
+        self._finish_file()
+        return record
 
     def _finish_file(self, *, keep: int = 0) -> "_FileRecord | None":
         """Wait for the files being written, oldest first, until ``keep`` are left, and record each
@@ -884,7 +886,7 @@ class ProductWriter:
         while len(self._writing) > keep:
             job, record = self._writing.pop(0)
             job.finish()
-            record.bytes, record.sha256 = job.size, job.sha256
+            record.bytes, record.sha256, record.sources = job.size, job.sha256, job.sources
             self._files.append(record)
         return record
 
@@ -897,6 +899,7 @@ class ProductWriter:
         self._before_publish = before_publish
         self._finish_file()
         self._pending = _RowBuffer()
+        self._buffers = [self._pending]
         self._files = sorted(files, key=lambda f: f.path)
         for record in self._files:
             diff = contract_difference(self.model, record.footer["model"])
@@ -956,6 +959,7 @@ class ProductWriter:
         was handed in (shared by ranks, resumable) is kept: it holds other writers' finished units."""
         self._closed = True
         self._pending = self._unit_rows = _RowBuffer()
+        self._buffers = [self._pending]
         while self._writing:
             self._writing.pop(0)[0].cancel()
         if self._owns_staging:
