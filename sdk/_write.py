@@ -47,8 +47,10 @@ FILES_IN_FLIGHT = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
-# Keys a batch may hold: the columns, plus ``bounds`` as a shortcut for box geometries and the time.
-BATCH_KEYS = frozenset(REQUIRED_COLUMNS + OPTIONAL_COLUMNS + ("bounds", "datetime", "start_datetime", "end_datetime"))
+# Keys a batch may hold: the columns, plus ``bounds`` and ``native_bounds`` as shortcuts for box
+# geometries and box native footprints, and the time.
+BATCH_KEYS = frozenset(REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+                       + ("bounds", "native_bounds", "datetime", "start_datetime", "end_datetime"))
 
 _STORED_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "uint8": pa.uint8()}
 _QUANTIZATION_SHORTHANDS: dict[str, dict[str, Any]] = {
@@ -142,11 +144,12 @@ class _FileJob:
     encoded as Parquet (numpy and Arrow release the GIL for both), then the file's checksum is
     taken. Up to ``FILES_IN_FLIGHT`` such jobs run at once, one file each, so the encoding, the
     costliest step, has a core per file instead of one for all. :attr:`taken` tells when the job no
-    longer reads ``table`` (a view of a row buffer, which may then be refilled). The file appears
-    under its name only when complete."""
+    longer reads ``table`` (a view of a row buffer, which may then be refilled). A file the caller
+    waits for (a work unit, stored rows) is made in the caller's thread. The file appears under its
+    name only when complete."""
 
     def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any], *,
-                 table: pa.Table, bounds: np.ndarray, row_group_size: int) -> None:
+                 table: pa.Table, bounds: np.ndarray, row_group_size: int, background: bool = True) -> None:
         import threading
 
         self.partial, self.target = partial, target
@@ -155,10 +158,13 @@ class _FileJob:
         self.size, self.sha256 = 0, ""
         self.sources: list[str] = []  # distinct source ids in stored order
         self.taken = threading.Event()  # set once ``table`` is no longer read (or the job failed)
-        self._thread = threading.Thread(
-            target=self._run, args=(schema, dict(options), table, bounds, row_group_size),
-            name=f"eoembed-write-{target.name}", daemon=True,
-        )
+        args = (schema, dict(options), table, bounds, row_group_size)
+        del table
+        self._thread: threading.Thread | None = None
+        if not background:  # the caller waits for the file anyway (a unit): a thread would only add its start-up
+            self._run(*args)
+            return
+        self._thread = threading.Thread(target=self._run, args=args, name=f"eoembed-write-{target.name}", daemon=True)
         self._thread.start()
 
     def _run(self, schema: pa.Schema, options: dict[str, Any], table: pa.Table, bounds: np.ndarray, rows: int) -> None:
@@ -194,13 +200,15 @@ class _FileJob:
 
     def finish(self) -> None:
         """Wait until the file is complete; raise what went wrong writing it."""
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self.error is not None:
             raise self.error
 
     def cancel(self) -> None:
         self._cancelled = True
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
 
 @dataclass
@@ -475,7 +483,8 @@ class ProductWriter:
         ``geometry`` (shapely geometries or WKB in OGC:CRS84) or ``bounds`` (n, 4 lon/lat boxes);
         ``datetime`` or ``start_datetime`` + ``end_datetime``; ``source_id``; ``grid_cell``;
         optionally ``chip_id`` (else derived from grid, cell, ``pixel_bbox`` offset, time and
-        source), ``native_crs``, ``native_footprint``, ``pixel_bbox``, ``valid_fraction``. Scalars
+        source), ``native_crs``, ``native_footprint`` (shapely geometries or WKB in ``native_crs``) or
+        ``native_bounds`` (n, 4 boxes in ``native_crs``), ``pixel_bbox``, ``valid_fraction``. Scalars
         are broadcast. ``model``, when given, must equal the writer's contract.
         """
         if self._closed:
@@ -672,9 +681,17 @@ class ProductWriter:
             columns[quant.scale_column or "scale"] = pa.array(np.asarray(row_scale, np.float32), pa.float32())
         if "native_crs" in chips:
             columns["native_crs"] = pa.array([str(c) for c in self._column(chips, "native_crs", n)], pa.string())
+        if "native_footprint" in chips and "native_bounds" in chips:
+            raise SpecError("batch has both 'native_footprint' and 'native_bounds'; give one of them")
         if "native_footprint" in chips:
             native_wkb, _, _ = _geometry.to_wkb(self._column(chips, "native_footprint", n))
             columns["native_footprint"] = pa.array(native_wkb, pa.binary())
+        elif "native_bounds" in chips:
+            # Boxes straight from their corners, as for 'bounds': no geometry object per chip.
+            native = np.asarray(chips["native_bounds"], dtype=float).reshape(-1, 4)
+            if len(native) != n:
+                raise DimensionMismatchError(f"'native_bounds' has {len(native)} rows, but the batch has {n} vectors")
+            columns["native_footprint"] = _geometry.box_wkb(native)
         if pixel_bbox is not None:
             columns["pixel_bbox"] = pa.FixedSizeListArray.from_arrays(pa.array(pixel_bbox.reshape(-1), pa.int32()), 4)
         if "valid_fraction" in chips:
@@ -859,7 +876,7 @@ class ProductWriter:
         job = _FileJob(partial, target, schema, {
             "compression": self.compression, "write_statistics": True, "store_schema": True,
             "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-        }, table=table, bounds=bounds, row_group_size=self.row_group_size)
+        }, table=table, bounds=bounds, row_group_size=self.row_group_size, background=not wait)
         # The manifest facts come from what is being written, not from reading the file back; the
         # distinct source ids, in stored order, once the job has put the rows in that order.
         time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
