@@ -278,18 +278,19 @@ class _RowBuffer:
 
     def table(self, start: int, rows: int, *, where: Path) -> pa.Table:
         """Rows ``start .. start + rows`` as one Arrow table; the embedding column is a view of the
-        codes array (valid until the buffer is refilled)."""
+        codes array (valid until the buffer is refilled), the other columns keep the batches' chunks
+        (the file's job joins them, beside the writer's thread)."""
         assert self.codes is not None
         try:
             rest = pa.concat_tables(self.tables)
         except pa.ArrowInvalid as error:
             raise SpecError(f"batches for {where} do not share one column layout: {error}") from error
-        rest = rest.slice(start, rows).combine_chunks()
+        rest = rest.slice(start, rows)
         codes = self.codes[start : start + rows]
         embedding = pa.FixedSizeListArray.from_arrays(
             pa.array(codes.reshape(-1), _STORED_TYPES[codes.dtype.name]), codes.shape[1]
         )
-        return rest.add_column(rest.column_names.index("grid_cell") + 1, "embedding", embedding)
+        return rest.add_column(rest.column_names.index("grid_cell") + 1, "embedding", pa.chunked_array([embedding]))
 
     def clear(self) -> None:
         self.tables, self.rows = [], 0
@@ -317,7 +318,7 @@ def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int):
     embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
     codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
     position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
-    others = table.drop_columns(["embedding"])
+    others = table.drop_columns(["embedding"]).combine_chunks()
     held = np.empty((min(rows, len(codes)), codes.shape[1]), dtype=codes.dtype)
     for start in range(0, table.num_rows, rows):
         taken = order[start : start + rows]
