@@ -42,8 +42,10 @@ DATA_DIR = "data"
 ITEMS_DIR = "items"
 MODELS_DIR = "models"
 STAGING_MARK = ".eoembed-staging-"
-# Data files made at once, each by a thread of its own; each holds a row buffer of its rows.
+# Data files made at once, each by threads of its own; each holds a row buffer of its rows.
 FILES_IN_FLIGHT = 2
+# Row groups gathered ahead of the one being encoded, at most, in each file.
+GROUPS_QUEUED = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
@@ -138,65 +140,133 @@ def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path 
     return model, local
 
 
-class _FileJob:
-    """One data file on its way to disk, made by a thread of its own while the writer's thread takes
-    the next batches: the rows of ``table`` are put in Hilbert order one row group at a time and
-    encoded as Parquet (numpy and Arrow release the GIL for both), then the file's checksum is
-    taken. Up to ``FILES_IN_FLIGHT`` such jobs run at once, one file each, so the encoding, the
-    costliest step, has a core per file instead of one for all. :attr:`taken` tells when the job no
-    longer reads ``table`` (a view of a row buffer, which may then be refilled). A file the caller
-    waits for (a work unit, stored rows) is made in the caller's thread. The file appears under its
-    name only when complete."""
+class _GroupEncoder:
+    """The Parquet encoding of one data file, on a thread of its own: the file's job puts the row
+    groups, already in stored order, and gathers the next group while this thread encodes the last
+    one (Arrow releases the GIL while it encodes); at most ``GROUPS_QUEUED`` groups wait, so their
+    memory is reused group after group (see :class:`_GroupCodes`). The file's checksum is taken
+    here too, once it is written. The file appears under its name only when complete."""
 
-    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any], *,
-                 table: pa.Table, bounds: np.ndarray, row_group_size: int, background: bool = True) -> None:
+    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
+        import queue
         import threading
 
         self.partial, self.target = partial, target
+        self._schema, self._options = schema, dict(options)
+        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=GROUPS_QUEUED)  # bounded: see _GroupCodes
+        self._cancelled = self._ending = False
+        self.error: BaseException | None = None
+        self.size, self.sha256 = 0, ""
+        self._thread = threading.Thread(target=self._run, name=f"eoembed-encode-{target.name}", daemon=True)
+        self._thread.start()
+
+    def put(self, group: pa.Table) -> None:
+        self._groups.put(group)
+
+    def _run(self) -> None:
+        ended = False  # the closing None was taken
+        try:
+            with pq.ParquetWriter(self.partial, self._schema, **self._options) as out:
+                while (group := self._groups.get()) is not None:
+                    if not self._cancelled:
+                        out.write_table(group, row_group_size=group.num_rows)
+                ended = True
+            if not self._cancelled:
+                # Hashing the file just written reads it from the page cache: that costs little
+                # beside the hash itself, less than passing every byte through Python on the way
+                # out (measured).
+                size, digest = self.partial.stat().st_size, sha256_file(self.partial)
+                if not self._cancelled:  # asked again: the hash takes a while
+                    self.size, self.sha256 = size, digest
+                    os.replace(self.partial, self.target)
+        except BaseException as error:  # re-raised by finish() in the job's thread
+            self.error = error
+        finally:
+            while not ended and self._groups.get() is not None:  # drop what is put after a failure
+                pass
+            if self.error is not None or self._cancelled:
+                self.partial.unlink(missing_ok=True)
+
+    def end(self) -> None:
+        """No more groups: the file is closed once those put are encoded."""
+        if not self._ending:
+            self._ending = True
+            self._groups.put(None)
+
+    def finish(self) -> None:
+        """Wait until the file is complete; raise what went wrong writing it."""
+        self.end()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self.end()
+        self._thread.join()
+
+
+class _FileJob:
+    """One data file on its way to disk, made beside the writer's thread, which meanwhile takes the
+    next batches: a thread of the job's own puts the rows of ``table`` in Hilbert order one row
+    group at a time (numpy and Arrow release the GIL as they gather) and hands them to the file's
+    :class:`_GroupEncoder`. Up to ``FILES_IN_FLIGHT`` such jobs run at once, one file each, so that
+    the encoding, the costliest step, is not done for all files by one thread. :attr:`taken` tells
+    when the job no longer reads ``table`` (a view of a row buffer, which may then be refilled). A
+    file the caller waits for (a work unit, stored rows) is gathered in the caller's thread."""
+
+    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any], *,
+                 table: pa.Table, bounds: np.ndarray, row_group_size: int, arrays: "list[_GroupCodes]",
+                 background: bool = True) -> None:
+        import threading
+
         self._cancelled = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
         self.sources: list[str] = []  # distinct source ids in stored order
         self.taken = threading.Event()  # set once ``table`` is no longer read (or the job failed)
-        args = (schema, dict(options), table, bounds, row_group_size)
+        args = (partial, target, schema, dict(options), table, bounds, row_group_size, arrays)
         del table
         self._thread: threading.Thread | None = None
-        if not background:  # the caller waits for the file anyway (a unit): a thread would only add its start-up
+        if not background:  # the caller waits for the file anyway: a thread would only add its start-up
             self._run(*args)
             return
         self._thread = threading.Thread(target=self._run, args=args, name=f"eoembed-write-{target.name}", daemon=True)
         self._thread.start()
 
-    def _run(self, schema: pa.Schema, options: dict[str, Any], table: pa.Table, bounds: np.ndarray, rows: int) -> None:
+    def _run(self, partial: Path, target: Path, schema: pa.Schema, options: dict[str, Any], table: pa.Table,
+             bounds: np.ndarray, rows: int, arrays: "list[_GroupCodes]") -> None:
         import pyarrow.compute as pc
 
+        # The arrays of a job done before, or new ones; given back once this file is encoded. A
+        # list's pop and append are atomic: jobs on other threads share the list safely.
+        codes = arrays.pop() if arrays else _GroupCodes()
+        encoder = None
         try:
+            encoder = _GroupEncoder(partial, target, schema, options)
             sources: dict[str, None] = {}
-            with pq.ParquetWriter(self.partial, schema, **options) as out:
-                groups, group = _ordered_groups(table, _geometry.hilbert_order(bounds), rows=rows), None
-                del table
-                for group in groups:
-                    if self._cancelled:
+            try:
+                for group in _ordered_groups(table, _geometry.hilbert_order(bounds), rows=rows, into=codes):
+                    if encoder.error is not None or self._cancelled:
                         break
                     sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
-                    out.write_table(group.replace_schema_metadata(schema.metadata), row_group_size=group.num_rows)
-                del groups, group
+                    encoder.put(group.replace_schema_metadata(schema.metadata))
+                encoder.end()
+            finally:
+                del table
                 self.taken.set()
-            self.sources = [str(s) for s in sources]
-            if not self._cancelled:
-                # Hashing the file just written reads it from the page cache: that costs little
-                # beside the hash itself, less than passing every byte through Python on the way
-                # out (measured); it runs beside the next file's encoding.
-                size, digest = self.partial.stat().st_size, sha256_file(self.partial)
-                if not self._cancelled:  # asked again: the hash takes a while
-                    self.size, self.sha256 = size, digest
-                    os.replace(self.partial, self.target)
+            if self._cancelled:
+                encoder.cancel()
+                return
+            encoder.finish()
+            self.sources, self.size, self.sha256 = [str(s) for s in sources], encoder.size, encoder.sha256
+            arrays.append(codes)
         except BaseException as error:  # re-raised by finish() in the writer's thread
             self.error = error
+            if encoder is not None:
+                encoder.cancel()
         finally:
             self.taken.set()
-            if self.error is not None or self._cancelled:
-                self.partial.unlink(missing_ok=True)
 
     def finish(self) -> None:
         """Wait until the file is complete; raise what went wrong writing it."""
@@ -305,24 +375,44 @@ class _RowBuffer:
             self.tables, self.rows = [pa.concat_tables(source.tables).slice(start)], rest
 
 
-def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int):
-    """The rows of ``table`` in ``order``, as tables of ``rows`` rows each, one made at a time; a
-    group is valid until the next one is made.
+class _GroupCodes:
+    """The arrays the vector codes of row groups are gathered into, reused group after group and
+    file after file: a fresh array for every group would be fresh pages every time, and faulting
+    them in costs the kernel as much as the gather itself. The arrays are handed out in turn; one is
+    refilled only once the group it held is encoded, as long as at most ``GROUPS_QUEUED`` groups
+    wait in a file's encoder queue and one file at a time uses them (the group refilled is then the
+    fourth one back: one is being gathered, two wait, one is being encoded). A writer keeps them
+    from file to file, one set for each file in flight."""
 
-    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into one array
-    kept for all groups: Arrow's take of a fixed-size list goes through one index per element,
-    several times slower, and a fresh array for every group would be fresh pages every time, whose
-    faulting in costs the kernel as much as the gather itself. Reuse is safe as Arrow's Parquet
-    writer has encoded a group when its ``write_table`` returns. The other columns are gathered by Arrow."""
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray] = []
+        self._turn = 0
+
+    def gather(self, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``codes[rows]``, in the next array of the round."""
+        turn, self._turn = self._turn, (self._turn + 1) % (GROUPS_QUEUED + 2)
+        if turn == len(self._arrays):
+            self._arrays.append(codes[:0])
+        held = self._arrays[turn]
+        if held.dtype != codes.dtype or held.shape[1:] != codes.shape[1:] or len(held) < len(rows):
+            self._arrays[turn] = held = np.empty((len(rows), *codes.shape[1:]), dtype=codes.dtype)
+        return np.take(codes, rows, axis=0, out=held[: len(rows)], mode="clip")  # clip: no checks, rows are valid
+
+
+def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _GroupCodes):
+    """The rows of ``table`` in ``order``, as tables of ``rows`` rows each, one made at a time.
+
+    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into the
+    arrays of ``into``: Arrow's take of a fixed-size list goes through one index per element,
+    several times slower. The other columns are gathered by Arrow."""
     embedding = table.column("embedding")
     embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
     codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
     position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
     others = table.drop_columns(["embedding"]).combine_chunks()
-    held = np.empty((min(rows, len(codes)), codes.shape[1]), dtype=codes.dtype)
     for start in range(0, table.num_rows, rows):
         taken = order[start : start + rows]
-        gathered = np.take(codes, taken, axis=0, out=held[: len(taken)], mode="clip")  # clip: no checks, rows are valid
+        gathered = into.gather(codes, taken)
         flat = pa.Array.from_buffers(field.type.value_type, gathered.size, [None, pa.py_buffer(gathered)])
         yield others.take(pa.array(taken)).add_column(position, field, pa.FixedSizeListArray.from_arrays(flat, type=field.type))
 
@@ -408,6 +498,7 @@ class ProductWriter:
         self._buffers = [self._pending]
         self._writing: list[tuple[_FileJob, _FileRecord]] = []  # data files begun, not yet recorded; oldest first
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
+        self._group_codes: list[_GroupCodes] = []  # the group arrays of the files done, reused by the next
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
         self._before_publish: Callable[[], None] | None = None
@@ -877,7 +968,7 @@ class ProductWriter:
         job = _FileJob(partial, target, schema, {
             "compression": self.compression, "write_statistics": True, "store_schema": True,
             "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-        }, table=table, bounds=bounds, row_group_size=self.row_group_size, background=not wait)
+        }, table=table, bounds=bounds, row_group_size=self.row_group_size, arrays=self._group_codes, background=not wait)
         # The manifest facts come from what is being written, not from reading the file back; the
         # distinct source ids, in stored order, once the job has put the rows in that order.
         time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
