@@ -240,7 +240,10 @@ class _FileJob:
 
         # The arrays of a job done before, or new ones; given back once this file is encoded. A
         # list's pop and append are atomic: jobs on other threads share the list safely.
-        codes = arrays.pop() if arrays else _GroupCodes()
+        try:
+            codes = arrays.pop()
+        except IndexError:  # none free (asking first would race with another job's pop)
+            codes = _GroupCodes()
         encoder = None
         try:
             encoder = _GroupEncoder(partial, target, schema, options)
