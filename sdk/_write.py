@@ -225,6 +225,7 @@ class _FileJob:
         self.size, self.sha256 = 0, ""
         self.sources: list[str] = []  # distinct source ids in stored order
         self.taken = threading.Event()  # set once ``table`` is no longer read (or the job failed)
+        self.done = threading.Event()  # set once the file is complete (or the job failed)
         args = (partial, target, schema, dict(options), table, bounds, row_group_size, arrays)
         del table
         self._thread: threading.Thread | None = None
@@ -270,6 +271,7 @@ class _FileJob:
                 encoder.cancel()
         finally:
             self.taken.set()
+            self.done.set()
 
     def finish(self) -> None:
         """Wait until the file is complete; raise what went wrong writing it."""
@@ -863,15 +865,15 @@ class ProductWriter:
         self._pending = spare
 
     def _wait_for_room(self) -> None:
-        """Wait until fewer than FILES_IN_FLIGHT files are still taking their rows; raise what went
-        wrong with any file begun."""
+        """Wait until fewer than FILES_IN_FLIGHT files are in the making (each holds a set of group
+        arrays); raise what went wrong with any file begun."""
         while True:
             if any(job.error is not None for job, _ in self._writing):
                 self._finish_file()  # raises it
-            busy = [job for job, _ in self._writing if not job.taken.is_set()]
+            busy = [job for job, _ in self._writing if not job.done.is_set()]
             if len(busy) < FILES_IN_FLIGHT:
                 return
-            busy[0].taken.wait()
+            busy[0].done.wait()
 
     def _spare_buffer(self) -> "_RowBuffer":
         """A row buffer other than the one being filled whose files have all taken their rows; a new
