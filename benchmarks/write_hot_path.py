@@ -28,9 +28,9 @@ runs of each side (the figure least disturbed by other work on a shared machine)
 the median of the ratios of runs made one after the other (under about the same load), every run's
 seconds, the machine's load average, and the peak RSS (``ru_maxrss``) and Arrow pool peak of each
 side. The pyarrow side's peak holds its whole input table; eoembed's holds its input batches too
-(about the size of the vectors) besides the writer's own, which is two data files of rows at most
-(one being filled, one being written; ``FILES_IN_FLIGHT`` in sdk/_write.py) whatever ``--rows`` is:
-``write_read_1m.py`` measures the writer's peak with batches made one at a time.
+(about the size of the vectors) besides the writer's own, which is one data file of rows at most
+(``max_rows_per_file``) whatever ``--rows`` is: ``write_read_1m.py`` measures the writer's peak
+with batches made one at a time.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> None:
             f"**{best[side] / best['pyarrow']:.2f}x** wall (median per alternation {statistics.median(paired):.2f}x, "
             f"{min(paired):.2f}-{max(paired):.2f}), {best_cpu[side] / best_cpu['pyarrow']:.2f}x CPU"
         )
-    lines.append("(CPU: all threads of the process; the writer makes its data files on threads of their own, up to two at once)")
+    lines.append("(CPU: all threads of the process; the writer encodes on a second thread)")
     print("\n".join(lines))
 
 

@@ -42,9 +42,7 @@ DATA_DIR = "data"
 ITEMS_DIR = "items"
 MODELS_DIR = "models"
 STAGING_MARK = ".eoembed-staging-"
-# Data files made at once, each by threads of its own; each holds a row buffer of its rows.
-FILES_IN_FLIGHT = 2
-# Row groups gathered ahead of the one being encoded, at most, in each file.
+# Row groups gathered ahead of the one being encoded, at most.
 GROUPS_QUEUED = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
@@ -140,12 +138,13 @@ def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path 
     return model, local
 
 
-class _GroupEncoder:
-    """The Parquet encoding of one data file, on a thread of its own: the file's job puts the row
-    groups, already in stored order, and gathers the next group while this thread encodes the last
-    one (Arrow releases the GIL while it encodes); at most ``GROUPS_QUEUED`` groups wait, so their
-    memory is reused group after group (see :class:`_GroupCodes`). The file's checksum is taken
-    here too, once it is written. The file appears under its name only when complete."""
+class _FileJob:
+    """One data file on its way to disk. The caller puts its row groups, already in stored order,
+    and gathers the next group while a thread of the job's own encodes the last one as Parquet
+    (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
+    group after group. The last groups are encoded while the writer takes the next batches, and
+    the file's checksum is taken while the next file is encoded (:attr:`encoded` tells when that
+    may begin). The file appears under its name only when complete."""
 
     def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
         import queue
@@ -157,7 +156,8 @@ class _GroupEncoder:
         self._cancelled = self._ending = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
-        self._thread = threading.Thread(target=self._run, name=f"eoembed-encode-{target.name}", daemon=True)
+        self.encoded = threading.Event()  # set once every group is written (or the job failed)
+        self._thread = threading.Thread(target=self._run, name=f"eoembed-write-{target.name}", daemon=True)
         self._thread.start()
 
     def put(self, group: pa.Table) -> None:
@@ -171,17 +171,19 @@ class _GroupEncoder:
                     if not self._cancelled:
                         out.write_table(group, row_group_size=group.num_rows)
                 ended = True
+            self.encoded.set()
             if not self._cancelled:
                 # Hashing the file just written reads it from the page cache: that costs little
                 # beside the hash itself, less than passing every byte through Python on the way
-                # out (measured).
+                # out (measured); it runs here, beside the encoding of the next file.
                 size, digest = self.partial.stat().st_size, sha256_file(self.partial)
                 if not self._cancelled:  # asked again: the hash takes a while
                     self.size, self.sha256 = size, digest
                     os.replace(self.partial, self.target)
-        except BaseException as error:  # re-raised by finish() in the job's thread
+        except BaseException as error:  # re-raised by finish() in the writer's thread
             self.error = error
         finally:
+            self.encoded.set()
             while not ended and self._groups.get() is not None:  # drop what is put after a failure
                 pass
             if self.error is not None or self._cancelled:
@@ -204,86 +206,6 @@ class _GroupEncoder:
         self._cancelled = True
         self.end()
         self._thread.join()
-
-
-class _FileJob:
-    """One data file on its way to disk, made beside the writer's thread, which meanwhile takes the
-    next batches: a thread of the job's own puts the rows of ``table`` in Hilbert order one row
-    group at a time (numpy and Arrow release the GIL as they gather) and hands them to the file's
-    :class:`_GroupEncoder`. Up to ``FILES_IN_FLIGHT`` such jobs run at once, one file each, so that
-    the encoding, the costliest step, is not done for all files by one thread. :attr:`taken` tells
-    when the job no longer reads ``table`` (a view of a row buffer, which may then be refilled). A
-    file the caller waits for (a work unit, stored rows) is gathered in the caller's thread."""
-
-    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any], *,
-                 table: pa.Table, bounds: np.ndarray, row_group_size: int, arrays: "list[_GroupCodes]",
-                 background: bool = True) -> None:
-        import threading
-
-        self._cancelled = False
-        self.error: BaseException | None = None
-        self.size, self.sha256 = 0, ""
-        self.sources: list[str] = []  # distinct source ids in stored order
-        self.taken = threading.Event()  # set once ``table`` is no longer read (or the job failed)
-        self.done = threading.Event()  # set once the file is complete (or the job failed)
-        args = (partial, target, schema, dict(options), table, bounds, row_group_size, arrays)
-        del table
-        self._thread: threading.Thread | None = None
-        if not background:  # the caller waits for the file anyway: a thread would only add its start-up
-            self._run(*args)
-            return
-        self._thread = threading.Thread(target=self._run, args=args, name=f"eoembed-write-{target.name}", daemon=True)
-        self._thread.start()
-
-    def _run(self, partial: Path, target: Path, schema: pa.Schema, options: dict[str, Any], table: pa.Table,
-             bounds: np.ndarray, rows: int, arrays: "list[_GroupCodes]") -> None:
-        import pyarrow.compute as pc
-
-        # The arrays of a job done before, or new ones; given back once this file is encoded. A
-        # list's pop and append are atomic: jobs on other threads share the list safely.
-        try:
-            codes = arrays.pop()
-        except IndexError:  # none free (asking first would race with another job's pop)
-            codes = _GroupCodes()
-        encoder = None
-        try:
-            encoder = _GroupEncoder(partial, target, schema, options)
-            sources: dict[str, None] = {}
-            try:
-                for group in _ordered_groups(table, _geometry.hilbert_order(bounds), rows=rows, into=codes):
-                    if encoder.error is not None or self._cancelled:
-                        break
-                    sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
-                    encoder.put(group.replace_schema_metadata(schema.metadata))
-                encoder.end()
-            finally:
-                del table
-                self.taken.set()
-            if self._cancelled:
-                encoder.cancel()
-                return
-            encoder.finish()
-            self.sources, self.size, self.sha256 = [str(s) for s in sources], encoder.size, encoder.sha256
-            arrays.append(codes)
-        except BaseException as error:  # re-raised by finish() in the writer's thread
-            self.error = error
-            if encoder is not None:
-                encoder.cancel()
-        finally:
-            self.taken.set()
-            self.done.set()
-
-    def finish(self) -> None:
-        """Wait until the file is complete; raise what went wrong writing it."""
-        if self._thread is not None:
-            self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def cancel(self) -> None:
-        self._cancelled = True
-        if self._thread is not None:
-            self._thread.join()
 
 
 @dataclass
@@ -323,16 +245,14 @@ def file_record(path: Path, *, root: Path) -> _FileRecord:
 
 class _RowBuffer:
     """Rows waiting to become a data file. The vector codes, the bulk of a row, go straight into
-    one numpy array that is kept and refilled for a later file, so memory is taken (and first
-    touched) once per buffer instead of once per batch, and a file's codes need no concatenation.
-    The other columns are kept as one small Arrow table per batch. A writer fills one buffer while
-    the files of another are made from it (``FILES_IN_FLIGHT`` buffers at most)."""
+    one numpy array that is kept and refilled for the next file, so memory is taken (and first
+    touched) once per writer instead of once per batch, and a file's codes need no concatenation.
+    The other columns are kept as one small Arrow table per batch."""
 
     def __init__(self) -> None:
         self.codes: np.ndarray | None = None
         self.tables: list[pa.Table] = []
         self.rows = 0
-        self.readers: list[_FileJob] = []  # jobs making files from views of the codes array
 
     def slot(self, n: int, *, dtype: np.dtype, width: int, capacity: int = 0) -> np.ndarray:
         """The (n, width) codes array for the next n rows (filled by the caller, counted by append);
@@ -353,31 +273,28 @@ class _RowBuffer:
 
     def table(self, start: int, rows: int, *, where: Path) -> pa.Table:
         """Rows ``start .. start + rows`` as one Arrow table; the embedding column is a view of the
-        codes array (valid until the buffer is refilled), the other columns keep the batches' chunks
-        (the file's job joins them, beside the writer's thread)."""
+        codes array (valid until the buffer is refilled)."""
         assert self.codes is not None
         try:
             rest = pa.concat_tables(self.tables)
         except pa.ArrowInvalid as error:
             raise SpecError(f"batches for {where} do not share one column layout: {error}") from error
-        rest = rest.slice(start, rows)
+        rest = rest.slice(start, rows).combine_chunks()
         codes = self.codes[start : start + rows]
         embedding = pa.FixedSizeListArray.from_arrays(
             pa.array(codes.reshape(-1), _STORED_TYPES[codes.dtype.name]), codes.shape[1]
         )
-        return rest.add_column(rest.column_names.index("grid_cell") + 1, "embedding", pa.chunked_array([embedding]))
+        return rest.add_column(rest.column_names.index("grid_cell") + 1, "embedding", embedding)
 
-    def clear(self) -> None:
-        self.tables, self.rows = [], 0
-
-    def take_rest(self, source: "_RowBuffer", start: int) -> None:
-        """Hold the rows of ``source`` from ``start`` on, and nothing else (``source`` is left as it is)."""
-        self.clear()
-        rest = source.rows - start
-        if rest and source.codes is not None:
-            codes = source.codes
-            self.slot(rest, dtype=codes.dtype, width=codes.shape[1], capacity=len(codes))[:] = codes[start : source.rows]
-            self.tables, self.rows = [pa.concat_tables(source.tables).slice(start)], rest
+    def drop(self, rows: int) -> None:
+        """Forget the first ``rows`` rows; the rest move to the front of the codes array."""
+        rest = self.rows - rows
+        if rest and self.codes is not None:
+            self.codes[:rest] = self.codes[rows : self.rows]
+            self.tables = [pa.concat_tables(self.tables).slice(rows)]
+        else:
+            self.tables = []
+        self.rows = rest
 
 
 class _GroupCodes:
@@ -385,9 +302,9 @@ class _GroupCodes:
     file after file: a fresh array for every group would be fresh pages every time, and faulting
     them in costs the kernel as much as the gather itself. The arrays are handed out in turn; one is
     refilled only once the group it held is encoded, as long as at most ``GROUPS_QUEUED`` groups
-    wait in a file's encoder queue and one file at a time uses them (the group refilled is then the
-    fourth one back: one is being gathered, two wait, one is being encoded). A writer keeps them
-    from file to file, one set for each file in flight."""
+    wait in a file job's queue and a file's groups are gathered only after the last file is done
+    (the group refilled is then the fourth one back: one is being gathered, two wait, one is being
+    encoded)."""
 
     def __init__(self) -> None:
         self._arrays: list[np.ndarray] = []
@@ -414,7 +331,7 @@ def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _Gro
     embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
     codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
     position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
-    others = table.drop_columns(["embedding"]).combine_chunks()
+    others = table.drop_columns(["embedding"])
     for start in range(0, table.num_rows, rows):
         taken = order[start : start + rows]
         gathered = into.gather(codes, taken)
@@ -498,12 +415,9 @@ class ProductWriter:
         self.staging = Path(staging) if staging is not None else self.path.parent / f".{self.path.name}{STAGING_MARK}{uuid.uuid4().hex[:12]}"
         (self.staging / DATA_DIR).mkdir(parents=True, exist_ok=staging is not None)
         self._pending = _RowBuffer()  # rows of write() not yet in a file
-        # write()'s row buffers, the one being filled among them: at most FILES_IN_FLIGHT, since a
-        # buffer stays with the jobs of its files until they have taken their rows.
-        self._buffers = [self._pending]
         self._writing: list[tuple[_FileJob, _FileRecord]] = []  # data files begun, not yet recorded; oldest first
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
-        self._group_codes: list[_GroupCodes] = []  # the group arrays of the files done, reused by the next
+        self._group_codes = _GroupCodes()  # the codes of the row groups in flight
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
         self._before_publish: Callable[[], None] | None = None
@@ -853,41 +767,8 @@ class ProductWriter:
         limit = self._file_rows()
         full = pending.rows if final else pending.rows // limit * limit
         for start in range(0, full, limit):
-            self._wait_for_room()
-            pending.readers.append(self._write_file(pending.table(start, min(limit, full - start), where=self.path), wait=False))
-        if final:
-            pending.clear()
-            return
-        # The rows past the last full file go on in another buffer: this one's files are being made from it.
-        spare = self._spare_buffer()
-        spare.take_rest(pending, full)
-        pending.clear()
-        self._pending = spare
-
-    def _wait_for_room(self) -> None:
-        """Wait until fewer than FILES_IN_FLIGHT files are in the making (each holds a set of group
-        arrays); raise what went wrong with any file begun."""
-        while True:
-            if any(job.error is not None for job, _ in self._writing):
-                self._finish_file()  # raises it
-            busy = [job for job, _ in self._writing if not job.done.is_set()]
-            if len(busy) < FILES_IN_FLIGHT:
-                return
-            busy[0].done.wait()
-
-    def _spare_buffer(self) -> "_RowBuffer":
-        """A row buffer other than the one being filled whose files have all taken their rows; a new
-        one while there are fewer than FILES_IN_FLIGHT, else the first to become free."""
-        while True:
-            others = [buffer for buffer in self._buffers if buffer is not self._pending]
-            for buffer in others:
-                if all(job.taken.is_set() for job in buffer.readers):
-                    buffer.readers = []
-                    return buffer
-            if len(self._buffers) < FILES_IN_FLIGHT:
-                self._buffers.append(_RowBuffer())
-                return self._buffers[-1]
-            next(job for buffer in others for job in buffer.readers if not job.taken.is_set()).taken.wait()
+            self._write_file(pending.table(start, min(limit, full - start), where=self.path), wait=False)
+        pending.drop(full)
 
     def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]], *,
                    energy: Mapping[str, Any] | None = None) -> "_FileRecord | None":
@@ -898,7 +779,7 @@ class ProductWriter:
         (what encoding the unit cost) goes into the file's footer provenance.
         """
         rows = self._unit_rows
-        rows.clear()
+        rows.drop(rows.rows)
         for batch in batches:
             self._rows_seen += self._convert(batch, rows)
         if not rows.rows:
@@ -906,7 +787,7 @@ class ProductWriter:
         try:
             return self._write_file(rows.table(0, rows.rows, where=self.path), name=f"{name}.parquet", energy=energy)
         finally:
-            rows.clear()
+            rows.drop(rows.rows)
 
     def write_stored(self, table: pa.Table, *, name: str) -> "_FileRecord":
         """Write rows as a product already stores them (stored vector codes, ``bbox``, times...) as
@@ -930,14 +811,14 @@ class ProductWriter:
         return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
 
     def _write_file(self, table: pa.Table, *, name: str | None = None, energy: Mapping[str, Any] | None = None,
-                    wait: bool = True) -> "Any":
-        """Write ``table`` as one data file in Hilbert order and return its record. ``wait=False``
-        returns the job making it at once: ``table`` must stay as it is until the job has taken its
-        rows (``job.taken``); the file is recorded at close."""
+                    wait: bool = True) -> "_FileRecord | None":
+        """Write ``table`` as one data file in Hilbert order. ``wait=False`` returns once its rows
+        are taken from ``table`` (the file is recorded when the next one begins, or at close)."""
         import pyarrow.compute as pc
 
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
+        order = _geometry.hilbert_order(bounds)
         types = _geometry.geometry_types(table.column("geometry"))
         file_bbox = (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max()))
         geo = {
@@ -967,31 +848,45 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
+        # One file is encoded at a time (its groups reuse the arrays of the last one's); the last
+        # one's checksum may still be taken meanwhile. Records keep the order files were begun in.
+        self._finish_file(keep=1)
+        if self._writing:
+            job = self._writing[-1][0]
+            job.encoded.wait()
+            if job.error is not None:
+                self._finish_file()  # raises it
         name = name or f"part-{len(self._files) + len(self._writing):05d}.parquet"
         target = self.staging / DATA_DIR / name
         partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         job = _FileJob(partial, target, schema, {
             "compression": self.compression, "write_statistics": True, "store_schema": True,
             "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-        }, table=table, bounds=bounds, row_group_size=self.row_group_size, arrays=self._group_codes, background=not wait)
-        # The manifest facts come from what is being written, not from reading the file back; the
-        # distinct source ids, in stored order, once the job has put the rows in that order.
-        time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
+        })
+        sources: dict[str, None] = {}  # distinct source ids in stored order
         try:
-            record = _FileRecord(
-                path=target.relative_to(self.staging).as_posix(), rows=table.num_rows, bytes=0, sha256="",
-                bbox=file_bbox, start=pc.min(table.column(time_columns[0])).as_py(),
-                end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
-                footer=json.loads(metadata[FOOTER_KEY]), sources=[],
-            )
+            # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
+            # (a view of the row buffer) is no longer needed and the buffer can be refilled.
+            for group in _ordered_groups(table, order, rows=self.row_group_size, into=self._group_codes):
+                if job.error is not None:
+                    break
+                sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
+                job.put(group.replace_schema_metadata(metadata))
+            job.end()
         except BaseException:
             job.cancel()
             raise
+        # The manifest facts come from what is being written, not from reading the file back.
+        time_columns = ["datetime"] if "datetime" in table.column_names else ["start_datetime", "end_datetime"]
+        record = _FileRecord(
+            path=target.relative_to(self.staging).as_posix(), rows=table.num_rows, bytes=0, sha256="",
+            bbox=file_bbox, start=pc.min(table.column(time_columns[0])).as_py(),
+            end=pc.max(table.column(time_columns[-1])).as_py(), geometry_types=types,
+            footer=json.loads(metadata[FOOTER_KEY]), sources=[str(s) for s in sources],
+        )
         self._writing.append((job, record))
-        if not wait:
-            return job
-        self._finish_file()
-        return record
+        self._finish_file(keep=0 if wait else 1)  # the last file is complete by now, most likely
+        return record if wait else None
 
     def _finish_file(self, *, keep: int = 0) -> "_FileRecord | None":
         """Wait for the files being written, oldest first, until ``keep`` are left, and record each
@@ -1000,7 +895,7 @@ class ProductWriter:
         while len(self._writing) > keep:
             job, record = self._writing.pop(0)
             job.finish()
-            record.bytes, record.sha256, record.sources = job.size, job.sha256, job.sources
+            record.bytes, record.sha256 = job.size, job.sha256
             self._files.append(record)
         return record
 
@@ -1013,7 +908,6 @@ class ProductWriter:
         self._before_publish = before_publish
         self._finish_file()
         self._pending = _RowBuffer()
-        self._buffers = [self._pending]
         self._files = sorted(files, key=lambda f: f.path)
         for record in self._files:
             diff = contract_difference(self.model, record.footer["model"])
@@ -1073,7 +967,6 @@ class ProductWriter:
         was handed in (shared by ranks, resumable) is kept: it holds other writers' finished units."""
         self._closed = True
         self._pending = self._unit_rows = _RowBuffer()
-        self._buffers = [self._pending]
         while self._writing:
             self._writing.pop(0)[0].cancel()
         if self._owns_staging:

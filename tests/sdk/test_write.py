@@ -254,7 +254,7 @@ sys.path.insert(0, {repo!r})
 import eoembed
 from tests.factories import chips, model_contract
 writer = eoembed.ProductWriter({path!r}, model=model_contract(16), max_rows_per_file=100, normalize=True)
-writer.write(chips(250, 16))        # two data files are begun, each made by a thread of its own
+writer.write(chips(250, 16))        # two data files are begun; the first is complete
 os._exit(9)                         # a hard crash: no clean-up runs
 """
 
@@ -267,10 +267,8 @@ def test_a_crashed_write_never_reads_as_a_product(tmp_path):
     assert not target.exists()
     staging = [p for p in tmp_path.iterdir()]
     assert len(staging) == 1 and ".eoembed-staging-" in staging[0].name
-    # A file appears under its name only when complete; either may still have been in encoding
-    # (under a hidden temporary name) at the crash.
-    files = list((staging[0] / "data").glob("*.parquet"))
-    assert len(files) <= 2 and all(pq.read_metadata(file).num_rows == 100 for file in files)
+    # The second file may still have been in encoding (under a hidden temporary name) at the crash.
+    assert len(list((staging[0] / "data").glob("*.parquet"))) in (1, 2)
     with pytest.raises(eoembed.ProductNotFoundError, match="half-written staging folder"):
         eoembed.open(staging[0])
     # A new write to the same target is not disturbed by the leftover.
