@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-import shapely
 
 from eoembed._chipid import chip_ids
 from eoembed._errors import ImageryError
@@ -161,7 +160,7 @@ def encode_scene(
             "chip_id": chip_ids(grid_id=grid.id, grid_cells=grid_cells, col_offs=pixel_bbox[:, 0], row_offs=pixel_bbox[:, 1],
                                 chip_size=chip_size, times=[when] * n, source_ids=[source] * n),
             "native_crs": scene.crs,
-            "native_footprint": shapely.box(*batch.native_bounds[keep].T),
+            "native_bounds": batch.native_bounds[keep],
             "pixel_bbox": pixel_bbox,
             "valid_fraction": np.asarray(batch.valid_fraction)[keep],
         }

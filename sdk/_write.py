@@ -47,8 +47,10 @@ GROUPS_QUEUED = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
-# Keys a batch may hold: the columns, plus ``bounds`` as a shortcut for box geometries and the time.
-BATCH_KEYS = frozenset(REQUIRED_COLUMNS + OPTIONAL_COLUMNS + ("bounds", "datetime", "start_datetime", "end_datetime"))
+# Keys a batch may hold: the columns, plus ``bounds`` and ``native_bounds`` as shortcuts for box
+# geometries and box native footprints, and the time.
+BATCH_KEYS = frozenset(REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+                       + ("bounds", "native_bounds", "datetime", "start_datetime", "end_datetime"))
 
 _STORED_TYPES = {"float32": pa.float32(), "float16": pa.float16(), "int8": pa.int8(), "uint8": pa.uint8()}
 _QUANTIZATION_SHORTHANDS: dict[str, dict[str, Any]] = {
@@ -494,7 +496,8 @@ class ProductWriter:
         ``geometry`` (shapely geometries or WKB in OGC:CRS84) or ``bounds`` (n, 4 lon/lat boxes);
         ``datetime`` or ``start_datetime`` + ``end_datetime``; ``source_id``; ``grid_cell``;
         optionally ``chip_id`` (else derived from grid, cell, ``pixel_bbox`` offset, time and
-        source), ``native_crs``, ``native_footprint``, ``pixel_bbox``, ``valid_fraction``. Scalars
+        source), ``native_crs``, ``native_footprint`` (shapely geometries or WKB in ``native_crs``) or
+        ``native_bounds`` (n, 4 boxes in ``native_crs``), ``pixel_bbox``, ``valid_fraction``. Scalars
         are broadcast. ``model``, when given, must equal the writer's contract.
         """
         if self._closed:
@@ -691,9 +694,17 @@ class ProductWriter:
             columns[quant.scale_column or "scale"] = pa.array(np.asarray(row_scale, np.float32), pa.float32())
         if "native_crs" in chips:
             columns["native_crs"] = pa.array([str(c) for c in self._column(chips, "native_crs", n)], pa.string())
+        if "native_footprint" in chips and "native_bounds" in chips:
+            raise SpecError("batch has both 'native_footprint' and 'native_bounds'; give one of them")
         if "native_footprint" in chips:
             native_wkb, _, _ = _geometry.to_wkb(self._column(chips, "native_footprint", n))
             columns["native_footprint"] = pa.array(native_wkb, pa.binary())
+        elif "native_bounds" in chips:
+            # Boxes straight from their corners, as for 'bounds': no geometry object per chip.
+            native = np.asarray(chips["native_bounds"], dtype=float).reshape(-1, 4)
+            if len(native) != n:
+                raise DimensionMismatchError(f"'native_bounds' has {len(native)} rows, but the batch has {n} vectors")
+            columns["native_footprint"] = _geometry.box_wkb(native)
         if pixel_bbox is not None:
             columns["pixel_bbox"] = pa.FixedSizeListArray.from_arrays(pa.array(pixel_bbox.reshape(-1), pa.int32()), 4)
         if "valid_fraction" in chips:

@@ -496,3 +496,25 @@ def test_stored_rows_with_null_vectors_are_refused_by_file_name(tmp_path):
             writer.write_stored(table, name="part-00000")
         writer.write_stored(pq.read_table(source / "data" / "part-00000.parquet"), name="part-00000")
     assert eoembed.validate(tmp_path / "copy").findings == []
+
+
+def test_native_bounds_are_written_as_the_box_native_footprints(tmp_path):
+    import shapely
+    from pyproj import Transformer
+
+    batch = chips(120, 16, seed=12)
+    # The chips' own lon/lat boxes in their UTM zone (EPSG:32617), bounded: the footprints the validator expects.
+    to_utm = Transformer.from_crs("OGC:CRS84", batch["native_crs"], always_xy=True)
+    native = np.array([to_utm.transform_bounds(*box) for box in batch["bounds"]])
+    path = eoembed.write_product(tmp_path / "p", {**batch, "native_bounds": native}, model=model_contract(16), normalize=True)
+    stored = pq.read_table(path / "data" / "part-00000.parquet")
+    footprints = shapely.from_wkb(stored.column("native_footprint").to_numpy(zero_copy_only=False))
+    expected = dict(zip(batch["chip_id"], native.tolist()))
+    np.testing.assert_array_equal(shapely.bounds(footprints), [expected[c] for c in stored.column("chip_id").to_pylist()])
+    assert shapely.is_ccw(shapely.get_exterior_ring(footprints)).all()
+    assert eoembed.validate(path).findings == []
+    with pytest.raises(eoembed.SpecError, match="both 'native_footprint' and 'native_bounds'"):
+        eoembed.write_product(tmp_path / "q", {**batch, "native_bounds": native, "native_footprint": list(shapely.box(*native.T))},
+                              model=model_contract(16), normalize=True)
+    with pytest.raises(eoembed.DimensionMismatchError, match="'native_bounds' has 119 rows"):
+        eoembed.write_product(tmp_path / "r", {**batch, "native_bounds": native[:119]}, model=model_contract(16), normalize=True)
