@@ -16,10 +16,9 @@ def open_product(path: str | os.PathLike, *, verify: bool = False) -> "Product |
     every file's SHA-256."""
     from ._damage import read_json
     from ._read import Product, _resolve
-    from ._store import is_remote
 
     root = _resolve(path)
-    if not is_remote(root) and "eoembed:pixel" in read_json(root / "collection.json"):
+    if "eoembed:pixel" in read_json(root / "collection.json"):
         from ._pixel_read import PixelProduct
 
         return PixelProduct(root, verify=verify)

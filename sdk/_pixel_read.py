@@ -46,9 +46,9 @@ class PixelProduct:
         from ._read import _resolve
         from ._write import contract_difference, sha256_file
 
-        self.path = _resolve(path)
-        if not isinstance(self.path, Path):
-            raise SpecError(f"{self.path}: pixel products are read from a local folder for now; copy it first (eoembed copy)")
+        from ._store import size_of
+
+        self.path = _resolve(path)  # a local folder, or a UPath whose tiles are read in place
         self.collection: dict[str, Any] = read_json(self.path / "collection.json")
         version = self.collection.get("eoembed:spec_version")
         if version not in READABLE_SPEC_VERSIONS:
@@ -63,16 +63,19 @@ class PixelProduct:
         check_footer(self.metadata, where=str(self.path / "collection.json"))
         embedding = self.metadata["embedding"]
         self.quantization = _quantize.Quantization.from_dict(embedding["quantization"], dim=int(embedding["dim"]))
-        manifest = pq.read_table(self.path / MANIFEST).to_pylist()
+        from ._store import open_input
+
+        manifest = pq.read_table(open_input(self.path / MANIFEST)).to_pylist()
         self.tiles: list[_TileRef] = []
         for index, row in enumerate(manifest):
             from ._paths import inside
 
             tile_path = inside(self.path, row["path"], where=f"{self.path / MANIFEST} row {index}")
-            if not tile_path.exists():
+            size = size_of(tile_path)  # one stat, or one HEAD request at a URL
+            if size is None:
                 raise damaged(tile_path, f"is listed in {MANIFEST} row {index} but missing; the product is incomplete")
-            if tile_path.stat().st_size != row["bytes"]:
-                raise damaged(tile_path, f"has {tile_path.stat().st_size} bytes, but {MANIFEST} row {index} says {row['bytes']}")
+            if size != row["bytes"]:
+                raise damaged(tile_path, f"has {size} bytes, but {MANIFEST} row {index} says {row['bytes']}")
             if verify and sha256_file(tile_path) != row["sha256"]:
                 raise damaged(tile_path, f"has another SHA-256 than {MANIFEST} row {index} says")
             tile = read_tile(tile_path, data=False)

@@ -197,7 +197,7 @@ def _write_cog(path: Path, codes: np.ndarray, *, geo: TileGeo, metadata: dict[st
 
 
 def tile_format(path: Path) -> str:
-    name = Path(path).name
+    name = path.name if hasattr(path, "name") else Path(path).name  # a Path, a UPath or a string
     for form, suffix in TILE_SUFFIX.items():
         if name.endswith(suffix):
             return form
@@ -234,11 +234,35 @@ def _transform(value: Any, path: Path) -> tuple[float, float, float, float, floa
     return tuple(float(v) for v in value[:6])  # type: ignore[return-value]
 
 
-def _read_zarr(path: Path, window, data: bool) -> Tile:
-    zarr = require("zarr", extra="zarr")
+def _zip_store(path: Any):
+    """A read-only ZipStore of a local tile, or of one at a URL read in exact byte ranges: the zip's
+    directory, then the chunks a window needs (zipfile seeks in a remote file as in a local one)."""
+    import threading
+
     from zarr.storage import ZipStore
 
-    store = ZipStore(path, mode="r")
+    if isinstance(path, Path):
+        return ZipStore(path, mode="r")
+    from ._store import open_input
+
+    class RemoteZipStore(ZipStore):
+        def _sync_open(self) -> None:
+            self._handle = open_input(path)
+            self._lock = threading.RLock()
+            self._zf = zipfile.ZipFile(self._handle, mode="r")
+            self._is_open = True
+
+        def close(self) -> None:
+            super().close()
+            self._handle.close()
+
+    return RemoteZipStore(Path(path.name), mode="r")
+
+
+def _read_zarr(path: Path, window, data: bool) -> Tile:
+    zarr = require("zarr", extra="zarr")
+
+    store = _zip_store(path)
     try:
         # The arrays' own metadata, not the consolidated copy: what is checked is what is there.
         root = zarr.open_group(store=store, mode="r", zarr_format=3, use_consolidated=False)
@@ -272,7 +296,8 @@ def _read_cog(path: Path, window, data: bool) -> Tile:
     rasterio = require("rasterio", extra="produce")
     from rasterio.windows import Window
 
-    with rasterio.open(path) as src:
+    # At a URL, GDAL reads the COG's header and blocks through the store's file system, range by range.
+    with (rasterio.open(path) if isinstance(path, Path) else rasterio.open(path.path, opener=path.fs)) as src:
         if src.crs is None:
             raise GeoreferenceError(f"{path}: the GeoTIFF has no CRS")
         tags = src.tags()
