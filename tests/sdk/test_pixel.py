@@ -105,6 +105,26 @@ def test_cog_tiles_open_in_rasterio_with_their_georeferencing(products, quant):
     assert item["properties"]["proj:transform"] == [30.0, 0.0, TRANSFORM[2] + 64 * 30, 0.0, -30.0, TRANSFORM[5] - 32 * 30]
 
 
+# rioxarray's own coordinate code still multiplies affine transforms with `*`.
+@pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+@pytest.mark.parametrize("quant", ["none", "sqrt"])
+def test_cog_tiles_open_in_rioxarray_on_their_grid(products, quant):
+    import rioxarray
+
+    root = products["cog", quant]
+    path = root / "data" / "scene-a-r000032-c000064.tif"
+    band = rioxarray.open_rasterio(path, masked=False)
+    try:
+        assert band.dims == ("band", "y", "x") and band.shape == (16, 32, 26)
+        assert band.rio.crs.to_epsg() == 32618
+        assert tuple(band.rio.transform())[:6] == (30.0, 0.0, TRANSFORM[2] + 64 * 30, 0.0, -30.0, TRANSFORM[5] - 32 * 30)
+        assert np.allclose(band["x"].values[:2], [TRANSFORM[2] + 64 * 30 + 15, TRANSFORM[2] + 64 * 30 + 45])
+        codes = read_tile(path).codes
+        assert np.array_equal(band.values.transpose(1, 2, 0), codes, equal_nan=True)
+    finally:
+        band.close()
+
+
 @pytest.mark.parametrize("quant", ["int8-per-row", "sqrt"])
 def test_zarr_tiles_open_in_xarray_with_coordinates_and_crs(products, quant):
     import xarray as xr
