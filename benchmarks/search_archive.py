@@ -16,7 +16,7 @@ One run, one table:
             merged on rank 0): single-query p50 / p99 of ``Product.search(mode="ivf-rabitq")`` (the
             full result table), batch-of-100 throughput, recall@10, resident memory while serving;
 * faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
-            index re-ranks over all shards) and HNSW32 (efSearch 64) in memory, where the
+            index re-ranks a query) and HNSW32 (efSearch 64) in memory, where the
             float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size;
 * usearch   its HNSW (``--usearch-dtype`` vectors, default f16; connectivity 16, expansion 64) in
             memory (``--usearch-max-rows``).
@@ -173,8 +173,8 @@ def faiss_baselines(product, queries: np.ndarray, truth_ids: np.ndarray, args, n
         base.train(vectors[np.sort(rng.choice(len(vectors), min(len(vectors), 40 * nlist), replace=False))])
         index = faiss.IndexRefineFlat(base)
         index.add(vectors)
-        # As many rows re-ranked per query as the archive index re-ranks over all its shards.
-        reranked = (args.candidates or default_candidates(10, args.bits)) * len(product.files)
+        # As many rows re-ranked per query as the archive index re-ranks: one pool a query, all shards.
+        reranked = args.candidates or default_candidates(10, args.bits)
         measure(f"faiss IVF{nlist},PQ{dim // 4}, nprobe {args.nprobe}, float32 re-rank of {reranked}", index,
                 time.perf_counter() - started,
                 lambda i: (setattr(faiss.extract_index_ivf(i.base_index), "nprobe", args.nprobe), setattr(i, "k_factor", reranked / 10)))
@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--bits", type=int, default=1, help="bits a dimension in the RaBitQ codes (1 to 8)")
     parser.add_argument("--rerank", choices=["stored", "float16"], help="the re-rank rows (default: the index's own)")
-    parser.add_argument("--candidates", type=int, help="rows re-ranked per shard (default: the index's own)")
+    parser.add_argument("--candidates", type=int, help="rows re-ranked a query over all shards (default: the index's own)")
     parser.add_argument("--mpi", action="store_true", help="serve under mpirun -n 2 (each rank its own shards)")
     parser.add_argument("--ivfpq-max-rows", type=int, default=10_000_000)
     parser.add_argument("--hnsw-max-rows", type=int, default=1_000_000)
