@@ -112,16 +112,8 @@ class PixelProductWriter(ProductWriter):
                    source_id: str) -> _FileRecord:
         """Write one tile ``data/NAME`` (plus the format's suffix) of pixel embeddings ``(y, x, dim)``
         on ``geo`` right away (a work unit of a distributed job); returns its record."""
-        quant = self._pixel_quantization(embeddings)
-        codes, scale = _quantize.quantize_pixels(embeddings, quant)
-        rel = f"{DATA_DIR}/{name}{TILE_SUFFIX[self.pixel['format']]}"
-        tile = {"start_datetime": _iso(start), "end_datetime": _iso(end), "source_id": source_id}
-        write_tile_file(self.staging / rel, codes, scale, geo=geo, metadata=self.footer(end=_utcnow()), tile=tile,
-                   chunk=self.pixel["chunk_size_px"])
-        record = tile_record(self.staging / rel, root=self.staging)
-        self._files.append(record)
-        self._rows_seen += record.rows
-        return record
+        codes, scale = _quantize.quantize_pixels(embeddings, self._pixel_quantization(embeddings))
+        return self._stage_tile(name, codes, scale, geo=geo, start=start, end=end, source_id=source_id)
 
     def write_codes(self, name: str, codes: np.ndarray, scale: np.ndarray | None, *, geo: TileGeo, start: datetime,
                     end: datetime, source_id: str) -> _FileRecord:
@@ -135,6 +127,10 @@ class PixelProductWriter(ProductWriter):
                                          f"(y, x, {quant.stored_width()}) {quant.dtype}")
         if (scale is None) != (quant.method != "per-row") or (scale is not None and scale.shape != codes.shape[:2]):
             raise DimensionMismatchError(f"{name}: per-row codes need a per-pixel scale of shape {codes.shape[:2]}, other forms none")
+        return self._stage_tile(name, codes, scale, geo=geo, start=start, end=end, source_id=source_id)
+
+    def _stage_tile(self, name: str, codes: np.ndarray, scale: np.ndarray | None, *, geo: TileGeo, start: datetime,
+                    end: datetime, source_id: str) -> _FileRecord:
         rel = f"{DATA_DIR}/{name}{TILE_SUFFIX[self.pixel['format']]}"
         tile = {"start_datetime": _iso(start), "end_datetime": _iso(end), "source_id": source_id}
         write_tile_file(self.staging / rel, codes, scale, geo=geo, metadata=self.footer(end=_utcnow()), tile=tile,
