@@ -22,7 +22,8 @@ every shard estimates, the pool is cut at the ``candidates``-th best estimate ov
 MPI the ranks exchange their best estimates first), and each shard re-ranks only its rows above the
 cut. The rows read stay ``candidates`` a query however many shards there are, and any split of the
 files across ranks re-ranks the same rows and gives the same hits (the estimates of a row depend on
-its shard alone). Building streams over the stored rows
+its shard alone). By default the pool is at least 1 % of the rows a query's probed lists hold over
+the whole product (1-bit codes), so it grows with the product as those lists do. Building streams over the stored rows
 in batches (two passes: the training sample, then the codes); memory is bounded by one shard's
 codes, never the product's float32 vectors.
 """
@@ -64,10 +65,20 @@ def default_nlist(rows: int) -> int:
 FLAT_COARSE_MAX_LISTS = 4096
 
 
-def default_candidates(k: int, bits: int = 1) -> int:
+# Share of the rows a query's probed lists hold that 1-bit estimates pass to the re-rank. The lists
+# grow with the product, and a fixed pool with them loses recall: on 10M clustered 128-d rows (16 of
+# 2,048 lists probed, 78k rows) 400 candidates gave recall@10 0.962 and 1,000 gave 0.989.
+ONE_BIT_SHARE = 0.01
+
+
+def default_candidates(k: int, bits: int = 1, *, probed_rows: float = 0) -> int:
     """Rows re-ranked a query (one pool over every shard): 1-bit estimates need about 40k candidates
-    for recall@k >= 0.99; finer codes (``bits`` per dimension) rank well enough that fewer suffice."""
-    return max(400, 40 * k) if bits == 1 else max(100, 10 * k)
+    for recall@k >= 0.99, and at least ``ONE_BIT_SHARE`` of the ``probed_rows`` (the rows the probed
+    lists hold over the whole product); finer codes (``bits`` per dimension) rank well enough that
+    fewer suffice."""
+    if bits != 1:
+        return max(100, 10 * k)
+    return max(400, 40 * k, int(np.ceil(ONE_BIT_SHARE * probed_rows)))
 
 
 def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -481,6 +492,7 @@ class ArchiveSearcher:
         self.file_indexes = list(range(len(product.files))) if files is None else list(files)
         self._shards: dict[tuple[int, str], Shard] = {}
         self._folder: Path | None = None
+        self._build_facts: dict[str, dict[str, Any]] = {}  # metric -> the index build's meta (nlist, bits)
         self.using(metric)
 
     def using(self, metric: str | None) -> "ArchiveSearcher":
@@ -494,7 +506,7 @@ class ArchiveSearcher:
         """A searcher over ``files`` only (one MPI rank's) sharing this one's open shards, so repeated
         searches do not reopen them."""
         other = ArchiveSearcher(self.product, files=files, metric=self.metric)
-        other._shards = self._shards
+        other._shards, other._build_facts = self._shards, self._build_facts
         return other
 
     def cache(self, index: int, metric: str | None = None) -> Shard:
@@ -516,7 +528,7 @@ class ArchiveSearcher:
             raise SearchError(f"nprobe must be a positive integer, got {nprobe!r}")
         overlapping = set(self.product.files_overlapping(bbox, interval))
         indexes = [i for i in self.file_indexes if i in overlapping and (where_map is None or i in where_map)]
-        count = candidates or default_candidates(k, self._bits(indexes, metric))
+        count = candidates or self._default_candidates(k, metric, nprobe)
         if not indexes:
             if exchange is not None:  # the other ranks still cut their pool against this one's
                 exchange(np.full((len(queries), count), -np.inf, dtype=np.float32))
@@ -555,9 +567,20 @@ class ArchiveSearcher:
             return [Hits.empty() for _ in queries]
         return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]
 
-    def _bits(self, indexes: Sequence[int], metric: str) -> int:
-        """Bits a dimension of the codes (one build: the same in every shard)."""
-        return int(self.cache(indexes[0], metric).meta.get("bits", 1)) if indexes else 1
+    def _default_candidates(self, k: int, metric: str, nprobe: int) -> int:
+        """The pool of a query from facts of the whole product (its rows, and the lists and bits of
+        its one build, read from the first data file's index asset), so that every rank, whatever
+        its share of the shards, cuts a pool of the same size."""
+        from ._index import _index_asset, asset_key
+
+        if metric not in self._build_facts:  # read once: at a URL each read is a request
+            key = asset_key(KIND, metric)
+            self._build_facts[metric] = next((found[1] for i in range(len(self.product.files))
+                                              if (found := _index_asset(self.product, i, key)) is not None), {})
+        meta = self._build_facts[metric]
+        nlist = int(meta.get("nlist", 0))
+        probed = self.product.num_rows * min(nprobe, nlist) / nlist if nlist else 0
+        return default_candidates(k, int(meta.get("bits", 1)), probed_rows=probed)
 
     @staticmethod
     def _map(work, shards: list, queries: int) -> list:
