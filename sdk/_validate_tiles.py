@@ -1,6 +1,6 @@
 """Validation of one tile of a pixel product (codes ``PIX``, and the shared ``JSN``/``EMB``/``IDT`` checks).
 
-:class:`TileChecker` is the chip checker (:class:`eoembed._validate._DataFileChecker`) with the
+:class:`TileChecker` is the chip checker (:class:`eoembed._validate_file._DataFileChecker`) with the
 tile's reading in place of Parquet streaming: the footer, quantisation, vector, round-trip and norm
 checks are the chip product's own, run on the tile's pixels with data. The product checker calls it
 for every data file of a pixel product and compares the Item and manifest with the record it gives.
@@ -16,7 +16,7 @@ import numpy as np
 
 from ._errors import GeoreferenceError, ImageryError, QuantizationError, SpecError
 from ._spec import FOOTER_KEY
-from ._validate import _DataFileChecker
+from ._validate_file import _DataFileChecker
 
 _DIMENSIONS = ["y", "x", "dim"]
 
