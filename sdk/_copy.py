@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import tempfile
 from pathlib import Path
 from contextlib import contextmanager
 from typing import IO, Any, Iterator
@@ -132,21 +131,3 @@ def copy(source: str | os.PathLike, target: str | os.PathLike, *, overwrite: boo
     ordered = [n for n in names if n not in _LAST] + list(_LAST)
     size = sum(copy_file(product.path / n, destination / n, sha256=sha.get(n)) for n in ordered)
     return {"source": str(product.path), "target": str(destination), "files": len(ordered), "bytes": size}
-
-
-def validate_remote(path, **options: Any):
-    """Validate a product at a URL: checksums and vectors need every byte, so it is fetched into a
-    temporary folder once and validated there; findings are reported under the URL."""
-    from ._validate import validate
-
-    root = location(path)
-    with tempfile.TemporaryDirectory(prefix="eoembed-validate-") as folder:
-        if root.name.endswith((".parquet", ".gpq", ".geoparquet")):
-            local = Path(folder) / root.name
-            copy_file(root, local)
-        else:
-            root = root.parent if root.name == "collection.json" else root
-            local = download(root, Path(folder) / (root.name or "product"))
-        report = validate(local, **options)
-    report.target = str(path)
-    return report

@@ -38,9 +38,7 @@ def validate(path: str | Path, *, max_errors: int | None = None, check_checksums
     from ._store import is_remote
 
     if is_remote(path):
-        from ._copy import validate_remote
-
-        return validate_remote(path, max_errors=max_errors, check_checksums=check_checksums)
+        return _validate_remote(path, max_errors=max_errors, check_checksums=check_checksums)
     path = Path(path)
     if not path.exists():
         raise ProductNotFoundError(f"{path} does not exist")
@@ -59,6 +57,27 @@ def validate(path: str | Path, *, max_errors: int | None = None, check_checksums
                    "delete it and write the product again", file=path.name)
         return report
     _ProductChecker(report, path, check_checksums=check_checksums).run()
+    return report
+
+
+def _validate_remote(path, **options: Any) -> Report:
+    """Validate a product at a URL: checksums and vectors need every byte, so it is fetched into a
+    temporary folder once and validated there; findings are reported under the URL."""
+    import tempfile
+
+    from ._copy import copy_file, download
+    from ._store import location
+
+    root = location(path)
+    with tempfile.TemporaryDirectory(prefix="eoembed-validate-") as folder:
+        if root.name.endswith((".parquet", ".gpq", ".geoparquet")):
+            local = Path(folder) / root.name
+            copy_file(root, local)
+        else:
+            root = root.parent if root.name == "collection.json" else root
+            local = download(root, Path(folder) / (root.name or "product"))
+        report = validate(local, **options)
+    report.target = str(path)
     return report
 
 
