@@ -16,7 +16,7 @@ SPEC = REPO / "spec"
 EXAMPLES = SPEC / "examples"
 INVALID = EXAMPLES / "invalid"
 README = SPEC / "README.md"
-VALIDATORS = (REPO / "sdk" / "_validate.py", REPO / "sdk" / "_validate_tiles.py")
+VALIDATORS = (REPO / "sdk" / "_validate.py", REPO / "sdk" / "_validate_file.py", REPO / "sdk" / "_validate_tiles.py")
 
 VALID_FILES = sorted(EXAMPLES.glob("*.json"))
 INVALID_FILES = sorted(INVALID.glob("*.json"))
