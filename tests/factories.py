@@ -123,3 +123,11 @@ def assert_cli_hits_match(out: Path, expected: pa.Table) -> None:
     assert [(r["query"], r["chip_id"]) for r in got] == list(zip(expected.column("query").to_pylist(),
                                                                  expected.column("chip_id").to_pylist()))
     np.testing.assert_allclose([r["distance"] for r in got], expected.column("distance").to_numpy(), atol=1e-6)
+
+
+def nc_band_values_contract() -> dict:
+    """The contract of a pixel product whose vectors are the NC Landsat-7 scene's five band values."""
+    return {"name": "band-values", "version": "1", "framework": "numpy", "weights_sha256": None, "architecture": "identity",
+            "pooling": "none", "output": {"dim": 5},
+            "input": {"bands": [{"name": f"B{i + 1}", "source": "landsat_multiband.tif"} for i in range(5)], "chip_size_px": 1,
+                      "stride_px": 1, "gsd_m": 28.5, "normalization": {"method": "none"}}}

@@ -13,6 +13,7 @@ import rasterio
 
 import eoembed
 from tests.conftest import NC_POINTS, NC_SCENE
+from tests.factories import nc_band_values_contract
 from tests.sdk.importers.fixtures import alphaearth_cog, tessera_tile
 from tests.test_cli import run
 
@@ -25,10 +26,7 @@ def bands_product(shared_data, tmp_path_factory):
     with rasterio.open(shared_data / NC_SCENE) as ds:
         bands, transform, crs = ds.read().transpose(1, 2, 0).astype(np.float32), ds.transform, ds.crs
         bands[(bands == ds.nodata).any(axis=2)] = np.nan
-    model = {"name": "band-values", "version": "1", "framework": "numpy", "weights_sha256": None, "architecture": "identity",
-             "pooling": "none", "output": {"dim": 5},
-             "input": {"bands": [{"name": f"B{i + 1}", "source": "landsat_multiband.tif"} for i in range(5)], "chip_size_px": 1,
-                       "stride_px": 1, "gsd_m": 28.5, "normalization": {"method": "none"}}}
+    model = nc_band_values_contract()
     scene = {"embeddings": bands, "crs": crs, "transform": transform, "source_id": "landsat_multiband",
              "datetime": datetime(2000, 6, 1, tzinfo=timezone.utc)}
     return eoembed.write_pixel_product(tmp_path_factory.mktemp("nc") / "bands", scene, model=model, tile_size=256)

@@ -13,6 +13,7 @@ from affine import Affine
 
 import eoembed
 from tests.conftest import NC_POINTS, NC_SCENE
+from tests.factories import nc_band_values_contract
 from tests.servers import total_bytes, upload
 
 
@@ -26,10 +27,7 @@ def served_pixels(request, served, shared_data):
         window = ((100, 340), (150, 390))
         bands = ds.read(window=window).transpose(1, 2, 0).astype(np.float32)
         transform, crs = ds.transform @ Affine.translation(150, 100), ds.crs
-    model = {"name": "band-values", "version": "1", "framework": "numpy", "weights_sha256": None, "architecture": "identity",
-             "pooling": "none", "output": {"dim": 5},
-             "input": {"bands": [{"name": f"B{i + 1}", "source": "landsat_multiband.tif"} for i in range(5)], "chip_size_px": 1,
-                       "stride_px": 1, "gsd_m": 28.5, "normalization": {"method": "none"}}}
+    model = nc_band_values_contract()
     scene = {"embeddings": bands, "crs": crs, "transform": transform, "source_id": "nc",
              "datetime": datetime(2000, 6, 1, tzinfo=timezone.utc)}
     name = f"pixels-{form}"
