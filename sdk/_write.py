@@ -14,8 +14,10 @@ import hashlib
 import json
 import os
 import platform
+import queue
 import shutil
 import socket
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -138,18 +140,112 @@ def publishable_weights(model: Mapping[str, Any]) -> tuple[dict[str, Any], Path 
     return model, local
 
 
+def _squared_norms(vectors: np.ndarray, *, rows: int = 2048) -> np.ndarray:
+    """The rows' sums of squares, as ``np.add.reduce(vectors * vectors, axis=1)`` makes them (the same
+    bits), a block of rows at a time: the squares of a block stay in the cache, where the squares of
+    a whole batch would be fresh memory, made and freed for every batch."""
+    squared = np.empty(len(vectors), dtype=vectors.dtype)
+    block = np.empty((min(rows, len(vectors)), vectors.shape[1]), dtype=vectors.dtype)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for start in range(0, len(vectors), rows):
+            part = vectors[start : start + rows]
+            np.multiply(part, part, out=block[: len(part)])
+            np.add.reduce(block[: len(part)], axis=1, out=squared[start : start + rows])
+    return squared
+
+
+def populate_in_background(array: np.ndarray) -> "threading.Thread | None":
+    """Have the kernel give ``array`` its memory now, on a thread of its own, without touching its
+    contents (Linux ``madvise(MADV_POPULATE_WRITE)``, kernel 5.14 and later; elsewhere nothing is
+    done). A fresh array's pages are otherwise made one fault at a time by the first write to each,
+    in the thread that fills it, which costs as much as the filling itself (measured). Returns the
+    thread, or None where nothing is done."""
+    import sys
+
+    if not sys.platform.startswith("linux") or array.nbytes < 64 << 20:
+        return None
+    import ctypes
+    import mmap
+
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    page, populate_write, step = mmap.PAGESIZE, 23, 16 << 20
+    start = -(-array.ctypes.data // page) * page
+    end = (array.ctypes.data + array.nbytes) // page * page
+
+    def run() -> None:
+        for offset in range(start, end, step):  # in steps, so that a filling thread may overtake it
+            if madvise(offset, min(step, end - offset), populate_write) != 0:
+                return  # an older kernel (EINVAL): the pages come one fault at a time, as usual
+
+    # The thread holds the array, so its memory lives until the thread is done with it.
+    thread = threading.Thread(target=lambda held=array: run(), name="eoembed-populate", daemon=True)
+    thread.start()
+    return thread
+
+
+class _GrowingFileHash:
+    """SHA-256 of a file that is being appended to, taken on a thread of its own as it grows: the
+    bytes are read back from the page cache, which costs little beside the hash itself and less
+    than passing every byte through Python on the way out (measured). :meth:`grew` says the file
+    has grown (the hash catches up with its size then); :meth:`finish` hashes what is left and
+    returns ``(size, hex digest)``."""
+
+    def __init__(self, path: Path) -> None:
+        self._path, self._digest, self._hashed = path, hashlib.sha256(), 0
+        self._sizes: "queue.SimpleQueue[int | None]" = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"eoembed-hash-{path.name}", daemon=True)
+        self._thread.start()
+
+    def grew(self) -> None:
+        self._sizes.put(self._path.stat().st_size)
+
+    def _run(self) -> None:
+        handle = None
+        try:
+            while (size := self._sizes.get()) is not None:
+                if self._error is not None:
+                    continue
+                handle = handle or self._path.open("rb")
+                while self._hashed < size:
+                    block = handle.read(min(1 << 22, size - self._hashed))
+                    if not block:
+                        raise OSError(f"{self._path} is shorter than the {size} bytes written to it")
+                    self._digest.update(block)
+                    self._hashed += len(block)
+        except BaseException as error:  # re-raised by finish()
+            self._error = error
+        finally:
+            if handle is not None:
+                handle.close()
+
+    def stop(self) -> None:
+        """No more growth: wait for the thread (it has hashed what it was told of by then)."""
+        if self._thread.is_alive():
+            self._sizes.put(None)
+            self._thread.join()
+
+    def finish(self) -> tuple[int, str]:
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        return self._hashed, self._digest.hexdigest()
+
+
 class _FileJob:
     """One data file on its way to disk. The caller puts its row groups, already in stored order,
     and gathers the next group while a thread of the job's own encodes the last one as Parquet
     (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
     group after group. The last groups are encoded while the writer takes the next batches, and
-    the file's checksum is taken while the next file is encoded (:attr:`encoded` tells when that
-    may begin). The file appears under its name only when complete."""
+    the file's checksum is taken as the file grows, by a third thread (:class:`_GrowingFileHash`),
+    so that only the footer is left to hash once the last group is encoded (:attr:`encoded` tells
+    when the next file may begin). The file appears under its name only when complete."""
 
     def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
-        import queue
-        import threading
-
         self.partial, self.target = partial, target
         self._schema, self._options = schema, dict(options)
         self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=GROUPS_QUEUED)  # bounded: see _GroupCodes
@@ -165,24 +261,26 @@ class _FileJob:
 
     def _run(self) -> None:
         ended = False  # the closing None was taken
+        digest = _GrowingFileHash(self.partial)
         try:
             with pq.ParquetWriter(self.partial, self._schema, **self._options) as out:
                 while (group := self._groups.get()) is not None:
                     if not self._cancelled:
                         out.write_table(group, row_group_size=group.num_rows)
+                        # A row group is on disk once written; Parquet never rewrites what it wrote.
+                        digest.grew()
                 ended = True
             self.encoded.set()
             if not self._cancelled:
-                # Hashing the file just written reads it from the page cache: that costs little
-                # beside the hash itself, less than passing every byte through Python on the way
-                # out (measured); it runs here, beside the encoding of the next file.
-                size, digest = self.partial.stat().st_size, sha256_file(self.partial)
-                if not self._cancelled:  # asked again: the hash takes a while
-                    self.size, self.sha256 = size, digest
+                digest.grew()  # the footer
+                size, sha256 = digest.finish()
+                if not self._cancelled:  # asked again: the hash may still have been running
+                    self.size, self.sha256 = size, sha256
                     os.replace(self.partial, self.target)
         except BaseException as error:  # re-raised by finish() in the writer's thread
             self.error = error
         finally:
+            digest.stop()
             self.encoded.set()
             while not ended and self._groups.get() is not None:  # drop what is put after a failure
                 pass
@@ -264,6 +362,7 @@ class _RowBuffer:
             # Grow by doubling, so a long unit costs a few copies; np.empty touches no memory yet.
             size = max(self.rows + n, capacity, 2 * len(codes) if codes is not None else 0)
             grown = np.empty((size, width), dtype=dtype)
+            populate_in_background(grown)
             if codes is not None and self.rows:
                 grown[: self.rows] = codes[: self.rows]
             self.codes = codes = grown
@@ -569,8 +668,7 @@ class ProductWriter:
         # all-zero vector gives 0. Overflow and underflow can only raise false alarms, which the exact
         # check of the flagged rows clears. The sums are those np.linalg.norm takes (same order), so
         # normalised vectors are bit-identical to those of the per-row checks this pass replaced.
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            squared = np.add.reduce(vectors * vectors, axis=1)
+        squared = _squared_norms(vectors)
         flagged = np.flatnonzero(~(squared > 0) | ~np.isfinite(squared))
         zero_rows = flagged[:0]
         if flagged.size:

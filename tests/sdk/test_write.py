@@ -433,10 +433,10 @@ def test_a_failed_disk_write_leaves_no_product_and_no_thread(tmp_path, monkeypat
 
     import eoembed._write as write_module
 
-    def full_disk(path, **options):
-        raise OSError(28, "No space left on device", str(path))
+    def full_disk(self):
+        raise OSError(28, "No space left on device", str(self._path))
 
-    monkeypatch.setattr(write_module, "sha256_file", full_disk)  # the encoder thread's last step
+    monkeypatch.setattr(write_module._GrowingFileHash, "finish", full_disk)  # the file job's last step
     before = threading.active_count()
     with pytest.raises(OSError, match="No space left"):
         with eoembed.ProductWriter(tmp_path / "p", model=model_contract(16), normalize=True, max_rows_per_file=100) as writer:
@@ -518,3 +518,57 @@ def test_native_bounds_are_written_as_the_box_native_footprints(tmp_path):
                               model=model_contract(16), normalize=True)
     with pytest.raises(eoembed.DimensionMismatchError, match="'native_bounds' has 119 rows"):
         eoembed.write_product(tmp_path / "r", {**batch, "native_bounds": native[:119]}, model=model_contract(16), normalize=True)
+
+
+def test_the_hash_of_a_growing_file_is_the_hash_of_the_whole_file(tmp_path):
+    import hashlib
+
+    from eoembed._write import _GrowingFileHash
+
+    path = tmp_path / "growing.bin"
+    parts = [np.random.default_rng(i).bytes(size) for i, size in enumerate([0, 5, 3 << 20, 1, 5 << 20, 17])]
+    digest = _GrowingFileHash(path)
+    with path.open("wb") as out:
+        for part in parts:
+            out.write(part)
+            out.flush()
+            digest.grew()
+    assert digest.finish() == (sum(map(len, parts)), hashlib.sha256(b"".join(parts)).hexdigest())
+
+
+def test_a_file_shorter_than_told_fails_its_hash(tmp_path):
+    from eoembed._write import _GrowingFileHash
+
+    path = tmp_path / "shrinking.bin"
+    path.write_bytes(b"x" * 100)
+    digest = _GrowingFileHash(path)
+    digest.grew()
+    digest._sizes.put(200)  # as if 200 bytes had been written
+    with pytest.raises(OSError, match="shorter than the 200 bytes"):
+        digest.finish()
+
+
+def test_squared_norms_are_those_of_one_reduce_block_by_block():
+    from eoembed._write import _squared_norms
+
+    vectors = np.random.default_rng(3).standard_normal((5000, 37), dtype=np.float32)
+    vectors[7] = np.float32(1e25)  # squares overflow to inf, as the one-pass reduce gives them
+    with np.errstate(over="ignore"):
+        expected = np.add.reduce(vectors * vectors, axis=1)
+    got = _squared_norms(vectors, rows=1024)  # 5000 rows: the last block is a part
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert _squared_norms(vectors[:0]).shape == (0,)
+
+
+def test_memory_populated_in_the_background_keeps_what_is_written_into_it():
+    from eoembed._write import populate_in_background
+
+    row = np.arange(128, dtype=np.float32)
+    array = np.empty((1 << 17, 128), dtype=np.float32)  # 64 MiB
+    array[: 1 << 16] = row  # written before: the first half of the pages exists already
+    thread = populate_in_background(array)
+    array[1 << 16 :] = row  # written while the kernel populates the rest
+    if thread is not None:  # Linux
+        thread.join()
+    assert (array == row).all()
+    assert populate_in_background(np.empty(10)) is None  # small arrays are left to the faults
