@@ -49,6 +49,8 @@ from ._optional import require
 from ._search import FileRows, Hits, _as_us, _blocks, _rows_in, _time_columns, cache_dir, exact_scores, top_k
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from ._read import Product
 
 KIND = "ivf-rabitq"
@@ -463,24 +465,57 @@ class Shard(FileRows):
         scores[found < 0] = -np.inf
         return scores, found
 
-    def rerank(self, queries: np.ndarray, candidates: Sequence[np.ndarray], *, k: int) -> list[Hits]:
-        """Scores of the re-rank rows at the candidates only (rows that decode to NaN are nodata)."""
-        from ._quantize import dequantize
+    def rerank_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The re-rank file's codes at ``rows``: (the rows sorted, so the mapping is read in file
+        order; their codes as that file holds them)."""
+        rows = np.sort(rows)
+        return rows, self.vectors[rows]
 
-        out = []
-        for q, rows in enumerate(candidates):
-            rows = np.unique(rows[rows >= 0])
-            if self.quantization is None:
-                vectors = np.asarray(self.vectors[rows], dtype=np.float32)
-            else:  # the stored codes: de-quantised exactly as exact search decodes them
-                vectors = dequantize(np.asarray(self.vectors[rows]), self.quantization)
-            norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-            scores = exact_scores(vectors, norms, queries[q : q + 1], self.metric)[:, 0]
-            keep = np.isfinite(scores)
-            rows, scores = rows[keep], scores[keep]
-            best = top_k(scores, k)
-            out.append(Hits(scores[best], np.full(len(best), self.index), rows[best]).best(k))
-        return out
+
+def rerank_pool(query: np.ndarray, parts: Sequence[tuple[Shard, np.ndarray, np.ndarray]], *, k: int,
+                metric: str) -> Hits:
+    """The exact top-k of one prepared query among its candidate pool, ``parts`` holding each shard's
+    (shard, rows, re-rank codes) (rows that decode to NaN are nodata). The shards of one build share
+    one re-rank form, so the whole pool is decoded and scored in one pass instead of a pass a shard.
+    Every value is computed a row at a time (no matrix product, whose blocking depends on the rows
+    beside a row), so a row's score does not depend on the other rows of the pool: any split of the
+    shards over ranks gives the same scores and hits."""
+    from ._quantize import dequantize
+    from ._search import scores_of_products
+
+    parts = [part for part in parts if len(part[1])]
+    if not parts:
+        return Hits.empty()
+    forms = {(part[0].quantization, part[2].dtype, part[2].shape[1]) for part in parts}
+
+    def decoded(codes: np.ndarray, quantization) -> np.ndarray:
+        # The stored codes de-quantised exactly as exact search decodes them; float16 rows as they are.
+        return np.asarray(codes, dtype=np.float32) if quantization is None else dequantize(codes, quantization)
+
+    if len(forms) == 1:
+        vectors = decoded(np.concatenate([part[2] for part in parts]), parts[0][0].quantization)
+    else:  # not one build: each part in its own form
+        vectors = np.concatenate([decoded(part[2], part[0].quantization) for part in parts])
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
+    scores = scores_of_products(np.einsum("ij,j->i", vectors, query)[:, None], norms, metric)[:, 0]
+    files = np.concatenate([np.full(len(part[1]), part[0].index, dtype=np.int64) for part in parts])
+    rows = np.concatenate([part[1] for part in parts]).astype(np.int64, copy=False)
+    keep = np.isfinite(scores)
+    return Hits(scores[keep], files[keep], rows[keep]).best(k)
+
+
+_SHARD_POOL: "ThreadPoolExecutor | None" = None
+
+
+def _shard_pool() -> "ThreadPoolExecutor":
+    """The threads that work the shards of a query, one a core, made once a process: starting threads
+    for every query cost more than a small query's work (measured)."""
+    global _SHARD_POOL
+    if _SHARD_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _SHARD_POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="eoembed-shard")
+    return _SHARD_POOL
 
 
 class ArchiveSearcher:
@@ -558,14 +593,13 @@ class ArchiveSearcher:
             local = best_estimates(np.concatenate([e[1] for e in estimated], axis=1), count)
         cut = best_estimates(exchange(local) if exchange is not None else local, count)[:, -1]
 
-        def rerank(entry: tuple[Shard, np.ndarray, np.ndarray]) -> list[Hits]:
-            shard, estimates, found = entry
-            return shard.rerank(queries, [rows[(est >= c) & (rows >= 0)] for est, rows, c in zip(estimates, found, cut)], k=k)
+        def gather(entry: tuple[Shard, np.ndarray, np.ndarray]) -> tuple[Shard, list[tuple[np.ndarray, np.ndarray]]]:
+            shard, estimates, found = entry  # each shard reads its rows above the cut (threads: reads may wait on disk)
+            return shard, [shard.rerank_rows(rows[(est >= c) & (rows >= 0)]) for est, rows, c in zip(estimates, found, cut)]
 
-        per_file = self._map(rerank, estimated, len(queries)) if estimated else []
-        if not per_file:
-            return [Hits.empty() for _ in queries]
-        return [Hits.merge([hits[q] for hits in per_file], k) for q in range(len(queries))]
+        pools = self._map(gather, estimated, len(queries)) if estimated else []
+        return [rerank_pool(queries[q], [(shard, *picked[q]) for shard, picked in pools], k=k, metric=metric)
+                for q in range(len(queries))]
 
     def _default_candidates(self, k: int, metric: str, nprobe: int) -> int:
         """The pool of a query from facts of the whole product (its rows, and the lists and bits of
@@ -592,11 +626,9 @@ class ArchiveSearcher:
         workers = min(len(shards), os.cpu_count() or 1)
         if queries > workers or workers == 1:
             return [work(shard) for shard in shards]
-        from concurrent.futures import ThreadPoolExecutor
 
         def alone(shard):
             with faiss_threads(1):  # OpenMP's thread count is per calling thread
                 return work(shard)
 
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(alone, shards))
+        return list(_shard_pool().map(alone, shards))

@@ -225,16 +225,17 @@ def test_one_candidate_pool_a_query_however_many_shards(built, monkeypatch):
 
     product, _ = built
     reranked = []
-    original = Shard.rerank
+    original = Shard.rerank_rows
 
-    def counting(self, queries, candidates, *, k):
-        reranked.append(sum(len(rows) for rows in candidates))
-        return original(self, queries, candidates, k=k)
+    def counting(self, rows):
+        reranked.append((self.index, len(rows)))
+        return original(self, rows)
 
-    monkeypatch.setattr(Shard, "rerank", counting)
+    monkeypatch.setattr(Shard, "rerank_rows", counting)
     queries = queries_of(product, 5)
     found = product.search(queries, k=10, mode="ivf-rabitq", candidates=60)
-    assert len(reranked) == 3 and sum(reranked) == 5 * 60  # 60 a query over 3 shards, not 60 a shard
+    assert len({shard for shard, _ in reranked}) == 3  # every shard read its part of each pool
+    assert sum(rows for _, rows in reranked) == 5 * 60  # 60 a query over 3 shards, not 60 a shard
     assert found.num_rows == 5 * 10
 
 
