@@ -273,6 +273,39 @@ def test_cli_builds_and_lists_the_archive_index(tmp_path, capsys):
         main(["index", "build", str(path), "--kind", "int8", "--sample", "10"])
 
 
+def test_a_rows_score_in_the_pool_does_not_depend_on_the_rows_beside_it(built):
+    from eoembed._archive import ArchiveSearcher, rerank_pool
+
+    product, _ = built
+    searcher = ArchiveSearcher(product)
+    shards = [searcher.cache(i) for i in range(len(product.files))]
+    query = _prepare_queries(queries_of(product, 1), "cosine")[0]
+    rng = np.random.default_rng(4)
+    parts = [(shard, *shard.rerank_rows(rng.choice(shard.rows, 97, replace=False))) for shard in shards]
+
+    def scores(pool):
+        hits = rerank_pool(query, pool, k=10_000, metric="cosine")
+        return dict(zip(zip(hits.files.tolist(), hits.rows.tolist()), hits.scores.tolist()))
+
+    whole = scores(parts)
+    assert len(whole) == 3 * 97
+    for pool in ([parts[1]], [parts[2], parts[0]], [parts[0][:1] + (parts[0][1][:5], parts[0][2][:5])]):
+        alone = scores(pool)
+        assert alone and all(whole[key] == value for key, value in alone.items())  # the same bits
+    exact = {(int(f), int(r)): s for f, r, s in zip(*[np.asarray(a) for a in _exact_scores_of(product, query)])}
+    assert all(abs(exact[key] - value) <= 1e-5 for key, value in whole.items())
+
+
+def _exact_scores_of(product, query):
+    """Every row's cosine similarity to a unit query from the decoded vectors: (files, rows, scores)."""
+    vectors = product.to_numpy()
+    scores = vectors @ query / np.linalg.norm(vectors, axis=1)
+    sizes = [int(r) for r in product.manifest.column("rows").to_pylist()]
+    files = np.repeat(np.arange(len(sizes)), sizes)
+    rows = np.concatenate([np.arange(n) for n in sizes])
+    return files, rows, scores
+
+
 @pytest.mark.mpi
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_mpirun_shards_give_the_hits_of_one_process(built, ranks, tmp_path):
