@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/search_archive.py --rows 1000000 --dim 128 [--out DIR] [--mpi]
         [--rows-per-file 1000000] [--clusters 1000] [--queries 100] [--nprobe 16] [--candidates N]
         [--nlist N] [--bits 1] [--rerank stored|float16] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000]
-        [--usearch-max-rows 1000000] [--usearch-dtype f16] [--json FILE]
+        [--usearch-max-rows 1000000] [--usearch-dtype f16] [--page-cache as-is|cold|codes-hot] [--json FILE]
 
 One run, one table:
 
@@ -14,8 +14,9 @@ One run, one table:
             force over the stored vectors (kept beside the product, ``.NAME.truth-*.npz``, and reused
             while the product's manifest and the queries are the same);
 * serve     in a fresh process (under ``mpirun -n 2`` with ``--mpi``: each rank its own shards, top-k
-            merged on rank 0): single-query p50 / p99 of ``Product.search(mode="ivf-rabitq")`` (the
-            full result table), batch-of-100 throughput, recall@10, resident memory while serving;
+            merged on rank 0; ``--page-cache`` sets what of the index is in memory first): single-query
+            p50 / p99 of ``Product.search(mode="ivf-rabitq")`` (the full result table), batch-of-100
+            throughput, recall@10, resident memory while serving;
 * faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
             index re-ranks a query) and HNSW32 (efSearch 64) in memory, where the
             float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size;
@@ -111,6 +112,28 @@ def serve(args: argparse.Namespace) -> None:
 
 
 # -- the run -------------------------------------------------------------------------------------
+
+
+def set_page_cache(folder: Path, state: str) -> float | None:
+    """Before serving: ``cold`` drops the index and re-rank files from the page cache (the kernel
+    drops the clean pages that no process maps); ``codes-hot`` drops the re-rank rows and reads the
+    index files (codes and ids) once, as a server that keeps its codes in memory would at start.
+    Returns the seconds the codes took to read (None for ``cold``)."""
+    index = sorted((folder / "index").glob("*"))
+    for path in index:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    if state == "cold":
+        return None
+    started = time.perf_counter()
+    for path in (p for p in index if p.suffix == ".faiss"):
+        with path.open("rb") as handle:
+            while handle.read(1 << 24):
+                pass
+    return time.perf_counter() - started
 
 
 def du(paths) -> int:
@@ -231,6 +254,9 @@ def main() -> None:
     parser.add_argument("--usearch-dtype", default="f16", choices=["f32", "f16", "i8"], help="usearch's vector type")
     parser.add_argument("--out", help="product folder (kept and reused); default a temporary folder")
     parser.add_argument("--reuse-index", action="store_true", help="serve the product's existing ivf-rabitq index")
+    parser.add_argument("--page-cache", default="as-is", choices=["as-is", "cold", "codes-hot"],
+                        help="the index files' pages before serving: as left by the run, dropped, or the "
+                             "re-rank rows dropped and the codes read once")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--serve-queries", help=argparse.SUPPRESS)
@@ -285,6 +311,9 @@ def main() -> None:
         truth_ids = chip_ids(product, truth)
         np.savez(kept, queries=queries, truth=truth_ids, seconds=figures["truth_seconds"])
 
+    figures["page_cache"] = args.page_cache
+    if args.page_cache != "as-is":
+        figures["codes_read_seconds"] = set_page_cache(folder, args.page_cache)
     with tempfile.TemporaryDirectory() as scratch:
         np.savez(Path(scratch) / "q.npz", queries=queries, truth=truth_ids)
         command = [sys.executable, __file__, "--serve", str(folder), "--serve-queries", str(Path(scratch) / "q.npz"),
@@ -329,6 +358,9 @@ def report(f: dict) -> None:
         print(f"search cache beside the product (metadata columns): {f['cache_bytes'] / rows:.1f} B/row")
     print(f"streaming exact top-10 of {f['queries']} queries: {f['truth_seconds']:.1f} s"
           + (f" (when computed; reused from {f['truth_reused']})" if "truth_reused" in f else ""))
+    if f.get("page_cache", "as-is") != "as-is":
+        print(f"page cache before serving: {f['page_cache']}" + (f" (codes read in {f['codes_read_seconds']:.1f} s)"
+                                                                if f.get("codes_read_seconds") is not None else ""))
     print(f"first search (opens the shards): {serve['open_seconds']:.2f} s\n")
     print("| method | p50 ms | p99 ms | batch-100 q/s | recall@10 | resident memory |")
     print("|---|---:|---:|---:|---:|---|")
