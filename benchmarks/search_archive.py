@@ -301,8 +301,9 @@ def main() -> None:
     # and the queries), so that serving again with other options does not repeat the brute force.
     manifest = hashlib.sha256((folder / "manifest.parquet").read_bytes()).hexdigest()[:16]
     kept = folder.parent / f".{folder.name}.truth-{manifest}-{args.queries}.npz"
-    if kept.exists() and np.array_equal(np.load(kept)["queries"], queries):
-        truth_ids, figures["truth_seconds"] = np.load(kept)["truth"], float(np.load(kept)["seconds"])
+    stored = np.load(kept) if kept.exists() else None
+    if stored is not None and np.array_equal(stored["queries"], queries):
+        truth_ids, figures["truth_seconds"] = stored["truth"], float(stored["seconds"])
         figures["truth_reused"] = str(kept)
     else:
         started = time.perf_counter()
