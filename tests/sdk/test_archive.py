@@ -318,3 +318,56 @@ def test_mpirun_shards_give_the_hits_of_one_process(built, ranks, tmp_path):
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr
     assert_cli_hits_match(out, expected)
+
+
+def test_prefetch_asks_for_exactly_the_pages_the_rows_lie_on(tmp_path):
+    import mmap
+
+    from eoembed._archive import RandomAccessRows
+
+    page = mmap.PAGESIZE
+    path = tmp_path / "rows.npy"
+    np.save(path, np.arange(5000 * 3, dtype=np.float32).reshape(5000, 3))  # 12 B rows: some straddle pages
+    mapped = RandomAccessRows(path)
+    np.testing.assert_array_equal(mapped.array, np.load(path))
+    offset = len(path.read_bytes()) - mapped.array.nbytes
+    straddling = (page - offset) // 12  # the first row that begins on one page and ends on the next
+    assert (offset + 12 * straddling) // page != (offset + 12 * straddling + 11) // page
+    rng = np.random.default_rng(0)
+    for rows in (np.array([0]), np.array([straddling]), np.array([4999]), np.arange(0, 5000, 7), np.unique(rng.integers(0, 5000, 60))):
+        starts, lengths = mapped.pages(rows)
+        assert (starts % page == 0).all() and (lengths > 0).all()
+        assert (starts[1:] > starts[:-1] + lengths[:-1]).all()  # runs neither overlap nor touch
+        asked = {p for s, n in zip(starts, lengths) for p in range(s // page, -(-(s + n) // page))}
+        wanted = {p for r in rows for p in range((offset + 12 * r) // page, (offset + 12 * r + 11) // page + 1)}
+        assert asked == wanted
+    assert mapped.pages(np.array([], dtype=np.int64))[0].size == 0
+
+
+def test_search_asks_for_the_rows_it_reranks_first_and_finds_the_same_hits_without(built, monkeypatch):
+    import eoembed._archive as archive
+
+    product, _ = built
+    asked, read = [], []
+    original_prefetch, original_rows = archive.Shard.prefetch_rows, archive.Shard.rerank_rows
+
+    def prefetch(self, rows):
+        asked.append((self.index, set(rows.tolist())))
+        assert not read  # every shard's pages are asked for before any row is read
+        return original_prefetch(self, rows)
+
+    def rows_of(self, rows):
+        read.append((self.index, set(rows.tolist())))
+        return original_rows(self, rows)
+
+    monkeypatch.setattr(archive.Shard, "prefetch_rows", prefetch)
+    monkeypatch.setattr(archive.Shard, "rerank_rows", rows_of)
+    queries = queries_of(product, 6)
+    fetched = product.search(queries, k=10, mode="ivf-rabitq", candidates=60)
+    assert asked and {shard for shard, _ in asked} == {shard for shard, _ in read}
+    for shard, rows in read:
+        assert rows <= next(wanted for index, wanted in asked if index == shard)
+    monkeypatch.setattr(archive, "PREFETCH_RERANK_ROWS", False)
+    asked.clear()
+    plain = product.search(queries, k=10, mode="ivf-rabitq", candidates=60)
+    assert not asked and fetched.equals(plain)
