@@ -4,7 +4,7 @@
         [--rows-per-file 1000000] [--clusters 1000] [--queries 100] [--nprobe 16] [--candidates N]
         [--nlist N] [--bits 1] [--rerank stored|float16] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000]
         [--usearch-max-rows 1000000] [--usearch-dtype f16] [--page-cache as-is|cold|codes-hot]
-        [--prefetch on|off|both] [--json FILE]
+        [--compare no-prefetch,one-pass] [--json FILE]
 
 One run, one table:
 
@@ -17,9 +17,10 @@ One run, one table:
 * serve     in a fresh process (under ``mpirun -n 2`` with ``--mpi``: each rank its own shards, top-k
             merged on rank 0; ``--page-cache`` sets what of the index is in memory first): single-query
             p50 / p99 of ``Product.search(mode="ivf-rabitq")`` (the full result table), batch-of-100
-            throughput, recall@10, resident memory while serving; ``--prefetch both`` serves twice, the
-            re-rank rows read without asking for their pages first and then as search does, each
-            from the same page-cache state;
+            throughput, recall@10, resident memory while serving; ``--compare`` serves again, from
+            the same page-cache state each time, with parts of search turned off: ``no-prefetch``
+            (the re-rank rows read by page faults, their pages not asked for first), ``one-pass``
+            (every shard gives its estimates of the whole pool at once, not its share first);
 * faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
             index re-ranks a query) and HNSW32 (efSearch 64) in memory, where the
             float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size;
@@ -47,6 +48,11 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
 
+# What --compare turns off, by name, for the table.
+VARIANTS = {"search": "as search does", "no-prefetch": "re-rank rows read by page faults",
+            "one-pass": "each shard's whole pool estimated at once"}
+
+
 def rss() -> dict[str, int]:
     """This process's resident memory now and at its peak (bytes), from /proc."""
     fields = {}
@@ -69,7 +75,10 @@ def serve(args: argparse.Namespace) -> None:
     import eoembed._archive as archive
     from eoembed._search import distributed_search
 
-    archive.PREFETCH_RERANK_ROWS = args.prefetch != "off"
+    if args.variant == "no-prefetch":
+        archive.PREFETCH_RERANK_ROWS = False
+    elif args.variant == "one-pass":
+        archive.FIRST_PASS_SHARES = float("inf")
     data = np.load(args.serve_queries)
     queries, truth = data["queries"], data["truth"]
     options = {"k": 10, "mode": "ivf-rabitq", "nprobe": args.nprobe}
@@ -142,12 +151,12 @@ def set_page_cache(folder: Path, state: str) -> float | None:
 
 
 def serve_in_process(folder: Path, queries: np.ndarray, truth_ids: np.ndarray, args: argparse.Namespace,
-                     prefetch: str) -> dict:
+                     variant: str) -> dict:
     """The serving figures of a fresh process (two ranks with ``--mpi``)."""
     with tempfile.TemporaryDirectory() as scratch:
         np.savez(Path(scratch) / "q.npz", queries=queries, truth=truth_ids)
         command = [sys.executable, __file__, "--serve", str(folder), "--serve-queries", str(Path(scratch) / "q.npz"),
-                   "--serve-json", str(Path(scratch) / "serve.json"), "--nprobe", str(args.nprobe), "--prefetch", prefetch]
+                   "--serve-json", str(Path(scratch) / "serve.json"), "--nprobe", str(args.nprobe), "--variant", variant]
         command += ["--candidates", str(args.candidates)] if args.candidates else []
         env = dict(os.environ)
         if args.mpi:
@@ -280,13 +289,13 @@ def main() -> None:
     parser.add_argument("--page-cache", default="as-is", choices=["as-is", "cold", "codes-hot"],
                         help="the index files' pages before serving: as left by the run, dropped, or the "
                              "re-rank rows dropped and the codes read once")
-    parser.add_argument("--prefetch", default="on", choices=["on", "off", "both"],
-                        help="ask for the re-rank rows' pages before reading them (search's way), or not, or "
-                             "serve both ways for their ratio")
+    parser.add_argument("--compare", default="", help="serve also with these parts of search turned off, "
+                        "comma-separated: no-prefetch, one-pass")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--serve-queries", help=argparse.SUPPRESS)
     parser.add_argument("--serve-json", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="search", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve(args)
@@ -339,11 +348,17 @@ def main() -> None:
         np.savez(kept, queries=queries, truth=truth_ids, seconds=figures["truth_seconds"])
 
     figures["page_cache"] = args.page_cache
-    for prefetch in (["off", "on"] if args.prefetch == "both" else [args.prefetch]):
+    variants = ["search"] + [v for v in args.compare.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        sys.exit(f"--compare {args.compare}: unknown {', '.join(sorted(unknown))}; the variants are "
+                 f"{', '.join(v for v in VARIANTS if v != 'search')}")
+    figures["serve_variants"] = {}
+    for variant in variants:
         if args.page_cache != "as-is":  # each serving starts from the same page-cache state
             figures["codes_read_seconds"] = set_page_cache(folder, args.page_cache)
-        figures["serve" if prefetch == "on" else "serve_without_prefetch"] = serve_in_process(folder, queries, truth_ids,
-                                                                                             args, prefetch)
+        figures["serve_variants"][variant] = serve_in_process(folder, queries, truth_ids, args, variant)
+    figures["serve"] = figures["serve_variants"]["search"]
     from eoembed._search import cache_dir
 
     figures["cache_bytes"] = du(p for p in cache_dir(product).rglob("*") if p.is_file())
@@ -357,7 +372,7 @@ def main() -> None:
 def report(f: dict) -> None:
     gb = 1e9
     rows = f["rows"]
-    build, serve = f.get("build"), f.get("serve") or f["serve_without_prefetch"]
+    build, serve = f.get("build"), f["serve"]
     print(f"\n## search_archive: {rows:,} x {f['dim']} in {f['files']} data files (shards)"
           f"{', mpirun -n ' + str(serve['ranks']) if serve['ranks'] > 1 else ''}\n")
     if "write_seconds" in f:
@@ -381,22 +396,18 @@ def report(f: dict) -> None:
     print(f"first search (opens the shards): {serve['open_seconds']:.2f} s\n")
     print("| method | p50 ms | p99 ms | batch-100 q/s | recall@10 | resident memory |")
     print("|---|---:|---:|---:|---:|---|")
-    for key, name in (("serve_without_prefetch", "re-rank rows read by page faults"),
-                      ("serve", "re-rank rows' pages asked for first")):
-        if key not in f:
-            continue
-        s = f[key]
+    for variant, s in f["serve_variants"].items():
         memory = ", ".join(f"rank {i}: {m['VmRSS'] / gb:.2f} GB (anon {m['RssAnon'] / gb:.2f}, file {m['RssFile'] / gb:.2f})"
                            for i, m in enumerate(s["rss"]))
-        print(f"| eoembed ivf-rabitq (table of hits), {name} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['batch_qps']:.0f} | "
-              f"{s['recall_at_10']:.3f} | {memory} |")
+        print(f"| eoembed ivf-rabitq (table of hits), {VARIANTS[variant]} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | "
+              f"{s['batch_qps']:.0f} | {s['recall_at_10']:.3f} | {memory} |")
     for b in f["baselines"]:
         print(f"| {b['name']} (build {b['build_seconds']:.0f} s) | {b['p50_ms']:.2f} | {b['p99_ms']:.2f} | {b['batch_qps']:.0f} | "
               f"{b['recall_at_10']:.3f} | index {b['memory_bytes'] / gb:.2f} GB in memory |")
-    if "serve" in f and "serve_without_prefetch" in f:
-        off, on = f["serve_without_prefetch"], f["serve"]
-        print(f"\nasking for the re-rank rows' pages first: p50 {off['p50_ms'] / on['p50_ms']:.2f}x, "
-              f"p99 {off['p99_ms'] / on['p99_ms']:.2f}x, batch {on['batch_qps'] / off['batch_qps']:.2f}x (this run)")
+    for variant, s in f["serve_variants"].items():
+        if variant != "search":
+            print(f"\nsearch against {VARIANTS[variant]}: p50 {s['p50_ms'] / serve['p50_ms']:.2f}x, "
+                  f"p99 {s['p99_ms'] / serve['p99_ms']:.2f}x, batch {serve['batch_qps'] / s['batch_qps']:.2f}x faster (this run)")
 
 
 if __name__ == "__main__":

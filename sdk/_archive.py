@@ -72,6 +72,12 @@ FLAT_COARSE_MAX_LISTS = 4096
 # 2,048 lists probed, 78k rows) 400 candidates gave recall@10 0.962 and 1,000 gave 0.989.
 ONE_BIT_SHARE = 0.01
 
+# A shard's first estimates: FIRST_PASS_SHARES times its even share of the pool, at least
+# FIRST_PASS_MIN (ArchiveSearcher.search). On 20 shards of 250k clustered rows, 85k codes probed,
+# one thread: 80 estimates a shard took 1.9 ms, 782 took 4.5 ms and 3,906 took 10.9 ms.
+FIRST_PASS_SHARES = 2
+FIRST_PASS_MIN = 32
+
 # Ask for the pages of a query's re-rank rows before reading them (see RandomAccessRows.prefetch);
 # off only to measure what it saves (benchmarks/search_archive.py --prefetch both).
 PREFETCH_RERANK_ROWS = True
@@ -500,13 +506,16 @@ class Shard(FileRows):
         return quantizer.search(queries, nprobe)
 
     def candidates(self, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], *, count: int,
-                   rows: np.ndarray | None, nprobe: int, qb: int) -> tuple[np.ndarray, np.ndarray]:
+                   rows: np.ndarray | None, nprobe: int, qb: int, pool: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``count`` best RaBitQ estimates per query, among ``rows`` when given: (estimates as
-        similarities, larger better, -inf where none; row numbers, -1 where none), each (queries, count)."""
+        similarities, larger better, -inf where none; row numbers, -1 where none), each (queries,
+        count). A selection of no more than ``pool`` rows (default ``count``) is the candidate pool
+        whole: all of its rows, estimated +inf."""
         faiss = require("faiss", extra="search")
 
-        if rows is not None and len(rows) <= count:  # the whole selection is the candidate pool
-            found = np.full((len(queries), count), -1, dtype=np.int64)
+        pool = count if pool is None else pool
+        if rows is not None and len(rows) <= pool:  # the whole selection is the candidate pool
+            found = np.full((len(queries), max(count, len(rows))), -1, dtype=np.int64)
             found[:, : len(rows)] = rows
             estimates = np.where(found >= 0, np.inf, -np.inf).astype(np.float32)
             return estimates, found
@@ -633,8 +642,9 @@ class ArchiveSearcher:
         indexes = [i for i in self.file_indexes if i in overlapping and (where_map is None or i in where_map)]
         count = candidates or self._default_candidates(k, metric, nprobe)
         if not indexes:
-            if exchange is not None:  # the other ranks still cut their pool against this one's
-                exchange(np.full((len(queries), count), -np.inf, dtype=np.float32))
+            if exchange is not None:  # the other ranks still cut their pool (twice) against this one's
+                for _ in range(2):
+                    exchange(np.full((len(queries), count), -np.inf, dtype=np.float32))
             return [Hits.empty() for _ in queries]
         shards = [self.cache(i, metric) for i in indexes]
         mixed = sorted({s.meta.get("quantizer") for s in shards})
@@ -646,20 +656,60 @@ class ArchiveSearcher:
         distances, lists = shards[0].coarse_search(queries, nprobe)  # shared by every shard
         coarse = (np.ascontiguousarray(distances, dtype=np.float32), np.ascontiguousarray(lists, dtype=np.int64))
 
-        def estimate(shard: Shard) -> tuple[Shard, np.ndarray, np.ndarray] | None:
+        def selection(shard: Shard) -> np.ndarray | None:
             rows = _rows_in(shard, bbox, interval)
             if where_map is not None:
                 selected = where_map[shard.index]
                 rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
+            return rows
+
+        # Two passes that cut the pool exactly where one pass of ``count`` estimates a shard would:
+        # each shard first gives its best ``first`` (its share of the pool, twice over), which keeps
+        # faiss's result heaps small (their upkeep, not the scan, is most of a shard's time when
+        # ``count`` is large); a shard whose ``first``-th estimate still reaches the pool's cut may
+        # hold more rows above it and gives its best ``count`` for those queries.
+        first = self._first_pass(count)
+
+        def estimate(shard: Shard) -> tuple[Shard, np.ndarray | None, np.ndarray, np.ndarray] | None:
+            rows = selection(shard)
             if rows is not None and len(rows) == 0:
                 return None
-            return (shard, *shard.candidates(queries, coarse, count=count, rows=rows, nprobe=nprobe, qb=qb))
+            return (shard, rows, *shard.candidates(queries, coarse, count=first, rows=rows, nprobe=nprobe, qb=qb,
+                                                   pool=count))
 
-        estimated = [e for e in self._map(estimate, shards, len(queries)) if e is not None]
-        local = np.full((len(queries), count), -np.inf, dtype=np.float32)
-        if estimated:
-            local = best_estimates(np.concatenate([e[1] for e in estimated], axis=1), count)
-        cut = best_estimates(exchange(local) if exchange is not None else local, count)[:, -1]
+        def pool_cut(entries: list) -> np.ndarray:
+            local = np.full((len(queries), count), -np.inf, dtype=np.float32)
+            if entries:
+                local = best_estimates(np.concatenate([e[2] for e in entries], axis=1), count)
+            return best_estimates(exchange(local) if exchange is not None else local, count)[:, -1]
+
+        entries = [e for e in self._map(estimate, shards, len(queries)) if e is not None]
+        cut = pool_cut(entries)  # at or below the exact cut: the lists are a subset of one pass's
+        again = []
+        for position, (shard, rows, estimates, found) in enumerate(entries):
+            width = estimates.shape[1]
+            if width >= min(count, shard.rows) or (rows is not None and len(rows) <= count):
+                continue  # every row that could be in the pool is in the list
+            short = np.flatnonzero((found[:, -1] >= 0) & (estimates[:, -1] >= cut))
+            if len(short):
+                again.append((position, short))
+
+        def widen(job: tuple[int, np.ndarray]) -> tuple[int, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+            position, short = job
+            shard, rows = entries[position][:2]
+            part = (np.ascontiguousarray(coarse[0][short]), np.ascontiguousarray(coarse[1][short]))
+            return position, short, shard.candidates(queries[short], part, count=count, rows=rows, nprobe=nprobe, qb=qb)
+
+        for position, short, (wide, wide_found) in self._map(widen, again, len(queries)) if again else []:
+            shard, rows, estimates, found = entries[position]
+            grown = np.full((len(queries), wide.shape[1]), -np.inf, dtype=np.float32)
+            grown_found = np.full((len(queries), wide.shape[1]), -1, dtype=np.int64)
+            grown[:, : estimates.shape[1]], grown_found[:, : found.shape[1]] = estimates, found
+            grown[short], grown_found[short] = wide, wide_found
+            entries[position] = (shard, rows, grown, grown_found)
+        if again or exchange is not None:  # every rank cuts twice, whether its own lists grew or not
+            cut = pool_cut(entries)
+        estimated = [(shard, estimates, found) for shard, _, estimates, found in entries]
 
         # Each shard's rows above the cut, a list a query; their pages are asked for all at once,
         # every shard's, before any is read, so the disk reads them together.
@@ -676,6 +726,11 @@ class ArchiveSearcher:
         pools = self._map(gather, picks, len(queries)) if picks else []
         return [rerank_pool(queries[q], [(shard, *picked[q]) for shard, picked in pools], k=k, metric=metric)
                 for q in range(len(queries))]
+
+    def _first_pass(self, count: int) -> int:
+        """Estimates a shard gives first: twice its even share of a pool of ``count`` over the
+        product's data files (not this rank's: every split of the files asks the same)."""
+        return int(min(count, max(FIRST_PASS_MIN, np.ceil(FIRST_PASS_SHARES * count / len(self.product.files)))))
 
     def _default_candidates(self, k: int, metric: str, nprobe: int) -> int:
         """The pool of a query from facts of the whole product (its rows, and the lists and bits of

@@ -371,3 +371,40 @@ def test_search_asks_for_the_rows_it_reranks_first_and_finds_the_same_hits_witho
     asked.clear()
     plain = product.search(queries, k=10, mode="ivf-rabitq", candidates=60)
     assert not asked and fetched.equals(plain)
+
+
+@pytest.mark.parametrize("filters", [{}, {"where": "valid_fraction > ?", "params": [0.5]}])
+def test_two_passes_cut_the_pool_where_one_pass_does(built, monkeypatch, filters):
+    import eoembed._archive as archive
+
+    product, _ = built
+    asked, reranked = [], []
+    original_candidates, original_rows = archive.Shard.candidates, archive.Shard.rerank_rows
+
+    def candidates(self, queries, coarse, *, count, **options):
+        asked.append(count)
+        return original_candidates(self, queries, coarse, count=count, **options)
+
+    def rerank_rows(self, rows):
+        reranked.append((self.index, tuple(np.sort(rows).tolist())))
+        return original_rows(self, rows)
+
+    monkeypatch.setattr(archive.Shard, "candidates", candidates)
+    monkeypatch.setattr(archive.Shard, "rerank_rows", rerank_rows)
+    queries = queries_of(product, 24)
+
+    def run(shares: float) -> tuple[list, list, object]:
+        monkeypatch.setattr(archive, "FIRST_PASS_SHARES", shares)
+        monkeypatch.setattr(archive, "FIRST_PASS_MIN", 1)
+        asked.clear(), reranked.clear()
+        table = product.search(queries, k=10, mode="ivf-rabitq", candidates=90, **filters)
+        return list(asked), sorted(reranked), table
+
+    one_asked, one_pool, one = run(1e6)  # the first pass is the whole pool: one pass
+    assert set(one_asked) == {90}
+    again = 0
+    for shares in (0.5, 1, 1.5, 2):  # 15 to 60 a shard first, where a shard holds about 30 of the pool
+        two_asked, two_pool, two = run(shares)
+        assert min(two_asked) == 30 * shares and two_pool == one_pool and two.equals(one)
+        again += two_asked.count(90)  # short shards asked again
+    assert again
