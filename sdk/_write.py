@@ -44,8 +44,10 @@ DATA_DIR = "data"
 ITEMS_DIR = "items"
 MODELS_DIR = "models"
 STAGING_MARK = ".eoembed-staging-"
-# Row groups gathered ahead of the one being encoded, at most.
-GROUPS_QUEUED = 2
+# Data files encoded at once, each on a thread of its own: Parquet encoding, most of a write, runs
+# on one core a file, so a second file encodes beside the first while the writer's thread takes
+# the next batches. Each holds its own arrays of gathered rows, a file's worth (see _GroupCodes).
+ENCODING_FILES = 2
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
@@ -238,17 +240,17 @@ class _GrowingFileHash:
 
 class _FileJob:
     """One data file on its way to disk. The caller puts its row groups, already in stored order,
-    and gathers the next group while a thread of the job's own encodes the last one as Parquet
-    (Arrow releases the GIL while it encodes); at most two groups wait, so their memory is reused
-    group after group. The last groups are encoded while the writer takes the next batches, and
-    the file's checksum is taken as the file grows, by a third thread (:class:`_GrowingFileHash`),
-    so that only the footer is left to hash once the last group is encoded (:attr:`encoded` tells
-    when the next file may begin). The file appears under its name only when complete."""
+    and a thread of the job's own encodes them as Parquet (Arrow releases the GIL while it
+    encodes), while the writer takes the next batches; the file's checksum is taken as the file
+    grows, by another thread (:class:`_GrowingFileHash`), so that only the footer is left to hash
+    once the last group is encoded (:attr:`encoded` tells when the arrays of its groups, ``codes``,
+    may serve another file). The file appears under its name only when complete."""
 
-    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any]) -> None:
-        self.partial, self.target = partial, target
+    def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any],
+                 codes: "_GroupCodes | None" = None) -> None:
+        self.partial, self.target, self.codes = partial, target, codes
         self._schema, self._options = schema, dict(options)
-        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue(maxsize=GROUPS_QUEUED)  # bounded: see _GroupCodes
+        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue()  # a file's groups at most
         self._cancelled = self._ending = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
@@ -399,21 +401,23 @@ class _RowBuffer:
 
 
 class _GroupCodes:
-    """The arrays the vector codes of row groups are gathered into, reused group after group and
-    file after file: a fresh array for every group would be fresh pages every time, and faulting
-    them in costs the kernel as much as the gather itself. The arrays are handed out in turn; one is
-    refilled only once the group it held is encoded, as long as at most ``GROUPS_QUEUED`` groups
-    wait in a file job's queue and a file's groups are gathered only after the last file is done
-    (the group refilled is then the fourth one back: one is being gathered, two wait, one is being
-    encoded)."""
+    """The arrays the vector codes of one data file's row groups are gathered into, kept and reused
+    by the next file that this set serves: a fresh array for every group would be fresh pages every
+    time, and faulting them in costs the kernel as much as the gather itself. A file's groups are
+    all gathered at once, so the row buffer can take the next batches while the file is encoded;
+    the writer gives a set to a new file only once the file that last used it is encoded
+    (:data:`ENCODING_FILES` sets)."""
 
     def __init__(self) -> None:
         self._arrays: list[np.ndarray] = []
         self._turn = 0
 
+    def begin_file(self) -> None:
+        self._turn = 0
+
     def gather(self, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``codes[rows]``, in the next array of the round."""
-        turn, self._turn = self._turn, (self._turn + 1) % (GROUPS_QUEUED + 2)
+        """``codes[rows]``, in the file's next array."""
+        turn, self._turn = self._turn, self._turn + 1
         if turn == len(self._arrays):
             self._arrays.append(codes[:0])
         held = self._arrays[turn]
@@ -428,6 +432,7 @@ def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _Gro
     The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into the
     arrays of ``into``: Arrow's take of a fixed-size list goes through one index per element,
     several times slower. The other columns are gathered by Arrow."""
+    into.begin_file()
     embedding = table.column("embedding")
     embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
     codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
@@ -518,7 +523,7 @@ class ProductWriter:
         self._pending = _RowBuffer()  # rows of write() not yet in a file
         self._writing: list[tuple[_FileJob, _FileRecord]] = []  # data files begun, not yet recorded; oldest first
         self._unit_rows = _RowBuffer()  # the rows of one write_unit(), its array reused by the next
-        self._group_codes = _GroupCodes()  # the codes of the row groups in flight
+        self._group_codes = [_GroupCodes() for _ in range(ENCODING_FILES)]  # the codes of the files being encoded
         self._rows_seen = 0
         self._files: list[_FileRecord] = []
         self._before_publish: Callable[[], None] | None = None
@@ -948,26 +953,26 @@ class ProductWriter:
         metadata[FOOTER_KEY] = json.dumps(footer).encode()
         schema = table.schema.with_metadata(metadata)
 
-        # One file is encoded at a time (its groups reuse the arrays of the last one's); the last
-        # one's checksum may still be taken meanwhile. Records keep the order files were begun in.
-        self._finish_file(keep=1)
-        if self._writing:
-            job = self._writing[-1][0]
-            job.encoded.wait()
-            if job.error is not None:
-                self._finish_file()  # raises it
+        # Up to ENCODING_FILES files are encoded at once, each in arrays of its own that the file
+        # begun ENCODING_FILES before used: that file is complete first. Records keep the order
+        # files were begun in.
+        self._finish_file(keep=ENCODING_FILES - 1)
+        if any(job.error is not None for job, _ in self._writing):
+            self._finish_file()  # raises it
+        used = [job.codes for job, _ in self._writing]
+        codes = next(c for c in self._group_codes if all(c is not u for u in used))
         name = name or f"part-{len(self._files) + len(self._writing):05d}.parquet"
         target = self.staging / DATA_DIR / name
         partial = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         job = _FileJob(partial, target, schema, {
             "compression": self.compression, "write_statistics": True, "store_schema": True,
             "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
-        })
+        }, codes)
         sources: dict[str, None] = {}  # distinct source ids in stored order
         try:
             # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
             # (a view of the row buffer) is no longer needed and the buffer can be refilled.
-            for group in _ordered_groups(table, order, rows=self.row_group_size, into=self._group_codes):
+            for group in _ordered_groups(table, order, rows=self.row_group_size, into=codes):
                 if job.error is not None:
                     break
                 sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
@@ -985,7 +990,7 @@ class ProductWriter:
             footer=json.loads(metadata[FOOTER_KEY]), sources=[str(s) for s in sources],
         )
         self._writing.append((job, record))
-        self._finish_file(keep=0 if wait else 1)  # the last file is complete by now, most likely
+        self._finish_file(keep=0 if wait else ENCODING_FILES)
         return record if wait else None
 
     def _finish_file(self, *, keep: int = 0) -> "_FileRecord | None":
