@@ -79,7 +79,7 @@ FIRST_PASS_SHARES = 2
 FIRST_PASS_MIN = 32
 
 # Ask for the pages of a query's re-rank rows before reading them (see RandomAccessRows.prefetch);
-# off only to measure what it saves (benchmarks/search_archive.py --prefetch both).
+# off only to measure what it saves (benchmarks/search_archive.py --compare no-prefetch).
 PREFETCH_RERANK_ROWS = True
 
 
@@ -656,13 +656,6 @@ class ArchiveSearcher:
         distances, lists = shards[0].coarse_search(queries, nprobe)  # shared by every shard
         coarse = (np.ascontiguousarray(distances, dtype=np.float32), np.ascontiguousarray(lists, dtype=np.int64))
 
-        def selection(shard: Shard) -> np.ndarray | None:
-            rows = _rows_in(shard, bbox, interval)
-            if where_map is not None:
-                selected = where_map[shard.index]
-                rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
-            return rows
-
         # Two passes that cut the pool exactly where one pass of ``count`` estimates a shard would:
         # each shard first gives its best ``first`` (its share of the pool, twice over), which keeps
         # faiss's result heaps small (their upkeep, not the scan, is most of a shard's time when
@@ -671,7 +664,10 @@ class ArchiveSearcher:
         first = self._first_pass(count)
 
         def estimate(shard: Shard) -> tuple[Shard, np.ndarray | None, np.ndarray, np.ndarray] | None:
-            rows = selection(shard)
+            rows = _rows_in(shard, bbox, interval)
+            if where_map is not None:
+                selected = where_map[shard.index]
+                rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
             if rows is not None and len(rows) == 0:
                 return None
             return (shard, rows, *shard.candidates(queries, coarse, count=first, rows=rows, nprobe=nprobe, qb=qb,
@@ -709,12 +705,11 @@ class ArchiveSearcher:
             entries[position] = (shard, rows, grown, grown_found)
         if again or exchange is not None:  # every rank cuts twice, whether its own lists grew or not
             cut = pool_cut(entries)
-        estimated = [(shard, estimates, found) for shard, _, estimates, found in entries]
 
         # Each shard's rows above the cut, a list a query; their pages are asked for all at once,
         # every shard's, before any is read, so the disk reads them together.
         picks = [(shard, [rows[(est >= c) & (rows >= 0)] for est, rows, c in zip(estimates, found, cut)])
-                 for shard, estimates, found in estimated]
+                 for shard, _, estimates, found in entries]
         if PREFETCH_RERANK_ROWS:
             for shard, wanted in picks:
                 shard.prefetch_rows(np.concatenate(wanted))

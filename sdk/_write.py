@@ -247,7 +247,7 @@ class _FileJob:
     may serve another file). The file appears under its name only when complete."""
 
     def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any],
-                 codes: "_GroupCodes | None" = None) -> None:
+                 codes: "_GroupCodes") -> None:
         self.partial, self.target, self.codes = partial, target, codes
         self._schema, self._options = schema, dict(options)
         self._groups: "queue.Queue[pa.Table | None]" = queue.Queue()  # a file's groups at most
