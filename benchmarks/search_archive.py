@@ -4,7 +4,7 @@
         [--rows-per-file 1000000] [--clusters 1000] [--queries 100] [--nprobe 16] [--candidates N]
         [--nlist N] [--bits 1] [--rerank stored|float16] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000]
         [--usearch-max-rows 1000000] [--usearch-dtype f16] [--page-cache as-is|cold|codes-hot]
-        [--compare no-prefetch,one-pass] [--json FILE]
+        [--compare no-prefetch,no-metadata-prefetch,one-pass] [--json FILE]
 
 One run, one table:
 
@@ -19,7 +19,8 @@ One run, one table:
             p50 / p99 of ``Product.search(mode="ivf-rabitq")`` (the full result table), batch-of-100
             throughput, recall@10, resident memory while serving; ``--compare`` serves again, from
             the same page-cache state each time, with parts of search turned off: ``no-prefetch``
-            (the re-rank rows read by page faults, their pages not asked for first), ``one-pass``
+            (the re-rank rows read by page faults, their pages not asked for first),
+            ``no-metadata-prefetch`` (the same for the hits' metadata columns), ``one-pass``
             (every shard gives its estimates of the whole pool at once, not its share first);
 * faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
             index re-ranks a query) and HNSW32 (efSearch 64) in memory, where the
@@ -50,6 +51,7 @@ BIN = Path(sys.executable).parent
 
 # What --compare turns off, by name, for the table.
 VARIANTS = {"search": "as search does", "no-prefetch": "re-rank rows read by page faults",
+            "no-metadata-prefetch": "hits' metadata read by page faults",
             "one-pass": "each shard's whole pool estimated at once"}
 
 
@@ -77,6 +79,10 @@ def serve(args: argparse.Namespace) -> None:
 
     if args.variant == "no-prefetch":
         archive.PREFETCH_RERANK_ROWS = False
+    elif args.variant == "no-metadata-prefetch":
+        import eoembed._search as search_module
+
+        search_module.PREFETCH_HIT_METADATA = False
     elif args.variant == "one-pass":
         archive.FIRST_PASS_SHARES = float("inf")
     data = np.load(args.serve_queries)
@@ -129,12 +135,15 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def set_page_cache(folder: Path, state: str) -> float | None:
-    """Before serving: ``cold`` drops the index and re-rank files from the page cache (the kernel
-    drops the clean pages that no process maps); ``codes-hot`` drops the re-rank rows and reads the
-    index files (codes and ids) once, as a server that keeps its codes in memory would at start.
-    Returns the seconds the codes took to read (None for ``cold``)."""
+    """Before serving: ``cold`` drops the index, re-rank and search-cache (metadata) files from the
+    page cache (the kernel drops the clean pages that no process maps); ``codes-hot`` drops them and
+    reads the index files (codes and ids) once, as a server that keeps its codes in memory would at
+    start. Returns the seconds the codes took to read (None for ``cold``)."""
+    import eoembed
+    from eoembed._search import cache_dir
+
     index = sorted((folder / "index").glob("*"))
-    for path in index:
+    for path in index + [p for p in cache_dir(eoembed.open(folder)).rglob("*") if p.is_file()]:
         fd = os.open(path, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -287,10 +296,10 @@ def main() -> None:
     parser.add_argument("--out", help="product folder (kept and reused); default a temporary folder")
     parser.add_argument("--reuse-index", action="store_true", help="serve the product's existing ivf-rabitq index")
     parser.add_argument("--page-cache", default="as-is", choices=["as-is", "cold", "codes-hot"],
-                        help="the index files' pages before serving: as left by the run, dropped, or the "
-                             "re-rank rows dropped and the codes read once")
+                        help="the index and search-cache files' pages before serving: as left by the run, dropped, or the "
+                             "all dropped and the codes read once")
     parser.add_argument("--compare", default="", help="serve also with these parts of search turned off, "
-                        "comma-separated: no-prefetch, one-pass")
+                        "comma-separated: no-prefetch, no-metadata-prefetch, one-pass")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--serve-queries", help=argparse.SUPPRESS)

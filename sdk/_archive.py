@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 
 from ._damage import damaged, read_json, reading
 from ._errors import SearchError
+from ._mapped import RandomAccessRows, RandomAccessTable
 from ._optional import require
 from ._search import FileRows, Hits, _as_us, _blocks, _rows_in, _time_columns, cache_dir, exact_scores, top_k
 
@@ -78,7 +79,7 @@ ONE_BIT_SHARE = 0.01
 FIRST_PASS_SHARES = 2
 FIRST_PASS_MIN = 32
 
-# Ask for the pages of a query's re-rank rows before reading them (see RandomAccessRows.prefetch);
+# Ask for the pages of a query's re-rank rows before reading them (see sdk/_mapped.py);
 # off only to measure what it saves (benchmarks/search_archive.py --compare no-prefetch).
 PREFETCH_RERANK_ROWS = True
 
@@ -361,7 +362,7 @@ def _current_asset(product: "Product", file_index: int, key: str) -> tuple[Path,
         return _local_copy(product, path, meta), meta
 
 
-def _metadata_table(product: "Product", file_index: int, folder: Path) -> pa.Table:
+def _metadata_table(product: "Product", file_index: int, folder: Path) -> RandomAccessTable:
     """The data file's non-vector columns as memory-mapped Arrow IPC in the cache folder (written
     once, from those columns alone; the exact search's cache writes the same file)."""
     target = folder / f"{file_index:05d}.metadata.arrow"
@@ -381,67 +382,7 @@ def _metadata_table(product: "Product", file_index: int, folder: Path) -> pa.Tab
                 raise
             os.replace(partial, target)
     with reading(target, advice=f"delete the search cache {folder} to rebuild it"):
-        return pa.ipc.open_file(pa.memory_map(str(target))).read_all()
-
-
-class RandomAccessRows:
-    """A ``.npy`` file's rows over a read-only mapping that the kernel is told is read at random
-    (``MADV_RANDOM``): a re-rank reads a few rows spread over the file, and the read-around that
-    serves a page fault of a mapping otherwise reads 32 pages for the one a row needs, which at
-    archive scale is most of a query's time when the rows are not in memory (measured).
-    :attr:`array` is a plain array, not ``np.memmap``, whose own indexing costs more than the gather.
-
-    :meth:`prefetch` asks for the pages of some rows ahead of reading them (``MADV_WILLNEED``): the
-    kernel then reads them all at once, where the gather's page faults would read one page at a
-    time, each waiting for the disk (4,000 rows not in memory: 250 ms read by faults, 50 ms asked
-    for first; about 1 us a row when they are in memory)."""
-
-    def __init__(self, path: Path) -> None:
-        import mmap
-
-        with path.open("rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(handle)
-            offset = handle.tell()
-            if fortran or dtype.hasobject:
-                raise ValueError(f"{path} holds a {'Fortran-ordered' if fortran else 'object'} array; re-rank rows are C-ordered numbers")
-            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        self._advise = getattr(mapping, "madvise", None) if hasattr(mmap, "MADV_WILLNEED") else None
-        if self._advise is not None and hasattr(mmap, "MADV_RANDOM"):
-            self._advise(mmap.MADV_RANDOM)
-        count = int(np.prod(shape))
-        if offset + count * dtype.itemsize > len(mapping):
-            raise ValueError(f"{path} is shorter than the {shape} {dtype} array its header declares")
-        self.array = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
-        self._offset, self._size = offset, len(mapping)
-        self._row_bytes = dtype.itemsize * int(np.prod(shape[1:]))
-
-    def pages(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(first byte, length) of each run of mapped pages that sorted ``rows`` lie on, page-aligned
-        and merged where rows share or neighbour a page."""
-        import mmap
-
-        page = mmap.PAGESIZE
-        rows = np.asarray(rows, dtype=np.int64)
-        if not len(rows):
-            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-        first = (self._offset + rows * self._row_bytes) // page
-        last = (self._offset + (rows + 1) * self._row_bytes - 1) // page
-        new_run = np.concatenate([[True], first[1:] > last[:-1] + 1])
-        starts = first[new_run]
-        ends = np.maximum.reduceat(last, np.flatnonzero(new_run))
-        return starts * page, np.minimum((ends + 1) * page, self._size) - starts * page
-
-    def prefetch(self, rows: np.ndarray) -> None:
-        """Have the kernel start reading the pages of sorted ``rows`` (nothing where the platform
-        has no ``madvise``)."""
-        if self._advise is None:
-            return
-        import mmap
-
-        for start, length in zip(*(part.tolist() for part in self.pages(rows))):
-            self._advise(mmap.MADV_WILLNEED, start, length)
+        return RandomAccessTable(target)
 
 
 class Shard(FileRows):
@@ -476,10 +417,11 @@ class Shard(FileRows):
         if self.vectors.shape != shape or self.vectors.dtype != dtype:
             raise damaged(rerank_path, f"holds {self.vectors.dtype} rows of shape {self.vectors.shape}; the re-rank "
                           f"file of {self.path} is {np.dtype(dtype)} {shape}; rebuild the {KIND} index")
-        self.metadata = _metadata_table(product, index, folder)
+        self.metadata_file = _metadata_table(product, index, folder)
 
     @cached_property
     def bbox(self) -> np.ndarray:
+        self.metadata_file.prefetch_columns(["bbox"])
         box = self.metadata.column("bbox")
         return np.stack([np.asarray(box.combine_chunks().field(n), dtype=np.float64)
                          for n in ("xmin", "ymin", "xmax", "ymax")], axis=1)
@@ -487,6 +429,7 @@ class Shard(FileRows):
     @cached_property
     def times(self) -> np.ndarray:
         names = _time_columns(self.metadata.schema)
+        self.metadata_file.prefetch_columns(names)
         return np.stack([_as_us(self.metadata.column(names[0])), _as_us(self.metadata.column(names[-1]))], axis=1)
 
     @cached_property

@@ -31,7 +31,6 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
@@ -42,6 +41,7 @@ import pyarrow.parquet as pq
 
 from ._damage import reading
 from ._errors import ChipNotFoundError, DimensionMismatchError, SearchError
+from ._mapped import RandomAccessTable
 from ._optional import require
 from ._store import open_input
 
@@ -55,6 +55,9 @@ MODES = ("exact", "int8", "binary", "hnsw", "ivf", "ivf-rabitq")  # ivf-rabitq: 
 _PRODUCT_METRIC = {"cosine": "cosine", "euclidean": "l2", "dot": "ip", "hamming": "cosine"}
 BLOCK_ROWS = 1024  # rows per bbox/time summary block; rows are Hilbert-sorted, so blocks are compact
 _CHUNK_ROWS = 1 << 18  # rows scored at once for batches of queries (bounds the score matrix)
+# Ask for the pages of the hits' metadata before reading it (prefetch_metadata); off only to measure
+# what it saves (benchmarks/search_archive.py --compare no-metadata-prefetch).
+PREFETCH_HIT_METADATA = True
 
 
 # -- cache --------------------------------------------------------------------------------------
@@ -106,20 +109,23 @@ def _as_us(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 class FileRows:
     """What the shared query and result code reads of one data file's search state: its row count
-    (``vectors``' length) and its metadata's record batches."""
+    (``vectors``' length) and its metadata, mapped for random reads."""
 
     vectors: np.ndarray
-    metadata: pa.Table
+    metadata_file: RandomAccessTable
 
     @property
     def rows(self) -> int:
         return len(self.vectors)
 
-    @cached_property
+    @property
+    def metadata(self) -> pa.Table:
+        return self.metadata_file.table
+
+    @property
     def metadata_batches(self) -> tuple[list[pa.RecordBatch], np.ndarray]:
         """The metadata's record batches and the first row of each."""
-        batches = self.metadata.to_batches()
-        return batches, np.cumsum([0] + [b.num_rows for b in batches[:-1]])
+        return self.metadata_file.batches, self.metadata_file.batch_starts
 
 
 @dataclass
@@ -134,7 +140,7 @@ class FileCache(FileRows):
     norms: np.ndarray  # (n,) float32 Euclidean norms
     block_bbox: np.ndarray  # (blocks, 4): union of the block's rows
     block_times: np.ndarray  # (blocks, 2): earliest start, latest end
-    metadata: pa.Table  # every stored column but the vector, memory-mapped Arrow IPC
+    metadata_file: RandomAccessTable  # every stored column but the vector, memory-mapped Arrow IPC
     searchable: np.ndarray | None = None  # rows without nodata (NaN, sqrt's -128); None when all are
 
 
@@ -207,14 +213,14 @@ def load_file_cache(product: "Product", index: int, folder: Path | None = None) 
         vectors = np.load(target.with_name(target.name + ".vectors.npy"), mmap_mode="r")
         bbox = np.load(target.with_name(target.name + ".bbox.npy"))
         times = np.load(target.with_name(target.name + ".times.npy"))
-        metadata = pa.ipc.open_file(pa.memory_map(str(target.with_name(target.name + ".metadata.arrow")))).read_all()
+        metadata = RandomAccessTable(target.with_name(target.name + ".metadata.arrow"))
     norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors)).astype(np.float32)
     nodata = np.isnan(norms)  # the sqrt method's nodata code decodes to NaN; such rows are never hits
     return FileCache(
         index=index, path=path, vectors=vectors, bbox=bbox, times=times, norms=norms,
         searchable=np.flatnonzero(~nodata) if nodata.any() else None,
         block_bbox=_blocks(bbox, (True, True, False, False)), block_times=_blocks(times, (True, False)),
-        metadata=metadata,
+        metadata_file=metadata,
     )
 
 
@@ -812,6 +818,7 @@ def check_options(product: "Product", *, k: int, metric: str | None, mode: str) 
 
 def hits_table(searcher: Searcher, hits: Sequence[Hits], queries: np.ndarray, metric: str, *, batch: bool) -> pa.Table:
     """``chip_id``, ``distance`` and the metadata columns of the hits, best first (``query`` first for batches)."""
+    prefetch_metadata(searcher, hits)
     tables = []
     for q, h in enumerate(hits):
         distance = to_distance(h.scores.astype(np.float64)[:, None], queries[q : q + 1].astype(np.float64), metric)[:, 0]
@@ -826,6 +833,18 @@ def hits_table(searcher: Searcher, hits: Sequence[Hits], queries: np.ndarray, me
     if not tables:
         return pa.table({"chip_id": pa.array([], pa.string()), "distance": pa.array([], pa.float64())})
     return pa.concat_tables(tables)
+
+
+def prefetch_metadata(searcher: Searcher, hits: Sequence[Hits]) -> None:
+    """Ask for the pages of every hit's metadata, of all queries, before any is read: a hit's row
+    spans about a dozen pages, one in each column buffer, which read one fault at a time cost more
+    than the rest of a query over files not in memory (100M rows: 68-89 ms of 85-100)."""
+    if not hits or not PREFETCH_HIT_METADATA:
+        return
+    files = np.concatenate([h.files for h in hits])
+    rows = np.concatenate([h.rows for h in hits])
+    for f in np.unique(files).tolist():
+        searcher.cache(int(f)).metadata_file.prefetch_rows(rows[files == f])
 
 
 def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa.Table:

@@ -320,30 +320,6 @@ def test_mpirun_shards_give_the_hits_of_one_process(built, ranks, tmp_path):
     assert_cli_hits_match(out, expected)
 
 
-def test_prefetch_asks_for_exactly_the_pages_the_rows_lie_on(tmp_path):
-    import mmap
-
-    from eoembed._archive import RandomAccessRows
-
-    page = mmap.PAGESIZE
-    path = tmp_path / "rows.npy"
-    np.save(path, np.arange(5000 * 3, dtype=np.float32).reshape(5000, 3))  # 12 B rows: some straddle pages
-    mapped = RandomAccessRows(path)
-    np.testing.assert_array_equal(mapped.array, np.load(path))
-    offset = len(path.read_bytes()) - mapped.array.nbytes
-    straddling = (page - offset) // 12  # the first row that begins on one page and ends on the next
-    assert (offset + 12 * straddling) // page != (offset + 12 * straddling + 11) // page
-    rng = np.random.default_rng(0)
-    for rows in (np.array([0]), np.array([straddling]), np.array([4999]), np.arange(0, 5000, 7), np.unique(rng.integers(0, 5000, 60))):
-        starts, lengths = mapped.pages(rows)
-        assert (starts % page == 0).all() and (lengths > 0).all()
-        assert (starts[1:] > starts[:-1] + lengths[:-1]).all()  # runs neither overlap nor touch
-        asked = {p for s, n in zip(starts, lengths) for p in range(s // page, -(-(s + n) // page))}
-        wanted = {p for r in rows for p in range((offset + 12 * r) // page, (offset + 12 * r + 11) // page + 1)}
-        assert asked == wanted
-    assert mapped.pages(np.array([], dtype=np.int64))[0].size == 0
-
-
 def test_search_asks_for_the_rows_it_reranks_first_and_finds_the_same_hits_without(built, monkeypatch):
     import eoembed._archive as archive
 
