@@ -240,7 +240,8 @@ def faiss_baselines(product, queries: np.ndarray, truth_ids: np.ndarray, args, n
         index = faiss.IndexRefineFlat(base)
         index.add(vectors)
         # As many rows re-ranked per query as the archive index re-ranks: one pool a query, all shards.
-        reranked = args.candidates or default_candidates(10, args.bits, probed_rows=product.num_rows * args.nprobe / nlist)
+        reranked = args.candidates or default_candidates(10, args.bits, probed_rows=product.num_rows * args.nprobe / nlist,
+                                                        rows=product.num_rows)
         measure(f"faiss IVF{nlist},PQ{dim // 4}, nprobe {args.nprobe}, float32 re-rank of {reranked}", index,
                 time.perf_counter() - started,
                 lambda i: (setattr(faiss.extract_index_ivf(i.base_index), "nprobe", args.nprobe), setattr(i, "k_factor", reranked / 10)))

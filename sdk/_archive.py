@@ -22,9 +22,10 @@ every shard estimates, the pool is cut at the ``candidates``-th best estimate ov
 MPI the ranks exchange their best estimates first), and each shard re-ranks only its rows above the
 cut. The rows read stay ``candidates`` a query however many shards there are, and any split of the
 files across ranks re-ranks the same rows and gives the same hits (the estimates of a row depend on
-its shard alone). By default the pool is at least 1 % of the rows a query's probed lists hold over
-the whole product (1-bit codes), so it grows with the product as those lists do. Building streams over the stored rows
-in batches (two passes: the training sample, then the codes); memory is bounded by one shard's
+its shard alone). By default the pool grows with the product, from facts of the whole product
+(:func:`default_candidates`): with the rows a query's probed lists hold and with the square root of
+the product's rows, a quarter as large for each bit of the codes past the first. Building streams
+over the stored rows in batches (two passes: the training sample, then the codes); memory is bounded by one shard's
 codes, never the product's float32 vectors.
 """
 
@@ -68,10 +69,17 @@ def default_nlist(rows: int) -> int:
 FLAT_COARSE_MAX_LISTS = 4096
 
 
-# Share of the rows a query's probed lists hold that 1-bit estimates pass to the re-rank. The lists
-# grow with the product, and a fixed pool with them loses recall: on 10M clustered 128-d rows (16 of
-# 2,048 lists probed, 78k rows) 400 candidates gave recall@10 0.962 and 1,000 gave 0.989.
+# The pool of 1-bit estimates grows with the product in two ways, measured on clustered 128-d rows,
+# 16 lists probed: with the rows the probed lists hold (ONE_BIT_SHARE of them: on 10M rows, 16 of
+# 2,048 lists, 78k rows, 400 candidates gave recall@10 0.962 and 782 gave 0.986), and with the
+# product's rows themselves, whose neighbours crowd closer to a query's as it grows, so that more
+# rows tie with its 10th within the estimates' error (ONE_BIT_ROOT times the square root of the
+# rows: on 100M rows, 16 of 20,000 lists, 80k rows, 800 candidates gave 0.930, 1,600 gave 0.970).
 ONE_BIT_SHARE = 0.01
+ONE_BIT_ROOT = 0.16
+# Each bit a dimension after the first divides the pool by this: on one 5M-row shard, 2-bit
+# estimates gave recall@10 0.978 from 100 candidates, 1-bit ones 0.963 from 400.
+POOL_DIVISOR_A_BIT = 4
 
 # A shard's first estimates: FIRST_PASS_SHARES times its even share of the pool, at least
 # FIRST_PASS_MIN (ArchiveSearcher.search). On 20 shards of 250k clustered rows, 85k codes probed,
@@ -84,14 +92,15 @@ FIRST_PASS_MIN = 32
 PREFETCH_RERANK_ROWS = True
 
 
-def default_candidates(k: int, bits: int = 1, *, probed_rows: float = 0) -> int:
-    """Rows re-ranked a query (one pool over every shard): 1-bit estimates need about 40k candidates
-    for recall@k >= 0.99, and at least ``ONE_BIT_SHARE`` of the ``probed_rows`` (the rows the probed
-    lists hold over the whole product); finer codes (``bits`` per dimension) rank well enough that
-    fewer suffice."""
-    if bits != 1:
-        return max(100, 10 * k)
-    return max(400, 40 * k, int(np.ceil(ONE_BIT_SHARE * probed_rows)))
+def default_candidates(k: int, bits: int = 1, *, probed_rows: float = 0, rows: float = 0) -> int:
+    """Rows re-ranked a query (one pool over every shard of a product of ``rows`` rows, whose probed
+    lists hold ``probed_rows``): for 1-bit estimates at least 40 a hit, ``ONE_BIT_SHARE`` of the
+    probed rows and ``ONE_BIT_ROOT`` sqrt(rows); finer codes (``bits`` a dimension) rank well enough
+    that a quarter of that a bit suffices, at least 10 a hit."""
+    one_bit = max(400, 40 * k, int(np.ceil(ONE_BIT_SHARE * probed_rows)), int(np.ceil(ONE_BIT_ROOT * np.sqrt(rows))))
+    if bits == 1:
+        return one_bit
+    return max(100, 10 * k, int(np.ceil(one_bit / POOL_DIVISOR_A_BIT ** (bits - 1))))
 
 
 def _prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
@@ -683,7 +692,7 @@ class ArchiveSearcher:
         meta = self._build_facts[metric]
         nlist = int(meta.get("nlist", 0))
         probed = self.product.num_rows * min(nprobe, nlist) / nlist if nlist else 0
-        return default_candidates(k, int(meta.get("bits", 1)), probed_rows=probed)
+        return default_candidates(k, int(meta.get("bits", 1)), probed_rows=probed, rows=self.product.num_rows)
 
     @staticmethod
     def _map(work, shards: list, queries: int) -> list:

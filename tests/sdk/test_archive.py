@@ -145,18 +145,26 @@ def test_unbuilt_product_and_bad_options_are_refused(tmp_path):
         product.build_index(kind="ivf-rabitq", bits=9)
 
 
-def test_the_default_pool_grows_with_the_rows_the_probed_lists_hold(built, monkeypatch):
+def test_the_default_pool_grows_with_the_probed_lists_and_the_product(built, monkeypatch):
     import eoembed._archive as archive
 
     assert archive.default_candidates(10) == 400  # the floor of a small product
-    assert archive.default_candidates(10, probed_rows=78_125) == 782  # 16 of 2,048 lists over 10M rows
-    assert archive.default_candidates(10, 4, probed_rows=10**6) == 100  # finer codes need no share
+    assert archive.default_candidates(10, rows=10**6, probed_rows=8000) == 400  # 1M rows: still the floor
+    assert archive.default_candidates(10, rows=10**7, probed_rows=78_125) == 782  # 16 of 2,048 lists over 10M rows
+    assert archive.default_candidates(10, rows=10**8, probed_rows=80_000) == 1600  # 16 of 20,000 over 100M
+    assert archive.default_candidates(10, 2, rows=10**8, probed_rows=80_000) == 400  # a quarter for the second bit
+    assert archive.default_candidates(10, 4, rows=10**8, probed_rows=80_000) == 100  # the floor of finer codes
+    assert archive.default_candidates(50, 2) == 500  # 10 a hit
     product, _ = built
     monkeypatch.setattr(archive, "ONE_BIT_SHARE", 0.5)  # a share this small product's lists can show
     # From the whole product's rows and lists (3,000 rows, 16 lists), whichever files a rank holds.
     for files in (None, [2]):
         searcher = archive.ArchiveSearcher(product, files=files)
         assert [searcher._default_candidates(10, "cosine", nprobe) for nprobe in (4, 8, 16, 99)] == [400, 750, 1500, 1500]
+    monkeypatch.setattr(archive, "ONE_BIT_SHARE", 0)
+    monkeypatch.setattr(archive, "ONE_BIT_ROOT", 10)  # sqrt(3,000) = 54.8
+    for files in (None, [2]):
+        assert archive.ArchiveSearcher(product, files=files)._default_candidates(10, "cosine", 4) == 548
 
 
 @pytest.mark.parametrize("bits", [2, 4])
