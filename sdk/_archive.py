@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from ._damage import damaged, read_json, reading
 from ._errors import SearchError
-from ._mapped import RandomAccessRows, RandomAccessTable
+from ._mapped import RandomAccessRows, RandomAccessTable, prefetch_array_rows
 from ._optional import require
 from ._search import FileRows, Hits, _as_us, _blocks, _rows_in, _time_columns, cache_dir, exact_scores, top_k
 
@@ -401,7 +401,7 @@ class Shard(FileRows):
     Offers what the shared query and result code reads of a decoded-vector cache (``vectors``,
     ``metadata``, ``bbox``, ``times`` and block summaries); bbox and times are built on first use."""
 
-    def __init__(self, product: "Product", index: int, *, metric: str, folder: Path) -> None:
+    def __init__(self, product: "Product", index: int, *, metric: str, folder: Path, in_memory: bool = False) -> None:
         from ._index import asset_key
 
         faiss = require("faiss", extra="search")
@@ -414,14 +414,17 @@ class Shard(FileRows):
                           f"rebuild the {KIND} index")
         rerank_path, _ = _current_asset(product, index, asset_key(rerank, metric))
         self.quantization = product.quantization if rerank == "stored" else None
+        # Mapped, a query reads only the lists it probes; in memory (anonymous pages, which the
+        # kernel cannot evict where there is no swap), no query waits on a code page from disk.
+        self.in_memory, self.index_bytes = in_memory, index_path.stat().st_size
         with reading(index_path):
-            self.ivf = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)
+            self.ivf = faiss.read_index(str(index_path), 0 if in_memory else faiss.IO_FLAG_MMAP)
         if self.ivf.ntotal != rows or self.ivf.d != product.dim:
             raise damaged(index_path, f"indexes {self.ivf.ntotal} vectors of dimension {self.ivf.d}; "
                           f"{self.path} holds {rows} of dimension {product.dim}; {KIND} indexes must be rebuilt")
         with reading(rerank_path):
-            self._rerank_file = RandomAccessRows(rerank_path)
-        self.vectors = self._rerank_file.array
+            self.rerank_file = RandomAccessRows(rerank_path)
+        self.vectors = self.rerank_file.array
         quant = product.quantization
         shape, dtype = ((rows, product.dim), np.float16) if rerank == "float16" else ((rows, quant.stored_width()), np.dtype(quant.dtype))
         if self.vectors.shape != shape or self.vectors.dtype != dtype:
@@ -490,10 +493,6 @@ class Shard(FileRows):
             scores = -scores  # distances: smaller is better
         scores[found < 0] = -np.inf
         return scores, found
-
-    def prefetch_rows(self, rows: np.ndarray) -> None:
-        """Ask for the re-rank file's pages of ``rows`` ahead of :meth:`rerank_rows`."""
-        self._rerank_file.prefetch(np.unique(rows))
 
     def rerank_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The re-rank file's codes at ``rows``: (the rows sorted, so the mapping is read in file
@@ -574,13 +573,24 @@ class ArchiveSearcher:
         other._shards, other._build_facts = self._shards, self._build_facts
         return other
 
-    def cache(self, index: int, metric: str | None = None) -> Shard:
+    def cache(self, index: int, metric: str | None = None, *, in_memory: bool = False) -> Shard:
+        """Shard ``index`` for ``metric``, opened once; ``in_memory`` reopens a mapped one with its
+        codes read into memory (a shard once in memory stays so)."""
         metric = metric or self.metric
-        if (index, metric) not in self._shards:
+        shard = self._shards.get((index, metric))
+        if shard is None or (in_memory and not shard.in_memory):
             if self._folder is None:
                 self._folder = cache_dir(self.product)
-            self._shards[(index, metric)] = Shard(self.product, index, metric=metric, folder=self._folder)
-        return self._shards[(index, metric)]
+            shard = Shard(self.product, index, metric=metric, folder=self._folder, in_memory=in_memory)
+            self._shards[(index, metric)] = shard
+        return shard
+
+    def load_codes(self, metric: str | None = None) -> dict[str, Any]:
+        """Read this searcher's shards' codes into memory (see :meth:`eoembed.Product.load_index`)."""
+        started = time.perf_counter()
+        shards = [self.cache(i, metric, in_memory=True) for i in self.file_indexes]
+        return {"shards": len(shards), "bytes": int(sum(s.index_bytes for s in shards)),
+                "seconds": time.perf_counter() - started}
 
     def search(self, queries: np.ndarray, *, metric: str, k: int, mode: str = KIND, candidates: int | None = None,
                bbox=None, interval=None, where_map: dict[int, np.ndarray] | None = None, nprobe: int = 16,
@@ -664,8 +674,7 @@ class ArchiveSearcher:
         picks = [(shard, [rows[(est >= c) & (rows >= 0)] for est, rows, c in zip(estimates, found, cut)])
                  for shard, _, estimates, found in entries]
         if PREFETCH_RERANK_ROWS:
-            for shard, wanted in picks:
-                shard.prefetch_rows(np.concatenate(wanted))
+            prefetch_array_rows([(shard.rerank_file, np.concatenate(wanted)) for shard, wanted in picks])
 
         def gather(entry: tuple[Shard, list[np.ndarray]]) -> tuple[Shard, list[tuple[np.ndarray, np.ndarray]]]:
             shard, wanted = entry  # threads: reads may still wait on disk
@@ -697,17 +706,21 @@ class ArchiveSearcher:
 
     @staticmethod
     def _map(work, shards: list, queries: int) -> list:
-        """``work`` over the shards: a few queries take one shard a thread, one faiss thread each
-        (faiss parallelises over queries, so one query would use one core); a batch takes the shards
-        in turn, faiss spreading its queries over the cores."""
+        """``work`` over the shards: a few queries split the shards into one run a core, each run
+        worked in turn on a thread with one faiss thread (faiss parallelises over queries, so one
+        query would use one core); a batch takes the shards in turn, faiss spreading its queries
+        over the cores. A run a thread, not a shard a thread: handing each of 20 shards to a thread
+        cost more than the shards' own work for one query (measured)."""
         from ._index import faiss_threads
 
         workers = min(len(shards), os.cpu_count() or 1)
         if queries > workers or workers == 1:
             return [work(shard) for shard in shards]
 
-        def alone(shard):
+        def run(part):
             with faiss_threads(1):  # OpenMP's thread count is per calling thread
-                return work(shard)
+                return [work(shard) for shard in part]
 
-        return list(_shard_pool().map(alone, shards))
+        bounds = np.linspace(0, len(shards), workers + 1).round().astype(int).tolist()
+        parts = [shards[a:b] for a, b in zip(bounds, bounds[1:])]
+        return [result for part in _shard_pool().map(run, parts) for result in part]

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from ._damage import reading
 from ._errors import ChipNotFoundError, DimensionMismatchError, SearchError
-from ._mapped import RandomAccessTable
+from ._mapped import RandomAccessTable, prefetch_table_rows
 from ._optional import require
 from ._store import open_input
 
@@ -844,8 +844,7 @@ def prefetch_metadata(searcher: Searcher, hits: Sequence[Hits]) -> None:
         return
     files = np.concatenate([h.files for h in hits])
     rows = np.concatenate([h.rows for h in hits])
-    for f in np.unique(files).tolist():
-        searcher.cache(int(f)).metadata_file.prefetch_rows(rows[files == f])
+    prefetch_table_rows([(searcher.cache(int(f)).metadata_file, rows[files == f]) for f in np.unique(files).tolist()])
 
 
 def metadata_rows(searcher: Searcher, files: np.ndarray, rows: np.ndarray) -> pa.Table:

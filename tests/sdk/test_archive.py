@@ -328,25 +328,90 @@ def test_mpirun_shards_give_the_hits_of_one_process(built, ranks, tmp_path):
     assert_cli_hits_match(out, expected)
 
 
+def _mappings_of(paths: list[str]) -> int:
+    """How many of this process's memory mappings are of these files."""
+    wanted = set(paths)
+    return sum(1 for line in Path("/proc/self/maps").read_text().splitlines()
+               if len(line.split(maxsplit=5)) == 6 and line.split(maxsplit=5)[5].strip() in wanted)
+
+
+def test_load_index_reads_the_codes_into_memory_and_finds_the_same_hits(built):
+    import gc
+
+    import faiss
+
+    product, _ = built
+    codes = sorted(str(p) for p in (product.path / "index").glob("*.ivf-rabitq-cosine.faiss"))
+    assert len(codes) == 3
+    before = _mappings_of(codes)  # other tests' products may map them too
+    fresh = eoembed.open(product.path)
+    queries = queries_of(product, 8)
+    mapped = fresh.search(queries, k=10, mode="ivf-rabitq")
+    assert _mappings_of(codes) >= before + 3  # searching maps the codes
+    report = fresh.load_index()
+    assert report["shards"] == 3 and report["bytes"] == sum(Path(p).stat().st_size for p in codes)
+    shards = list(fresh._archive_searcher._shards.values())
+    assert all(s.in_memory for s in shards)
+    assert {type(faiss.downcast_InvertedLists(s.ivf.invlists)).__name__ for s in shards} == {"ArrayInvertedLists"}
+    gc.collect()  # the mapped shards it replaced, once collected, leave no mapping behind
+    assert _mappings_of(codes) == before  # the codes are this process's own memory
+    assert fresh.search(queries, k=10, mode="ivf-rabitq").equals(mapped)
+    assert fresh.load_index()["shards"] == 3 and fresh._archive_searcher._shards.keys() == {(i, "cosine") for i in range(3)}
+
+
+@pytest.mark.mpi
+def test_load_index_under_mpirun_reads_each_ranks_shards_only(built, tmp_path):
+    product, _ = built
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import json, sys\n"
+        "from mpi4py import MPI\n"
+        "import eoembed\n"
+        "from eoembed._search import distributed_search\n"
+        "comm = MPI.COMM_WORLD\n"
+        "product = eoembed.open(sys.argv[1])\n"
+        "report = product.load_index(comm=comm)\n"
+        "table = distributed_search(product, ['chip-0000042'], comm=comm, k=6, mode='ivf-rabitq')\n"
+        "opened = sorted(i for i, _ in product._archive_searcher._shards)\n"
+        "all_in = all(s.in_memory for s in product._archive_searcher._shards.values())\n"
+        "facts = comm.gather({'opened': opened, 'shards': report['shards'], 'in_memory': all_in}, root=0)\n"
+        "if comm.Get_rank() == 0:\n"
+        "    print(json.dumps({'ranks': facts, 'hits': table.column('chip_id').to_pylist()}))\n")
+    run = subprocess.run([str(BIN / "mpirun"), "-n", "2", sys.executable, str(script), str(product.path)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert sorted(sum((r["opened"] for r in out["ranks"]), [])) == [0, 1, 2] and all(r["opened"] for r in out["ranks"])
+    assert all(r["in_memory"] and r["shards"] == len(r["opened"]) for r in out["ranks"])
+    assert not set(out["ranks"][0]["opened"]) & set(out["ranks"][1]["opened"])
+    assert out["hits"] == product.search(["chip-0000042"], k=6, mode="ivf-rabitq").column("chip_id").to_pylist()
+
+
 def test_search_asks_for_the_rows_it_reranks_first_and_finds_the_same_hits_without(built, monkeypatch):
     import eoembed._archive as archive
 
     product, _ = built
     asked, read = [], []
-    original_prefetch, original_rows = archive.Shard.prefetch_rows, archive.Shard.rerank_rows
+    original_prefetch, original_rows = archive.prefetch_array_rows, archive.Shard.rerank_rows
+    shard_of = {}
 
-    def prefetch(self, rows):
-        asked.append((self.index, set(rows.tolist())))
-        assert not read  # every shard's pages are asked for before any row is read
-        return original_prefetch(self, rows)
+    def prefetch(parts):
+        parts = list(parts)
+        assert not read  # every shard's pages are asked for, in one call, before any row is read
+        for file, rows in parts:
+            asked.append((shard_of.get(id(file)), set(rows.tolist())))
+        return original_prefetch(parts)
 
     def rows_of(self, rows):
         read.append((self.index, set(rows.tolist())))
         return original_rows(self, rows)
 
-    monkeypatch.setattr(archive.Shard, "prefetch_rows", prefetch)
+    monkeypatch.setattr(archive, "prefetch_array_rows", prefetch)
     monkeypatch.setattr(archive.Shard, "rerank_rows", rows_of)
     queries = queries_of(product, 6)
+    product.search(queries[:1], k=10, mode="ivf-rabitq", candidates=60)  # opens the shards
+    shard_of.update({id(shard.rerank_file): index for (index, _), shard in product._archive_searcher._shards.items()})
+    asked.clear(), read.clear()
     fetched = product.search(queries, k=10, mode="ivf-rabitq", candidates=60)
     assert asked and {shard for shard, _ in asked} == {shard for shard, _ in read}
     for shard, rows in read:
