@@ -4,7 +4,7 @@
         [--rows-per-file 1000000] [--clusters 1000] [--queries 100] [--nprobe 16] [--candidates N]
         [--nlist N] [--bits 1] [--rerank stored|float16] [--ivfpq-max-rows 10000000] [--hnsw-max-rows 1000000]
         [--usearch-max-rows 1000000] [--usearch-dtype f16] [--page-cache as-is|cold|codes-hot]
-        [--compare no-prefetch,no-metadata-prefetch,one-pass] [--json FILE]
+        [--compare no-prefetch,no-metadata-prefetch,one-pass,no-list-split] [--load-index] [--json FILE]
 
 One run, one table:
 
@@ -21,7 +21,10 @@ One run, one table:
             the same page-cache state each time, with parts of search turned off: ``no-prefetch``
             (the re-rank rows read by page faults, their pages not asked for first),
             ``no-metadata-prefetch`` (the same for the hits' metadata columns), ``one-pass``
-            (every shard gives its estimates of the whole pool at once, not its share first);
+            (every shard gives its estimates of the whole pool at once, not its share first),
+            ``no-list-split`` (with ``--load-index``: a query's probed lists scanned in one faiss
+            call, not split over the cores); ``--load-index`` serves with the codes read into
+            memory first (``Product.load_index``), not mapped;
 * faiss     IVF-PQ (same nlist and nprobe, PQ dim/4, float32 re-rank of as many rows as the archive
             index re-ranks a query) and HNSW32 (efSearch 64) in memory, where the
             float32 matrix fits (``--ivfpq-max-rows``, ``--hnsw-max-rows``), with their in-memory size;
@@ -52,7 +55,8 @@ BIN = Path(sys.executable).parent
 # What --compare turns off, by name, for the table.
 VARIANTS = {"search": "as search does", "no-prefetch": "re-rank rows read by page faults",
             "no-metadata-prefetch": "hits' metadata read by page faults",
-            "one-pass": "each shard's whole pool estimated at once"}
+            "one-pass": "each shard's whole pool estimated at once",
+            "no-list-split": "one query's lists in one faiss call (codes in memory)"}
 
 
 def rss() -> dict[str, int]:
@@ -83,6 +87,8 @@ def serve(args: argparse.Namespace) -> None:
         import eoembed._search as search_module
 
         search_module.PREFETCH_HIT_METADATA = False
+    elif args.variant == "no-list-split":
+        archive.SPLIT_QUERY_LISTS = False
     elif args.variant == "one-pass":
         archive.FIRST_PASS_SHARES = float("inf")
     data = np.load(args.serve_queries)
@@ -303,7 +309,7 @@ def main() -> None:
                         help="the index and search-cache files' pages before serving: as left by the run, dropped, or the "
                              "all dropped and the codes read once")
     parser.add_argument("--compare", default="", help="serve also with these parts of search turned off, "
-                        "comma-separated: no-prefetch, no-metadata-prefetch, one-pass")
+                        "comma-separated: no-prefetch, no-metadata-prefetch, one-pass, no-list-split")
     parser.add_argument("--load-index", action="store_true", help="serve with the codes read into memory first "
                         "(Product.load_index), not mapped")
     parser.add_argument("--json", help="also write the figures to this file")

@@ -92,6 +92,11 @@ FIRST_PASS_MIN = 32
 # off only to measure what it saves (benchmarks/search_archive.py --compare no-prefetch).
 PREFETCH_RERANK_ROWS = True
 
+# Codes held in memory (MergedCodes): split one query's probed lists over the cores; off only to
+# measure what it saves (benchmarks/search_archive.py --compare no-list-split).
+SPLIT_QUERY_LISTS = True
+
+
 
 def default_candidates(k: int, bits: int = 1, *, probed_rows: float = 0, rows: float = 0) -> int:
     """Rows re-ranked a query (one pool over every shard of a product of ``rows`` rows, whose probed
@@ -417,6 +422,7 @@ class Shard(FileRows):
         # Mapped, a query reads only the lists it probes; in memory (anonymous pages, which the
         # kernel cannot evict where there is no swap), no query waits on a code page from disk.
         self.in_memory, self.index_bytes = in_memory, index_path.stat().st_size
+        self.merged: MergedCodes | None = None  # set when its codes were moved into one index of several shards
         with reading(index_path):
             self.ivf = faiss.read_index(str(index_path), 0 if in_memory else faiss.IO_FLAG_MMAP)
         if self.ivf.ntotal != rows or self.ivf.d != product.dim:
@@ -470,11 +476,10 @@ class Shard(FileRows):
         faiss = require("faiss", extra="search")
 
         pool = count if pool is None else pool
-        if rows is not None and len(rows) <= pool:  # the whole selection is the candidate pool
-            found = np.full((len(queries), max(count, len(rows))), -1, dtype=np.int64)
-            found[:, : len(rows)] = rows
-            estimates = np.where(found >= 0, np.inf, -np.inf).astype(np.float32)
-            return estimates, found
+        if rows is not None and len(rows) <= pool:
+            return whole_selection(len(queries), rows, count)
+        if self.merged is not None:
+            raise SearchError(f"internal: the codes of {self.path} were merged with other shards'; search them there")
         params = faiss.IVFRaBitQSearchParameters()
         params.nprobe, params.qb = nprobe, qb
         if rows is not None:
@@ -499,6 +504,102 @@ class Shard(FileRows):
         order; their codes as that file holds them)."""
         rows = np.sort(rows)
         return rows, self.vectors[rows]
+
+
+def whole_selection(queries: int, rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """A selection no larger than the pool is the candidate pool whole: all of its rows, each
+    query, estimated +inf (as :meth:`Shard.candidates` returns them)."""
+    found = np.full((queries, max(count, len(rows))), -1, dtype=np.int64)
+    found[:, : len(rows)] = rows
+    return np.where(found >= 0, np.inf, -np.inf).astype(np.float32), found
+
+
+class MergedCodes:
+    """The in-memory codes of several shards moved into one faiss index, its ids the shards' rows
+    numbered on from shard to shard. One call estimates a query over every shard: the probed
+    lists' query terms are computed once, not once a shard, and no work is handed a shard at a
+    time (on 20 shards of 50k rows, one faiss call took 0.4 ms where a call a shard took 1.2 ms
+    and search's loop around them 3.9 ms). The estimates are the shards' own (the same codes
+    against the same lists), so the pool and the hits are those of the shards searched apart."""
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        self.shards = list(shards)
+        self.starts = np.cumsum([0] + [s.rows for s in self.shards[:-1]]).astype(np.int64)
+        self.ivf = self.shards[0].ivf  # shard 0's ids are already its rows from 0
+        for shard, start in zip(self.shards[1:], self.starts[1:].tolist()):
+            self.ivf.merge_from(shard.ivf, start)  # moves the codes: memory does not double
+        for shard in self.shards:
+            shard.merged = self
+        self.position = {shard.index: j for j, shard in enumerate(self.shards)}
+
+    def candidates(self, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], *, count: int,
+                   selection: dict[int, np.ndarray | None], nprobe: int, qb: int) -> list[tuple[Shard, np.ndarray, np.ndarray]]:
+        """The ``count`` best estimates a query over the shards in ``selection`` (shard index ->
+        its selected rows, None for all), split into (shard, estimates, rows) as
+        :meth:`Shard.candidates` gives them; each shard's part holds every row of that shard that
+        is among the ``count`` best of them all."""
+        faiss = require("faiss", extra="search")
+
+        bitmap = None
+        selector = None
+        if len(selection) < len(self.shards) or any(rows is not None for rows in selection.values()):
+            selected = np.zeros(int(self.ivf.ntotal), dtype=bool)
+            for index, rows in selection.items():
+                j = self.position[index]
+                start = int(self.starts[j])
+                if rows is None:
+                    selected[start : start + self.shards[j].rows] = True
+                else:
+                    selected[start + rows] = True
+            bitmap = np.packbits(selected, bitorder="little")  # faiss reads bit (id & 7) of byte id >> 3
+            selector = faiss.IDSelectorBitmap(int(self.ivf.ntotal), faiss.swig_ptr(bitmap))
+        count = min(count, int(self.ivf.ntotal))
+
+        def scan(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            params = faiss.IVFRaBitQSearchParameters()
+            params.nprobe, params.qb = len(columns), qb
+            if selector is not None:
+                params.sel = selector
+            distances = np.ascontiguousarray(coarse[0][:, columns])
+            lists = np.ascontiguousarray(coarse[1][:, columns])
+            scores = np.empty((len(queries), count), dtype=np.float32)
+            found = np.empty((len(queries), count), dtype=np.int64)
+            self.ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
+                                          faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
+            return scores, found
+
+        # A batch: faiss spreads its queries over the cores. A query: its probed lists split into a
+        # part a core, each on a thread with one faiss thread (faiss's own split of one query's
+        # lists waited on its threads for milliseconds when the cores were busy, measured).
+        workers = min(os.cpu_count() or 1, coarse[1].shape[1]) if SPLIT_QUERY_LISTS else 1
+        if len(queries) >= workers or workers == 1:
+            scores, found = scan(np.arange(coarse[1].shape[1]))
+        else:
+            from ._index import faiss_threads
+
+            def alone(columns):
+                with faiss_threads(1):
+                    return scan(columns)
+
+            parts = list(_shard_pool().map(alone, np.array_split(np.arange(coarse[1].shape[1]), workers)))
+            scores, found = np.concatenate([a for a, _ in parts], axis=1), np.concatenate([b for _, b in parts], axis=1)
+            if self.ivf.metric_type == faiss.METRIC_L2:
+                best = np.argsort(scores, axis=1, kind="stable")[:, :count]
+            else:
+                best = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+            scores, found = np.take_along_axis(scores, best, axis=1), np.take_along_axis(found, best, axis=1)
+        del bitmap  # faiss read it during the calls only
+        if self.ivf.metric_type == faiss.METRIC_L2:
+            scores = -scores
+        scores[found < 0] = -np.inf
+        owner = np.searchsorted(self.starts, found, side="right") - 1
+        parts = []
+        for index in selection:
+            j = self.position[index]
+            mine = (owner == j) & (found >= 0)
+            parts.append((self.shards[j], np.where(mine, scores, -np.inf).astype(np.float32),
+                          np.where(mine, found - self.starts[j], -1)))
+        return parts
 
 
 def rerank_pool(query: np.ndarray, parts: Sequence[tuple[Shard, np.ndarray, np.ndarray]], *, k: int,
@@ -531,6 +632,15 @@ def rerank_pool(query: np.ndarray, parts: Sequence[tuple[Shard, np.ndarray, np.n
     rows = np.concatenate([part[1] for part in parts]).astype(np.int64, copy=False)
     keep = np.isfinite(scores)
     return Hits(scores[keep], files[keep], rows[keep]).best(k)
+
+
+def _selected_rows(shard: Shard, bbox, interval, where_map: dict[int, np.ndarray] | None) -> np.ndarray | None:
+    """The rows of ``shard`` that the filters keep (None: all of them)."""
+    rows = _rows_in(shard, bbox, interval)
+    if where_map is not None:
+        selected = where_map[shard.index]
+        rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
+    return rows
 
 
 _SHARD_POOL: "ThreadPoolExecutor | None" = None
@@ -578,7 +688,7 @@ class ArchiveSearcher:
         codes read into memory (a shard once in memory stays so)."""
         metric = metric or self.metric
         shard = self._shards.get((index, metric))
-        if shard is None or (in_memory and not shard.in_memory):
+        if shard is None or (in_memory and not shard.in_memory and shard.merged is None):
             if self._folder is None:
                 self._folder = cache_dir(self.product)
             shard = Shard(self.product, index, metric=metric, folder=self._folder, in_memory=in_memory)
@@ -589,6 +699,9 @@ class ArchiveSearcher:
         """Read this searcher's shards' codes into memory (see :meth:`eoembed.Product.load_index`)."""
         started = time.perf_counter()
         shards = [self.cache(i, metric, in_memory=True) for i in self.file_indexes]
+        alone = [s for s in shards if s.merged is None]
+        if len(alone) > 1:
+            MergedCodes(alone)
         return {"shards": len(shards), "bytes": int(sum(s.index_bytes for s in shards)),
                 "seconds": time.perf_counter() - started}
 
@@ -627,10 +740,7 @@ class ArchiveSearcher:
         first = self._first_pass(count)
 
         def estimate(shard: Shard) -> tuple[Shard, np.ndarray | None, np.ndarray, np.ndarray] | None:
-            rows = _rows_in(shard, bbox, interval)
-            if where_map is not None:
-                selected = where_map[shard.index]
-                rows = selected if rows is None else np.intersect1d(rows, selected, assume_unique=True)
+            rows = _selected_rows(shard, bbox, interval, where_map)
             if rows is not None and len(rows) == 0:
                 return None
             return (shard, rows, *shard.candidates(queries, coarse, count=first, rows=rows, nprobe=nprobe, qb=qb,
@@ -642,12 +752,29 @@ class ArchiveSearcher:
                 local = best_estimates(np.concatenate([e[2] for e in entries], axis=1), count)
             return best_estimates(exchange(local) if exchange is not None else local, count)[:, -1]
 
-        entries = [e for e in self._map(estimate, shards, len(queries)) if e is not None]
+        # Shards whose codes were merged in memory are estimated together, one call a group.
+        groups: dict[int, tuple[MergedCodes, dict[int, np.ndarray | None]]] = {}
+        entries, complete = [], set()
+        for shard in (s for s in shards if s.merged is not None):
+            rows = _selected_rows(shard, bbox, interval, where_map)
+            if rows is not None and len(rows) <= count:  # the whole selection is the candidate pool
+                if len(rows):
+                    complete.add(len(entries))
+                    entries.append((shard, rows, *whole_selection(len(queries), rows, count)))
+                continue
+            groups.setdefault(id(shard.merged), (shard.merged, {}))[1][shard.index] = rows
+        for merged, selection in groups.values():
+            for shard, estimates, found in merged.candidates(queries, coarse, count=count, selection=selection,
+                                                             nprobe=nprobe, qb=qb):
+                complete.add(len(entries))
+                entries.append((shard, selection[shard.index], estimates, found))
+        plain = [s for s in shards if s.merged is None]
+        entries += [e for e in (self._map(estimate, plain, len(queries)) if plain else []) if e is not None]
         cut = pool_cut(entries)  # at or below the exact cut: the lists are a subset of one pass's
         again = []
         for position, (shard, rows, estimates, found) in enumerate(entries):
             width = estimates.shape[1]
-            if width >= min(count, shard.rows) or (rows is not None and len(rows) <= count):
+            if position in complete or width >= min(count, shard.rows) or (rows is not None and len(rows) <= count):
                 continue  # every row that could be in the pool is in the list
             short = np.flatnonzero((found[:, -1] >= 0) & (estimates[:, -1] >= cut))
             if len(short):

@@ -359,6 +359,36 @@ def test_load_index_reads_the_codes_into_memory_and_finds_the_same_hits(built):
     assert fresh.load_index()["shards"] == 3 and fresh._archive_searcher._shards.keys() == {(i, "cosine") for i in range(3)}
 
 
+@pytest.fixture(scope="module")
+def loaded(built):
+    """The built product opened again with its codes held in memory (one merged faiss index)."""
+    product, _ = built
+    fresh = eoembed.open(product.path)
+    fresh.load_index()
+    return fresh
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"candidates": 50},  # a pool of 50 over 3 shards
+    {"candidates": 900, "nprobe": 4},
+    {"bbox": (-78.72, 35.62, -78.68, 35.66)},  # a selection re-ranked whole
+    {"datetime": "2020-05-20/2020-05-30"},
+    {"where": "valid_fraction > ?", "params": [0.7]},
+    {"bbox": (-78.8, 35.6, -78.7, 35.8), "where": "source_id = ?", "params": ["scene-1"]},
+])
+def test_codes_in_memory_give_the_hits_of_mapped_shards(built, loaded, options):
+    product, _ = built
+    merged = {id(s.merged) for s in loaded._archive_searcher._shards.values()}
+    assert len(merged) == 1 and None not in merged  # the three shards' codes are one index
+    for queries in (queries_of(product, 12, seed=4), queries_of(product, 1, seed=5)):  # a batch, one query
+        mapped = product.search(queries, k=10, mode="ivf-rabitq", **options)
+        held = loaded.search(queries, k=10, mode="ivf-rabitq", **options)
+        assert held.num_rows == mapped.num_rows > 0
+        assert held.select(["chip_id"]).equals(mapped.select(["chip_id"]))
+        np.testing.assert_allclose(held.column("distance"), mapped.column("distance"), rtol=1e-6)
+
+
 @pytest.mark.mpi
 def test_load_index_under_mpirun_reads_each_ranks_shards_only(built, tmp_path):
     product, _ = built
