@@ -406,7 +406,7 @@ class Shard(FileRows):
     Offers what the shared query and result code reads of a decoded-vector cache (``vectors``,
     ``metadata``, ``bbox``, ``times`` and block summaries); bbox and times are built on first use."""
 
-    def __init__(self, product: "Product", index: int, *, metric: str, folder: Path, in_memory: bool = False) -> None:
+    def __init__(self, product: "Product", index: int, *, metric: str, folder: Path) -> None:
         from ._index import asset_key
 
         faiss = require("faiss", extra="search")
@@ -419,12 +419,10 @@ class Shard(FileRows):
                           f"rebuild the {KIND} index")
         rerank_path, _ = _current_asset(product, index, asset_key(rerank, metric))
         self.quantization = product.quantization if rerank == "stored" else None
-        # Mapped, a query reads only the lists it probes; in memory (anonymous pages, which the
-        # kernel cannot evict where there is no swap), no query waits on a code page from disk.
-        self.in_memory, self.index_bytes = in_memory, index_path.stat().st_size
-        self.merged: MergedCodes | None = None  # set when its codes were moved into one index of several shards
+        self.index_bytes = index_path.stat().st_size
+        self.merged: MergedCodes | None = None  # set once its codes are copied into memory (load_index)
         with reading(index_path):
-            self.ivf = faiss.read_index(str(index_path), 0 if in_memory else faiss.IO_FLAG_MMAP)
+            self.ivf = faiss.read_index(str(index_path), faiss.IO_FLAG_MMAP)
         if self.ivf.ntotal != rows or self.ivf.d != product.dim:
             raise damaged(index_path, f"indexes {self.ivf.ntotal} vectors of dimension {self.ivf.d}; "
                           f"{self.path} holds {rows} of dimension {product.dim}; {KIND} indexes must be rebuilt")
@@ -515,21 +513,46 @@ def whole_selection(queries: int, rows: np.ndarray, count: int) -> tuple[np.ndar
 
 
 class MergedCodes:
-    """The in-memory codes of several shards moved into one faiss index, its ids the shards' rows
-    numbered on from shard to shard. One call estimates a query over every shard: the probed
-    lists' query terms are computed once, not once a shard, and no work is handed a shard at a
-    time (on 20 shards of 50k rows, one faiss call took 0.4 ms where a call a shard took 1.2 ms
-    and search's loop around them 3.9 ms). The estimates are the shards' own (the same codes
-    against the same lists), so the pool and the hits are those of the shards searched apart."""
+    """The codes of several shards copied from their mapped files into one faiss index in memory
+    (``Product.load_index``), its ids the shards' rows numbered on from shard to shard.
+
+    Held in memory (anonymous pages, which the kernel does not evict where there is no swap), no
+    query waits on a code page from disk. One call estimates a query over every shard: the probed
+    lists' query terms are computed once, not once a shard, and no work is handed a shard at a time
+    (on 20 shards of 50k rows, one faiss call took 0.4 ms where a call a shard took 1.2 ms and
+    search's loop around them 3.9 ms). The estimates are the shards' own (the same codes against
+    the same lists), so the pool and the hits are those of the shards searched apart."""
 
     def __init__(self, shards: Sequence[Shard]) -> None:
+        faiss = require("faiss", extra="search")
+
         self.shards = list(shards)
         self.starts = np.cumsum([0] + [s.rows for s in self.shards[:-1]]).astype(np.int64)
-        self.ivf = self.shards[0].ivf  # shard 0's ids are already its rows from 0
-        for shard, start in zip(self.shards[1:], self.starts[1:].tolist()):
-            self.ivf.merge_from(shard.ivf, start)  # moves the codes: memory does not double
-        for shard in self.shards:
-            shard.merged = self
+        first = self.shards[0].ivf
+        nlist, code_size = int(first.nlist), int(first.code_size)
+        sizes = np.asarray([[shard.ivf.invlists.list_size(i) for i in range(nlist)] for shard in self.shards],
+                           dtype=np.int64).reshape(len(self.shards), nlist)
+        # Every list allocated at its final size, then filled from the mapped files a shard at a
+        # time: memory grows to the codes once (faiss's merge_from grows each list by doubling, up
+        # to 1.6 times the codes).
+        merged = faiss.ArrayInvertedLists(nlist, code_size)
+        for i, total in enumerate(sizes.sum(axis=0).tolist()):
+            if total:
+                merged.resize(i, total)
+        at = np.zeros(nlist, dtype=np.int64)
+        for j, shard in enumerate(self.shards):
+            lists, start = shard.ivf.invlists, int(self.starts[j])
+            for i in np.flatnonzero(sizes[j]).tolist():
+                n = int(sizes[j, i])
+                ids = faiss.rev_swig_ptr(lists.get_ids(i), n) + start
+                merged.update_entries(i, int(at[i]), n, faiss.swig_ptr(ids), lists.get_codes(i))
+                at[i] += n
+        self.ivf = first  # shard 0's index (its quantiser and RaBitQ terms), over the merged lists
+        self.ivf.replace_invlists(merged, True)  # frees (unmaps) its mapped lists
+        merged.this.disown()  # the index owns and frees them
+        self.ivf.ntotal = int(sizes.sum())
+        for shard in self.shards:  # the other shards' mapped indexes are freed with their last reference
+            shard.merged, shard.ivf = self, self.ivf
         self.position = {shard.index: j for j, shard in enumerate(self.shards)}
 
     def candidates(self, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], *, count: int,
@@ -683,24 +706,20 @@ class ArchiveSearcher:
         other._shards, other._build_facts = self._shards, self._build_facts
         return other
 
-    def cache(self, index: int, metric: str | None = None, *, in_memory: bool = False) -> Shard:
-        """Shard ``index`` for ``metric``, opened once; ``in_memory`` reopens a mapped one with its
-        codes read into memory (a shard once in memory stays so)."""
+    def cache(self, index: int, metric: str | None = None) -> Shard:
         metric = metric or self.metric
-        shard = self._shards.get((index, metric))
-        if shard is None or (in_memory and not shard.in_memory and shard.merged is None):
+        if (index, metric) not in self._shards:
             if self._folder is None:
                 self._folder = cache_dir(self.product)
-            shard = Shard(self.product, index, metric=metric, folder=self._folder, in_memory=in_memory)
-            self._shards[(index, metric)] = shard
-        return shard
+            self._shards[(index, metric)] = Shard(self.product, index, metric=metric, folder=self._folder)
+        return self._shards[(index, metric)]
 
     def load_codes(self, metric: str | None = None) -> dict[str, Any]:
         """Read this searcher's shards' codes into memory (see :meth:`eoembed.Product.load_index`)."""
         started = time.perf_counter()
-        shards = [self.cache(i, metric, in_memory=True) for i in self.file_indexes]
+        shards = [self.cache(i, metric) for i in self.file_indexes]
         alone = [s for s in shards if s.merged is None]
-        if len(alone) > 1:
+        if alone:
             MergedCodes(alone)
         return {"shards": len(shards), "bytes": int(sum(s.index_bytes for s in shards)),
                 "seconds": time.perf_counter() - started}

@@ -582,10 +582,11 @@ class Product:
         """Read the ``ivf-rabitq`` index's codes into memory, for a process that serves many queries.
 
         ``mode="ivf-rabitq"`` otherwise maps them, and a query whose lists' pages the kernel has
-        dropped waits on the disk for them. Held in memory they take the index files' size (about
-        35 B a row at 1 bit, 63 B at 2 bits, for 128-d) and are never dropped; the re-rank rows and
-        the metadata stay mapped. Under MPI (``comm``) each rank reads its own shards only. Returns
-        the shards, bytes and seconds this process read."""
+        dropped waits on the disk for them. Held in memory, the shards' codes in one faiss index
+        that a query probes in one call, they take the index files' size (about 35 B a row at 1
+        bit, 63 B at 2 bits, for 128-d) and are never dropped; the re-rank rows and the metadata
+        stay mapped; the hits are the same. Under MPI (``comm``) each rank reads its own shards
+        only. Returns the shards, bytes and seconds this process read."""
         from ._search import _PRODUCT_METRIC, assign_files
 
         metric = metric or _PRODUCT_METRIC.get(self.embedding.get("metric", "cosine"), "cosine")

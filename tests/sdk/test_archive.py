@@ -351,9 +351,9 @@ def test_load_index_reads_the_codes_into_memory_and_finds_the_same_hits(built):
     report = fresh.load_index()
     assert report["shards"] == 3 and report["bytes"] == sum(Path(p).stat().st_size for p in codes)
     shards = list(fresh._archive_searcher._shards.values())
-    assert all(s.in_memory for s in shards)
+    assert len({id(s.merged) for s in shards}) == 1 and shards[0].merged is not None
     assert {type(faiss.downcast_InvertedLists(s.ivf.invlists)).__name__ for s in shards} == {"ArrayInvertedLists"}
-    gc.collect()  # the mapped shards it replaced, once collected, leave no mapping behind
+    gc.collect()  # the mapped indexes it copied, once collected, leave no mapping behind
     assert _mappings_of(codes) == before  # the codes are this process's own memory
     assert fresh.search(queries, k=10, mode="ivf-rabitq").equals(mapped)
     assert fresh.load_index()["shards"] == 3 and fresh._archive_searcher._shards.keys() == {(i, "cosine") for i in range(3)}
@@ -403,7 +403,7 @@ def test_load_index_under_mpirun_reads_each_ranks_shards_only(built, tmp_path):
         "report = product.load_index(comm=comm)\n"
         "table = distributed_search(product, ['chip-0000042'], comm=comm, k=6, mode='ivf-rabitq')\n"
         "opened = sorted(i for i, _ in product._archive_searcher._shards)\n"
-        "all_in = all(s.in_memory for s in product._archive_searcher._shards.values())\n"
+        "all_in = all(s.merged is not None for s in product._archive_searcher._shards.values())\n"
         "facts = comm.gather({'opened': opened, 'shards': report['shards'], 'in_memory': all_in}, root=0)\n"
         "if comm.Get_rank() == 0:\n"
         "    print(json.dumps({'ranks': facts, 'hits': table.column('chip_id').to_pylist()}))\n")
