@@ -219,10 +219,11 @@ def prefetch_table_rows(parts: Iterable[tuple[RandomAccessTable, Iterable[int]]]
         begin, stop = np.empty(offsets.shape, np.int64), np.empty(offsets.shape, np.int64)
         at = 0
         for (table, _), count in zip(members, counts):  # a table's offsets lie in its own mapping
-            for column in range(offsets.shape[1]):
-                o, n = offsets[at : at + count, column], int(size[column])
-                begin[at : at + count, column] = table._read_offsets(o, n)
-                stop[at : at + count, column] = table._read_offsets(o + n, n)
+            for n in np.unique(size).tolist():  # 4-byte and 8-byte offsets apart
+                columns = np.flatnonzero(size == n)
+                o = offsets[at : at + count][:, columns]
+                both = table._read_offsets(np.stack([o, o + n]), n)
+                begin[at : at + count, columns], stop[at : at + count, columns] = both[0], both[1]
             at += count
         first.append((data + begin).ravel())
         end.append((data + stop).ravel())
