@@ -671,8 +671,11 @@ _SHARD_POOL: "ThreadPoolExecutor | None" = None
 
 @lru_cache(maxsize=1)
 def _cores() -> int:
-    """The cores, counted once: ``os.cpu_count`` took 60 us a call here, twice a query."""
-    return os.cpu_count() or 1
+    """The threads a query may work on: the cores, or fewer where OpenMP is told so (as for MPI
+    ranks sharing a node, ``OMP_NUM_THREADS=1``); counted once, ``os.cpu_count`` took 60 us a call
+    here, twice a query."""
+    faiss = require("faiss", extra="search")
+    return max(1, min(os.cpu_count() or 1, int(faiss.omp_get_max_threads())))
 
 
 def _shard_pool() -> "ThreadPoolExecutor":

@@ -377,13 +377,19 @@ def loaded(built):
     {"where": "valid_fraction > ?", "params": [0.7]},
     {"bbox": (-78.8, 35.6, -78.7, 35.8), "where": "source_id = ?", "params": ["scene-1"]},
 ])
-def test_codes_in_memory_give_the_hits_of_mapped_shards(built, loaded, options):
+def test_codes_in_memory_give_the_hits_of_mapped_shards(built, loaded, options, monkeypatch):
+    import eoembed._archive as archive
+
     product, _ = built
+    monkeypatch.setattr(archive, "_cores", lambda: 2)  # one query's lists split in two, whatever this machine has
     merged = {id(s.merged) for s in loaded._archive_searcher._shards.values()}
     assert len(merged) == 1 and None not in merged  # the three shards' codes are one index
     for queries in (queries_of(product, 12, seed=4), queries_of(product, 1, seed=5)):  # a batch, one query
         mapped = product.search(queries, k=10, mode="ivf-rabitq", **options)
         held = loaded.search(queries, k=10, mode="ivf-rabitq", **options)
+        monkeypatch.setattr(archive, "SPLIT_QUERY_LISTS", False)
+        assert loaded.search(queries, k=10, mode="ivf-rabitq", **options).equals(held)
+        monkeypatch.setattr(archive, "SPLIT_QUERY_LISTS", True)
         assert held.num_rows == mapped.num_rows > 0
         assert held.select(["chip_id"]).equals(mapped.select(["chip_id"]))
         np.testing.assert_allclose(held.column("distance"), mapped.column("distance"), rtol=1e-6)
