@@ -24,7 +24,7 @@ cut. The rows read stay ``candidates`` a query however many shards there are, an
 files across ranks re-ranks the same rows and gives the same hits (the estimates of a row depend on
 its shard alone). By default the pool grows with the product, from facts of the whole product
 (:func:`default_candidates`): with the rows a query's probed lists hold and with the square root of
-the product's rows, a quarter as large for each bit of the codes past the first. Building streams
+the product's rows, an eighth as large for each bit of the codes past the first. Building streams
 over the stored rows in batches (two passes: the training sample, then the codes); memory is bounded by one shard's
 codes, never the product's float32 vectors.
 """
@@ -79,8 +79,9 @@ ONE_BIT_SHARE = 0.01
 ONE_BIT_ROOT = 0.16
 # Each bit a dimension after the first divides the pool by this: on one 5M-row shard, 2-bit
 # estimates gave recall@10 0.978 from 100 candidates, 1-bit ones 0.963 from 400; on 100M rows
-# (16 of 20,000 lists) 2-bit gave 0.993 from the default 400 and 0.988 from 200.
-POOL_DIVISOR_A_BIT = 4
+# (16 of 20,000 lists) 2-bit gave 0.992-0.993 from 400 and 0.988 from 200, where 1-bit gave 0.970
+# from 1,600: an eighth of the 1-bit pool ranks better than the 1-bit pool itself.
+POOL_DIVISOR_A_BIT = 8
 
 # A shard's first estimates: FIRST_PASS_SHARES times its even share of the pool, at least
 # FIRST_PASS_MIN (ArchiveSearcher.search). On 20 shards of 250k clustered rows, 85k codes probed,
@@ -102,7 +103,7 @@ def default_candidates(k: int, bits: int = 1, *, probed_rows: float = 0, rows: f
     """Rows re-ranked a query (one pool over every shard of a product of ``rows`` rows, whose probed
     lists hold ``probed_rows``): for 1-bit estimates at least 40 a hit, ``ONE_BIT_SHARE`` of the
     probed rows and ``ONE_BIT_ROOT`` sqrt(rows); finer codes (``bits`` a dimension) rank well enough
-    that a quarter of that a bit suffices, at least 10 a hit."""
+    that an eighth of that a bit suffices, at least 10 a hit."""
     one_bit = max(400, 40 * k, int(np.ceil(ONE_BIT_SHARE * probed_rows)), int(np.ceil(ONE_BIT_ROOT * np.sqrt(rows))))
     if bits == 1:
         return one_bit

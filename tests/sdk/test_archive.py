@@ -152,7 +152,7 @@ def test_the_default_pool_grows_with_the_probed_lists_and_the_product(built, mon
     assert archive.default_candidates(10, rows=10**6, probed_rows=8000) == 400  # 1M rows: still the floor
     assert archive.default_candidates(10, rows=10**7, probed_rows=78_125) == 782  # 16 of 2,048 lists over 10M rows
     assert archive.default_candidates(10, rows=10**8, probed_rows=80_000) == 1600  # 16 of 20,000 over 100M
-    assert archive.default_candidates(10, 2, rows=10**8, probed_rows=80_000) == 400  # a quarter for the second bit
+    assert archive.default_candidates(10, 2, rows=10**8, probed_rows=80_000) == 200  # an eighth for the second bit
     assert archive.default_candidates(10, 4, rows=10**8, probed_rows=80_000) == 100  # the floor of finer codes
     assert archive.default_candidates(50, 2) == 500  # 10 a hit
     product, _ = built
