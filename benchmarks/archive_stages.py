@@ -81,7 +81,9 @@ if args.drop:  # the re-rank rows and the metadata cache dropped from the page c
 walls = []
 for q in qs[1:]:
     current.clear()
-    s = time.perf_counter(); product.search(q, **opts); walls.append(time.perf_counter() - s)
+    started = time.perf_counter()
+    product.search(q, **opts)
+    walls.append(time.perf_counter() - started)
     for k, v in current.items():
         stage[k].append(v)
 print(f"wall p50 {np.median(walls)*1e3:.2f} ms (mean {np.mean(walls)*1e3:.2f})")
