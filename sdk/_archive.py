@@ -98,7 +98,6 @@ PREFETCH_RERANK_ROWS = True
 SPLIT_QUERY_LISTS = True
 
 
-
 def default_candidates(k: int, bits: int = 1, *, probed_rows: float = 0, rows: float = 0) -> int:
     """Rows re-ranked a query (one pool over every shard of a product of ``rows`` rows, whose probed
     lists hold ``probed_rows``): for 1-bit estimates at least 40 a hit, ``ONE_BIT_SHARE`` of the
@@ -590,6 +589,9 @@ class MergedCodes:
             found = np.empty((len(queries), count), dtype=np.int64)
             self.ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
                                           faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
+            if self.ivf.metric_type == faiss.METRIC_L2:
+                scores = -scores  # distances: smaller is better
+            scores[found < 0] = -np.inf
             return scores, found
 
         # A batch: faiss spreads its queries over the cores. A query: its probed lists split into a
@@ -607,15 +609,9 @@ class MergedCodes:
 
             parts = list(_shard_pool().map(alone, np.array_split(np.arange(coarse[1].shape[1]), workers)))
             scores, found = np.concatenate([a for a, _ in parts], axis=1), np.concatenate([b for _, b in parts], axis=1)
-            if self.ivf.metric_type == faiss.METRIC_L2:
-                best = np.argsort(scores, axis=1, kind="stable")[:, :count]
-            else:
-                best = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+            best = np.argsort(-scores, axis=1, kind="stable")[:, :count]
             scores, found = np.take_along_axis(scores, best, axis=1), np.take_along_axis(found, best, axis=1)
         del bitmap  # faiss read it during the calls only
-        if self.ivf.metric_type == faiss.METRIC_L2:
-            scores = -scores
-        scores[found < 0] = -np.inf
         owner = np.searchsorted(self.starts, found, side="right") - 1
         parts = []
         for index in selection:

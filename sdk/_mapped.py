@@ -80,12 +80,6 @@ class _Mapped:
         self._size = len(self._mapping)
         self._base = pa.py_buffer(self._mapping).address  # page-aligned, as every mapping is
 
-    def _prefetch_spans(self, first: np.ndarray, end: np.ndarray) -> None:
-        """Have the kernel start reading the pages of these byte spans of the file (nothing where
-        the platform has no ``madvise``)."""
-        _advise_spans(np.asarray(first, dtype=np.int64) + self._base, np.asarray(end, dtype=np.int64) + self._base,
-                      self._base + self._size)
-
 
 class RandomAccessRows(_Mapped):
     """A ``.npy`` file's rows over a mapping read at random. :attr:`array` is a plain array, not
@@ -114,10 +108,6 @@ class RandomAccessRows(_Mapped):
     def pages(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(first byte, length) of each run of mapped pages that ``rows`` lie on (see :func:`page_runs`)."""
         return page_runs(*self._spans(rows), self._size)
-
-    def prefetch(self, rows: np.ndarray) -> None:
-        """Have the kernel start reading the pages of ``rows``."""
-        self._prefetch_spans(*self._spans(rows))
 
 
 class RandomAccessTable(_Mapped):
