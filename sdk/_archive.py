@@ -485,23 +485,31 @@ class Shard(FileRows):
             selected[rows] = True
             bitmap = np.packbits(selected, bitorder="little")  # faiss reads bit (id & 7) of byte id >> 3
             params.sel = faiss.IDSelectorBitmap(self.rows, faiss.swig_ptr(bitmap))
-        distances, lists = coarse
-        count = min(count, self.rows)
-        scores = np.empty((len(queries), count), dtype=np.float32)
-        found = np.empty((len(queries), count), dtype=np.int64)
-        # The C++ call: faiss's Python wrapper of search_preassigned takes no search parameters.
-        self.ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
-                                      faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
-        if self.ivf.metric_type == faiss.METRIC_L2:
-            scores = -scores  # distances: smaller is better
-        scores[found < 0] = -np.inf
-        return scores, found
+        return _estimates(self.ivf, queries, coarse, min(count, self.rows), params)
 
     def rerank_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The re-rank file's codes at ``rows``: (the rows sorted, so the mapping is read in file
         order; their codes as that file holds them)."""
         rows = np.sort(rows)
         return rows, self.vectors[rows]
+
+
+def _estimates(ivf, queries: np.ndarray, coarse: tuple[np.ndarray, np.ndarray], count: int,
+               params) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's ``count`` best RaBitQ estimates a query over the preassigned lists ``coarse``
+    (distances, list numbers): (similarities, larger better, -inf where none; ids, -1 where none)."""
+    faiss = require("faiss", extra="search")
+
+    distances, lists = coarse
+    scores = np.empty((len(queries), count), dtype=np.float32)
+    found = np.empty((len(queries), count), dtype=np.int64)
+    # The C++ call: faiss's Python wrapper of search_preassigned takes no search parameters.
+    ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
+                             faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
+    if ivf.metric_type == faiss.METRIC_L2:
+        scores = -scores  # distances: smaller is better
+    scores[found < 0] = -np.inf
+    return scores, found
 
 
 def whole_selection(queries: int, rows: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -583,16 +591,8 @@ class MergedCodes:
             params.nprobe, params.qb = len(columns), qb
             if selector is not None:
                 params.sel = selector
-            distances = np.ascontiguousarray(coarse[0][:, columns])
-            lists = np.ascontiguousarray(coarse[1][:, columns])
-            scores = np.empty((len(queries), count), dtype=np.float32)
-            found = np.empty((len(queries), count), dtype=np.int64)
-            self.ivf.search_preassigned_c(len(queries), faiss.swig_ptr(queries), count, faiss.swig_ptr(lists),
-                                          faiss.swig_ptr(distances), faiss.swig_ptr(scores), faiss.swig_ptr(found), False, params)
-            if self.ivf.metric_type == faiss.METRIC_L2:
-                scores = -scores  # distances: smaller is better
-            scores[found < 0] = -np.inf
-            return scores, found
+            part = (np.ascontiguousarray(coarse[0][:, columns]), np.ascontiguousarray(coarse[1][:, columns]))
+            return _estimates(self.ivf, queries, part, count, params)
 
         # A batch: faiss spreads its queries over the cores. A query: its probed lists split into a
         # part a core, each on a thread with one faiss thread (faiss's own split of one query's
