@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -46,8 +46,12 @@ MODELS_DIR = "models"
 STAGING_MARK = ".eoembed-staging-"
 # Data files encoded at once, each on a thread of its own: Parquet encoding, most of a write, runs
 # on one core a file, so a second file encodes beside the first while the writer's thread takes
-# the next batches. Each holds its own arrays of gathered rows, a file's worth (see _GroupCodes).
+# the next batches. Each holds its own array of gathered rows, a file's worth (see _GroupCodes).
 ENCODING_FILES = 2
+# The rows left at close are written as ENCODING_FILES files, encoded at once, when they hold at
+# least this many bytes of vector codes (a quarter of a second of encoding here): nothing else is
+# left to do by then, and one file would be encoded on one core while the others wait.
+SPLIT_FINAL_BYTES = 64 << 20
 
 REQUIRED_COLUMNS = ("chip_id", "geometry", "bbox", "source_id", "grid_cell", "embedding")
 OPTIONAL_COLUMNS = ("scale", "native_crs", "native_footprint", "pixel_bbox", "valid_fraction", "content_hash")
@@ -160,8 +164,12 @@ def populate_in_background(array: np.ndarray) -> "threading.Thread | None":
     """Have the kernel give ``array`` its memory now, on a thread of its own, without touching its
     contents (Linux ``madvise(MADV_POPULATE_WRITE)``, kernel 5.14 and later; elsewhere nothing is
     done). A fresh array's pages are otherwise made one fault at a time by the first write to each,
-    in the thread that fills it, which costs as much as the filling itself (measured). Returns the
-    thread, or None where nothing is done."""
+    in the thread that fills it, which costs as much as the filling itself (measured). The pages
+    are made from the array's end, so that a thread filling it from the start makes its first
+    pages itself and the two never wait for the same page; and they are small pages: a huge page
+    needs a free 2 MiB block, which a virtual machine has usually handed back to its host (free
+    page reporting), so that its first touch costs the host hundreds of faults (2.8x the time of
+    small pages for 268 MiB, measured). Returns the thread, or None where nothing is done."""
     import sys
 
     if not sys.platform.startswith("linux") or array.nbytes < 64 << 20:
@@ -174,12 +182,13 @@ def populate_in_background(array: np.ndarray) -> "threading.Thread | None":
     except (OSError, AttributeError):
         return None
     madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-    page, populate_write, step = mmap.PAGESIZE, 23, 16 << 20
+    page, populate_write, no_huge_pages, step = mmap.PAGESIZE, 23, 15, 16 << 20
     start = -(-array.ctypes.data // page) * page
     end = (array.ctypes.data + array.nbytes) // page * page
+    madvise(start, end - start, no_huge_pages)
 
     def run() -> None:
-        for offset in range(start, end, step):  # in steps, so that a filling thread may overtake it
+        for offset in reversed(range(start, end, step)):  # in steps, so that a filling thread may meet it
             if madvise(offset, min(step, end - offset), populate_write) != 0:
                 return  # an older kernel (EINVAL): the pages come one fault at a time, as usual
 
@@ -239,10 +248,10 @@ class _GrowingFileHash:
 
 
 class _FileJob:
-    """One data file on its way to disk. The caller puts its row groups, already in stored order,
-    and a thread of the job's own encodes them as Parquet (Arrow releases the GIL while it
-    encodes), while the writer takes the next batches; the file's checksum is taken as the file
-    grows, by another thread (:class:`_GrowingFileHash`), so that only the footer is left to hash
+    """One data file on its way to disk. The caller puts its row groups, already in stored order
+    (:meth:`put`), or an iterable that makes them (:meth:`put_all`), and a thread of the job's
+    own encodes them as Parquet (Arrow releases the GIL while it encodes), while the writer takes
+    the next batches; the file's checksum is taken as the file grows, by another thread (:class:`_GrowingFileHash`), so that only the footer is left to hash
     once the last group is encoded (:attr:`encoded` tells when the arrays of its groups, ``codes``,
     may serve another file). The file appears under its name only when complete."""
 
@@ -250,7 +259,7 @@ class _FileJob:
                  codes: "_GroupCodes") -> None:
         self.partial, self.target, self.codes = partial, target, codes
         self._schema, self._options = schema, dict(options)
-        self._groups: "queue.Queue[pa.Table | None]" = queue.Queue()  # a file's groups at most
+        self._groups: "queue.Queue[Iterable[pa.Table] | None]" = queue.Queue()  # a file's groups at most
         self._cancelled = self._ending = False
         self.error: BaseException | None = None
         self.size, self.sha256 = 0, ""
@@ -259,15 +268,21 @@ class _FileJob:
         self._thread.start()
 
     def put(self, group: pa.Table) -> None:
-        self._groups.put(group)
+        self._groups.put((group,))
+
+    def put_all(self, groups: Iterable[pa.Table]) -> None:
+        """Groups made on the job's thread, each once the one before is encoded."""
+        self._groups.put(groups)
 
     def _run(self) -> None:
         ended = False  # the closing None was taken
         digest = _GrowingFileHash(self.partial)
         try:
             with pq.ParquetWriter(self.partial, self._schema, **self._options) as out:
-                while (group := self._groups.get()) is not None:
-                    if not self._cancelled:
+                while (groups := self._groups.get()) is not None:
+                    for group in groups:
+                        if self._cancelled:
+                            break
                         out.write_table(group, row_group_size=group.num_rows)
                         # A row group is on disk once written; Parquet never rewrites what it wrote.
                         digest.grew()
@@ -401,45 +416,49 @@ class _RowBuffer:
 
 
 class _GroupCodes:
-    """The arrays the vector codes of one data file's row groups are gathered into, kept and reused
-    by the next file that this set serves: a fresh array for every group would be fresh pages every
-    time, and faulting them in costs the kernel as much as the gather itself. A file's groups are
-    all gathered at once, so the row buffer can take the next batches while the file is encoded;
-    the writer gives a set to a new file only once the file that last used it is encoded
-    (:data:`ENCODING_FILES` sets)."""
+    """The array the vector codes of a data file's row groups are gathered into, one group after
+    the other, kept and reused by the next file it serves: fresh memory costs the kernel about as
+    much as the gather itself, so it is made once, its pages made on another thread while the
+    gather fills it (:func:`populate_in_background`). A file whose rows are refilled once taken
+    has all its groups gathered at once, so the row buffer can take the next batches while the
+    file is encoded; the writer gives an array to a new file only once the file that last used it
+    is encoded (:data:`ENCODING_FILES` arrays)."""
 
     def __init__(self) -> None:
-        self._arrays: list[np.ndarray] = []
-        self._turn = 0
+        self._array: np.ndarray | None = None
+        self._used = 0
 
-    def begin_file(self) -> None:
-        self._turn = 0
+    def begin(self, rows: int, like: np.ndarray) -> None:
+        """Gather from the start again, ``rows`` rows of the shape and type of ``like``'s rows."""
+        held, self._used = self._array, 0
+        if held is None or held.dtype != like.dtype or held.shape[1:] != like.shape[1:] or len(held) < rows:
+            self._array = np.empty((rows, *like.shape[1:]), dtype=like.dtype)
+            populate_in_background(self._array)
 
     def gather(self, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``codes[rows]``, in the file's next array."""
-        turn, self._turn = self._turn, self._turn + 1
-        if turn == len(self._arrays):
-            self._arrays.append(codes[:0])
-        held = self._arrays[turn]
-        if held.dtype != codes.dtype or held.shape[1:] != codes.shape[1:] or len(held) < len(rows):
-            self._arrays[turn] = held = np.empty((len(rows), *codes.shape[1:]), dtype=codes.dtype)
-        return np.take(codes, rows, axis=0, out=held[: len(rows)], mode="clip")  # clip: no checks, rows are valid
+        """``codes[rows]``, in the array's next ``len(rows)`` rows."""
+        assert self._array is not None and self._used + len(rows) <= len(self._array)
+        out, self._used = self._array[self._used : self._used + len(rows)], self._used + len(rows)
+        return np.take(codes, rows, axis=0, out=out, mode="clip")  # clip: no checks, rows are valid
 
 
-def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _GroupCodes):
+def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _GroupCodes, one_array: bool = False):
     """The rows of ``table`` in ``order``, as tables of ``rows`` rows each, one made at a time.
 
-    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into the
-    arrays of ``into``: Arrow's take of a fixed-size list goes through one index per element,
-    several times slower. The other columns are gathered by Arrow."""
-    into.begin_file()
+    The vector codes, the bulk of a row, are gathered by numpy a whole row at a time into
+    ``into``: Arrow's take of a fixed-size list goes through one index per element, several times
+    slower. The other columns are gathered by Arrow. ``one_array``: every group is gathered into
+    the same rows of ``into``, for a consumer done with each group before it takes the next."""
     embedding = table.column("embedding")
     embedding = embedding.chunk(0) if embedding.num_chunks == 1 else embedding.combine_chunks()  # one: no copy
     codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
     position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
     others = table.drop_columns(["embedding"])
+    into.begin(min(rows, len(codes)) if one_array else len(codes), codes)
     for start in range(0, table.num_rows, rows):
         taken = order[start : start + rows]
+        if one_array:
+            into.begin(len(taken), codes)
         gathered = into.gather(codes, taken)
         flat = pa.Array.from_buffers(field.type.value_type, gathered.size, [None, pa.py_buffer(gathered)])
         yield others.take(pa.array(taken)).add_column(position, field, pa.FixedSizeListArray.from_arrays(flat, type=field.type))
@@ -621,11 +640,14 @@ class ProductWriter:
     def _file_rows(self) -> int:
         if self.max_rows_per_file:
             return self.max_rows_per_file
-        assert self.quantization is not None
         # About 256 MiB of vectors a file: large enough for fast scans, small enough to buffer.
-        row_bytes = self.quantization.stored_width() * np.dtype(self.quantization.dtype).itemsize
-        rows = (256 << 20) // max(row_bytes, 1)
+        rows = (256 << 20) // max(self._row_bytes(), 1)
         return max(self.row_group_size, rows // self.row_group_size * self.row_group_size)
+
+    def _row_bytes(self) -> int:
+        """Bytes of one row's stored vector codes."""
+        assert self.quantization is not None
+        return self.quantization.stored_width() * np.dtype(self.quantization.dtype).itemsize
 
     def _column(self, chips: Mapping[str, Any], name: str, n: int) -> Any:
         value = chips[name]
@@ -871,8 +893,18 @@ class ProductWriter:
             return
         limit = self._file_rows()
         full = pending.rows if final else pending.rows // limit * limit
-        for start in range(0, full, limit):
-            self._write_file(pending.table(start, min(limit, full - start), where=self.path), wait=False)
+        sizes = [min(limit, full - start) for start in range(0, full, limit)]
+        # The last rows, with nothing left to convert beside their encoding: see SPLIT_FINAL_BYTES.
+        if final and sizes[-1] * self._row_bytes() >= SPLIT_FINAL_BYTES and sizes[-1] >= ENCODING_FILES * self.row_group_size:
+            groups = -(-sizes[-1] // self.row_group_size)  # whole row groups a file
+            part = -(-groups // ENCODING_FILES) * self.row_group_size
+            last = sizes.pop()
+            sizes += [min(part, last - start) for start in range(0, last, part)]
+        start = 0
+        for size in sizes:
+            # Nothing refills the buffer after the final files: their rows may stay where they are.
+            self._write_file(pending.table(start, size, where=self.path), wait=False, rows_kept=final)
+            start += size
         pending.drop(full)
 
     def write_unit(self, name: str, batches: Sequence[Mapping[str, Any]], *,
@@ -916,11 +948,15 @@ class ProductWriter:
         return self._write_file(table.replace_schema_metadata(None).combine_chunks(), name=f"{name}.parquet")
 
     def _write_file(self, table: pa.Table, *, name: str | None = None, energy: Mapping[str, Any] | None = None,
-                    wait: bool = True) -> "_FileRecord | None":
+                    wait: bool = True, rows_kept: bool | None = None) -> "_FileRecord | None":
         """Write ``table`` as one data file in Hilbert order. ``wait=False`` returns once its rows
-        are taken from ``table`` (the file is recorded when the next one begins, or at close)."""
+        are taken from ``table`` (the file is recorded when the next one begins, or at close).
+        ``rows_kept`` (the default when waiting): ``table`` stays as it is until the file is
+        complete, so the file's thread gathers each row group from it just before encoding it,
+        into one array, and the writer's thread does not wait for the gathering."""
         import pyarrow.compute as pc
 
+        rows_kept = wait if rows_kept is None else rows_kept
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
@@ -959,7 +995,7 @@ class ProductWriter:
         self._finish_file(keep=ENCODING_FILES - 1)
         if any(job.error is not None for job, _ in self._writing):
             self._finish_file()  # raises it
-        used = [job.codes for job, _ in self._writing]
+        used = [job.codes for job, _ in self._writing if not job.encoded.is_set()]
         codes = next(c for c in self._group_codes if all(c is not u for u in used))
         name = name or f"part-{len(self._files) + len(self._writing):05d}.parquet"
         target = self.staging / DATA_DIR / name
@@ -968,15 +1004,20 @@ class ProductWriter:
             "compression": self.compression, "write_statistics": True, "store_schema": True,
             "use_dictionary": [c for c in ("source_id", "grid_cell", "native_crs") if c in table.column_names],
         }, codes)
-        sources: dict[str, None] = {}  # distinct source ids in stored order
+        # Distinct source ids in stored order.
+        sources = pc.unique(table.column("source_id").take(pa.array(order))).to_pylist()
+        groups = (group.replace_schema_metadata(metadata)
+                  for group in _ordered_groups(table, order, rows=self.row_group_size, into=codes, one_array=rows_kept))
         try:
-            # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
-            # (a view of the row buffer) is no longer needed and the buffer can be refilled.
-            for group in _ordered_groups(table, order, rows=self.row_group_size, into=codes):
-                if job.error is not None:
-                    break
-                sources.update(dict.fromkeys(pc.unique(group.column("source_id")).to_pylist()))
-                job.put(group.replace_schema_metadata(metadata))
+            if rows_kept:
+                job.put_all(groups)
+            else:
+                # Rows go out in Hilbert order one row group at a time; once all are taken, ``table``
+                # (a view of the row buffer) is no longer needed and the buffer can be refilled.
+                for group in groups:
+                    if job.error is not None:
+                        break
+                    job.put(group)
             job.end()
         except BaseException:
             job.cancel()

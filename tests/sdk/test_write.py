@@ -572,8 +572,61 @@ def test_memory_populated_in_the_background_keeps_what_is_written_into_it():
     array[1 << 16 :] = row  # written while the kernel populates the rest
     if thread is not None:  # Linux
         thread.join()
+        assert "nh" in vm_flags(array.ctypes.data + (1 << 20))  # small pages, not huge ones
     assert (array == row).all()
     assert populate_in_background(np.empty(10)) is None  # small arrays are left to the faults
+
+
+def vm_flags(address: int) -> list[str]:
+    """The kernel's flags of the mapping that holds ``address`` (Linux /proc/self/smaps)."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            low, high = (int(v, 16) for v in head.split("-"))
+            inside = low <= address < high
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_the_rows_left_at_close_are_split_over_files_encoded_at_once(tmp_path, monkeypatch):
+    import threading
+
+    import eoembed._write as write_module
+
+    batch = chips(2500, 16, seed=7)
+    options = dict(model=model_contract(16), normalize=True, max_rows_per_file=1000, row_group_size=100)
+    whole = eoembed.write_product(tmp_path / "whole", batch, **options)  # 500 rows of 64 B left at close: one file
+    jobs, last_begun, overlapped = [], threading.Event(), []
+    original_init, original_run = write_module._FileJob.__init__, write_module._FileJob._run
+
+    def init(self, *args, **kwargs):
+        jobs.append(self)
+        if len(jobs) == 4:
+            last_begun.set()
+        original_init(self, *args, **kwargs)
+
+    def run(self):
+        if jobs.index(self) == 2:  # the first of the last files waits until the second is begun
+            overlapped.append(last_begun.wait(timeout=20))
+        original_run(self)
+
+    monkeypatch.setattr(write_module._FileJob, "__init__", init)
+    monkeypatch.setattr(write_module._FileJob, "_run", run)
+    monkeypatch.setattr(write_module, "SPLIT_FINAL_BYTES", 500 * 16 * 4)
+    split = eoembed.write_product(tmp_path / "split", batch, **options)
+    assert overlapped == [True]
+    assert [m["rows"] for m in eoembed.open(whole).manifest.to_pylist()] == [1000, 1000, 500]
+    assert [m["rows"] for m in eoembed.open(split).manifest.to_pylist()] == [1000, 1000, 300, 200]  # whole row groups
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        assert pq.read_table(whole / "data" / name).equals(pq.read_table(split / "data" / name))
+
+    def chip_ids(path: Path, names: list[str]) -> list[str]:
+        return sorted(c for n in names for c in pq.read_table(path / "data" / n, columns=["chip_id"]).column(0).to_pylist())
+
+    assert chip_ids(whole, ["part-00002.parquet"]) == chip_ids(split, ["part-00002.parquet", "part-00003.parquet"])
+    assert eoembed.validate(split).findings == []
 
 
 def test_a_data_file_is_encoded_while_the_next_one_begins(tmp_path, monkeypatch):
