@@ -461,7 +461,23 @@ def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _Gro
             into.begin(len(taken), codes)
         gathered = into.gather(codes, taken)
         flat = pa.Array.from_buffers(field.type.value_type, gathered.size, [None, pa.py_buffer(gathered)])
-        yield others.take(pa.array(taken)).add_column(position, field, pa.FixedSizeListArray.from_arrays(flat, type=field.type))
+        group = _box_footprints(others.take(pa.array(taken)))
+        yield group.add_column(position, field, pa.FixedSizeListArray.from_arrays(flat, type=field.type))
+
+
+def _box_footprints(group: pa.Table) -> pa.Table:
+    """``group`` with the footprints the writer holds as null (those given as ``bounds``) made
+    from the rows' bbox: counter-clockwise boxes."""
+    geometry = group.column("geometry")
+    if not geometry.null_count:
+        return group
+    bbox = group.column("bbox").combine_chunks()
+    boxes = _geometry.box_wkb(np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1))
+    if geometry.null_count < len(geometry):
+        import pyarrow.compute as pc
+
+        boxes = pc.if_else(pc.is_null(geometry), boxes, geometry)
+    return group.set_column(group.schema.get_field_index("geometry"), "geometry", boxes)
 
 
 class ProductWriter:
@@ -783,7 +799,9 @@ class ProductWriter:
             raise SpecError("batch needs 'geometry' (OGC:CRS84 footprints) or 'bounds' (n, 4 lon/lat boxes)")
         _geometry.check_lonlat(bounds, first_row=first)
         if wkb is None:
-            wkb = _geometry.box_wkb(bounds)
+            # A box footprint is made from the bbox once the row's group is made (_ordered_groups):
+            # held here, its WKB would be most of a row's bytes besides the vector.
+            wkb = pa.nulls(n, pa.binary())
 
         columns: dict[str, pa.Array] = {}
         times = self._times(chips, n)
@@ -960,7 +978,8 @@ class ProductWriter:
         bbox = table.column("bbox").combine_chunks()
         bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
         order = _geometry.hilbert_order(bounds)
-        types = _geometry.geometry_types(table.column("geometry"))
+        geometry = table.column("geometry")
+        types = sorted(set(_geometry.geometry_types(geometry)) | ({"Polygon"} if geometry.null_count else set()))
         file_bbox = (float(bounds[:, 0].min()), float(bounds[:, 1].min()), float(bounds[:, 2].max()), float(bounds[:, 3].max()))
         geo = {
             "version": "1.1.0",

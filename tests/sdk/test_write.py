@@ -301,6 +301,28 @@ def test_point_footprints_declare_their_geometry_type(tmp_path):
     assert eoembed.validate(path).findings == []
 
 
+def test_footprints_given_as_bounds_and_as_geometries_share_a_file(tmp_path):
+    import shapely
+
+    from eoembed._geometry import box_wkb
+
+    boxes, points = chips(40, 16, seed=8), chips(30, 16, seed=9, first=40)
+    points["geometry"] = [shapely.Point(x, y) for x, y in points.pop("bounds")[:, :2]]
+    with eoembed.ProductWriter(tmp_path / "p", model=model_contract(16), normalize=True) as writer:
+        writer.write(boxes)
+        writer.write(points)
+    stored = pq.read_table(tmp_path / "p" / "data" / "part-00000.parquet")
+    geo = json.loads(stored.schema.metadata[b"geo"])["columns"]["geometry"]
+    assert geo["geometry_types"] == ["Point", "Polygon"] and "orientation" not in geo
+    footprints = dict(zip(stored.column("chip_id").to_pylist(), stored.column("geometry").to_pylist()))
+    assert len(footprints) == 70 and None not in footprints.values()
+    for chip, box in zip(boxes["chip_id"], boxes["bounds"]):  # made from the bbox: the boxes box_wkb makes
+        assert footprints[chip] == box_wkb(box[None]).to_pylist()[0]
+    for chip, point in zip(points["chip_id"], points["geometry"]):
+        assert shapely.from_wkb(footprints[chip]).equals(point)
+    assert eoembed.validate(tmp_path / "p").findings == []
+
+
 def _weights_contract(tmp_path, href_of) -> dict:
     weights = tmp_path / "trained" / "encoder.pt"
     weights.parent.mkdir(exist_ok=True)
