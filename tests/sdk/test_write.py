@@ -612,30 +612,39 @@ def vm_flags(address: int) -> list[str]:
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-def test_the_rows_left_at_close_are_split_over_files_encoded_at_once(tmp_path, monkeypatch):
+def encoding_held(monkeypatch, *, held: int, until: int) -> tuple[list, list[bool]]:
+    """Make data file ``held`` (counted from 0) wait to be encoded until file ``until`` is begun:
+    the writer's file jobs, and whether the wait ended so (appended once the held file runs)."""
     import threading
 
+    import eoembed._write as write_module
+
+    jobs, begun, overlapped = [], threading.Event(), []
+    original_init, original_run = write_module._FileJob.__init__, write_module._FileJob._run
+
+    def init(self, *args, **kwargs):
+        jobs.append(self)
+        if len(jobs) == until + 1:
+            begun.set()
+        original_init(self, *args, **kwargs)
+
+    def run(self):
+        if jobs.index(self) == held:
+            overlapped.append(begun.wait(timeout=20))
+        original_run(self)
+
+    monkeypatch.setattr(write_module._FileJob, "__init__", init)
+    monkeypatch.setattr(write_module._FileJob, "_run", run)
+    return jobs, overlapped
+
+
+def test_the_rows_left_at_close_are_split_over_files_encoded_at_once(tmp_path, monkeypatch):
     import eoembed._write as write_module
 
     batch = chips(2500, 16, seed=7)
     options = dict(model=model_contract(16), normalize=True, max_rows_per_file=1000, row_group_size=100)
     whole = eoembed.write_product(tmp_path / "whole", batch, **options)  # 500 rows of 64 B left at close: one file
-    jobs, last_begun, overlapped = [], threading.Event(), []
-    original_init, original_run = write_module._FileJob.__init__, write_module._FileJob._run
-
-    def init(self, *args, **kwargs):
-        jobs.append(self)
-        if len(jobs) == 4:
-            last_begun.set()
-        original_init(self, *args, **kwargs)
-
-    def run(self):
-        if jobs.index(self) == 2:  # the first of the last files waits until the second is begun
-            overlapped.append(last_begun.wait(timeout=20))
-        original_run(self)
-
-    monkeypatch.setattr(write_module._FileJob, "__init__", init)
-    monkeypatch.setattr(write_module._FileJob, "_run", run)
+    _, overlapped = encoding_held(monkeypatch, held=2, until=3)  # the first of the last files waits for the second
     monkeypatch.setattr(write_module, "SPLIT_FINAL_BYTES", 500 * 16 * 4)
     split = eoembed.write_product(tmp_path / "split", batch, **options)
     assert overlapped == [True]
@@ -652,26 +661,7 @@ def test_the_rows_left_at_close_are_split_over_files_encoded_at_once(tmp_path, m
 
 
 def test_a_data_file_is_encoded_while_the_next_one_begins(tmp_path, monkeypatch):
-    import threading
-
-    import eoembed._write as write_module
-
-    jobs, second_begun, overlapped = [], threading.Event(), []
-    original_init, original_run = write_module._FileJob.__init__, write_module._FileJob._run
-
-    def init(self, *args, **kwargs):
-        jobs.append(self)
-        if len(jobs) == 2:
-            second_begun.set()
-        original_init(self, *args, **kwargs)
-
-    def run(self):
-        if self is jobs[0]:  # the first file's encoding waits until the second file is begun
-            overlapped.append(second_begun.wait(timeout=20))
-        original_run(self)
-
-    monkeypatch.setattr(write_module._FileJob, "__init__", init)
-    monkeypatch.setattr(write_module._FileJob, "_run", run)
+    jobs, overlapped = encoding_held(monkeypatch, held=0, until=1)  # the first file waits until the second is begun
     batch = chips(250, 16)
     path = eoembed.write_product(tmp_path / "p", batch, model=model_contract(16), normalize=True, max_rows_per_file=100)
     assert overlapped == [True] and len(jobs) == 3
