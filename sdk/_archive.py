@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from ._damage import damaged, read_json, reading
 from ._errors import SearchError
+from ._geometry import bbox_bounds
 from ._mapped import RandomAccessRows, RandomAccessTable, prefetch_array_rows
 from ._optional import require
 from ._search import FileRows, Hits, _as_us, _blocks, _rows_in, _time_columns, cache_dir, exact_scores, top_k
@@ -439,9 +440,7 @@ class Shard(FileRows):
     @cached_property
     def bbox(self) -> np.ndarray:
         self.metadata_file.prefetch_columns(["bbox"])
-        box = self.metadata.column("bbox")
-        return np.stack([np.asarray(box.combine_chunks().field(n), dtype=np.float64)
-                         for n in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+        return bbox_bounds(self.metadata.column("bbox"))
 
     @cached_property
     def times(self) -> np.ndarray:

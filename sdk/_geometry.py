@@ -15,6 +15,15 @@ _POLYGON_HEADER = np.frombuffer(
 _BOX_WKB_SIZE = _POLYGON_HEADER.size + 5 * 2 * 8
 
 
+def bbox_bounds(column) -> np.ndarray:
+    """The (n, 4) float64 xmin, ymin, xmax, ymax of a ``bbox`` covering column (a pyarrow struct
+    array or chunked array); null values are NaN."""
+    if hasattr(column, "combine_chunks"):
+        column = column.combine_chunks()
+    fields = [column.field(k).to_numpy(zero_copy_only=False) for k in ("xmin", "ymin", "xmax", "ymax")]
+    return np.stack(fields, axis=1).astype(np.float64, copy=False)
+
+
 def box_wkb(bounds: np.ndarray):
     """WKB polygons (counter-clockwise exterior ring) for an (n, 4) array of xmin, ymin, xmax, ymax,
     as a pyarrow binary array built straight from one numpy buffer (no Python object per row)."""

@@ -21,6 +21,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ._errors import PreviewError
+from ._geometry import bbox_bounds
 
 PcaScope = Literal["product", "cell", "scene"]
 _GROUP_COLUMN = {"cell": "grid_cell", "scene": "source_id"}
@@ -106,9 +107,8 @@ def _select(product, *, bbox: Any, where: str | None, params: Sequence[Any] | No
         selected["crs"] = crs_values.pop()
         selected["boxes"] = shapely.bounds(shapely.from_wkb(table.column("native_footprint").to_numpy(zero_copy_only=False)))
     else:
-        box_column = table.column("bbox").combine_chunks()
         selected["crs"] = "OGC:CRS84"
-        selected["boxes"] = np.stack([box_column.field(n).to_numpy() for n in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+        selected["boxes"] = bbox_bounds(table.column("bbox"))
     return selected
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ._errors import QuantizationError
-from ._geometry import _TYPE_NAMES
+from ._geometry import _TYPE_NAMES, bbox_bounds
 from ._optional import available
 from ._spec import FOOTER_KEY, SPEC_VERSION, footer_errors
 
@@ -166,7 +166,7 @@ def _row_boxes(batch: pa.Table) -> np.ndarray | None:
     box = batch.column("bbox").combine_chunks()
     if not pa.types.is_struct(box.type) or not all(box.type.get_field_index(k) >= 0 for k in ("xmin", "ymin", "xmax", "ymax")):
         return None
-    return np.stack([box.field(k).to_numpy(zero_copy_only=False).astype(np.float64) for k in ("xmin", "ymin", "xmax", "ymax")], axis=1)
+    return bbox_bounds(box)
 
 
 def _utc(value: datetime) -> datetime:

@@ -471,8 +471,7 @@ def _box_footprints(group: pa.Table) -> pa.Table:
     geometry = group.column("geometry")
     if not geometry.null_count:
         return group
-    bbox = group.column("bbox").combine_chunks()
-    boxes = _geometry.box_wkb(np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1))
+    boxes = _geometry.box_wkb(_geometry.bbox_bounds(group.column("bbox")))
     if geometry.null_count < len(geometry):
         import pyarrow.compute as pc
 
@@ -975,8 +974,7 @@ class ProductWriter:
         import pyarrow.compute as pc
 
         rows_kept = wait if rows_kept is None else rows_kept
-        bbox = table.column("bbox").combine_chunks()
-        bounds = np.stack([bbox.field(i).to_numpy() for i in range(4)], axis=1)
+        bounds = _geometry.bbox_bounds(table.column("bbox"))
         order = _geometry.hilbert_order(bounds)
         geometry = table.column("geometry")
         types = sorted(set(_geometry.geometry_types(geometry)) | ({"Polygon"} if geometry.null_count else set()))

@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from eoembed._errors import CoordinateRangeError
-from eoembed._geometry import _hilbert_index, box_wkb, geometry_types, hilbert_order, wkb_type_words
+from eoembed._geometry import _hilbert_index, bbox_bounds, box_wkb, geometry_types, hilbert_order, wkb_type_words
 
 
 def level_by_level_hilbert(x: int, y: int, bits: int) -> int:
@@ -68,6 +68,16 @@ def test_hilbert_order_keeps_near_boxes_together_and_refuses_bad_bits():
     assert np.linalg.norm(np.diff(walk, axis=0), axis=1).mean() < 0.2 * np.linalg.norm(centres[1:] - centres[:-1], axis=1).mean()
     with pytest.raises(CoordinateRangeError, match="bits=17"):
         hilbert_order(bounds, bits=17)
+
+
+def test_bbox_bounds_reads_a_covering_column_of_any_chunks_and_float_width():
+    box = pa.struct([(k, pa.float32()) for k in ("xmin", "ymin", "xmax", "ymax")])
+    first = pa.array([{"xmin": 1, "ymin": 2, "xmax": 3, "ymax": 4}], box)
+    second = pa.array([{"xmin": -1.5, "ymin": None, "xmax": 0.5, "ymax": 2}], box)
+    got = bbox_bounds(pa.chunked_array([first, second]))
+    assert got.dtype == np.float64 and got.shape == (2, 4)
+    np.testing.assert_array_equal(got, [[1, 2, 3, 4], [-1.5, np.nan, 0.5, 2]])
+    np.testing.assert_array_equal(bbox_bounds(first), [[1, 2, 3, 4]])
 
 
 def test_box_wkb_is_the_counter_clockwise_polygon_of_each_box():
