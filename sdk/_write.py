@@ -251,9 +251,10 @@ class _FileJob:
     """One data file on its way to disk. The caller puts its row groups, already in stored order
     (:meth:`put`), or an iterable that makes them (:meth:`put_all`), and a thread of the job's
     own encodes them as Parquet (Arrow releases the GIL while it encodes), while the writer takes
-    the next batches; the file's checksum is taken as the file grows, by another thread (:class:`_GrowingFileHash`), so that only the footer is left to hash
-    once the last group is encoded (:attr:`encoded` tells when the arrays of its groups, ``codes``,
-    may serve another file). The file appears under its name only when complete."""
+    the next batches; the file's checksum is taken as the file grows, by another thread
+    (:class:`_GrowingFileHash`), so that only the footer is left to hash once the last group is
+    encoded (:attr:`encoded` tells when the array of its groups, ``codes``, may serve another
+    file). The file appears under its name only when complete."""
 
     def __init__(self, partial: Path, target: Path, schema: pa.Schema, options: Mapping[str, Any],
                  codes: "_GroupCodes") -> None:
@@ -454,7 +455,8 @@ def _ordered_groups(table: pa.Table, order: np.ndarray, *, rows: int, into: _Gro
     codes = embedding.flatten().to_numpy().reshape(len(embedding), -1)  # no nulls: the writer made them, or write_stored checked
     position, field = table.schema.get_field_index("embedding"), table.schema.field("embedding")
     others = table.drop_columns(["embedding"])
-    into.begin(min(rows, len(codes)) if one_array else len(codes), codes)
+    if not one_array:
+        into.begin(len(codes), codes)
     for start in range(0, table.num_rows, rows):
         taken = order[start : start + rows]
         if one_array:
