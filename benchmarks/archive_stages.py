@@ -48,13 +48,9 @@ def timed(name, fn):
     return wrapper
 
 orig_map = archive.ArchiveSearcher._map
-def mapped(work, shards, queries):
-    s = time.perf_counter()
-    try:
-        return orig_map(work, shards, queries)
-    finally:
-        current["map:" + work.__name__] = current.get("map:" + work.__name__, 0.0) + time.perf_counter() - s
-archive.ArchiveSearcher._map = staticmethod(mapped)
+# A stage on threads: timed around its whole map, by the name of the work mapped.
+archive.ArchiveSearcher._map = staticmethod(
+    lambda work, shards, queries: timed("map:" + work.__name__, orig_map)(work, shards, queries))
 archive.prefetch_array_rows = timed("prefetch rerank rows", archive.prefetch_array_rows)
 archive.rerank_pool = timed("rerank score", archive.rerank_pool)
 search_module.prefetch_table_rows = timed("prefetch metadata", search_module.prefetch_table_rows)
